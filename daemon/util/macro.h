@@ -26,6 +26,9 @@
 
 #define ELEMENTSOF(x) (sizeof(x) / sizeof((x)[0]))
 
+#define new_array(type, n) ((type *) reallocarray(NULL, (n), sizeof(type)))
+#define new0(type, n) ((type *) calloc((n), sizeof(type)))
+
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MAX(a, b) ((a) > (b) ? (a) : (b))
 
