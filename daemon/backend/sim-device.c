@@ -138,7 +138,7 @@ bool sim_name_valid(const char *name) {
         for (size_t i = 0; i < n; i++) {
                 char ch = name[i];
                 if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-                      ch == '_' || ch == '-'))
+                      ch == '_'))
                         return false;
         }
         return true;
@@ -658,7 +658,7 @@ int sim_device_new(const char *name, const SimConfig *c, VfioDev **ret, ErrorMes
 
         if (!sim_name_valid(name))
                 return error_setf(err, -EINVAL,
-                                  "invalid simulated device name '%s': use 1 to %d of A-Z a-z 0-9 _ -", name ?: "",
+                                  "invalid simulated device name '%s': use 1 to %d of A-Z a-z 0-9 _", name ?: "",
                                   SIM_NAME_MAX);
         r = sim_config_validate(c, err);
         if (r < 0)

@@ -52,7 +52,7 @@ void sim_config_init(SimConfig *c);
 int sim_config_validate(const SimConfig *c, ErrorMessage *err);
 /* Parses "from>to" (state names, e.g. "stop>stop-copy") into an arc bit. */
 int sim_arc_from_string(const char *s, uint64_t *ret_bit);
-/* Device names: 1..SIM_NAME_MAX characters of [A-Za-z0-9_-]. */
+/* Device names: 1..SIM_NAME_MAX characters of [A-Za-z0-9_], so "sim_NAME" is a D-Bus path element. */
 bool sim_name_valid(const char *name);
 
 int sim_device_new(const char *name, const SimConfig *c, VfioDev **ret, ErrorMessage *err);

@@ -455,8 +455,9 @@ Test(sim_device, config_and_names_are_validated) {
         cr_assert_eq(sim_device_new("bad name", &c, &d, NULL), -EINVAL);
         cr_assert_eq(sim_device_new("", &c, &d, NULL), -EINVAL);
         cr_assert_null(d);
-        cr_assert(sim_name_valid("gpu-0_A"));
+        cr_assert(sim_name_valid("gpu0_A"));
         cr_assert(!sim_name_valid("a/b"));
+        cr_assert(!sim_name_valid("gpu-0"));
 
         cr_assert_eq(sim_arc_from_string("stop>stop-copy", &bit), 0);
         cr_assert_eq(bit, SIM_ARC_BIT(STOP, SC));
