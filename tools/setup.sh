@@ -1,0 +1,34 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Installs every Debian 12 package vfiomigd's build and tests need. Runs apt-get only when
+# something is missing, so a second run costs nothing. Needs root (or sudo).
+set -euo pipefail
+
+PACKAGES=(
+        # build
+        meson ninja-build pkg-config gcc clang
+        libsystemd-dev liburing-dev libnl-3-dev libnl-genl-3-dev libjson-c-dev
+        # unit tests
+        libcriterion-dev
+        # integration tests: a private bus, polkit, a service manager, the CLIs they use
+        dbus dbus-daemon polkitd systemd util-linux procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+        echo "setup: all ${#PACKAGES[@]} packages present"
+        exit 0
+fi
+
+SUDO=
+if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+        SUDO=sudo
+fi
+echo "setup: installing ${missing[*]}"
+$SUDO apt-get update
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
