@@ -27,7 +27,6 @@
 /* Named errors. InvalidArgs is the standard org.freedesktop.DBus.Error.InvalidArgs. */
 #define VFIOMIG_ERROR_PREFIX "org.vfiomig1.Error."
 #define VFIOMIG_ERROR_NO_SUCH_DEVICE VFIOMIG_ERROR_PREFIX "NoSuchDevice"
-#define VFIOMIG_ERROR_DEVICE_EXISTS VFIOMIG_ERROR_PREFIX "DeviceExists"
 #define VFIOMIG_ERROR_NOT_MIGRATABLE VFIOMIG_ERROR_PREFIX "NotMigratable"
 #define VFIOMIG_ERROR_INVALID_TRANSITION VFIOMIG_ERROR_PREFIX "InvalidTransition"
 #define VFIOMIG_ERROR_TRANSITION_FAILED VFIOMIG_ERROR_PREFIX "TransitionFailed"
@@ -36,8 +35,8 @@
 #define VFIOMIG_ERROR_BUSY VFIOMIG_ERROR_PREFIX "Busy"
 #define VFIOMIG_ERROR_LIMIT_EXCEEDED VFIOMIG_ERROR_PREFIX "LimitExceeded"
 #define VFIOMIG_ERROR_NOT_SUPPORTED VFIOMIG_ERROR_PREFIX "NotSupported"
-#define VFIOMIG_ERROR_SIMULATION_DISABLED VFIOMIG_ERROR_PREFIX "SimulationDisabled"
 #define VFIOMIG_ERROR_DEVICE_FAILED VFIOMIG_ERROR_PREFIX "DeviceFailed"
+#define VFIOMIG_ERROR_NO_PRECOPY_SESSION VFIOMIG_ERROR_PREFIX "NoPreCopySession"
 
 /*
  * Migration states as they appear on the bus, indexed by the kernel's
@@ -66,3 +65,24 @@
 
 /* Prefix of simulated device addresses: "sim:NAME". */
 #define VFIOMIG_SIM_ADDRESS_PREFIX "sim:"
+
+/*
+ * Options of AttachDevice("sim:NAME", options): key and D-Bus signature. Clients that take
+ * options as text (vfiomigctl attach --option KEY=VALUE) convert by this table.
+ */
+#define VFIOMIG_SIM_OPTIONS                                     \
+        {                                                       \
+                { "state-size", "t" },   /* bytes of device state */                   \
+                { "precopy-size", "t" }, /* bytes offered during pre-copy */           \
+                { "dirty-rate", "t" },   /* bytes rewritten per second while running */ \
+                { "flags", "as" },       /* "stop-copy", "p2p", "pre-copy" */           \
+                { "seed", "t" },         /* content seed; default derived from NAME */  \
+                { "mtty-quirks", "b" },  /* read() returns 0, not ENOMSG, in pre-copy */ \
+                { "fail-arcs", "as" },   /* testing: "FROM>TO" arcs fail, device stays */ \
+                { "error-arcs", "as" },  /* testing: "FROM>TO" arcs fail into error */  \
+        }
+
+/* Options of Device.SetState. */
+#define VFIOMIG_OPTION_RECOVER_STATE "recover-state" /* s: state to return to if the SET fails */
+/* Options of Manager.SetStates. */
+#define VFIOMIG_OPTION_FORCE_WITHOUT_P2P "force-without-p2p" /* b: allow devices lacking P2P */
