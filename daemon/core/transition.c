@@ -32,12 +32,12 @@ static void reset_device(VfioDev *d, TransitionReport *r) {
         MigState now;
         int k;
 
-        log_full(LOG_WARNING, "Resetting %s as the last resort to recover it.", d->name);
+        log_full(LOG_WARNING, "Resetting %s as the last resort to recover it.", d->address);
         k = vfio_dev_reset(d);
         record(r, TRANSITION_RESET, -1, k, k < 0 ? -1 : (int) VFIO_DEVICE_STATE_RUNNING);
         r->reset = true;
         if (k < 0)
-                log_error_errno(k, "Failed to reset %s: %m", d->name);
+                log_error_errno(k, "Failed to reset %s: %m", d->address);
         r->final = read_state(d, r, &now) < 0 ? -1 : (int) now;
 }
 
@@ -74,7 +74,7 @@ static void recover_device(VfioDev *d, int recover_state, TransitionReport *r) {
                         r->recovered = true;
                         return;
                 }
-                log_warning_errno(k, "Failed to move %s to the recover state %s: %m", d->name,
+                log_warning_errno(k, "Failed to move %s to the recover state %s: %m", d->address,
                                   mig_state_to_string(recover_state));
                 if (read_state(d, r, &now) >= 0)
                         r->final = now;
@@ -92,22 +92,22 @@ int transition_run(VfioDev *d, MigState target, int recover_state, TransitionRep
         *report = (TransitionReport) { .initial = -1, .final = -1, .verdict = MIG_VERDICT_OK };
 
         if (!d->migratable)
-                return error_setf(err, -EOPNOTSUPP, "%s is not migratable: %s", d->name,
+                return error_setf(err, -EOPNOTSUPP, "%s is not migratable: %s", d->address,
                                   d->migratable_reason ?: "no migration support");
         if (recover_state != TRANSITION_NO_RECOVER &&
             !mig_state_supported(d->migration_flags, (MigState) recover_state))
                 return error_setf(err, -EINVAL, "%s cannot be recovered to %s: the device does not support that state",
-                                  d->name, mig_state_to_string(recover_state) ?: "an invalid state");
+                                  d->address, mig_state_to_string(recover_state) ?: "an invalid state");
 
         r = read_state(d, report, &cur);
         if (r < 0)
-                return error_setf(err, r, "Failed to read the migration state of %s: %m", d->name);
+                return error_setf(err, r, "Failed to read the migration state of %s: %m", d->address);
         report->initial = report->final = cur;
 
         verdict = mig_check_transition(d->migration_flags, cur, target);
         if (verdict != MIG_VERDICT_OK) {
                 report->verdict = verdict;
-                return error_setf(err, -EINVAL, "Cannot move %s from %s to %s: %s", d->name,
+                return error_setf(err, -EINVAL, "Cannot move %s from %s to %s: %s", d->address,
                                   mig_state_to_string(cur), mig_state_to_string(target) ?: "an invalid state",
                                   mig_verdict_to_string(verdict));
         }
@@ -126,10 +126,10 @@ int transition_run(VfioDev *d, MigState target, int recover_state, TransitionRep
                 return 0;
         }
 
-        log_warning_errno(r, "Failed to move %s from %s to %s: %m", d->name, mig_state_to_string(cur),
+        log_warning_errno(r, "Failed to move %s from %s to %s: %m", d->address, mig_state_to_string(cur),
                           mig_state_to_string(target));
         recover_device(d, recover_state, report);
-        return error_setf(err, r, "Failed to move %s from %s to %s: %m", d->name, mig_state_to_string(cur),
+        return error_setf(err, r, "Failed to move %s from %s to %s: %m", d->address, mig_state_to_string(cur),
                           mig_state_to_string(target));
 }
 
@@ -292,21 +292,21 @@ int group_transition_run(GroupMember *m, size_t n, bool force_without_p2p, Error
 
                 for (size_t j = 0; j < i; j++)
                         if (m[j].dev == d)
-                                return error_setf(err, -EINVAL, "%s is listed twice", d->name);
+                                return error_setf(err, -EINVAL, "%s is listed twice", d->address);
                 if (!d->migratable)
-                        return m[i].result = error_setf(err, -EOPNOTSUPP, "%s is not migratable: %s", d->name,
+                        return m[i].result = error_setf(err, -EOPNOTSUPP, "%s is not migratable: %s", d->address,
                                                         d->migratable_reason ?: "no migration support");
                 r = vfio_dev_get_state(d, &orig[i]);
                 if (r < 0)
                         return m[i].result = error_setf(err, r, "Failed to read the migration state of %s: %m",
-                                                        d->name);
+                                                        d->address);
                 m[i].reached = orig[i];
                 cur[i] = orig[i];
                 to[i] = m[i].target;
                 v = mig_check_transition(d->migration_flags, orig[i], to[i]);
                 if (v != MIG_VERDICT_OK) {
                         m[i].report.verdict = v;
-                        return m[i].result = error_setf(err, -EINVAL, "Cannot move %s from %s to %s: %s", d->name,
+                        return m[i].result = error_setf(err, -EINVAL, "Cannot move %s from %s to %s: %s", d->address,
                                                         mig_state_to_string(orig[i]),
                                                         mig_state_to_string(to[i]) ?: "an invalid state",
                                                         mig_verdict_to_string(v));
@@ -319,15 +319,15 @@ int group_transition_run(GroupMember *m, size_t n, bool force_without_p2p, Error
                                                err, -EOPNOTSUPP,
                                                "%s does not support P2P quiescing: moving it together with other devices "
                                                "could let one DMA into a stopped peer (force to override)",
-                                               m[i].dev->name);
+                                               m[i].dev->address);
 
         r = run_phases(m, n, cur, to, &failed);
         if (r >= 0)
                 return 0;
 
         m[failed].result = r;
-        error_setf(err, r, "Failed to move %s to %s: %m", m[failed].dev->name, mig_state_to_string(to[failed]));
-        log_warning_errno(r, "Group transition failed at %s, rolling %zu device(s) back: %m", m[failed].dev->name, n);
+        error_setf(err, r, "Failed to move %s to %s: %m", m[failed].dev->address, mig_state_to_string(to[failed]));
+        log_warning_errno(r, "Group transition failed at %s, rolling %zu device(s) back: %m", m[failed].dev->address, n);
 
         /* Roll every device back, in the same safe order. A device whose failed SET left it
          * somewhere unknown was reset by transition_run(); read where everyone is now. */
@@ -345,7 +345,7 @@ int group_transition_run(GroupMember *m, size_t n, bool force_without_p2p, Error
                 int k = run_phases(m, n, cur, orig, &rollback_failed);
                 if (k >= 0)
                         break;
-                log_error_errno(k, "Failed to roll %s back to %s: %m", m[rollback_failed].dev->name,
+                log_error_errno(k, "Failed to roll %s back to %s: %m", m[rollback_failed].dev->address,
                                 mig_state_to_string(orig[rollback_failed]));
                 /* Leave that device where recovery put it and continue with the others. */
                 if (vfio_dev_get_state(m[rollback_failed].dev, &cur[rollback_failed]) < 0)

@@ -1,0 +1,268 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+
+/* org.vfiomig1.Device at /org/vfiomig1/device/ID, one object per attached device. */
+
+#include <string.h>
+
+#include "bus-polkit.h"
+#include "bus-service.h"
+#include "bus-util.h"
+#include "log.h"
+#include "vfiomig1.h"
+
+/* Device objects are found through the fallback vtable, which hands handlers the Device; the
+ * service observing its manager is the one that registered the hooks. */
+static BusService *service_of(Device *d) {
+        return d->manager->hooks.userdata;
+}
+
+static Device *find_by_id(BusService *s, const char *id) {
+        for (size_t i = 0; i < s->manager->n_devices; i++)
+                if (streq(s->manager->devices[i]->id, id))
+                        return s->manager->devices[i];
+        return NULL;
+}
+
+Device *bus_device_from_path(BusService *s, const char *path, sd_bus_error *error) {
+        const char *id = bus_device_id_from_path(path);
+        Device *d;
+
+        if (!id) {
+                sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%s is not a device object path", path);
+                return NULL;
+        }
+        d = find_by_id(s, id);
+        if (!d)
+                sd_bus_error_setf(error, VFIOMIG_ERROR_NO_SUCH_DEVICE, "No device is attached at %s", path);
+        return d;
+}
+
+int bus_device_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **ret_found,
+                           sd_bus_error *error) {
+        BusService *s = userdata;
+        const char *id = bus_device_id_from_path(path);
+        Device *d;
+
+        if (!id)
+                return 0;
+        d = find_by_id(s, id);
+        if (!d)
+                return 0;
+        *ret_found = d;
+        return 1;
+}
+
+int bus_device_node_enumerator(sd_bus *bus, const char *path, void *userdata, char ***ret_nodes,
+                               sd_bus_error *error) {
+        BusService *s = userdata;
+        _cleanup_strv_free_ char **nodes = NULL;
+        size_t n = s->manager->n_devices;
+
+        nodes = new0(char *, n + 1);
+        if (!nodes)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                int r = bus_device_path(s->manager->devices[i]->id, &nodes[i]);
+                if (r < 0)
+                        return r;
+        }
+        *ret_nodes = TAKE_PTR(nodes);
+        return 1;
+}
+
+static int transition_error(sd_bus_error *error, Device *d, int r, const TransitionReport *report,
+                            const ErrorMessage *err) {
+        _cleanup_free_ char *steps = NULL;
+
+        if (r == -EOPNOTSUPP)
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_MIGRATABLE, r, err);
+        if (report->verdict == MIG_VERDICT_CURRENT_ERROR)
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_IN_ERROR, r, err);
+        if (report->verdict != MIG_VERDICT_OK)
+                return bus_error_from_message(error, VFIOMIG_ERROR_INVALID_TRANSITION, r, err);
+        if (report->n_steps <= 1)
+                /* not even the state could be read */
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
+
+        (void) transition_report_format(report, &steps);
+        return sd_bus_error_setf(error, VFIOMIG_ERROR_TRANSITION_FAILED, "%s. Steps: %s", err->text,
+                                 steps ?: "unavailable");
+}
+
+static int method_set_state(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        const char *target_name, *recover_name = NULL;
+        const BusOption options[] = {
+                { VFIOMIG_OPTION_RECOVER_STATE, "s", &recover_name },
+                {},
+        };
+        TransitionReport report;
+        ErrorMessage err = {};
+        int target, recover = TRANSITION_NO_RECOVER, r;
+
+        r = sd_bus_message_read(m, "s", &target_name);
+        if (r < 0)
+                return r;
+        r = bus_read_options(m, options, error);
+        if (r < 0)
+                return r;
+        target = mig_state_from_string(target_name);
+        if (target < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "'%s' is not a migration state", target_name);
+        if (recover_name) {
+                recover = mig_state_from_string(recover_name);
+                if (recover < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "recover-state '%s' is not a migration state", recover_name);
+                if (!mig_state_supported(d->dev->migration_flags, recover))
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "recover-state %s is not a state %s can rest in", recover_name, d->id);
+        }
+
+        const char *details[] = { "device", d->id, "target", target_name, NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_SET_STATE, details, &service_of(d)->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = device_set_state(d, target, recover, &report, &err);
+        if (r < 0)
+                return transition_error(error, d, r, &report, &err);
+        return sd_bus_reply_method_return(m, "s", mig_state_to_string(target));
+}
+
+static int method_get_precopy_info(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        ErrorMessage err = {};
+        uint64_t initial, dirty;
+        int r;
+
+        r = device_precopy_info(d, &initial, &dirty, &err);
+        if (r == -ENOMSG)
+                return bus_error_from_message(error, VFIOMIG_ERROR_NO_PRECOPY_SESSION, r, &err);
+        if (r == -EOPNOTSUPP)
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_MIGRATABLE, r, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
+        return sd_bus_reply_method_return(m, "tt", initial, dirty);
+}
+
+static int method_reset(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        BusService *s = service_of(d);
+        ErrorMessage err = {};
+        int r;
+
+        const char *details[] = { "device", d->id, "target", "reset", NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_SET_STATE, details, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = device_reset(d, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+#define DEVICE_STRING_PROPERTY(fn, expr)                                                                  \
+        static int fn(sd_bus *bus, const char *path, const char *interface, const char *property,          \
+                      sd_bus_message *reply, void *userdata, sd_bus_error *error) {                         \
+                Device *d = userdata;                                                                       \
+                return sd_bus_message_append(reply, "s", (expr) ?: "");                                     \
+        }
+
+DEVICE_STRING_PROPERTY(property_get_id, d->id)
+DEVICE_STRING_PROPERTY(property_get_address, d->dev->address)
+DEVICE_STRING_PROPERTY(property_get_driver, d->dev->driver)
+DEVICE_STRING_PROPERTY(property_get_backend, vfio_backend_to_string(d->dev->backend))
+DEVICE_STRING_PROPERTY(property_get_migratable_reason, d->dev->migratable ? "" : d->dev->migratable_reason)
+DEVICE_STRING_PROPERTY(property_get_last_transition, d->last_transition)
+
+static int property_get_migration_flags(sd_bus *bus, const char *path, const char *interface,
+                                        const char *property, sd_bus_message *reply, void *userdata,
+                                        sd_bus_error *error) {
+        Device *d = userdata;
+        int r;
+
+        r = sd_bus_message_open_container(reply, 'a', "s");
+        if (r < 0)
+                return r;
+        for (uint32_t bit = 1; bit <= VFIO_MIGRATION_PRE_COPY; bit <<= 1)
+                if (d->dev->migration_flags & bit) {
+                        r = sd_bus_message_append(reply, "s", mig_flag_to_string(bit));
+                        if (r < 0)
+                                return r;
+                }
+        return sd_bus_message_close_container(reply);
+}
+
+static int property_get_migratable(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        return sd_bus_message_append(reply, "b", d->dev->migratable);
+}
+
+static int property_get_state(sd_bus *bus, const char *path, const char *interface, const char *property,
+                              sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        MigState s;
+
+        /* A device without migration support has no migration state: from VFIO's point of view
+         * it is always running. Otherwise read it live: a reset (also a guest FLR through a VMM's
+         * fd) changes it behind our back. */
+        if (!d->dev->migratable)
+                return sd_bus_message_append(reply, "s", mig_state_to_string(VFIO_DEVICE_STATE_RUNNING));
+        if (device_refresh_state(d, &s) < 0) {
+                if (!d->state_known)
+                        return sd_bus_error_setf(error, VFIOMIG_ERROR_DEVICE_FAILED,
+                                                 "The migration state of %s cannot be read", d->id);
+                s = d->state;
+        }
+        return sd_bus_message_append(reply, "s", mig_state_to_string(s));
+}
+
+static int property_get_stop_copy_size(sd_bus *bus, const char *path, const char *interface,
+                                       const char *property, sd_bus_message *reply, void *userdata,
+                                       sd_bus_error *error) {
+        Device *d = userdata;
+        uint64_t size = 0;
+
+        /* 0 when unknown (not migratable, or a kernel without MIG_DATA_SIZE): a property that
+         * failed would fail GetAll for every other property too. */
+        if (d->dev->migratable && device_stop_copy_size(d, &size, NULL) < 0)
+                size = 0;
+        return sd_bus_message_append(reply, "t", size);
+}
+
+const sd_bus_vtable bus_device_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("Id", "s", property_get_id, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Address", "s", property_get_address, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Driver", "s", property_get_driver, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Backend", "s", property_get_backend, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MigrationFlags", "as", property_get_migration_flags, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Migratable", "b", property_get_migratable, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MigratableReason", "s", property_get_migratable_reason, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("State", "s", property_get_state, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("StopCopySize", "t", property_get_stop_copy_size, 0, 0),
+        SD_BUS_PROPERTY("LastTransition", "s", property_get_last_transition, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_METHOD_WITH_ARGS("SetState",
+                                SD_BUS_ARGS("s", target, "a{sv}", options),
+                                SD_BUS_RESULT("s", reached),
+                                method_set_state,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetPrecopyInfo",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("t", initial_bytes, "t", dirty_bytes),
+                                method_get_precopy_info,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Reset",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_NO_RESULT,
+                                method_reset,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_VTABLE_END,
+};

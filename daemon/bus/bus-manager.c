@@ -1,0 +1,373 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+
+/* org.vfiomig1.Manager at /org/vfiomig1. */
+
+#include <string.h>
+
+#include "bus-polkit.h"
+#include "bus-service.h"
+#include "bus-util.h"
+#include "config.h" /* PACKAGE_VERSION */
+#include "log.h"
+#include "vfiomig1.h"
+
+static int attach_error(sd_bus_error *error, int r, const ErrorMessage *err) {
+        switch (r) {
+        case -EINVAL:
+        case -EEXIST:
+                return bus_error_from_message(error, SD_BUS_ERROR_INVALID_ARGS, r, err);
+        case -ENODEV:
+        case -ENOENT:
+                return bus_error_from_message(error, VFIOMIG_ERROR_NO_SUCH_DEVICE, r, err);
+        case -E2BIG:
+                return bus_error_from_message(error, VFIOMIG_ERROR_LIMIT_EXCEEDED, r, err);
+        case -ENXIO:
+        case -EOPNOTSUPP:
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_SUPPORTED, r, err);
+        case -EBUSY:
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, err);
+        case -ENOMEM:
+                return r;
+        default:
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
+        }
+}
+
+/* Reads AttachDevice's options: every key a sim option, applied to o->sim. */
+static int read_attach_options(sd_bus_message *m, AttachOptions *o, sd_bus_error *error) {
+        _cleanup_strv_free_ char **strv = NULL;
+        ErrorMessage err = {};
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        for (;;) {
+                OptionValue v;
+                OptionType type;
+                const char *key;
+
+                r = sd_bus_message_enter_container(m, 'e', "sv");
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                r = sd_bus_message_read_basic(m, 's', &key);
+                if (r < 0)
+                        return r;
+                type = sim_option_type(key);
+                if (type < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "unknown option '%s'", key);
+                r = bus_read_option_value(m, key, type, &v, &strv, error);
+                if (r < 0)
+                        return r;
+                r = sim_config_apply(&o->sim, key, &v, &err);
+                if (r < 0)
+                        return bus_error_from_message(error, SD_BUS_ERROR_INVALID_ARGS, r, &err);
+                o->sim_options_given = true;
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_exit_container(m);
+}
+
+static int method_attach_device(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        _cleanup_free_ char *path = NULL;
+        ErrorMessage err = {};
+        AttachOptions options;
+        const char *address;
+        Device *d = NULL;
+        int r;
+
+        attach_options_init(&options);
+        r = sd_bus_message_read(m, "s", &address);
+        if (r < 0)
+                return r;
+        r = read_attach_options(m, &options, error);
+        if (r < 0)
+                return r;
+        r = manager_check_attach(s->manager, address, &options, NULL, &err);
+        if (r < 0)
+                return attach_error(error, r, &err);
+
+        const char *details[] = { "address", address, NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MANAGE_DEVICES, details, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = manager_attach(s->manager, address, &options, &d, &err);
+        if (r < 0)
+                return attach_error(error, r, &err);
+        r = bus_device_path(d->id, &path);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(m, "o", path);
+}
+
+static int method_detach_device(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        ErrorMessage err = {};
+        const char *what;
+        Device *d;
+        int r;
+
+        r = sd_bus_message_read(m, "s", &what);
+        if (r < 0)
+                return r;
+        d = manager_find_device(s->manager, what);
+        if (!d)
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_NO_SUCH_DEVICE, "No device '%s' is attached", what);
+        r = manager_check_detach(s->manager, d, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+
+        const char *details[] = { "device", d->id, NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MANAGE_DEVICES, details, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        /* The device may have gone while polkit thought: look it up again. */
+        d = manager_find_device(s->manager, what);
+        if (!d)
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_NO_SUCH_DEVICE, "No device '%s' is attached", what);
+        r = manager_detach(s->manager, d, &err);
+        if (r < 0)
+                return bus_error_from_message(error, r == -EBUSY ? VFIOMIG_ERROR_BUSY : VFIOMIG_ERROR_DEVICE_FAILED, r,
+                                              &err);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_list_devices(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        BusService *s = userdata;
+        int r;
+
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(sso)");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < s->manager->n_devices; i++) {
+                Device *d = s->manager->devices[i];
+                _cleanup_free_ char *path = NULL;
+
+                r = bus_device_path(d->id, &path);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_append(reply, "(sso)", d->id, d->dev->address, path);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_get_device(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        _cleanup_free_ char *path = NULL;
+        const char *what;
+        Device *d;
+        int r;
+
+        r = sd_bus_message_read(m, "s", &what);
+        if (r < 0)
+                return r;
+        d = manager_find_device(s->manager, what);
+        if (!d)
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_NO_SUCH_DEVICE, "No device '%s' is attached", what);
+        r = bus_device_path(d->id, &path);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(m, "o", path);
+}
+
+static int group_error(sd_bus_error *error, GroupOutcome outcome, int r, const ErrorMessage *err) {
+        switch (outcome) {
+        case GROUP_REFUSED_NOT_MIGRATABLE:
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_MIGRATABLE, r, err);
+        case GROUP_REFUSED_INVALID_TRANSITION:
+                return bus_error_from_message(error, VFIOMIG_ERROR_INVALID_TRANSITION, r, err);
+        case GROUP_REFUSED_DEVICE_IN_ERROR:
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_IN_ERROR, r, err);
+        case GROUP_REFUSED_NO_P2P:
+                return bus_error_from_message(error, VFIOMIG_ERROR_P2P_REQUIRED, r, err);
+        case GROUP_REFUSED_DUPLICATE:
+                return bus_error_from_message(error, SD_BUS_ERROR_INVALID_ARGS, r, err);
+        case GROUP_DEVICE_UNREADABLE:
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
+        default:
+                return bus_error_from_message(error, VFIOMIG_ERROR_TRANSITION_FAILED, r, err);
+        }
+}
+
+static int method_set_states(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_strv_free_ char **paths = NULL;
+        _cleanup_free_ Device **devices = NULL;
+        _cleanup_free_ int *results = NULL;
+        BusService *s = userdata;
+        bool force = false;
+        const BusOption options[] = {
+                { VFIOMIG_OPTION_FORCE_WITHOUT_P2P, "b", &force },
+                {},
+        };
+        GroupOutcome outcome;
+        ErrorMessage err = {};
+        const char *target_name;
+        size_t n = 0;
+        int target, r;
+
+        r = sd_bus_message_read_strv(m, &paths);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(m, "s", &target_name);
+        if (r < 0)
+                return r;
+        r = bus_read_options(m, options, error);
+        if (r < 0)
+                return r;
+
+        target = mig_state_from_string(target_name);
+        if (target < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "'%s' is not a migration state", target_name);
+        for (char **p = paths; p && *p; p++)
+                n++;
+        if (n == 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "no devices given");
+        if (n > s->manager->options.max_devices)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%zu devices given, more than can be attached",
+                                         n);
+        devices = new0(Device *, n);
+        results = new0(int, n);
+        if (!devices || !results)
+                return -ENOMEM;
+
+        /* Resolving is validation too: unknown or repeated devices fail before polkit is asked.
+         * After polkit answers this runs again, so a device detached meanwhile is caught. */
+        for (size_t i = 0; i < n; i++) {
+                devices[i] = bus_device_from_path(s, paths[i], error);
+                if (!devices[i])
+                        return -EINVAL;
+                for (size_t j = 0; j < i; j++)
+                        if (devices[j] == devices[i])
+                                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%s is listed twice",
+                                                         paths[i]);
+        }
+
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_SET_STATE, (const char *const[]) { "target", target_name, NULL },
+                                    &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = manager_set_states(s->manager, devices, n, target, force, results, &outcome, &err);
+        if (r < 0 && outcome == GROUP_FAILED) {
+                /* Say where every device ended up: the caller gets no result array. */
+                size_t len = strlen(err.text);
+                for (size_t i = 0; i < n && len < sizeof err.text; i++)
+                        len += (size_t) snprintf(err.text + len, sizeof err.text - len, "%s %s %s", i == 0 ? ". Now:" : ",",
+                                                 devices[i]->id, mig_state_to_string(results[i]) ?: "unknown");
+        }
+        if (r < 0)
+                return group_error(error, outcome, r, &err);
+
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(os)");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                r = sd_bus_message_append(reply, "(os)", paths[i], mig_state_to_string(results[i]) ?: "");
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int property_get_version(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        return sd_bus_message_append(reply, "s", PACKAGE_VERSION);
+}
+
+static int property_get_kernel_features(sd_bus *bus, const char *path, const char *interface,
+                                        const char *property, sd_bus_message *reply, void *userdata,
+                                        sd_bus_error *error) {
+        BusService *s = userdata;
+        _cleanup_strv_free_ char **l = NULL;
+        int r;
+
+        r = kernel_features_to_strv(&s->manager->features, &l);
+        if (r < 0)
+                return r;
+        return sd_bus_message_append_strv(reply, l);
+}
+
+static int property_get_simulation_allowed(sd_bus *bus, const char *path, const char *interface,
+                                           const char *property, sd_bus_message *reply, void *userdata,
+                                           sd_bus_error *error) {
+        BusService *s = userdata;
+        return sd_bus_message_append(reply, "b", s->manager->options.allow_simulated);
+}
+
+static int property_get_max_devices(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                    sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        return sd_bus_message_append(reply, "u", (uint32_t) s->manager->options.max_devices);
+}
+
+static int property_get_device_count(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        return sd_bus_message_append(reply, "u", (uint32_t) s->manager->n_devices);
+}
+
+const sd_bus_vtable bus_manager_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("Version", "s", property_get_version, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("KernelFeatures", "as", property_get_kernel_features, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("SimulationAllowed", "b", property_get_simulation_allowed, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxDevices", "u", property_get_max_devices, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("DeviceCount", "u", property_get_device_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_METHOD_WITH_ARGS("AttachDevice",
+                                SD_BUS_ARGS("s", address, "a{sv}", options),
+                                SD_BUS_RESULT("o", device),
+                                method_attach_device,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DetachDevice",
+                                SD_BUS_ARGS("s", address_or_id),
+                                SD_BUS_NO_RESULT,
+                                method_detach_device,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListDevices",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("a(sso)", devices),
+                                method_list_devices,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetDevice",
+                                SD_BUS_ARGS("s", address_or_id),
+                                SD_BUS_RESULT("o", device),
+                                method_get_device,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("SetStates",
+                                SD_BUS_ARGS("ao", devices, "s", target, "a{sv}", options),
+                                SD_BUS_RESULT("a(os)", results),
+                                method_set_states,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_SIGNAL_WITH_ARGS("DeviceAttached", SD_BUS_ARGS("s", id, "o", device), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("DeviceDetached", SD_BUS_ARGS("s", id, "o", device), 0),
+        SD_BUS_VTABLE_END,
+};

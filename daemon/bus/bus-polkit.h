@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * Asynchronous polkit authorization for method handlers, after systemd's bus-polkit.c:
+ *
+ *     r = bus_verify_polkit_async(m, ACTION, details, &registry, error);
+ *     if (r < 0)
+ *             return r;        // denied, or polkit failed: error is set
+ *     if (r == 0)
+ *             return 1;        // asked polkit; this message is dispatched again with the answer
+ *     ... act ...
+ *
+ * The handler must therefore be idempotent up to this call: validate arguments, then verify,
+ * then change state. Root is allowed without asking. When polkit is not on the bus at all, only
+ * root is allowed (a host without polkit has no other way to express policy).
+ */
+
+#include <systemd/sd-bus.h>
+
+typedef struct PolkitRegistry PolkitRegistry;
+
+/* details: NULL or a NULL-terminated list of key, value, key, value… (polkit rule matchable). */
+int bus_verify_polkit_async(sd_bus_message *call, const char *action, const char *const *details,
+                            PolkitRegistry **registry, sd_bus_error *error);
+PolkitRegistry *polkit_registry_free(PolkitRegistry *r);

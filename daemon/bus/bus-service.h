@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * vfiomigd on the system bus: the connection, the object tree (Manager at /org/vfiomig1 with an
+ * ObjectManager, one Device object per attached device), the polkit registry, and the
+ * service-manager notifications. Objects are registered before the name is requested, and
+ * READY=1 is sent only once the name is ours, so a caller that sees the name sees everything.
+ */
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "bus-polkit.h"
+#include "manager.h"
+
+typedef struct BusService {
+        sd_event *event;
+        sd_bus *bus;
+        Manager *manager;
+        PolkitRegistry *polkit;
+
+        /* PropertiesChanged is emitted from an idle event, coalescing bursts and keeping
+         * emission out of property getters that discover a change. */
+        sd_event_source *emit_source;
+        Device **changed;
+        size_t n_changed;
+        bool device_count_changed;
+
+        bool name_acquired;
+} BusService;
+
+int bus_service_new(sd_event *event, Manager *manager, BusService **ret);
+BusService *bus_service_free(BusService *s);
+DEFINE_TRIVIAL_CLEANUP_FUNC(BusService *, bus_service_free);
+
+/* Tells the service manager what the daemon holds (STATUS=). */
+void bus_service_update_status(BusService *s);
+
+/* bus-manager.c */
+extern const sd_bus_vtable bus_manager_vtable[];
+/* bus-device.c */
+extern const sd_bus_vtable bus_device_vtable[];
+int bus_device_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **ret_found,
+                           sd_bus_error *error);
+int bus_device_node_enumerator(sd_bus *bus, const char *path, void *userdata, char ***ret_nodes,
+                               sd_bus_error *error);
+/* Resolves a device object path sent by a client. NULL with error set (NoSuchDevice, InvalidArgs). */
+Device *bus_device_from_path(BusService *s, const char *path, sd_bus_error *error);

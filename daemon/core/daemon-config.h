@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * vfiomigd.conf(5): a JSON object with "allow-simulated", "max-devices" and "devices" (each
+ * {"address": ..., "options": {sim options}}). Unknown keys and wrong types are errors that name
+ * the offending member, so a typo never silently changes behaviour.
+ */
+
+#include "error-message.h"
+#include "manager.h"
+
+#define DAEMON_CONFIG_DEFAULT_PATH SYSCONFDIR "/vfiomigd/vfiomigd.conf"
+#define DAEMON_CONFIG_SIZE_MAX (UINT64_C(1) << 20)
+
+typedef struct ConfigDevice {
+        char *address;
+        AttachOptions options;
+} ConfigDevice;
+
+typedef struct DaemonConfig {
+        bool allow_simulated;
+        unsigned max_devices;        /* 0 = default */
+        ConfigDevice *devices;
+        size_t n_devices;
+} DaemonConfig;
+
+/* Loads path. A missing file is an error only when required (the path was given explicitly);
+ * otherwise it yields an empty config. */
+int daemon_config_load(const char *path, bool required, DaemonConfig *ret, ErrorMessage *err);
+/* Parses a JSON text (for tests, and for load). */
+int daemon_config_parse(const char *text, DaemonConfig *ret, ErrorMessage *err);
+void daemon_config_done(DaemonConfig *c);

@@ -1,0 +1,47 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * A device the daemon owns: a backend device plus what the daemon remembers about it — its
+ * bus id, the last state it saw, the data fd of an open migration session, and an account of
+ * the last transition. State changes found or made here are reported to the manager's hooks so
+ * that the bus layer can emit PropertiesChanged.
+ */
+
+#include "error-message.h"
+#include "transition.h"
+#include "vfio-dev.h"
+
+typedef struct Manager Manager;
+
+typedef struct Device {
+        Manager *manager;
+        char *id;               /* "sim_gpu0", "pci_0000_3b_00_1", "mdev_<uuid with _>" */
+        VfioDev *dev;
+        MigState state;         /* last state read or reached */
+        bool state_known;
+        int session_fd;         /* data fd of the open save/load session, or -EBADF */
+        char *last_transition;  /* "running → stop-copy: ok", or the failure report */
+} Device;
+
+/* The bus id of a device: "sim_NAME", "pci_DDDD_BB_DD_F", "mdev_<uuid with _>", else "dev_<escaped>". */
+int device_id_from_vfio_dev(const VfioDev *d, char **ret);
+
+int device_new(Manager *m, VfioDev *dev, Device **ret);
+Device *device_free(Device *d);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Device *, device_free);
+
+/* Reads the state from the device, updating the cache (and notifying when it changed). */
+int device_refresh_state(Device *d, MigState *ret);
+
+/* A validated transition with recovery (core/transition.h); keeps the session fd, the cached
+ * state and LastTransition up to date. *ret_report is always filled. */
+int device_set_state(Device *d, MigState target, int recover_state, TransitionReport *ret_report, ErrorMessage *err);
+int device_reset(Device *d, ErrorMessage *err);
+/* -ENOMSG when the device has no open pre-copy session. */
+int device_precopy_info(Device *d, uint64_t *ret_initial, uint64_t *ret_dirty, ErrorMessage *err);
+int device_stop_copy_size(Device *d, uint64_t *ret, ErrorMessage *err);
+
+/* After an operation: closes the session fd if the device left its session states, records the
+ * state, and notifies. Used by group moves, which run the transitions themselves. */
+void device_note_outcome(Device *d, int reached, int data_fd, const char *summary);

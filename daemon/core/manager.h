@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * The daemon's core state: the devices it owns and what the kernel offers. It knows nothing of
+ * D-Bus; the bus layer installs hooks to hear about devices appearing, disappearing and changing.
+ * Every resource a client can create here is capped (max_devices).
+ */
+
+#include "device.h"
+#include "kernel-device.h"
+#include "kernel-features.h"
+#include "sim-device.h"
+#include "transition.h"
+
+#define MANAGER_MAX_DEVICES_DEFAULT 256u
+#define MANAGER_MAX_DEVICES_LIMIT 4096u
+
+typedef struct ManagerOptions {
+        bool allow_simulated;
+        unsigned max_devices;
+        KernelContextOptions kernel;
+} ManagerOptions;
+
+typedef struct ManagerHooks {
+        void (*device_added)(Manager *m, Device *d, void *userdata);
+        void (*device_removed)(Manager *m, Device *d, void *userdata); /* before it is freed */
+        void (*device_changed)(Manager *m, Device *d, void *userdata);
+        void *userdata;
+} ManagerHooks;
+
+struct Manager {
+        ManagerOptions options;
+        KernelContext *kernel;
+        KernelFeatures features;
+        Device **devices;
+        size_t n_devices;
+        ManagerHooks hooks;
+};
+
+/* What AttachDevice was given besides the address. */
+typedef struct AttachOptions {
+        SimConfig sim;
+        bool sim_options_given;
+} AttachOptions;
+
+void attach_options_init(AttachOptions *o);
+
+int manager_new(const ManagerOptions *options, Manager **ret);
+Manager *manager_free(Manager *m);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free);
+
+void manager_set_hooks(Manager *m, const ManagerHooks *hooks);
+void manager_notify_device_changed(Manager *m, Device *d);
+
+/* The checks that need no device access: well-formed address, simulation allowed, not attached
+ * yet, capacity left, options only for sim devices. -EINVAL (malformed, not allowed, options
+ * misplaced), -EEXIST (attached already, *ret_existing set when non-NULL), -E2BIG (full). */
+int manager_check_attach(Manager *m, const char *address, const AttachOptions *o, Device **ret_existing,
+                         ErrorMessage *err);
+/* Checks again, then opens the device. Besides the above: -ENODEV/-ENOENT no such device, -ENXIO
+ * not usable through VFIO, -EBUSY in use, other errnos from the kernel. */
+int manager_attach(Manager *m, const char *address, const AttachOptions *o, Device **ret, ErrorMessage *err);
+/* -EBUSY unless the device is running (detaching mid-migration would disrupt it). */
+int manager_check_detach(Manager *m, Device *d, ErrorMessage *err);
+int manager_detach(Manager *m, Device *d, ErrorMessage *err);
+
+/* By id ("sim_a"), by address as attached ("sim:a", "0000:3b:00.1"), or by any other form of a
+ * kernel address that resolves to an attached device ("3B:00.1", a sysfs path). NULL if none. */
+Device *manager_find_device(Manager *m, const char *address_or_id);
+
+typedef enum GroupOutcome {
+        GROUP_DONE,
+        GROUP_REFUSED_NOT_MIGRATABLE,
+        GROUP_REFUSED_INVALID_TRANSITION,
+        GROUP_REFUSED_DEVICE_IN_ERROR,
+        GROUP_REFUSED_NO_P2P,
+        GROUP_REFUSED_DUPLICATE,
+        GROUP_FAILED,          /* a device failed; all were rolled back as far as possible */
+        GROUP_DEVICE_UNREADABLE,
+} GroupOutcome;
+
+/* Moves devices together in P2P-safe order (group_transition_run()), recording the outcome on
+ * every device. results[i] receives each device's final state (-1 unknown). */
+int manager_set_states(Manager *m, Device **devices, size_t n, MigState target, bool force_without_p2p,
+                       int *results, GroupOutcome *ret_outcome, ErrorMessage *err);
+
+/* "3 devices attached (2 simulated)" for STATUS= */
+int manager_status_text(Manager *m, char **ret);

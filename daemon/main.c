@@ -1,0 +1,184 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+
+/* vfiomigd: owns VFIO devices and drives their migration state on request over D-Bus. */
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <systemd/sd-event.h>
+
+#include "bus-service.h"
+#include "config.h"
+#include "daemon-config.h"
+#include "log.h"
+#include "manager.h"
+#include "strv.h"
+
+static bool arg_allow_simulated;
+static const char *arg_config_path = DAEMON_CONFIG_DEFAULT_PATH;
+static bool arg_config_required;
+
+static void help(void) {
+        printf("%s [OPTIONS...]\n\n"
+               "Owns VFIO devices and drives their migration state on request over D-Bus (org.vfiomig1).\n\n"
+               "  -h --help                 Show this help\n"
+               "     --version              Show the version\n"
+               "     --allow-simulated      Allow simulated devices (sim:NAME)\n"
+               "     --config=PATH          Configuration file (default: %s)\n"
+               "     --log-level=LEVEL      err, warning, notice, info or debug (default: info)\n"
+               "     --log-target=TARGET    auto, stderr or journal (default: auto)\n"
+               "\nSee vfiomigd(8).\n",
+               program_invocation_short_name, DAEMON_CONFIG_DEFAULT_PATH);
+}
+
+/* Returns 1 to run, 0 to exit successfully (help, version), negative on a usage error. */
+static int parse_argv(int argc, char *argv[]) {
+        enum {
+                ARG_VERSION = 0x100,
+                ARG_ALLOW_SIMULATED,
+                ARG_CONFIG,
+                ARG_LOG_LEVEL,
+                ARG_LOG_TARGET,
+        };
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                { "allow-simulated", no_argument, NULL, ARG_ALLOW_SIMULATED },
+                { "config", required_argument, NULL, ARG_CONFIG },
+                { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
+                { "log-target", required_argument, NULL, ARG_LOG_TARGET },
+                {},
+        };
+        int c, level;
+
+        while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
+                switch (c) {
+                case 'h':
+                        help();
+                        return 0;
+                case ARG_VERSION:
+                        printf("vfiomigd %s\n", PACKAGE_VERSION);
+                        return 0;
+                case ARG_ALLOW_SIMULATED:
+                        arg_allow_simulated = true;
+                        break;
+                case ARG_CONFIG:
+                        arg_config_path = optarg;
+                        arg_config_required = true;
+                        break;
+                case ARG_LOG_LEVEL:
+                        level = log_level_from_string(optarg);
+                        if (level < 0)
+                                return log_error_errno(SYNTHETIC_ERRNO(EINVAL), "Unknown log level '%s'.", optarg);
+                        log_set_max_level(level);
+                        break;
+                case ARG_LOG_TARGET:
+                        if (streq(optarg, "auto"))
+                                log_set_target(LOG_TARGET_AUTO);
+                        else if (streq(optarg, "stderr"))
+                                log_set_target(LOG_TARGET_STDERR);
+                        else if (streq(optarg, "journal"))
+                                log_set_target(LOG_TARGET_JOURNAL);
+                        else
+                                return log_error_errno(SYNTHETIC_ERRNO(EINVAL), "Unknown log target '%s'.", optarg);
+                        break;
+                case '?':
+                        return -EINVAL;
+                default:
+                        return -EINVAL;
+                }
+        if (optind < argc)
+                return log_error_errno(SYNTHETIC_ERRNO(EINVAL), "%s takes no arguments.", program_invocation_short_name);
+        return 1;
+}
+
+/* Devices named in the configuration are attached before the bus name is taken, so they exist
+ * when READY=1 goes out. One that cannot be attached is reported and skipped: the others still
+ * need managing. */
+static void attach_configured_devices(Manager *m, const DaemonConfig *config) {
+        for (size_t i = 0; i < config->n_devices; i++) {
+                const ConfigDevice *c = &config->devices[i];
+                ErrorMessage err = {};
+                int r = manager_attach(m, c->address, &c->options, NULL, &err);
+                if (r < 0)
+                        log_error_errno(r, "Failed to attach %s from %s, skipping: %s", c->address, arg_config_path,
+                                        err.text[0] ? err.text : strerror(-r));
+        }
+}
+
+static int run(int argc, char *argv[]) {
+        _cleanup_(sd_event_unrefp) sd_event *event = NULL;
+        _cleanup_(bus_service_freep) BusService *service = NULL;
+        _cleanup_(manager_freep) Manager *manager = NULL;
+        _cleanup_(daemon_config_done) DaemonConfig config = {};
+        ManagerOptions options = {};
+        ErrorMessage err = {};
+        sigset_t mask;
+        int r;
+
+        log_setup();
+        r = parse_argv(argc, argv);
+        if (r <= 0)
+                return r;
+        log_setup();
+        umask(0077);
+
+        r = daemon_config_load(arg_config_path, arg_config_required, &config, &err);
+        if (r < 0)
+                return log_error_errno(r, "Failed to load the configuration: %s", err.text);
+
+        options.allow_simulated = arg_allow_simulated || config.allow_simulated;
+        options.max_devices = config.max_devices;
+        r = manager_new(&options, &manager);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up: %m");
+        {
+                _cleanup_strv_free_ char **features = NULL;
+                _cleanup_free_ char *joined = NULL;
+
+                if (kernel_features_to_strv(&manager->features, &features) >= 0)
+                        joined = strv_join(features, " ");
+                log_info("vfiomigd %s on Linux %s; the kernel offers: %s", PACKAGE_VERSION, manager->features.release,
+                         joined && *joined ? joined : "no VFIO interface");
+        }
+        if (options.allow_simulated)
+                log_notice("Simulated devices are allowed.");
+
+        attach_configured_devices(manager, &config);
+
+        r = sd_event_default(&event);
+        if (r < 0)
+                return log_error_errno(r, "Failed to allocate the event loop: %m");
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+                return log_error_errno(errno, "Failed to block signals: %m");
+        r = sd_event_add_signal(event, NULL, SIGTERM, NULL, NULL);
+        if (r >= 0)
+                r = sd_event_add_signal(event, NULL, SIGINT, NULL, NULL);
+        if (r < 0)
+                return log_error_errno(r, "Failed to watch signals: %m");
+        r = sd_event_set_watchdog(event, true);
+        if (r < 0)
+                log_warning_errno(r, "Failed to enable the watchdog, ignoring: %m");
+
+        r = bus_service_new(event, manager, &service);
+        if (r < 0)
+                return r;
+
+        r = sd_event_loop(event);
+        (void) sd_notify(false, "STOPPING=1\nSTATUS=Shutting down.");
+        if (r < 0)
+                return log_error_errno(r, "Event loop failed: %m");
+        log_info("Exiting.");
+        return 0;
+}
+
+int main(int argc, char *argv[]) {
+        int r = run(argc, argv);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "strv.h"
+
+size_t strv_length(char *const *l) {
+        size_t n = 0;
+        while (l && l[n])
+                n++;
+        return n;
+}
+
+char *strv_join(char *const *l, const char *sep) {
+        size_t len = 1, seplen = strlen(sep);
+        char *out, *p;
+
+        for (size_t i = 0; l && l[i]; i++)
+                len += strlen(l[i]) + (i > 0 ? seplen : 0);
+        out = malloc(len);
+        if (!out)
+                return NULL;
+        p = out;
+        for (size_t i = 0; l && l[i]; i++) {
+                if (i > 0)
+                        p = stpcpy(p, sep);
+                p = stpcpy(p, l[i]);
+        }
+        *p = '\0';
+        return out;
+}

@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* vfiomigd.conf(5) parsing and the sim options shared with the bus. */
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <string.h>
+
+#include "daemon-config.h"
+#include "device-options.h"
+
+static int parse(const char *text, DaemonConfig *c, ErrorMessage *err) {
+        *err = (ErrorMessage) {};
+        return daemon_config_parse(text, c, err);
+}
+
+Test(daemon_config, full_example) {
+        DaemonConfig c;
+        ErrorMessage err;
+
+        cr_assert_eq(parse("{ \"allow-simulated\": true, \"max-devices\": 8, \"devices\": ["
+                           "  { \"address\": \"0000:3b:00.1\" },"
+                           "  { \"address\": \"sim:gpu0\", \"options\": { \"state-size\": 1048576,"
+                           "    \"precopy-size\": 65536, \"dirty-rate\": 4096, \"flags\": [\"stop-copy\", \"p2p\"],"
+                           "    \"seed\": 7, \"mtty-quirks\": true, \"fail-arcs\": [\"stop>stop-copy\"] } } ] }",
+                           &c, &err), 0, "%s", err.text);
+        cr_assert(c.allow_simulated);
+        cr_assert_eq(c.max_devices, 8);
+        cr_assert_eq(c.n_devices, 2);
+        cr_assert_str_eq(c.devices[0].address, "0000:3b:00.1");
+        cr_assert(!c.devices[0].options.sim_options_given);
+        const SimConfig *s = &c.devices[1].options.sim;
+        cr_assert(c.devices[1].options.sim_options_given);
+        cr_assert_eq(s->state_size, 1048576);
+        cr_assert_eq(s->precopy_size, 65536);
+        cr_assert_eq(s->dirty_rate, 4096);
+        cr_assert_eq(s->migration_flags, VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P);
+        cr_assert(s->seed_set && s->seed == 7);
+        cr_assert(s->mtty_quirks);
+        cr_assert_eq(s->fail_in_place, SIM_ARC_BIT(VFIO_DEVICE_STATE_STOP, VFIO_DEVICE_STATE_STOP_COPY));
+        daemon_config_done(&c);
+
+        cr_assert_eq(parse("{}", &c, &err), 0);
+        cr_assert(!c.allow_simulated && c.max_devices == 0 && c.n_devices == 0);
+        daemon_config_done(&c);
+}
+
+Test(daemon_config, errors_name_the_offending_member) {
+        static const struct {
+                const char *text, *message;
+        } cases[] = {
+                { "", "not valid JSON" },
+                { "{ \"allow-simulated\": tru }", "not valid JSON" },
+                { "[]", "top level must be a JSON object" },
+                { "{ \"allow_simulated\": true }", "unknown key 'allow_simulated'" },
+                { "{ \"allow-simulated\": 1 }", "allow-simulated must be true or false" },
+                { "{ \"max-devices\": 0 }", "max-devices must be an integer from 1 to 4096" },
+                { "{ \"max-devices\": 5000 }", "max-devices must be" },
+                { "{ \"max-devices\": \"8\" }", "max-devices must be" },
+                { "{ \"devices\": {} }", "devices must be an array" },
+                { "{ \"devices\": [ 3 ] }", "devices[0] must be an object" },
+                { "{ \"devices\": [ {} ] }", "devices[0] has no \"address\"" },
+                { "{ \"devices\": [ { \"address\": \"sim:a\", \"colour\": 1 } ] }", "devices[0]: unknown key 'colour'" },
+                { "{ \"devices\": [ { \"address\": \"sim:a\" }, { \"address\": \"sim:b\", \"options\": { \"size\": 1 } } ] }",
+                  "devices[1]: unknown option 'size'" },
+                { "{ \"devices\": [ { \"address\": \"sim:a\", \"options\": { \"state-size\": -1 } } ] }",
+                  "'state-size' must be a non-negative integer" },
+                { "{ \"devices\": [ { \"address\": \"sim:a\", \"options\": { \"state-size\": \"1M\" } } ] }",
+                  "'state-size' must be a non-negative integer" },
+                { "{ \"devices\": [ { \"address\": \"sim:a\", \"options\": { \"flags\": [\"turbo\"] } } ] }",
+                  "unknown migration flag 'turbo'" },
+                { "{ \"devices\": [ { \"address\": \"sim:a\", \"options\": { \"flags\": \"p2p\" } } ] }",
+                  "'flags' must be an array of strings" },
+                { "{ \"devices\": [ { \"address\": \"sim:a\", \"options\": { \"error-arcs\": [\"stop\"] } } ] }",
+                  "error-arcs: 'stop' is not an arc" },
+                { "{ \"devices\": [ { \"address\": \"sim:a\", \"options\": { \"mtty-quirks\": 1 } } ] }",
+                  "'mtty-quirks' must be true or false" },
+        };
+
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                DaemonConfig c = {};
+                ErrorMessage err;
+                cr_assert_eq(parse(cases[i].text, &c, &err), -EINVAL, "accepted: %s", cases[i].text);
+                cr_assert(strstr(err.text, cases[i].message), "for %s: got \"%s\", expected \"%s\"", cases[i].text,
+                          err.text, cases[i].message);
+                cr_assert_eq(c.n_devices, 0, "nothing is returned on failure");
+        }
+}
+
+Test(daemon_config, load_from_files) {
+        char dir[] = "/tmp/test-daemon-config-XXXXXX", path[64];
+        DaemonConfig c;
+        ErrorMessage err = {};
+        FILE *f;
+
+        cr_assert_not_null(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/vfiomigd.conf", dir);
+        cr_assert_eq(daemon_config_load(path, false, &c, &err), 0, "a missing default file is an empty config");
+        cr_assert_eq(c.n_devices, 0);
+        cr_assert_eq(daemon_config_load(path, true, &c, &err), -ENOENT);
+        cr_assert(strstr(err.text, path));
+
+        f = fopen(path, "we");
+        cr_assert_not_null(f);
+        fputs("{ \"max-devices\": 3, \"bogus\": 1 }", f);
+        fclose(f);
+        err = (ErrorMessage) {};
+        cr_assert_eq(daemon_config_load(path, false, &c, &err), -EINVAL);
+        cr_assert(strstr(err.text, path) && strstr(err.text, "unknown key 'bogus'"), "%s", err.text);
+        err = (ErrorMessage) {};
+        cr_assert_eq(daemon_config_load(dir, true, &c, &err), -EINVAL);
+        cr_assert(strstr(err.text, "not a regular file"), "%s", err.text);
+        unlink(path);
+        rmdir(dir);
+}
+
+Test(device_options, types_and_application) {
+        SimConfig c;
+        ErrorMessage err = {};
+        char *flags[] = { "stop-copy", "pre-copy", NULL };
+        OptionValue u = { .type = OPTION_U64, .u64 = 4096 }, b = { .type = OPTION_BOOL, .b = true },
+                    l = { .type = OPTION_STRV, .strv = flags };
+
+        sim_config_init(&c);
+        cr_assert_eq(sim_option_type("state-size"), OPTION_U64);
+        cr_assert_eq(sim_option_type("mtty-quirks"), OPTION_BOOL);
+        cr_assert_eq(sim_option_type("flags"), OPTION_STRV);
+        cr_assert_eq(sim_option_type("nope"), _OPTION_TYPE_INVALID);
+        cr_assert_eq(sim_config_apply(&c, "dirty-rate", &u, &err), 0);
+        cr_assert_eq(c.dirty_rate, 4096);
+        cr_assert_eq(sim_config_apply(&c, "flags", &l, &err), 0);
+        cr_assert_eq(c.migration_flags, VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_PRE_COPY);
+        cr_assert_eq(sim_config_apply(&c, "mtty-quirks", &b, &err), 0);
+        cr_assert(c.mtty_quirks);
+        cr_assert_eq(sim_config_apply(&c, "state-size", &b, &err), -EINVAL);
+        cr_assert_str_eq(err.text, "option 'state-size' takes a value of type t, not b");
+}
