@@ -12,7 +12,7 @@ PACKAGES=(
         # unit tests
         libcriterion-dev
         # integration tests: a private bus, polkit, a service manager, the CLIs they use
-        dbus dbus-daemon polkitd systemd util-linux procps
+        dbus dbus-daemon dbus-bin polkitd systemd util-linux procps python3
 )
 
 missing=()

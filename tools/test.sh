@@ -28,7 +28,8 @@ ninja -C build-asan
 status=0
 meson test -C build --print-errorlogs --num-processes 2 || status=1
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 || status=1
+        meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 \
+                --wrapper "$top/tools/sanitizer-wrapper.sh" || status=1
 
 # One closing line for the whole run, counted from meson's own logs.
 python3 - "$top/build/meson-logs/testlog.json" "$top/build-asan/meson-logs/testlog.json" <<'PY'
