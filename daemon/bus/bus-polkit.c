@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bus-polkit.h"
 #include "log.h"
@@ -181,7 +182,9 @@ int bus_verify_polkit_async(sd_bus_message *call, const char *action, const char
                 r = sd_bus_creds_get_euid(creds, &euid);
         if (r < 0)
                 return sd_bus_error_set_errnof(error, r, "Failed to identify the caller: %s", strerror(-r));
-        if (euid == 0)
+        /* Root, and the daemon's own user (who could take over the daemon anyway; this is what lets
+         * an unprivileged user run the whole product on simulated devices), need nobody's leave. */
+        if (euid == 0 || euid == geteuid())
                 return 1;
 
         if (!*registry) {

@@ -12,8 +12,8 @@
  *     ... act ...
  *
  * The handler must therefore be idempotent up to this call: validate arguments, then verify,
- * then change state. Root is allowed without asking. When polkit is not on the bus at all, only
- * root is allowed (a host without polkit has no other way to express policy).
+ * then change state. Root and the daemon's own user are allowed without asking. When polkit is
+ * not on the bus at all, nobody else is (a host without polkit has no other way to express policy).
  */
 
 #include <systemd/sd-bus.h>
