@@ -77,7 +77,7 @@ static int parse_argv(int argc, char *argv[]) {
                         break;
                 case ARG_LOG_TARGET:
                         if (streq(optarg, "auto"))
-                                log_set_target(LOG_TARGET_AUTO);
+                                log_set_target(LOG_TARGET_AUTO); /* resolved by log_open() */
                         else if (streq(optarg, "stderr"))
                                 log_set_target(LOG_TARGET_STDERR);
                         else if (streq(optarg, "journal"))
@@ -119,11 +119,12 @@ static int run(int argc, char *argv[]) {
         sigset_t mask;
         int r;
 
-        log_setup();
+        log_parse_environment();
+        log_open();
         r = parse_argv(argc, argv);
         if (r <= 0)
                 return r;
-        log_setup();
+        log_open(); /* --log-target may have asked for auto again */
         umask(0077);
 
         r = daemon_config_load(arg_config_path, arg_config_required, &config, &err);

@@ -62,13 +62,16 @@ static bool stderr_is_journal(void) {
         return (unsigned long long) st.st_dev == dev && (unsigned long long) st.st_ino == ino;
 }
 
-void log_setup(void) {
+void log_parse_environment(void) {
         const char *e = getenv("VFIOMIGD_LOG_LEVEL");
         if (e) {
                 int level = log_level_from_string(e);
                 if (level >= 0)
                         log_max_level = level;
         }
+}
+
+void log_open(void) {
         if (log_target == LOG_TARGET_AUTO)
                 log_target = stderr_is_journal() ? LOG_TARGET_JOURNAL : LOG_TARGET_STDERR;
 }

@@ -26,8 +26,10 @@ LogTarget log_get_target(void);
 void log_set_max_level(int level);
 int log_get_max_level(void);
 int log_level_from_string(const char *s);
-/* Reads $VFIOMIGD_LOG_LEVEL and resolves LOG_TARGET_AUTO. */
-void log_setup(void);
+/* Reads $VFIOMIGD_LOG_LEVEL; call before parsing the command line, which may override it. */
+void log_parse_environment(void);
+/* Resolves LOG_TARGET_AUTO: the journal when stderr is connected to it, else stderr. */
+void log_open(void);
 
 /* Identifies the subject of the messages that follow on this thread (a device id, a job), or NULL.
  * Journal entries carry it as VFIO_DEVICE=, stderr lines as a prefix. */
