@@ -13,6 +13,8 @@ PACKAGES=(
         libcriterion-dev
         # integration tests: a private bus, polkit, a service manager, the CLIs they use
         dbus dbus-daemon dbus-bin polkitd systemd util-linux procps python3
+        # documentation checks: man pages render cleanly, XML policy files are well-formed
+        groff-base man-db libxml2-utils
 )
 
 missing=()
