@@ -255,6 +255,8 @@ int manager_set_states(Manager *m, Device **devices, size_t n, MigState target, 
                 results[i] = members[i].reached;
         }
 
+        if (r >= 0)
+                log_info("Moved %zu device%s to %s together.", n, n == 1 ? "" : "s", mig_state_to_string(target));
         *ret_outcome = r >= 0 ? GROUP_DONE : moved ? GROUP_FAILED : outcome_of_refusal(members, n, r);
         return r;
 }
