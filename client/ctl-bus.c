@@ -1,0 +1,469 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+
+#include "ctl-bus.h"
+#include "ctl-output.h"
+#include "vfiomig1.h"
+
+#define DBUS_ERROR_PREFIX "org.freedesktop.DBus.Error."
+#define PROPERTIES_INTERFACE "org.freedesktop.DBus.Properties"
+
+/* sd-bus's built-in default when $DBUS_SYSTEM_BUS_ADDRESS is unset. */
+#define DEFAULT_SYSTEM_BUS_ADDRESS "unix:path=/run/dbus/system_bus_socket"
+
+const char *ctl_system_bus_address(void) {
+        const char *e = secure_getenv("DBUS_SYSTEM_BUS_ADDRESS");
+
+        return e && *e ? e : DEFAULT_SYSTEM_BUS_ADDRESS;
+}
+
+int ctl_bus_connect(const char *address, uint64_t timeout_usec, sd_bus **ret) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        int r;
+
+        if (address) {
+                r = sd_bus_new(&bus);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to allocate bus: %m");
+                r = sd_bus_set_address(bus, address);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to set bus address '%s': %m", address);
+                r = sd_bus_set_bus_client(bus, true);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to set bus client: %m");
+                r = sd_bus_start(bus);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to connect to bus at %s: %m", address);
+        } else {
+                r = sd_bus_open_system(&bus);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to connect to the system bus at %s: %m",
+                                        ctl_system_bus_address());
+                        if (r == -ENOENT || r == -ECONNREFUSED)
+                                log_hint("is D-Bus running? Use --address=ADDRESS for another bus");
+                        return r;
+                }
+        }
+
+        if (timeout_usec > 0) {
+                r = sd_bus_set_method_call_timeout(bus, timeout_usec);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to set method call timeout: %m");
+        }
+
+        *ret = TAKE_PTR(bus);
+        return 0;
+}
+
+const char *ctl_bus_error_hint(const char *name) {
+        static const struct {
+                const char *name;
+                const char *hint;
+        } hints[] = {
+                { VFIOMIG_ERROR_NO_SUCH_DEVICE,
+                  "'vfiomigctl list' shows the attached devices" },
+                { VFIOMIG_ERROR_NOT_MIGRATABLE,
+                  "the device's driver has no VFIO migration support; "
+                  "'vfiomigctl status DEV' shows why (MigratableReason)" },
+                { VFIOMIG_ERROR_INVALID_TRANSITION,
+                  "the target is not reachable from the current state with this device's "
+                  "migration flags; 'vfiomigctl status DEV' shows both" },
+                { VFIOMIG_ERROR_TRANSITION_FAILED,
+                  "the device refused the transition and was recovered; "
+                  "'vfiomigctl status DEV' shows where it is now (State, LastTransition)" },
+                { VFIOMIG_ERROR_DEVICE_IN_ERROR,
+                  "a device in the error state only leaves it by 'vfiomigctl reset DEV'" },
+                { VFIOMIG_ERROR_P2P_REQUIRED,
+                  "a device of the group lacks P2P support; "
+                  "--force-without-p2p moves the group anyway" },
+                { VFIOMIG_ERROR_BUSY,
+                  "another operation (a migration, a transition) holds the device; retry when it is done" },
+                { VFIOMIG_ERROR_LIMIT_EXCEEDED,
+                  "a limit of vfiomigd was reached; 'vfiomigctl status' shows MaxDevices and DeviceCount" },
+                { VFIOMIG_ERROR_NOT_SUPPORTED,
+                  "this vfiomigd or host kernel cannot do that; "
+                  "'vfiomigctl status' lists KernelFeatures and SimulationAllowed" },
+                { VFIOMIG_ERROR_DEVICE_FAILED,
+                  "the device or its driver failed; vfiomigd's log has the details "
+                  "(journalctl -u vfiomigd)" },
+                { VFIOMIG_ERROR_NO_PRECOPY_SESSION,
+                  "precopy information exists only in the pre-copy and pre-copy-p2p states" },
+                { DBUS_ERROR_PREFIX "AccessDenied",
+                  "not authorized: run as root or get the polkit action granted" },
+                { DBUS_ERROR_PREFIX "InteractiveAuthorizationRequired",
+                  "not authorized: run as root or get the polkit action granted" },
+                { DBUS_ERROR_PREFIX "ServiceUnknown",
+                  "vfiomigd is not running on this bus" },
+                { DBUS_ERROR_PREFIX "NameHasNoOwner",
+                  "vfiomigd is not running on this bus" },
+                { DBUS_ERROR_PREFIX "InvalidArgs",
+                  "vfiomigd rejected an argument; vfiomigctl(1) describes what each command takes" },
+                { DBUS_ERROR_PREFIX "UnknownObject",
+                  "no such object: the device may have been detached; 'vfiomigctl list' shows the attached devices" },
+                { DBUS_ERROR_PREFIX "UnknownMethod",
+                  "this vfiomigd does not implement the call; client and daemon versions differ" },
+                { DBUS_ERROR_PREFIX "UnknownInterface",
+                  "this vfiomigd does not implement the call; client and daemon versions differ" },
+                { DBUS_ERROR_PREFIX "NoReply",
+                  "vfiomigd did not answer in time; --timeout=SECONDS allows longer" },
+                { DBUS_ERROR_PREFIX "Timeout",
+                  "vfiomigd did not answer in time; --timeout=SECONDS allows longer" },
+                { DBUS_ERROR_PREFIX "Disconnected",
+                  "the bus connection was lost; is the bus still running?" },
+        };
+
+        if (!name)
+                return NULL;
+        for (size_t i = 0; i < ELEMENTSOF(hints); i++)
+                if (streq(name, hints[i].name))
+                        return hints[i].hint;
+        return NULL;
+}
+
+int ctl_log_call_error(sd_bus *bus, const char *member, const sd_bus_error *error, int r) {
+        const char *address = NULL, *hint;
+
+        if (r >= 0)
+                r = -EIO;
+        (void) sd_bus_get_address(bus, &address);
+        address = address ?: "the bus";
+
+        if (!sd_bus_error_is_set(error)) {
+                /* No reply from anyone: a transport failure, so the address is what helps. */
+                log_error_errno(r, "Failed to call %s on %s: %m", member, address);
+                if (r == -ETIMEDOUT)
+                        log_hint("vfiomigd did not answer in time; --timeout=SECONDS allows longer");
+                return r;
+        }
+
+        /* sd-bus makes these up itself when no reply comes: they need the call and the bus named. */
+        if (sd_bus_error_has_names(error, DBUS_ERROR_PREFIX "Timeout", DBUS_ERROR_PREFIX "NoReply",
+                                   DBUS_ERROR_PREFIX "Disconnected"))
+                log_error("Failed to call %s on %s: %s", member, address,
+                          error->message && *error->message ? error->message : error->name);
+        else
+                log_error("%s", error->message && *error->message ? error->message : error->name);
+        hint = ctl_bus_error_hint(error->name);
+        if (sd_bus_error_has_names(error, DBUS_ERROR_PREFIX "ServiceUnknown",
+                                   DBUS_ERROR_PREFIX "NameHasNoOwner"))
+                log_hint("%s (%s)", hint, address);
+        else if (hint)
+                log_hint("%s", hint);
+        return r;
+}
+
+int ctl_new_method_call(sd_bus *bus, const char *path, const char *interface, const char *member,
+                        sd_bus_message **ret) {
+        int r;
+
+        r = sd_bus_message_new_method_call(bus, ret, VFIOMIG_BUS_NAME, path, interface, member);
+        if (r < 0)
+                return log_error_errno(r, "Failed to create %s call for %s: %m", member, path);
+        return 0;
+}
+
+static int call_internal(sd_bus *bus, sd_bus_message *m, sd_bus_error *error, sd_bus_message **ret_reply) {
+        /* usec=0: the bus's method call timeout, which --timeout sets. */
+        return sd_bus_call(bus, m, /* usec= */ 0, error, ret_reply);
+}
+
+int ctl_call(sd_bus *bus, sd_bus_message *m, sd_bus_message **ret_reply) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = call_internal(bus, m, &error, ret_reply);
+        if (r < 0)
+                return ctl_log_call_error(bus, sd_bus_message_get_member(m), &error, r);
+        return 0;
+}
+
+static int read_property(sd_bus_message *m, const CtlProperty *p, void *field) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_VARIANT, p->signature);
+        if (r < 0)
+                return r;
+
+        if (streq(p->signature, "s") || streq(p->signature, "o")) {
+                const char *s;
+                char *copy;
+
+                r = sd_bus_message_read_basic(m, p->signature[0], &s);
+                if (r < 0)
+                        return r;
+                copy = strdup(s);
+                if (!copy)
+                        return -ENOMEM;
+                free(*(char **) field);
+                *(char **) field = copy;
+        } else if (streq(p->signature, "b")) {
+                int b;
+
+                r = sd_bus_message_read_basic(m, 'b', &b);
+                if (r < 0)
+                        return r;
+                *(bool *) field = b;
+        } else if (streq(p->signature, "u")) {
+                r = sd_bus_message_read_basic(m, 'u', field);
+                if (r < 0)
+                        return r;
+        } else if (streq(p->signature, "t")) {
+                r = sd_bus_message_read_basic(m, 't', field);
+                if (r < 0)
+                        return r;
+        } else if (streq(p->signature, "as")) {
+                char **l = NULL;
+
+                r = sd_bus_message_read_strv(m, &l);
+                if (r < 0)
+                        return r;
+                strv_free(*(char ***) field);
+                *(char ***) field = l;
+        } else
+                return -EOPNOTSUPP;
+
+        return sd_bus_message_exit_container(m);
+}
+
+int ctl_get_properties(sd_bus *bus, const char *path, const char *interface, const CtlProperty *map,
+                       void *userdata, bool gone_ok) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = ctl_new_method_call(bus, path, PROPERTIES_INTERFACE, "GetAll", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "s", interface);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append GetAll arguments: %m");
+
+        r = call_internal(bus, m, &error, &reply);
+        if (r < 0) {
+                if (gone_ok && sd_bus_error_has_names(&error, DBUS_ERROR_PREFIX "UnknownObject",
+                                                      VFIOMIG_ERROR_NO_SUCH_DEVICE))
+                        return 0;
+                return ctl_log_call_error(bus, "GetAll", &error, r);
+        }
+
+        r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_ARRAY, "{sv}");
+        if (r < 0)
+                goto parse_error;
+        while ((r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_DICT_ENTRY, "sv")) > 0) {
+                const CtlProperty *p = map;
+                const char *name;
+
+                r = sd_bus_message_read_basic(reply, 's', &name);
+                if (r < 0)
+                        goto parse_error;
+
+                while (p->name && !streq(p->name, name))
+                        p++;
+                if (p->name) {
+                        r = read_property(reply, p, (uint8_t *) userdata + p->offset);
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to read property %s of %s: %m",
+                                                       name, path);
+                } else {
+                        r = sd_bus_message_skip(reply, "v");
+                        if (r < 0)
+                                goto parse_error;
+                }
+
+                r = sd_bus_message_exit_container(reply);
+                if (r < 0)
+                        goto parse_error;
+        }
+        if (r < 0)
+                goto parse_error;
+        r = sd_bus_message_exit_container(reply);
+        if (r < 0)
+                goto parse_error;
+        return 1;
+
+parse_error:
+        return log_error_errno(r, "Failed to parse properties of %s: %m", path);
+}
+
+void manager_info_done(ManagerInfo *i) {
+        if (!i)
+                return;
+        free(i->version);
+        strv_free(i->kernel_features);
+        *i = (ManagerInfo) {};
+}
+
+int ctl_get_manager_info(sd_bus *bus, ManagerInfo *ret) {
+        static const CtlProperty map[] = {
+                { "Version", "s", offsetof(ManagerInfo, version) },
+                { "KernelFeatures", "as", offsetof(ManagerInfo, kernel_features) },
+                { "SimulationAllowed", "b", offsetof(ManagerInfo, simulation_allowed) },
+                { "DeviceCount", "u", offsetof(ManagerInfo, device_count) },
+                { "MaxDevices", "u", offsetof(ManagerInfo, max_devices) },
+                {},
+        };
+        _cleanup_(manager_info_done) ManagerInfo i = {};
+        int r;
+
+        r = ctl_get_properties(bus, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE, map, &i,
+                               /* gone_ok= */ false);
+        if (r < 0)
+                return r;
+
+        *ret = i;
+        i = (ManagerInfo) {};
+        return 0;
+}
+
+void device_info_done(DeviceInfo *i) {
+        if (!i)
+                return;
+        free(i->object);
+        free(i->id);
+        free(i->address);
+        free(i->driver);
+        free(i->backend);
+        strv_free(i->migration_flags);
+        free(i->migratable_reason);
+        free(i->state);
+        free(i->last_transition);
+        *i = (DeviceInfo) {};
+}
+
+int ctl_get_device_info(sd_bus *bus, const char *path, bool gone_ok, DeviceInfo *ret) {
+        static const CtlProperty map[] = {
+                { "Id", "s", offsetof(DeviceInfo, id) },
+                { "Address", "s", offsetof(DeviceInfo, address) },
+                { "Driver", "s", offsetof(DeviceInfo, driver) },
+                { "Backend", "s", offsetof(DeviceInfo, backend) },
+                { "MigrationFlags", "as", offsetof(DeviceInfo, migration_flags) },
+                { "Migratable", "b", offsetof(DeviceInfo, migratable) },
+                { "MigratableReason", "s", offsetof(DeviceInfo, migratable_reason) },
+                { "State", "s", offsetof(DeviceInfo, state) },
+                { "StopCopySize", "t", offsetof(DeviceInfo, stop_copy_size) },
+                { "LastTransition", "s", offsetof(DeviceInfo, last_transition) },
+                {},
+        };
+        _cleanup_(device_info_done) DeviceInfo i = {};
+        int r;
+
+        i.object = strdup(path);
+        if (!i.object)
+                return log_error_errno(ENOMEM, "Out of memory.");
+
+        r = ctl_get_properties(bus, path, VFIOMIG_DEVICE_INTERFACE, map, &i, gone_ok);
+        if (r <= 0)
+                return r;
+
+        *ret = i;
+        i = (DeviceInfo) {};
+        return 1;
+}
+
+void device_list_done(DeviceList *l) {
+        if (!l)
+                return;
+        for (size_t i = 0; i < l->n_devices; i++)
+                device_info_done(&l->devices[i]);
+        free(l->devices);
+        *l = (DeviceList) {};
+}
+
+static int device_info_compare(const void *a, const void *b) {
+        const DeviceInfo *x = a, *y = b;
+
+        return strcmp(x->id ?: "", y->id ?: "");
+}
+
+int ctl_get_devices(sd_bus *bus, DeviceList *ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(device_list_done) DeviceList l = {};
+        _cleanup_strv_free_ char **paths = NULL;
+        size_t n_paths = 0;
+        const char *path;
+        int r;
+
+        r = ctl_new_method_call(bus, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE, "ListDevices", &m);
+        if (r < 0)
+                return r;
+        r = ctl_call(bus, m, &reply);
+        if (r < 0)
+                return r;
+
+        /* Only the paths are taken from here; id and address come with the other properties, so
+         * there is one source for each value. */
+        r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_ARRAY, "(sso)");
+        if (r < 0)
+                goto parse_error;
+        while ((r = sd_bus_message_read(reply, "(sso)", NULL, NULL, &path)) > 0) {
+                char **grown;
+
+                grown = reallocarray(paths, n_paths + 2, sizeof(char *));
+                if (!grown)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                paths = grown;
+                paths[n_paths] = strdup(path);
+                paths[n_paths + 1] = NULL;
+                if (!paths[n_paths])
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                n_paths++;
+        }
+        if (r < 0)
+                goto parse_error;
+        r = sd_bus_message_exit_container(reply);
+        if (r < 0)
+                goto parse_error;
+
+        if (n_paths > 0) {
+                l.devices = new0(DeviceInfo, n_paths);
+                if (!l.devices)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+        }
+        for (size_t i = 0; i < n_paths; i++) {
+                r = ctl_get_device_info(bus, paths[i], /* gone_ok= */ true, &l.devices[l.n_devices]);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        l.n_devices++;
+        }
+
+        if (l.n_devices > 1)
+                qsort(l.devices, l.n_devices, sizeof(DeviceInfo), device_info_compare);
+
+        *ret = l;
+        l = (DeviceList) {};
+        return 0;
+
+parse_error:
+        return log_error_errno(r, "Failed to parse ListDevices reply: %m");
+}
+
+int ctl_resolve_device(sd_bus *bus, const char *dev, char **ret_path) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        const char *path;
+        char *copy;
+        int r;
+
+        if (dev[0] == '/')
+                path = dev;
+        else {
+                r = ctl_new_method_call(bus, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE,
+                                        "GetDevice", &m);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_append(m, "s", dev);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to append GetDevice arguments: %m");
+                r = ctl_call(bus, m, &reply);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_read(reply, "o", &path);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to parse GetDevice reply: %m");
+        }
+
+        copy = strdup(path);
+        if (!copy)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        *ret_path = copy;
+        return 0;
+}

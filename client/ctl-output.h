@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * Everything vfiomigctl writes. Diagnostics go to stderr, prefixed with the program name; results
+ * go to stdout, as an aligned table or "Key: value" lines for people and as JSON for programs.
+ * Callers build a result completely before printing it, so a command that fails half-way never
+ * leaves half an answer on stdout for a script to misread.
+ */
+
+#include <json-c/json.h>
+
+#include "ctl-parse.h"
+#include "macro.h"
+
+#define PROGRAM_NAME "vfiomigctl"
+
+/* "vfiomigctl: MESSAGE" on stderr; "%m" expands to error. Returns -|error| for one-line
+ * "return log_error_errno(r, ...)". */
+int log_error_errno(int error, const char *format, ...) _printf_(2, 3);
+void log_error(const char *format, ...) _printf_(1, 2);
+/* "Hint: MESSAGE" on stderr, the line after an error that says what to do about it. */
+void log_hint(const char *format, ...) _printf_(1, 2);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(json_object *, json_object_put);
+
+/* Add one member; a NULL string becomes JSON null. -ENOMEM on failure. */
+int json_add_string(json_object *o, const char *key, const char *value);
+int json_add_uint64(json_object *o, const char *key, uint64_t value);
+int json_add_bool(json_object *o, const char *key, bool value);
+int json_add_strv(json_object *o, const char *key, char *const *l);
+/* Takes ownership of value, also on failure. */
+int json_add(json_object *o, const char *key, json_object *value);
+int json_append(json_object *array, json_object *value);
+
+/* One document and a newline. Slashes stay unescaped: object paths are most of what we print. */
+int json_print(json_object *j, JsonFormat format, FILE *f);
+
+/* "512 B", "1.0 KiB", "1.5 GiB": one decimal, rounded down, so it never overstates a size. */
+#define FORMAT_BYTES_MAX 16
+char *format_bytes(char *buf, size_t size, uint64_t bytes);
+
+/* "a b c" for lists in "Key: value" lines; "" for an empty list. NULL on OOM. */
+char *strv_join_spaces(char *const *l);
+
+/* An aligned text table with an upper-case header line, as systemd's tools print. */
+typedef struct Table Table;
+
+Table *table_new(const char *const *headers, size_t n_columns);
+Table *table_free(Table *t);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Table *, table_free);
+
+/* Copies n_columns strings; NULL prints as "-". */
+int table_add_row(Table *t, const char *const *cells);
+size_t table_n_rows(const Table *t);
+/* Columns are separated by two spaces; the last one is not padded. */
+int table_print(const Table *t, FILE *f);

@@ -1,0 +1,318 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+
+#include <strings.h>
+#include <systemd/sd-bus.h>
+
+#include "ctl-parse.h"
+#include "macro.h"
+#include "vfiomig1.h"
+
+static const char *const json_format_table[_JSON_FORMAT_MAX] = {
+        [JSON_FORMAT_OFF] = "off",
+        [JSON_FORMAT_SHORT] = "short",
+        [JSON_FORMAT_PRETTY] = "pretty",
+};
+
+static const char *const state_names[] = VFIOMIG_STATE_NAMES;
+
+static const CtlSimOption sim_options[] = VFIOMIG_SIM_OPTIONS;
+
+JsonFormat json_format_from_string(const char *s) {
+        if (!s)
+                return _JSON_FORMAT_INVALID;
+        for (size_t i = 0; i < ELEMENTSOF(json_format_table); i++)
+                if (streq(s, json_format_table[i]))
+                        return (JsonFormat) i;
+        return _JSON_FORMAT_INVALID;
+}
+
+static int digit_value(char c, unsigned base) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (base == 16 && c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (base == 16 && c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -EINVAL;
+}
+
+int ctl_parse_size(const char *s, uint64_t *ret) {
+        static const struct {
+                const char *suffix;
+                unsigned shift;
+        } suffixes[] = {
+                { "K", 10 }, { "KiB", 10 },
+                { "M", 20 }, { "MiB", 20 },
+                { "G", 30 }, { "GiB", 30 },
+                { "T", 40 }, { "TiB", 40 },
+        };
+        const char *p = s;
+        unsigned base = 10, shift = 0;
+        bool overflow = false;
+        uint64_t v = 0;
+        int d;
+
+        if (!s || !ret)
+                return -EINVAL;
+
+        if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+                base = 16;
+                p += 2;
+        }
+
+        /* Scanned by hand: strtoull() would accept leading blanks and a '-' that wraps around. */
+        if (digit_value(*p, base) < 0)
+                return -EINVAL;
+        for (; (d = digit_value(*p, base)) >= 0; p++) {
+                if (v > (UINT64_MAX - (uint64_t) d) / base)
+                        overflow = true;
+                else
+                        v = v * base + (uint64_t) d;
+        }
+
+        if (*p) {
+                bool found = false;
+
+                for (size_t i = 0; i < ELEMENTSOF(suffixes); i++)
+                        if (streq(p, suffixes[i].suffix)) {
+                                shift = suffixes[i].shift;
+                                found = true;
+                                break;
+                        }
+                if (!found)
+                        return -EINVAL;
+        }
+
+        /* Syntax first, so "99999999999999999999999xyz" is reported as malformed, not as too big. */
+        if (overflow || v > (UINT64_MAX >> shift))
+                return -ERANGE;
+
+        *ret = v << shift;
+        return 0;
+}
+
+int ctl_parse_boolean(const char *s) {
+        static const char *const yes[] = { "1", "yes", "true", "on" };
+        static const char *const no[] = { "0", "no", "false", "off" };
+
+        if (!s)
+                return -EINVAL;
+        for (size_t i = 0; i < ELEMENTSOF(yes); i++) {
+                if (strcasecmp(s, yes[i]) == 0)
+                        return 1;
+                if (strcasecmp(s, no[i]) == 0)
+                        return 0;
+        }
+        return -EINVAL;
+}
+
+int ctl_parse_strv(const char *s, char ***ret) {
+        _cleanup_strv_free_ char **l = NULL;
+        size_t n = 1;
+
+        if (!s || !ret)
+                return -EINVAL;
+
+        for (const char *p = s; *p; p++)
+                if (*p == ',')
+                        n++;
+        if (!*s)
+                n = 0;
+
+        l = new0(char *, n + 1);
+        if (!l)
+                return -ENOMEM;
+
+        for (size_t i = 0; i < n; i++) {
+                size_t len = strcspn(s, ",");
+
+                if (len == 0)
+                        return -EINVAL;
+                l[i] = strndup(s, len);
+                if (!l[i])
+                        return -ENOMEM;
+                s += len;
+                if (*s == ',')
+                        s++;
+        }
+
+        *ret = TAKE_PTR(l);
+        return 0;
+}
+
+int ctl_parse_timeout(const char *s, uint64_t *ret_usec) {
+        uint64_t sec = 0, frac = 0;
+        unsigned n_frac = 0;
+        const char *p = s;
+
+        if (!s || !ret_usec)
+                return -EINVAL;
+        if (*p < '0' || *p > '9')
+                return -EINVAL;
+
+        for (; *p >= '0' && *p <= '9'; p++) {
+                if (sec > (UINT64_MAX - 9) / 10)
+                        return -ERANGE;
+                sec = sec * 10 + (uint64_t) (*p - '0');
+        }
+        if (*p == '.') {
+                p++;
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+                for (; *p >= '0' && *p <= '9'; p++) {
+                        if (++n_frac > 6)
+                                return -EINVAL;
+                        frac = frac * 10 + (uint64_t) (*p - '0');
+                }
+                for (unsigned i = n_frac; i < 6; i++)
+                        frac *= 10;
+        }
+        if (*p)
+                return -EINVAL;
+
+        if (sec > (UINT64_MAX - frac) / 1000000)
+                return -ERANGE;
+        /* 0 would silently mean "the sd-bus default", which is not what anyone typing it wants. */
+        if (sec == 0 && frac == 0)
+                return -ERANGE;
+
+        *ret_usec = sec * 1000000 + frac;
+        return 0;
+}
+
+int ctl_state_from_string(const char *s) {
+        if (!s)
+                return -EINVAL;
+        for (size_t i = 0; i < ELEMENTSOF(state_names); i++)
+                if (streq(s, state_names[i]))
+                        return (int) i;
+        return -EINVAL;
+}
+
+bool ctl_state_is_settable(const char *s) {
+        /* Index 0 is the kernel's VFIO_DEVICE_STATE_ERROR. */
+        return ctl_state_from_string(s) > 0;
+}
+
+static char *join(const char *const *l, size_t n, size_t first) {
+        size_t len = 1;
+        char *s, *p;
+
+        for (size_t i = first; i < n; i++)
+                len += strlen(l[i]) + 2;
+
+        s = p = malloc(len);
+        if (!s)
+                return NULL;
+        *p = 0;
+        for (size_t i = first; i < n; i++)
+                p = stpcpy(stpcpy(p, i > first ? ", " : ""), l[i]);
+        return s;
+}
+
+char *ctl_settable_states_list(void) {
+        return join(state_names, ELEMENTSOF(state_names), 1);
+}
+
+bool ctl_device_name_is_valid(const char *dev) {
+        if (!dev || !*dev)
+                return false;
+        if (dev[0] == '/')
+                return sd_bus_object_path_is_valid(dev) > 0;
+        return true;
+}
+
+const CtlSimOption *ctl_sim_option_find(const char *key) {
+        if (!key)
+                return NULL;
+        for (size_t i = 0; i < ELEMENTSOF(sim_options); i++)
+                if (streq(key, sim_options[i].key))
+                        return &sim_options[i];
+        return NULL;
+}
+
+char *ctl_sim_option_keys_list(void) {
+        const char *keys[ELEMENTSOF(sim_options)];
+
+        for (size_t i = 0; i < ELEMENTSOF(sim_options); i++)
+                keys[i] = sim_options[i].key;
+        return join(keys, ELEMENTSOF(keys), 0);
+}
+
+const char *ctl_signature_describe(const char *signature) {
+        if (streq_ptr(signature, "t"))
+                return "an unsigned integer, decimal or 0x hex, with an optional K, M, G, T "
+                       "(or KiB, MiB, GiB, TiB) suffix";
+        if (streq_ptr(signature, "u"))
+                return "an unsigned 32-bit integer, decimal or 0x hex, with an optional K, M, G "
+                       "(or KiB, MiB, GiB) suffix";
+        if (streq_ptr(signature, "b"))
+                return "a boolean: true/false, yes/no, on/off or 1/0";
+        if (streq_ptr(signature, "s"))
+                return "a string";
+        if (streq_ptr(signature, "as"))
+                return "a comma-separated list without empty elements (an empty value is the empty list)";
+        return "a value of a D-Bus type vfiomigctl cannot build from text";
+}
+
+void ctl_option_value_done(CtlOptionValue *v) {
+        if (!v)
+                return;
+        free(v->str);
+        v->str = NULL;
+        strv_free(v->strv);
+        v->strv = NULL;
+}
+
+int ctl_split_assignment(const char *assignment, char **ret_key, const char **ret_value) {
+        const char *eq;
+        char *key;
+
+        if (!assignment || !ret_key || !ret_value)
+                return -EINVAL;
+
+        eq = strchr(assignment, '=');
+        if (!eq || eq == assignment)
+                return -EINVAL;
+
+        key = strndup(assignment, (size_t) (eq - assignment));
+        if (!key)
+                return -ENOMEM;
+
+        *ret_key = key;
+        *ret_value = eq + 1;
+        return 0;
+}
+
+int ctl_option_value_parse(const CtlSimOption *option, const char *value, CtlOptionValue *ret) {
+        CtlOptionValue v = { .option = option };
+        int r;
+
+        if (!option || !value || !ret)
+                return -EINVAL;
+
+        if (streq(option->signature, "t") || streq(option->signature, "u")) {
+                r = ctl_parse_size(value, &v.u64);
+                if (r < 0)
+                        return r;
+                if (streq(option->signature, "u") && v.u64 > UINT32_MAX)
+                        return -ERANGE;
+        } else if (streq(option->signature, "b")) {
+                r = ctl_parse_boolean(value);
+                if (r < 0)
+                        return r;
+                v.boolean = r;
+        } else if (streq(option->signature, "s")) {
+                v.str = strdup(value);
+                if (!v.str)
+                        return -ENOMEM;
+        } else if (streq(option->signature, "as")) {
+                r = ctl_parse_strv(value, &v.strv);
+                if (r < 0)
+                        return r;
+        } else
+                return -EOPNOTSUPP;
+
+        *ret = v;
+        return 0;
+}

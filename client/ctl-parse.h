@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * Text to typed values for vfiomigctl's arguments. Nothing here talks to the bus or prints, so
+ * the unit tests run exactly the conversions the command line goes through, and every caller
+ * can word its own usage error from the negative errno it gets back.
+ */
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef enum JsonFormat {
+        JSON_FORMAT_OFF,
+        JSON_FORMAT_SHORT,
+        JSON_FORMAT_PRETTY,
+        _JSON_FORMAT_MAX,
+        _JSON_FORMAT_INVALID = -EINVAL,
+} JsonFormat;
+
+/* "off", "short", "pretty"; _JSON_FORMAT_INVALID for anything else. */
+JsonFormat json_format_from_string(const char *s);
+
+/* An unsigned decimal or 0x hex number with an optional binary suffix: K, M, G, T or KiB, MiB,
+ * GiB, TiB. -EINVAL for anything else (signs, spaces, empty text), -ERANGE past UINT64_MAX. */
+int ctl_parse_size(const char *s, uint64_t *ret);
+
+/* true/false, yes/no, on/off, 1/0 in any case: 1 or 0, or -EINVAL. */
+int ctl_parse_boolean(const char *s);
+
+/* A comma-separated list; "" is the empty list. -EINVAL for an empty element ("a,,b", "a,"),
+ * which is always a typo: no list vfiomigd takes has empty strings in it. */
+int ctl_parse_strv(const char *s, char ***ret);
+
+/* Positive decimal seconds with up to six fractional digits ("30", "2.5"), in µs. */
+int ctl_parse_timeout(const char *s, uint64_t *ret_usec);
+
+/* A bus state name → its index in VFIOMIG_STATE_NAMES (the kernel's enum value), or -EINVAL. */
+int ctl_state_from_string(const char *s);
+/* Whether a client may ask for s: every known state except "error", which is only reached. */
+bool ctl_state_is_settable(const char *s);
+/* "stop, running, …" for usage errors and --help; NULL on OOM. */
+char *ctl_settable_states_list(void);
+
+/* Whether DEV can name a device at all: a non-empty id or address, or a valid object path. Which
+ * device it names, if any, only vfiomigd knows. */
+bool ctl_device_name_is_valid(const char *dev);
+
+/* One entry of VFIOMIG_SIM_OPTIONS. */
+typedef struct CtlSimOption {
+        const char *key;
+        const char *signature;
+} CtlSimOption;
+
+/* The entry for key, or NULL when vfiomigd does not know the key. */
+const CtlSimOption *ctl_sim_option_find(const char *key);
+/* "state-size, precopy-size, …"; NULL on OOM. */
+char *ctl_sim_option_keys_list(void);
+/* What a value of this D-Bus signature must look like on the command line, for usage errors. */
+const char *ctl_signature_describe(const char *signature);
+
+/* A --option KEY=VALUE converted by the signature of its key. Owns strv and str. */
+typedef struct CtlOptionValue {
+        const CtlSimOption *option;
+        uint64_t u64;           /* "t", "u" */
+        bool boolean;           /* "b" */
+        char *str;              /* "s" */
+        char **strv;            /* "as" */
+} CtlOptionValue;
+
+void ctl_option_value_done(CtlOptionValue *v);
+
+/* Splits "KEY=VALUE" at the first '='. -EINVAL without '=' or with an empty key. */
+int ctl_split_assignment(const char *assignment, char **ret_key, const char **ret_value);
+
+/* Converts value by option->signature. -EINVAL/-ERANGE from the parsers above, -EOPNOTSUPP for a
+ * signature this client cannot build from text. ret is untouched on failure. */
+int ctl_option_value_parse(const CtlSimOption *option, const char *value, CtlOptionValue *ret);

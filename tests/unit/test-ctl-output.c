@@ -1,0 +1,164 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* vfiomigctl's output helpers and error hints (client/ctl-output.h, client/ctl-bus.h). */
+
+#include <criterion/criterion.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl-bus.h"
+#include "ctl-output.h"
+#include "vfiomig1.h"
+
+/* Runs print into a memory stream and returns what it wrote. */
+#define CAPTURE(call)                                                   \
+        ({                                                              \
+                char *_buf = NULL;                                      \
+                size_t _size = 0;                                       \
+                FILE *_f = open_memstream(&_buf, &_size);               \
+                cr_assert_not_null(_f);                                 \
+                cr_assert_eq(call(_f), 0);                              \
+                cr_assert_eq(fclose(_f), 0);                            \
+                _buf;                                                   \
+        })
+
+static void assert_bytes(uint64_t v, const char *expected) {
+        char buf[FORMAT_BYTES_MAX];
+
+        cr_assert_str_eq(format_bytes(buf, sizeof(buf), v), expected, "%" PRIu64, v);
+}
+
+Test(ctl_output, format_bytes) {
+        assert_bytes(0, "0 B");
+        assert_bytes(1023, "1023 B");
+        assert_bytes(1024, "1.0 KiB");
+        assert_bytes(1536, "1.5 KiB");
+        assert_bytes(2047, "1.9 KiB"); /* rounded down, never overstated */
+        assert_bytes(UINT64_C(1) << 20, "1.0 MiB");
+        assert_bytes((UINT64_C(5) << 30) + (UINT64_C(1) << 29), "5.5 GiB");
+        assert_bytes(UINT64_C(1) << 40, "1.0 TiB");
+        assert_bytes(UINT64_C(1) << 50, "1.0 PiB");
+        assert_bytes(UINT64_MAX, "15.9 EiB");
+}
+
+Test(ctl_output, strv_join_spaces) {
+        char *a[] = { "iommufd", "vfio-cdev", "io_uring", NULL }, *none[] = { NULL };
+        _cleanup_free_ char *s = NULL, *e = NULL, *n = NULL;
+
+        s = strv_join_spaces(a);
+        cr_assert_str_eq(s, "iommufd vfio-cdev io_uring");
+        e = strv_join_spaces(none);
+        cr_assert_str_eq(e, "");
+        n = strv_join_spaces(NULL);
+        cr_assert_str_eq(n, "");
+}
+
+static Table *table;
+
+static int print_table(FILE *f) {
+        return table_print(table, f);
+}
+
+Test(ctl_output, table_aligns_columns) {
+        static const char *const headers[] = { "ID", "ADDRESS", "STATE" };
+        _cleanup_free_ char *out = NULL;
+
+        table = table_new(headers, ELEMENTSOF(headers));
+        cr_assert_not_null(table);
+        cr_assert_eq(table_n_rows(table), 0);
+        cr_assert_eq(table_add_row(table, (const char *const[]) { "sim_gpu0", "sim:gpu0", "running" }), 0);
+        cr_assert_eq(table_add_row(table, (const char *const[]) { "pci_0000_3b_00_1", "0000:3b:00.1", NULL }), 0);
+        cr_assert_eq(table_n_rows(table), 2);
+
+        out = CAPTURE(print_table);
+        cr_assert_str_eq(out,
+                         "ID                ADDRESS       STATE\n"
+                         "sim_gpu0          sim:gpu0      running\n"
+                         "pci_0000_3b_00_1  0000:3b:00.1  -\n");
+        table = table_free(table);
+        cr_assert_null(table);
+}
+
+Test(ctl_output, table_header_only) {
+        static const char *const headers[] = { "ID", "STATE" };
+        _cleanup_free_ char *out = NULL;
+
+        table = table_new(headers, ELEMENTSOF(headers));
+        out = CAPTURE(print_table);
+        cr_assert_str_eq(out, "ID  STATE\n");
+        table = table_free(table);
+        cr_assert_null(table_new(headers, 0));
+}
+
+static json_object *doc;
+
+static int print_short(FILE *f) {
+        return json_print(doc, JSON_FORMAT_SHORT, f);
+}
+
+static int print_pretty(FILE *f) {
+        return json_print(doc, JSON_FORMAT_PRETTY, f);
+}
+
+Test(ctl_output, json_members_and_formats) {
+        char *flags[] = { "stop-copy", "p2p", NULL };
+        _cleanup_free_ char *s = NULL, *p = NULL;
+
+        doc = json_object_new_object();
+        cr_assert_eq(json_add_string(doc, "object", "/org/vfiomig1/device/sim_gpu0"), 0);
+        cr_assert_eq(json_add_string(doc, "reason", NULL), 0);
+        cr_assert_eq(json_add_bool(doc, "migratable", true), 0);
+        cr_assert_eq(json_add_uint64(doc, "stop_copy_size", UINT64_MAX), 0);
+        cr_assert_eq(json_add_strv(doc, "migration_flags", flags), 0);
+        cr_assert_eq(json_add_strv(doc, "none", NULL), 0);
+
+        /* Object paths stay readable: no "\/" escapes. 2^64-1 stays exact, not a double. */
+        s = CAPTURE(print_short);
+        cr_assert_str_eq(s,
+                         "{\"object\":\"/org/vfiomig1/device/sim_gpu0\",\"reason\":null,\"migratable\":true,"
+                         "\"stop_copy_size\":18446744073709551615,\"migration_flags\":[\"stop-copy\",\"p2p\"],"
+                         "\"none\":[]}\n");
+
+        p = CAPTURE(print_pretty);
+        cr_assert(strchr(p, '\n') < p + strlen(p) - 1, "pretty output spans lines: %s", p);
+        cr_assert_not_null(strstr(p, "\"migratable\": true"), "%s", p);
+
+        json_object_put(doc);
+}
+
+Test(ctl_output, every_named_error_has_a_hint) {
+        static const char *const names[] = {
+                VFIOMIG_ERROR_NO_SUCH_DEVICE, VFIOMIG_ERROR_NOT_MIGRATABLE, VFIOMIG_ERROR_INVALID_TRANSITION,
+                VFIOMIG_ERROR_TRANSITION_FAILED, VFIOMIG_ERROR_DEVICE_IN_ERROR, VFIOMIG_ERROR_P2P_REQUIRED,
+                VFIOMIG_ERROR_BUSY, VFIOMIG_ERROR_LIMIT_EXCEEDED, VFIOMIG_ERROR_NOT_SUPPORTED,
+                VFIOMIG_ERROR_DEVICE_FAILED, VFIOMIG_ERROR_NO_PRECOPY_SESSION,
+                "org.freedesktop.DBus.Error.AccessDenied", "org.freedesktop.DBus.Error.ServiceUnknown",
+                "org.freedesktop.DBus.Error.NameHasNoOwner", "org.freedesktop.DBus.Error.InvalidArgs",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+                const char *hint = ctl_bus_error_hint(names[i]);
+
+                cr_assert_not_null(hint, "%s", names[i]);
+                cr_assert_null(strchr(hint, '\n'), "%s: a hint is one line", names[i]);
+        }
+
+        cr_assert_str_eq(ctl_bus_error_hint("org.freedesktop.DBus.Error.AccessDenied"),
+                         "not authorized: run as root or get the polkit action granted");
+        cr_assert_str_eq(ctl_bus_error_hint("org.freedesktop.DBus.Error.ServiceUnknown"),
+                         "vfiomigd is not running on this bus");
+        cr_assert_str_eq(ctl_bus_error_hint("org.freedesktop.DBus.Error.NameHasNoOwner"),
+                         "vfiomigd is not running on this bus");
+        cr_assert_null(ctl_bus_error_hint("org.vfiomig1.Error.Unheard"));
+        cr_assert_null(ctl_bus_error_hint(NULL));
+}
+
+Test(ctl_output, system_bus_address_follows_the_environment) {
+        cr_assert_eq(unsetenv("DBUS_SYSTEM_BUS_ADDRESS"), 0);
+        cr_assert_str_eq(ctl_system_bus_address(), "unix:path=/run/dbus/system_bus_socket");
+        cr_assert_eq(setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/tmp/x", 1), 0);
+        cr_assert_str_eq(ctl_system_bus_address(), "unix:path=/tmp/x");
+        cr_assert_eq(setenv("DBUS_SYSTEM_BUS_ADDRESS", "", 1), 0);
+        cr_assert_str_eq(ctl_system_bus_address(), "unix:path=/run/dbus/system_bus_socket");
+}

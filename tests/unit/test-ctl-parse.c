@@ -1,0 +1,287 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/* vfiomigctl's command-line value parsing (client/ctl-parse.h), as the binary runs it. */
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl-parse.h"
+#include "macro.h"
+
+#define SENTINEL UINT64_C(0xdeadbeefdeadbeef)
+
+static void assert_size(const char *s, uint64_t expected) {
+        uint64_t v = SENTINEL;
+
+        cr_assert_eq(ctl_parse_size(s, &v), 0, "'%s' should parse", s);
+        cr_assert_eq(v, expected, "'%s' gave %" PRIu64 ", expected %" PRIu64, s, v, expected);
+}
+
+static void assert_size_fails(const char *s, int error) {
+        uint64_t v = SENTINEL;
+
+        cr_assert_eq(ctl_parse_size(s, &v), error, "'%s' should fail with %d", s, error);
+        cr_assert_eq(v, SENTINEL, "'%s' wrote the result on failure", s);
+}
+
+Test(ctl_parse, size_plain_and_hex) {
+        assert_size("0", 0);
+        assert_size("4096", 4096);
+        assert_size("010", 10); /* decimal, never octal */
+        assert_size("0x1000", 4096);
+        assert_size("0X1f", 31);
+        assert_size("0xABCdef", 0xabcdef);
+        assert_size("0x0", 0);
+        assert_size("18446744073709551615", UINT64_MAX);
+        assert_size("0xffffffffffffffff", UINT64_MAX);
+}
+
+Test(ctl_parse, size_suffixes) {
+        assert_size("4K", 4096);
+        assert_size("4KiB", 4096);
+        assert_size("1M", UINT64_C(1) << 20);
+        assert_size("2MiB", UINT64_C(2) << 20);
+        assert_size("3G", UINT64_C(3) << 30);
+        assert_size("3GiB", UINT64_C(3) << 30);
+        assert_size("1T", UINT64_C(1) << 40);
+        assert_size("5TiB", UINT64_C(5) << 40);
+        assert_size("0x10K", 16384);
+        assert_size("0K", 0);
+        assert_size("16777215T", UINT64_C(16777215) << 40);
+}
+
+Test(ctl_parse, size_rejects_malformed) {
+        static const char *const bad[] = {
+                "", "-1", "+1", " 1", "1 ", "1 K", "0x", "x10", "1.5M", "1e3", "0xG", "1KB", "1Ki",
+                "1KIB", "1k", "1B", "K", "0x-1", "1,000", "99999999999999999999999xyz",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                assert_size_fails(bad[i], -EINVAL);
+        cr_assert_eq(ctl_parse_size(NULL, &(uint64_t) { 0 }), -EINVAL);
+}
+
+Test(ctl_parse, size_rejects_overflow) {
+        assert_size_fails("18446744073709551616", -ERANGE);
+        assert_size_fails("0x10000000000000000", -ERANGE);
+        assert_size_fails("99999999999999999999999", -ERANGE);
+        assert_size_fails("16777216T", -ERANGE);  /* exactly 2^64 */
+        assert_size_fails("0xffffffffffffffffK", -ERANGE);
+        assert_size_fails("17179869184G", -ERANGE);
+}
+
+Test(ctl_parse, boolean) {
+        static const char *const yes[] = { "1", "yes", "true", "on", "YES", "True", "ON" };
+        static const char *const no[] = { "0", "no", "false", "off", "NO", "False", "Off" };
+        static const char *const bad[] = { "", "2", "y", "n", "t", "enable", "yes ", " no", "10" };
+
+        for (size_t i = 0; i < ELEMENTSOF(yes); i++)
+                cr_assert_eq(ctl_parse_boolean(yes[i]), 1, "'%s'", yes[i]);
+        for (size_t i = 0; i < ELEMENTSOF(no); i++)
+                cr_assert_eq(ctl_parse_boolean(no[i]), 0, "'%s'", no[i]);
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                cr_assert_eq(ctl_parse_boolean(bad[i]), -EINVAL, "'%s'", bad[i]);
+        cr_assert_eq(ctl_parse_boolean(NULL), -EINVAL);
+}
+
+Test(ctl_parse, strv) {
+        _cleanup_strv_free_ char **empty = NULL, **one = NULL, **three = NULL;
+        char **untouched = (char **) &untouched;
+
+        cr_assert_eq(ctl_parse_strv("", &empty), 0);
+        cr_assert_not_null(empty, "the empty list is a list, not NULL");
+        cr_assert_null(empty[0]);
+
+        cr_assert_eq(ctl_parse_strv("p2p", &one), 0);
+        cr_assert_str_eq(one[0], "p2p");
+        cr_assert_null(one[1]);
+
+        cr_assert_eq(ctl_parse_strv("stop-copy,p2p,running>stop", &three), 0);
+        cr_assert_str_eq(three[0], "stop-copy");
+        cr_assert_str_eq(three[1], "p2p");
+        cr_assert_str_eq(three[2], "running>stop");
+        cr_assert_null(three[3]);
+
+        static const char *const bad[] = { ",", "a,", ",a", "a,,b", ",," };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                cr_assert_eq(ctl_parse_strv(bad[i], &untouched), -EINVAL, "'%s'", bad[i]);
+                cr_assert_eq(untouched, (char **) &untouched, "'%s' wrote the result on failure", bad[i]);
+        }
+}
+
+Test(ctl_parse, timeout) {
+        uint64_t usec = SENTINEL;
+
+        cr_assert_eq(ctl_parse_timeout("1", &usec), 0);
+        cr_assert_eq(usec, 1000000);
+        cr_assert_eq(ctl_parse_timeout("2.5", &usec), 0);
+        cr_assert_eq(usec, 2500000);
+        cr_assert_eq(ctl_parse_timeout("0.000001", &usec), 0);
+        cr_assert_eq(usec, 1);
+        cr_assert_eq(ctl_parse_timeout("600", &usec), 0);
+        cr_assert_eq(usec, 600000000);
+
+        usec = SENTINEL;
+        cr_assert_eq(ctl_parse_timeout("0", &usec), -ERANGE);
+        cr_assert_eq(ctl_parse_timeout("0.000", &usec), -ERANGE);
+        cr_assert_eq(ctl_parse_timeout("18446744073709551615", &usec), -ERANGE);
+        static const char *const bad[] = { "", ".5", "5.", "-1", "1s", "1 ", "0.0000001", "1e3", "0x10" };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                cr_assert_eq(ctl_parse_timeout(bad[i], &usec), -EINVAL, "'%s'", bad[i]);
+        cr_assert_eq(usec, SENTINEL);
+}
+
+Test(ctl_parse, json_format) {
+        cr_assert_eq(json_format_from_string("off"), JSON_FORMAT_OFF);
+        cr_assert_eq(json_format_from_string("short"), JSON_FORMAT_SHORT);
+        cr_assert_eq(json_format_from_string("pretty"), JSON_FORMAT_PRETTY);
+        cr_assert_eq(json_format_from_string("Pretty"), _JSON_FORMAT_INVALID);
+        cr_assert_eq(json_format_from_string(""), _JSON_FORMAT_INVALID);
+        cr_assert_eq(json_format_from_string(NULL), _JSON_FORMAT_INVALID);
+}
+
+Test(ctl_parse, states_follow_the_bus_names) {
+        /* Indexed by the kernel's enum vfio_device_mig_state. */
+        static const char *const names[] = {
+                "error", "stop", "running", "stop-copy", "resuming", "running-p2p", "pre-copy", "pre-copy-p2p",
+        };
+        _cleanup_free_ char *list = NULL;
+
+        for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+                cr_assert_eq(ctl_state_from_string(names[i]), (int) i, "'%s'", names[i]);
+                cr_assert_eq(ctl_state_is_settable(names[i]), i != 0, "'%s'", names[i]);
+        }
+        static const char *const bad[] = { "", "RUNNING", "stop_copy", "stopcopy", "p2p", " stop" };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                cr_assert_eq(ctl_state_from_string(bad[i]), -EINVAL, "'%s'", bad[i]);
+                cr_assert_not(ctl_state_is_settable(bad[i]), "'%s'", bad[i]);
+        }
+        cr_assert_not(ctl_state_is_settable(NULL));
+
+        list = ctl_settable_states_list();
+        cr_assert_not_null(list);
+        cr_assert_str_eq(list, "stop, running, stop-copy, resuming, running-p2p, pre-copy, pre-copy-p2p");
+}
+
+Test(ctl_parse, device_names) {
+        cr_assert(ctl_device_name_is_valid("sim_gpu0"));
+        cr_assert(ctl_device_name_is_valid("pci_0000_3b_00_1"));
+        cr_assert(ctl_device_name_is_valid("sim:gpu0"));
+        cr_assert(ctl_device_name_is_valid("0000:3b:00.1"));
+        cr_assert(ctl_device_name_is_valid("/org/vfiomig1/device/sim_gpu0"));
+        cr_assert(ctl_device_name_is_valid("/"));
+        cr_assert_not(ctl_device_name_is_valid(""));
+        cr_assert_not(ctl_device_name_is_valid(NULL));
+        cr_assert_not(ctl_device_name_is_valid("/org//vfiomig1"));
+        cr_assert_not(ctl_device_name_is_valid("/org/vfiomig1/"));
+        cr_assert_not(ctl_device_name_is_valid("/org/vfio-mig1"));
+}
+
+Test(ctl_parse, sim_options_match_the_contract) {
+        static const struct {
+                const char *key, *signature;
+        } expected[] = {
+                { "state-size", "t" }, { "precopy-size", "t" }, { "dirty-rate", "t" }, { "flags", "as" },
+                { "seed", "t" }, { "mtty-quirks", "b" }, { "fail-arcs", "as" }, { "error-arcs", "as" },
+        };
+        _cleanup_free_ char *keys = NULL;
+
+        for (size_t i = 0; i < ELEMENTSOF(expected); i++) {
+                const CtlSimOption *o = ctl_sim_option_find(expected[i].key);
+
+                cr_assert_not_null(o, "'%s'", expected[i].key);
+                cr_assert_str_eq(o->key, expected[i].key);
+                cr_assert_str_eq(o->signature, expected[i].signature, "'%s'", expected[i].key);
+        }
+        cr_assert_null(ctl_sim_option_find("state_size"));
+        cr_assert_null(ctl_sim_option_find("State-Size"));
+        cr_assert_null(ctl_sim_option_find(""));
+        cr_assert_null(ctl_sim_option_find(NULL));
+
+        keys = ctl_sim_option_keys_list();
+        cr_assert_not_null(keys);
+        cr_assert_str_eq(keys, "state-size, precopy-size, dirty-rate, flags, seed, mtty-quirks, fail-arcs, error-arcs");
+}
+
+Test(ctl_parse, split_assignment) {
+        _cleanup_free_ char *k1 = NULL, *k2 = NULL, *k3 = NULL;
+        const char *v;
+
+        cr_assert_eq(ctl_split_assignment("seed=7", &k1, &v), 0);
+        cr_assert_str_eq(k1, "seed");
+        cr_assert_str_eq(v, "7");
+
+        cr_assert_eq(ctl_split_assignment("flags=", &k2, &v), 0);
+        cr_assert_str_eq(k2, "flags");
+        cr_assert_str_eq(v, "");
+
+        /* Only the first '=' splits: values may contain more. */
+        cr_assert_eq(ctl_split_assignment("fail-arcs=a=b", &k3, &v), 0);
+        cr_assert_str_eq(k3, "fail-arcs");
+        cr_assert_str_eq(v, "a=b");
+
+        char *k = NULL;
+        cr_assert_eq(ctl_split_assignment("seed", &k, &v), -EINVAL);
+        cr_assert_eq(ctl_split_assignment("=7", &k, &v), -EINVAL);
+        cr_assert_eq(ctl_split_assignment("", &k, &v), -EINVAL);
+        cr_assert_null(k);
+}
+
+Test(ctl_parse, option_values_by_signature) {
+        const CtlSimOption t = { "x", "t" }, u = { "x", "u" }, b = { "x", "b" }, s = { "x", "s" },
+                           as = { "x", "as" }, ay = { "x", "ay" };
+        CtlOptionValue v = {};
+
+        cr_assert_eq(ctl_option_value_parse(&t, "64M", &v), 0);
+        cr_assert_eq(v.option, &t);
+        cr_assert_eq(v.u64, UINT64_C(64) << 20);
+        ctl_option_value_done(&v);
+
+        cr_assert_eq(ctl_option_value_parse(&u, "0xffffffff", &v), 0);
+        cr_assert_eq(v.u64, UINT32_MAX);
+        cr_assert_eq(ctl_option_value_parse(&u, "4G", &v), -ERANGE);
+
+        cr_assert_eq(ctl_option_value_parse(&b, "on", &v), 0);
+        cr_assert(v.boolean);
+        cr_assert_eq(ctl_option_value_parse(&b, "off", &v), 0);
+        cr_assert_not(v.boolean);
+
+        cr_assert_eq(ctl_option_value_parse(&s, "", &v), 0);
+        cr_assert_str_eq(v.str, "");
+        ctl_option_value_done(&v);
+        cr_assert_null(v.str);
+
+        cr_assert_eq(ctl_option_value_parse(&as, "stop-copy,pre-copy", &v), 0);
+        cr_assert_str_eq(v.strv[0], "stop-copy");
+        cr_assert_str_eq(v.strv[1], "pre-copy");
+        cr_assert_null(v.strv[2]);
+        ctl_option_value_done(&v);
+        cr_assert_null(v.strv);
+
+        cr_assert_eq(ctl_option_value_parse(&t, "-1", &v), -EINVAL);
+        cr_assert_eq(ctl_option_value_parse(&t, "1P", &v), -EINVAL);
+        cr_assert_eq(ctl_option_value_parse(&t, "16777216T", &v), -ERANGE);
+        cr_assert_eq(ctl_option_value_parse(&b, "maybe", &v), -EINVAL);
+        cr_assert_eq(ctl_option_value_parse(&as, "a,", &v), -EINVAL);
+        cr_assert_eq(ctl_option_value_parse(&ay, "x", &v), -EOPNOTSUPP);
+
+}
+
+Test(ctl_parse, every_contract_option_can_be_given_as_text) {
+        /* A signature added to VFIOMIG_SIM_OPTIONS that the client cannot build fails here first. */
+        static const char *const keys[] = {
+                "state-size", "precopy-size", "dirty-rate", "flags", "seed", "mtty-quirks", "fail-arcs", "error-arcs",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                const CtlSimOption *o = ctl_sim_option_find(keys[i]);
+                const char *sample = streq(o->signature, "b") ? "yes" : "1";
+                CtlOptionValue v = {};
+
+                cr_assert_eq(ctl_option_value_parse(o, sample, &v), 0, "'%s'", keys[i]);
+                cr_assert_not(strstr(ctl_signature_describe(o->signature), "cannot"), "'%s'", keys[i]);
+                ctl_option_value_done(&v);
+        }
+}
