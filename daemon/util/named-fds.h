@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * A set of file descriptors under names: what the daemon keeps in the service manager's file
+ * descriptor store (FDNAME=) and what it gets back on restart (LISTEN_FDNAMES). Names are what
+ * systemd accepts: 1 to 255 printable ASCII characters other than ':'.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct NamedFd {
+        char *name;
+        int fd;
+        bool owned;   /* closed by the set when freed */
+} NamedFd;
+
+typedef struct NamedFds {
+        NamedFd *items;
+        size_t n;
+} NamedFds;
+
+bool named_fd_name_valid(const char *name);
+
+/* Adds fd under name, borrowed (the set never closes it) or owned. -EEXIST for a name already
+ * present, -EINVAL for an invalid name. */
+int named_fds_add(NamedFds *s, const char *name, int fd, bool owned);
+/* The fd under name (still in the set), or -ENOENT. */
+int named_fds_get(const NamedFds *s, const char *name);
+/* Removes name from the set and returns its fd, now the caller's; -ENOENT if absent. */
+int named_fds_take(NamedFds *s, const char *name);
+/* Closes the owned fds and frees everything. */
+void named_fds_done(NamedFds *s);
