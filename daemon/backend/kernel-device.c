@@ -9,56 +9,13 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
-#include "kernel-device.h"
+#include "kernel-internal.h"
 #include "log.h"
 #include "vfio-uapi.h"
 
 /* "ffffffff:ff:1f.7" and an mdev UUID both fit. */
 #define DEVICE_NAME_MAX 40
 #define UUID_STRING_LEN 36
-
-typedef struct KernelContainer KernelContainer;
-typedef struct KernelGroup KernelGroup;
-
-/* A type1 container (/dev/vfio/vfio). Groups hold it; Step 3's address spaces will too. */
-struct KernelContainer {
-        unsigned n_ref;
-        KernelContext *context;
-        KernelContainer *next;
-        int fd;
-        bool iommu_set;
-        bool update_vaddr;
-};
-
-/* An open VFIO group (/dev/vfio/<number>), shared by every device of the group we open. */
-struct KernelGroup {
-        unsigned n_ref;
-        KernelContext *context;
-        KernelGroup *next;
-        unsigned number;
-        int fd;
-        KernelContainer *container;
-};
-
-struct KernelContext {
-        unsigned n_ref;
-        char *sysfs_root;
-        char *dev_root;
-        bool prefer_legacy;
-        int iommufd;
-        /* Weak lists: members hold a reference on the context, never the other way round. */
-        KernelGroup *groups;
-        KernelContainer *containers;
-};
-
-typedef struct KernelDevice {
-        VfioDev dev; /* first, so that the operations can get from VfioDev back to KernelDevice */
-        KernelContext *context;
-        KernelGroup *group; /* legacy path only */
-        int iommu_group;
-        uint32_t devid;     /* iommufd path only */
-        uint32_t info_flags;
-} KernelDevice;
 
 #define LIST_REMOVE_ONE(head, item)                                             \
         do {                                                                    \
@@ -239,6 +196,8 @@ static char *root_dup(const char *s) {
         return d;
 }
 
+static int kernel_context_unpin_groups(KernelContext *c, char ***ret_released);
+
 int kernel_context_new(const KernelContextOptions *opts, KernelContext **ret) {
         _cleanup_(kernel_context_unrefp) KernelContext *c = NULL;
 
@@ -251,6 +210,11 @@ int kernel_context_new(const KernelContextOptions *opts, KernelContext **ret) {
                 .n_ref = 1,
                 .iommufd = -EBADF,
                 .prefer_legacy = opts && opts->prefer_legacy,
+                .ioctl_fn = opts ? opts->ioctl : NULL,
+                .ioctl_userdata = opts ? opts->ioctl_userdata : NULL,
+                .next_container_id = 1,
+                .map_file = -1,
+                .change_process = -1,
         };
         c->sysfs_root = root_dup(opts && opts->sysfs_root ? opts->sysfs_root : "/sys");
         c->dev_root = root_dup(opts && opts->dev_root ? opts->dev_root : "/dev");
@@ -276,13 +240,31 @@ KernelContext *kernel_context_unref(KernelContext *c) {
         if (--c->n_ref > 0)
                 return NULL;
 
-        /* Every group and container holds a reference, so none can be left at this point. */
+        /* Devices and spaces hold references, so what is left are the restored groups nobody
+         * claimed, and their containers. */
+        (void) kernel_context_unpin_groups(c, NULL);
         assert(!c->groups && !c->containers);
         c->iommufd = safe_close(c->iommufd);
         free(c->sysfs_root);
         free(c->dev_root);
         free(c);
         return NULL;
+}
+
+void kernel_context_set_reopen_check(KernelContext *c, KernelReopenCheck check, void *userdata) {
+        assert(c);
+        c->reopen_check = check;
+        c->reopen_userdata = userdata;
+}
+
+int kernel_ioctl(KernelContext *c, int fd, unsigned long request, void *arg) {
+        int r;
+
+        if (c->ioctl_fn)
+                r = c->ioctl_fn(fd, request, arg, c->ioctl_userdata);
+        else
+                r = ioctl(fd, request, arg);
+        return r < 0 ? negative_errno() : r;
 }
 
 const char *kernel_context_get_sysfs_root(const KernelContext *c) {
@@ -316,28 +298,47 @@ int kernel_context_get_iommufd(KernelContext *c, ErrorMessage *err) {
 
 /* ---- Containers and groups ---- */
 
-static KernelContainer *kernel_container_ref(KernelContainer *k) {
+KernelContainer *kernel_container_ref(KernelContainer *k) {
         assert(k->n_ref > 0);
         k->n_ref++;
         return k;
 }
 
-static KernelContainer *kernel_container_unref(KernelContainer *k) {
+KernelContainer *kernel_container_unref(KernelContainer *k) {
         if (!k)
                 return NULL;
         assert(k->n_ref > 0);
         if (--k->n_ref > 0)
                 return NULL;
 
+        /* A space holds its container, so none can own it at this point. */
+        assert(!k->space);
         LIST_REMOVE_ONE(k->context->containers, k);
         k->fd = safe_close(k->fd);
-        kernel_context_unref(k->context);
         free(k);
         return NULL;
 }
-DEFINE_TRIVIAL_CLEANUP_FUNC(KernelContainer *, kernel_container_unref);
 
-static int kernel_container_new(KernelContext *c, KernelContainer **ret, ErrorMessage *err) {
+/* Registers an open container descriptor with the context. */
+static int kernel_container_add(KernelContext *c, int fd, unsigned id, KernelContainer **ret) {
+        KernelContainer *k;
+
+        k = new0(KernelContainer, 1);
+        if (!k)
+                return -ENOMEM;
+        *k = (KernelContainer) {
+                .n_ref = 1,
+                .context = c,
+                .next = c->containers,
+                .id = id,
+                .fd = fd,
+        };
+        c->containers = k;
+        *ret = k;
+        return 0;
+}
+
+int kernel_container_new(KernelContext *c, KernelContainer **ret, ErrorMessage *err) {
         _cleanup_free_ char *path = NULL;
         _cleanup_close_ int fd = -EBADF;
         KernelContainer *k;
@@ -357,58 +358,92 @@ static int kernel_container_new(KernelContext *c, KernelContainer **ret, ErrorMe
                 return error_setf(err, -errno, "Cannot open VFIO container %s: %m", path);
         }
 
-        r = ioctl(fd, VFIO_GET_API_VERSION);
+        r = kernel_ioctl(c, fd, VFIO_GET_API_VERSION, NULL);
         if (r < 0)
-                return error_setf(err, -errno, "VFIO_GET_API_VERSION on %s failed: %m", path);
+                return error_setf(err, r, "VFIO_GET_API_VERSION on %s failed: %m", path);
         if (r != VFIO_API_VERSION)
                 return error_setf(err, -EOPNOTSUPP, "%s speaks VFIO API version %d, expected %d",
                                   path, r, VFIO_API_VERSION);
 
-        r = ioctl(fd, VFIO_CHECK_EXTENSION, (unsigned long) VFIO_TYPE1v2_IOMMU);
+        r = kernel_ioctl(c, fd, VFIO_CHECK_EXTENSION, (void *) (uintptr_t) VFIO_TYPE1v2_IOMMU);
         if (r < 0)
-                return error_setf(err, -errno, "VFIO_CHECK_EXTENSION(VFIO_TYPE1v2_IOMMU) on %s failed: %m", path);
+                return error_setf(err, r, "VFIO_CHECK_EXTENSION(VFIO_TYPE1v2_IOMMU) on %s failed: %m", path);
         if (r != 1)
                 return error_setf(err, -EOPNOTSUPP,
                                   "The VFIO container %s does not offer the type1v2 IOMMU: "
                                   "is the vfio_iommu_type1 module loaded?", path);
 
-        k = calloc(1, sizeof *k);
-        if (!k)
+        r = kernel_container_add(c, fd, c->next_container_id, &k);
+        if (r < 0)
                 return oom(err);
-        *k = (KernelContainer) {
-                .n_ref = 1,
-                .context = kernel_context_ref(c),
-                .next = c->containers,
-                .fd = TAKE_FD(fd),
-        };
-        c->containers = k;
-
+        TAKE_FD(fd);
+        c->next_container_id++;
+        log_debug("Opened VFIO container %u.", k->id);
         *ret = k;
         return 0;
 }
 
-static KernelGroup *kernel_group_ref(KernelGroup *g) {
+int kernel_container_check_update_vaddr(KernelContainer *k) {
+        int r;
+
+        /* Answered only once an IOMMU is set, and 0 while an emulated (mdev) group is attached. */
+        r = kernel_ioctl(k->context, k->fd, VFIO_CHECK_EXTENSION, (void *) (uintptr_t) VFIO_UPDATE_VADDR);
+        if (r < 0)
+                return log_debug_errno(r, "VFIO_CHECK_EXTENSION(VFIO_UPDATE_VADDR) on container %u failed: %m", k->id);
+        k->update_vaddr = r == 1;
+        return k->update_vaddr;
+}
+
+bool kernel_container_has_mdev(KernelContainer *k, unsigned *ret_group) {
+        for (KernelGroup *g = k->context->groups; g; g = g->next)
+                if (g->container == k && g->is_mdev) {
+                        if (ret_group)
+                                *ret_group = g->number;
+                        return true;
+                }
+        return false;
+}
+
+KernelGroup *kernel_group_ref(KernelGroup *g) {
         assert(g->n_ref > 0);
         g->n_ref++;
         return g;
 }
 
-static KernelGroup *kernel_group_unref(KernelGroup *g) {
+/* Bookkeeping for a group that left its container. The kernel drops the container's IOMMU, and
+ * with it every mapping, when its last group leaves. */
+static void kernel_group_forget_container(KernelGroup *g) {
+        KernelContainer *k = g->container;
+
+        if (!k)
+                return;
+        assert(k->n_groups > 0);
+        if (--k->n_groups == 0) {
+                k->iommu_set = false;
+                k->update_vaddr = false;
+                k->n_mappings = 0;
+        }
+        g->container = NULL;
+        kernel_container_unref(k);
+}
+
+KernelGroup *kernel_group_unref(KernelGroup *g) {
         if (!g)
                 return NULL;
         assert(g->n_ref > 0);
         if (--g->n_ref > 0)
                 return NULL;
 
+        /* Devices hold their group, so none can be left at this point. */
+        assert(!g->devices);
         LIST_REMOVE_ONE(g->context->groups, g);
-        /* Closing the group detaches it from the container; only then may the container go. */
+        /* Closing the group detaches it from the container (unless a copy of the descriptor lives
+         * on, in the fd store for instance); only then may the container go. */
         g->fd = safe_close(g->fd);
-        kernel_container_unref(g->container);
-        kernel_context_unref(g->context);
+        kernel_group_forget_container(g);
         free(g);
         return NULL;
 }
-DEFINE_TRIVIAL_CLEANUP_FUNC(KernelGroup *, kernel_group_unref);
 
 /* Names a device that keeps the group from being viable, for the error message: one bound to a
  * host driver. Bridges (pcieport) and pci-stub do not count, as the kernel allows those. */
@@ -439,30 +474,59 @@ static char *group_find_blocker(KernelContext *c, unsigned number) {
         return found;
 }
 
+/* Attaches g, in no container, to k, and gives k its IOMMU when it has none yet. On failure g is
+ * in no container again. */
 static int kernel_group_attach(KernelGroup *g, KernelContainer *k, ErrorMessage *err) {
+        KernelContext *c = g->context;
         int r;
 
-        if (ioctl(g->fd, VFIO_GROUP_SET_CONTAINER, &k->fd) < 0)
-                return error_setf(err, -errno, "Cannot attach IOMMU group %u to a VFIO container: %m", g->number);
+        assert(!g->container);
+
+        r = kernel_ioctl(c, g->fd, VFIO_GROUP_SET_CONTAINER, &k->fd);
+        if (r < 0) {
+                if (r == -EBUSY)
+                        return error_setf(err, r, "Cannot attach IOMMU group %u to VFIO container %u: %m "
+                                          "(the container's host addresses are invalidated for a handover, "
+                                          "or the group is attached elsewhere)", g->number, k->id);
+                return error_setf(err, r, "Cannot attach IOMMU group %u to VFIO container %u: %m", g->number, k->id);
+        }
         g->container = kernel_container_ref(k);
+        k->n_groups++;
 
         /* The IOMMU type can only be chosen once a group is attached, and only once. */
         if (!k->iommu_set) {
-                if (ioctl(k->fd, VFIO_SET_IOMMU, (unsigned long) VFIO_TYPE1v2_IOMMU) < 0)
-                        return error_setf(err, -errno, "VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU) failed for IOMMU group %u: %m",
+                r = kernel_ioctl(c, k->fd, VFIO_SET_IOMMU, (void *) (uintptr_t) VFIO_TYPE1v2_IOMMU);
+                if (r == -EINVAL) {
+                        /* Our bookkeeping may be behind the kernel: a copy of a group descriptor
+                         * that lived on elsewhere kept the IOMMU. It is there if GET_INFO answers. */
+                        struct vfio_iommu_type1_info info = { .argsz = sizeof info };
+                        if (kernel_ioctl(c, k->fd, VFIO_IOMMU_GET_INFO, &info) >= 0)
+                                r = 0;
+                }
+                if (r < 0) {
+                        (void) error_setf(err, r, "VFIO_SET_IOMMU(VFIO_TYPE1v2_IOMMU) failed for IOMMU group %u: %m",
                                           g->number);
+                        if (kernel_ioctl(c, g->fd, VFIO_GROUP_UNSET_CONTAINER, NULL) < 0)
+                                log_debug_errno(errno, "Cannot take IOMMU group %u out of container %u again: %m",
+                                                g->number, k->id);
+                        kernel_group_forget_container(g);
+                        return r;
+                }
                 k->iommu_set = true;
         }
 
         /* Asked again after every attach: UPDATE_VADDR disappears once an mdev group joins. */
-        r = ioctl(k->fd, VFIO_CHECK_EXTENSION, (unsigned long) VFIO_UPDATE_VADDR);
-        if (r < 0)
-                log_debug_errno(errno, "VFIO_CHECK_EXTENSION(VFIO_UPDATE_VADDR) failed, assuming unsupported: %m");
-        k->update_vaddr = r == 1;
-
-        log_debug("IOMMU group %u attached to a type1v2 container (UPDATE_VADDR %s).", g->number,
+        (void) kernel_container_check_update_vaddr(k);
+        log_debug("IOMMU group %u attached to type1v2 container %u (UPDATE_VADDR %s).", g->number, k->id,
                   k->update_vaddr ? "available" : "unavailable");
         return 0;
+}
+
+static KernelGroup *kernel_context_find_group(KernelContext *c, unsigned number) {
+        for (KernelGroup *g = c->groups; g; g = g->next)
+                if (g->number == number)
+                        return g;
+        return NULL;
 }
 
 static int kernel_context_acquire_group(KernelContext *c, const KernelDeviceLocation *l, KernelGroup **ret,
@@ -473,13 +537,18 @@ static int kernel_context_acquire_group(KernelContext *c, const KernelDeviceLoca
         _cleanup_close_ int fd = -EBADF;
         struct vfio_group_status status = { .argsz = sizeof status };
         unsigned number = (unsigned) l->iommu_group;
+        KernelGroup *found;
         int r;
 
-        for (KernelGroup *i = c->groups; i; i = i->next)
-                if (i->number == number) {
-                        *ret = kernel_group_ref(i);
-                        return 0;
-                }
+        found = kernel_context_find_group(c, number);
+        if (found) {
+                if (!found->container)
+                        return error_setf(err, -ENXIO,
+                                          "IOMMU group %u is in no VFIO container after a failed move; detach its "
+                                          "devices from vfiomigd and attach them again", number);
+                *ret = kernel_group_ref(found);
+                return 0;
+        }
 
         path = strprintf("%s/vfio/%u", c->dev_root, number);
         if (!path)
@@ -499,8 +568,9 @@ static int kernel_context_acquire_group(KernelContext *c, const KernelDeviceLoca
                 return error_setf(err, -errno, "Cannot open %s: %m", path);
         }
 
-        if (ioctl(fd, VFIO_GROUP_GET_STATUS, &status) < 0)
-                return error_setf(err, -errno, "VFIO_GROUP_GET_STATUS on %s failed: %m", path);
+        r = kernel_ioctl(c, fd, VFIO_GROUP_GET_STATUS, &status);
+        if (r < 0)
+                return error_setf(err, r, "VFIO_GROUP_GET_STATUS on %s failed: %m", path);
         if (!(status.flags & VFIO_GROUP_FLAGS_VIABLE)) {
                 _cleanup_free_ char *blocker = group_find_blocker(c, number);
                 return error_setf(err, -EBUSY,
@@ -515,17 +585,20 @@ static int kernel_context_acquire_group(KernelContext *c, const KernelDeviceLoca
                 return error_setf(err, -EBUSY, "IOMMU group %u is already attached to a VFIO container vfiomigd does not own",
                                   number);
 
-        g = calloc(1, sizeof *g);
+        g = new0(KernelGroup, 1);
         if (!g)
                 return oom(err);
         *g = (KernelGroup) {
                 .n_ref = 1,
-                .context = kernel_context_ref(c),
+                .context = c,
+                .next = c->groups,
                 .number = number,
                 .fd = TAKE_FD(fd),
+                .is_mdev = l->is_mdev,
         };
+        c->groups = g;
 
-        /* A container of its own for now; address spaces will choose the container later. */
+        /* A container of its own; attaching to a legacy address space may move the group later. */
         r = kernel_container_new(c, &k, err);
         if (r < 0)
                 return r;
@@ -533,10 +606,162 @@ static int kernel_context_acquire_group(KernelContext *c, const KernelDeviceLoca
         if (r < 0)
                 return r;
 
-        g->next = c->groups;
-        c->groups = g;
         *ret = TAKE_PTR(g);
         return 0;
+}
+
+static int kernel_device_reopen(KernelDevice *k, ErrorMessage *err) {
+        KernelGroup *g = k->group;
+        int fd;
+
+        /* Device fds from the group come with O_CLOEXEC set; we keep it so. */
+        fd = kernel_ioctl(k->context, g->fd, VFIO_GROUP_GET_DEVICE_FD, k->dev.name);
+        if (fd < 0)
+                return error_setf(err, fd, "Cannot get a device fd for %s from IOMMU group %u: %m", k->dev.name,
+                                  g->number);
+        k->dev.device_fd = fd;
+        return 0;
+}
+
+/* Reopens every device of g that has no descriptor; the first failure is reported. */
+static int kernel_group_reopen_devices(KernelGroup *g, ErrorMessage *err) {
+        int ret = 0;
+
+        for (KernelDevice *k = g->devices; k; k = k->group_next) {
+                int r;
+
+                if (k->dev.device_fd >= 0)
+                        continue;
+                r = kernel_device_reopen(k, ret < 0 ? NULL : err);
+                if (r < 0 && ret == 0)
+                        ret = r;
+        }
+        return ret;
+}
+
+int kernel_group_move(KernelGroup *g, KernelContainer *target, ErrorMessage *err) {
+        KernelContext *c = g->context;
+        _cleanup_(kernel_container_unrefp) KernelContainer *old = NULL;
+        int r;
+
+        assert(target);
+
+        if (g->container == target)
+                return 0;
+
+        /* Closing a device fd ends its migration session and, for the last descriptor of a
+         * vfio-pci device, resets the device: the owner of the device decides. */
+        for (KernelDevice *k = g->devices; k; k = k->group_next)
+                if (c->reopen_check) {
+                        r = c->reopen_check(&k->dev, c->reopen_userdata, err);
+                        if (r < 0)
+                                return error_setf(err, r, "%s, in IOMMU group %u, cannot be closed and reopened now",
+                                                  k->dev.name, g->number);
+                }
+
+        for (KernelDevice *k = g->devices; k; k = k->group_next)
+                k->dev.device_fd = safe_close(k->dev.device_fd);
+
+        if (g->container) {
+                old = kernel_container_ref(g->container);
+                r = kernel_ioctl(c, g->fd, VFIO_GROUP_UNSET_CONTAINER, NULL);
+                if (r < 0) {
+                        ErrorMessage ignored = {};
+
+                        (void) kernel_group_reopen_devices(g, &ignored);
+                        if (r == -EBUSY)
+                                return error_setf(err, r,
+                                                  "IOMMU group %u cannot leave VFIO container %u: a device of the group "
+                                                  "is still open elsewhere (a VMM holding a duplicate of its fd, or a "
+                                                  "copy in the service manager's fd store)", g->number, old->id);
+                        return error_setf(err, r, "VFIO_GROUP_UNSET_CONTAINER on IOMMU group %u failed: %m", g->number);
+                }
+                kernel_group_forget_container(g);
+        }
+
+        r = kernel_group_attach(g, target, err);
+        if (r < 0) {
+                /* Back where it was, if the kernel lets us: the devices stay usable. */
+                if (old && kernel_group_attach(g, old, NULL) >= 0) {
+                        ErrorMessage ignored = {};
+                        (void) kernel_group_reopen_devices(g, &ignored);
+                } else
+                        log_debug("IOMMU group %u is in no container now; its devices are closed.", g->number);
+                return r;
+        }
+
+        r = kernel_group_reopen_devices(g, err);
+        if (r < 0)
+                return r;
+        log_debug("IOMMU group %u moved from container %u to container %u.", g->number, old ? old->id : 0, target->id);
+        return 0;
+}
+
+/* Drops the references the context holds on restored groups. */
+static int kernel_context_unpin_groups(KernelContext *c, char ***ret_released) {
+        _cleanup_strv_free_ char **released = NULL;
+        size_t n = 0;
+
+        for (;;) {
+                KernelGroup *g = NULL;
+                KernelContainer *k;
+                unsigned number, container_id = 0;
+                bool group_goes, container_goes = false;
+
+                for (KernelGroup *i = c->groups; i; i = i->next)
+                        if (i->pinned) {
+                                g = i;
+                                break;
+                        }
+                if (!g)
+                        break;
+
+                g->pinned = false;
+                number = g->number;
+                group_goes = g->n_ref == 1;
+                k = g->container;
+                if (group_goes && k) {
+                        container_id = k->id;
+                        container_goes = k->n_ref == 1;
+                }
+                kernel_group_unref(g);
+
+                if (!ret_released)
+                        continue;
+                if (group_goes) {
+                        char **l = reallocarray(released, n + 3, sizeof *released);
+                        if (!l)
+                                return -ENOMEM;
+                        released = l;
+                        released[n] = strprintf("k-group-%u", number);
+                        released[n + 1] = NULL;
+                        if (!released[n])
+                                return -ENOMEM;
+                        n++;
+                        if (container_goes) {
+                                released[n] = strprintf("k-container-%u", container_id);
+                                released[n + 1] = NULL;
+                                if (!released[n])
+                                        return -ENOMEM;
+                                n++;
+                        }
+                }
+        }
+
+        if (ret_released) {
+                if (!released) {
+                        released = new0(char *, 1);
+                        if (!released)
+                                return -ENOMEM;
+                }
+                *ret_released = TAKE_PTR(released);
+        }
+        return 0;
+}
+
+int kernel_context_restore_finish(KernelContext *c, char ***ret_released) {
+        assert(c);
+        return kernel_context_unpin_groups(c, ret_released);
 }
 
 /* ---- Locating devices ---- */
@@ -726,21 +951,27 @@ static KernelDevice *kernel_device(VfioDev *d) {
         return (KernelDevice *) d;
 }
 
+KernelDevice *kernel_device_from_dev(VfioDev *d) {
+        return kernel_device_owns(d) ? kernel_device(d) : NULL;
+}
+
 /* VFIO_DEVICE_FEATURE with a payload of at most 16 bytes, copied back only on success. */
-static int device_feature(int fd, uint32_t flags, void *payload, size_t size) {
+static int device_feature(KernelDevice *k, uint32_t flags, void *payload, size_t size) {
         union {
                 struct vfio_device_feature header;
                 uint64_t align;
                 uint8_t raw[sizeof(struct vfio_device_feature) + 16];
         } buf = {};
+        int r;
 
         assert(size <= sizeof buf.raw - sizeof buf.header);
 
         buf.header.argsz = (uint32_t) (sizeof buf.header + size);
         buf.header.flags = flags;
         memcpy(buf.raw + sizeof buf.header, payload, size);
-        if (ioctl(fd, VFIO_DEVICE_FEATURE, &buf) < 0)
-                return -errno;
+        r = kernel_ioctl(k->context, k->dev.device_fd, VFIO_DEVICE_FEATURE, &buf);
+        if (r < 0)
+                return r;
         memcpy(payload, buf.raw + sizeof buf.header, size);
         return 0;
 }
@@ -754,7 +985,7 @@ static int kernel_device_open_iommufd(KernelDevice *k, const KernelDeviceLocatio
         _cleanup_free_ char *path = NULL;
         _cleanup_close_ int fd = -EBADF;
         struct vfio_device_bind_iommufd bind = { .argsz = sizeof bind };
-        int iommufd;
+        int iommufd, r;
 
         path = strprintf("%s/vfio/devices/%s", k->context->dev_root, l->cdev_name);
         if (!path)
@@ -778,8 +1009,9 @@ static int kernel_device_open_iommufd(KernelDevice *k, const KernelDeviceLocatio
         }
 
         bind.iommufd = iommufd;
-        if (ioctl(fd, VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0)
-                return error_setf(err, -errno, "Cannot bind %s (%s) to iommufd: %m", l->name, path);
+        r = kernel_ioctl(k->context, fd, VFIO_DEVICE_BIND_IOMMUFD, &bind);
+        if (r < 0)
+                return error_setf(err, r, "Cannot bind %s (%s) to iommufd: %m", l->name, path);
 
         log_debug("%s: opened %s and bound it to iommufd as device %u.", l->name, path, bind.out_devid);
         k->devid = bind.out_devid;
@@ -787,21 +1019,38 @@ static int kernel_device_open_iommufd(KernelDevice *k, const KernelDeviceLocatio
         return 0;
 }
 
-static int kernel_device_open_legacy(KernelDevice *k, const KernelDeviceLocation *l, ErrorMessage *err) {
-        int fd, r;
+static void kernel_device_join_group(KernelDevice *k, KernelGroup *g) {
+        k->group = g;
+        k->group_next = g->devices;
+        g->devices = k;
+}
 
-        r = kernel_context_acquire_group(k->context, l, &k->group, err);
+static void kernel_device_leave_group(KernelDevice *k) {
+        if (!k->group)
+                return;
+        for (KernelDevice **p = &k->group->devices; *p; p = &(*p)->group_next)
+                if (*p == k) {
+                        *p = k->group_next;
+                        break;
+                }
+        k->group_next = NULL;
+        k->group = kernel_group_unref(k->group);
+}
+
+static int kernel_device_open_legacy(KernelDevice *k, const KernelDeviceLocation *l, ErrorMessage *err) {
+        KernelGroup *g = NULL;
+        int r;
+
+        r = kernel_context_acquire_group(k->context, l, &g, err);
+        if (r < 0)
+                return r;
+        kernel_device_join_group(k, g);
+
+        r = kernel_device_reopen(k, err);
         if (r < 0)
                 return r;
 
-        /* Device fds from the group come with O_CLOEXEC set; we keep it so. */
-        fd = ioctl(k->group->fd, VFIO_GROUP_GET_DEVICE_FD, l->name);
-        if (fd < 0)
-                return error_setf(err, -errno, "Cannot get a device fd for %s from IOMMU group %u: %m",
-                                  l->name, k->group->number);
-
-        log_debug("%s: opened through IOMMU group %u.", l->name, k->group->number);
-        k->dev.device_fd = fd;
+        log_debug("%s: opened through IOMMU group %u (container %u).", l->name, g->number, g->container->id);
         return 0;
 }
 
@@ -810,7 +1059,7 @@ static int kernel_device_probe_migration(KernelDevice *k) {
         char *reason;
         int r;
 
-        r = device_feature(k->dev.device_fd, VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION, &mig, sizeof mig);
+        r = device_feature(k, VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION, &mig, sizeof mig);
         if (r == -ENOTTY)
                 reason = strprintf("driver '%s' does not implement VFIO migration "
                                    "(VFIO_DEVICE_FEATURE_MIGRATION: ENOTTY)", k->dev.driver);
@@ -823,6 +1072,8 @@ static int kernel_device_probe_migration(KernelDevice *k) {
         else {
                 k->dev.migratable = true;
                 k->dev.migration_flags = (uint32_t) mig.flags;
+                free(k->dev.migratable_reason);
+                k->dev.migratable_reason = NULL;
                 log_debug("%s: migration flags 0x%x.", k->dev.name, k->dev.migration_flags);
                 return 0;
         }
@@ -850,6 +1101,28 @@ static int kernel_context_use_iommufd(KernelContext *c, const KernelDeviceLocati
         return access(path, F_OK) >= 0;
 }
 
+/* A KernelDevice with its common fields; no descriptor yet. */
+static int kernel_device_new(KernelContext *c, VfioBackend backend, const char *name, const char *address,
+                             const char *driver, const char *sysfs_path, int iommu_group, bool is_mdev,
+                             KernelDevice **ret) {
+        KernelDevice *k;
+        int r;
+
+        k = new0(KernelDevice, 1);
+        if (!k)
+                return -ENOMEM;
+        r = vfio_dev_init_common(&k->dev, &kernel_device_ops, backend, name, address, driver, sysfs_path);
+        if (r < 0) {
+                free(k);
+                return r;
+        }
+        k->context = kernel_context_ref(c);
+        k->iommu_group = iommu_group;
+        k->is_mdev = is_mdev;
+        *ret = k;
+        return 0;
+}
+
 int kernel_device_open(KernelContext *c, const char *address, VfioDev **ret, ErrorMessage *err) {
         _cleanup_(kernel_device_location_done) KernelDeviceLocation l = { .iommu_group = -1 };
         _cleanup_(vfio_dev_freep) VfioDev *d = NULL;
@@ -872,18 +1145,11 @@ int kernel_device_open(KernelContext *c, const char *address, VfioDev **ret, Err
         if (use_iommufd < 0)
                 return oom(err);
 
-        k = calloc(1, sizeof *k);
-        if (!k)
+        r = kernel_device_new(c, use_iommufd ? VFIO_BACKEND_IOMMUFD : VFIO_BACKEND_LEGACY, l.name, l.name, l.driver,
+                              l.sysfs_path, l.iommu_group, l.is_mdev, &k);
+        if (r < 0)
                 return oom(err);
-        r = vfio_dev_init_common(&k->dev, &kernel_device_ops, use_iommufd ? VFIO_BACKEND_IOMMUFD : VFIO_BACKEND_LEGACY,
-                                 l.name, l.name, l.driver, l.sysfs_path);
-        if (r < 0) {
-                free(k);
-                return oom(err);
-        }
         d = &k->dev;
-        k->context = kernel_context_ref(c);
-        k->iommu_group = l.iommu_group;
 
         if (use_iommufd)
                 r = kernel_device_open_iommufd(k, &l, err);
@@ -892,8 +1158,9 @@ int kernel_device_open(KernelContext *c, const char *address, VfioDev **ret, Err
         if (r < 0)
                 return r;
 
-        if (ioctl(d->device_fd, VFIO_DEVICE_GET_INFO, &info) < 0)
-                return error_setf(err, -errno, "VFIO_DEVICE_GET_INFO on %s failed: %m", l.name);
+        r = kernel_ioctl(c, d->device_fd, VFIO_DEVICE_GET_INFO, &info);
+        if (r < 0)
+                return error_setf(err, r, "VFIO_DEVICE_GET_INFO on %s failed: %m", l.name);
         k->info_flags = info.flags;
 
         r = kernel_device_probe_migration(k);
@@ -923,12 +1190,16 @@ int kernel_device_get_iommufd_devid(VfioDev *d, uint32_t *ret_devid) {
 int kernel_device_get_container_fd(VfioDev *d) {
         if (!kernel_device_owns(d) || d->backend != VFIO_BACKEND_LEGACY)
                 return -EOPNOTSUPP;
+        if (!kernel_device(d)->group->container)
+                return -ENXIO;
         return kernel_device(d)->group->container->fd;
 }
 
 int kernel_device_get_type1_update_vaddr(VfioDev *d) {
         if (!kernel_device_owns(d) || d->backend != VFIO_BACKEND_LEGACY)
                 return -EOPNOTSUPP;
+        if (!kernel_device(d)->group->container)
+                return -ENXIO;
         return kernel_device(d)->group->container->update_vaddr;
 }
 
@@ -946,13 +1217,29 @@ int kernel_device_get_info_flags(VfioDev *d, uint32_t *ret_flags) {
         return 0;
 }
 
+int kernel_device_fd_name(const VfioDev *d, char **ret) {
+        char *s;
+
+        if (!kernel_device_owns(d))
+                return -EOPNOTSUPP;
+        s = strprintf("k-device-%s", d->name);
+        if (!s)
+                return -ENOMEM;
+        for (char *p = s; *p; p++)
+                if (*p == ':' || *p == '.')
+                        *p = '_';
+        *ret = s;
+        return 0;
+}
+
 /* ---- Operations ---- */
 
 static int kernel_device_get_state(VfioDev *d, MigState *ret_state) {
         struct vfio_device_feature_mig_state s = { .data_fd = -1 };
         int r;
 
-        r = device_feature(d->device_fd, VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, &s, sizeof s);
+        r = device_feature(kernel_device(d), VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, &s,
+                           sizeof s);
         if (r < 0)
                 return log_debug_errno(feature_errno(r), "%s: reading the migration state failed: %m", d->name);
         if (s.device_state >= VFIO_DEVICE_STATE_NR)
@@ -967,7 +1254,8 @@ static int kernel_device_set_state(VfioDev *d, MigState target, int *ret_data_fd
         struct vfio_device_feature_mig_state s = { .device_state = (uint32_t) target, .data_fd = -1 };
         int r, fd;
 
-        r = device_feature(d->device_fd, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, &s, sizeof s);
+        r = device_feature(kernel_device(d), VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, &s,
+                           sizeof s);
         if (r < 0)
                 return log_debug_errno(feature_errno(r), "%s: setting migration state %s failed: %m", d->name,
                                        mig_state_to_string(target) ?: "(invalid)");
@@ -985,9 +1273,11 @@ static int kernel_device_set_state(VfioDev *d, MigState target, int *ret_data_fd
 
 static int kernel_device_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty) {
         struct vfio_precopy_info info = { .argsz = sizeof info };
+        int r;
 
-        if (ioctl(data_fd, VFIO_MIG_GET_PRECOPY_INFO, &info) < 0)
-                return log_debug_errno(feature_errno(-errno), "%s: VFIO_MIG_GET_PRECOPY_INFO failed: %m", d->name);
+        r = kernel_ioctl(kernel_device(d)->context, data_fd, VFIO_MIG_GET_PRECOPY_INFO, &info);
+        if (r < 0)
+                return log_debug_errno(feature_errno(r), "%s: VFIO_MIG_GET_PRECOPY_INFO failed: %m", d->name);
 
         if (ret_initial)
                 *ret_initial = info.initial_bytes;
@@ -1001,7 +1291,8 @@ static int kernel_device_stop_copy_size(VfioDev *d, uint64_t *ret_size) {
         int r;
 
         /* MIG_DATA_SIZE arrived in 6.2; older kernels answer ENOTTY. */
-        r = device_feature(d->device_fd, VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, &size, sizeof size);
+        r = device_feature(kernel_device(d), VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, &size,
+                           sizeof size);
         if (r < 0)
                 return log_debug_errno(feature_errno(r), "%s: VFIO_DEVICE_FEATURE_MIG_DATA_SIZE failed: %m", d->name);
 
@@ -1030,12 +1321,15 @@ static ssize_t kernel_device_data_write(VfioDev *d, int data_fd, const void *buf
 }
 
 static int kernel_device_reset(VfioDev *d) {
+        int r;
+
         if (!(kernel_device(d)->info_flags & VFIO_DEVICE_FLAGS_RESET))
                 return log_debug_errno(SYNTHETIC_ERRNO(EOPNOTSUPP),
                                        "%s: driver '%s' does not offer VFIO_DEVICE_RESET for this device.",
                                        d->name, d->driver);
-        if (ioctl(d->device_fd, VFIO_DEVICE_RESET) < 0)
-                return log_debug_errno(errno, "%s: VFIO_DEVICE_RESET failed: %m", d->name);
+        r = kernel_ioctl(kernel_device(d)->context, d->device_fd, VFIO_DEVICE_RESET, NULL);
+        if (r < 0)
+                return log_debug_errno(r, "%s: VFIO_DEVICE_RESET failed: %m", d->name);
 
         log_debug("%s: reset.", d->name);
         return 0;
@@ -1044,10 +1338,12 @@ static int kernel_device_reset(VfioDev *d) {
 static void kernel_device_destroy(VfioDev *d) {
         KernelDevice *k = kernel_device(d);
 
+        if (k->space)
+                kernel_space_forget_device(k->space, d);
         /* The device fd goes first: closing it unbinds the device from iommufd or releases it from
          * its group, and the group may be closed only after its last device. */
         d->device_fd = safe_close(d->device_fd);
-        kernel_group_unref(k->group);
+        kernel_device_leave_group(k);
         kernel_context_unref(k->context);
         vfio_dev_done_common(d);
         free(k);
@@ -1063,3 +1359,665 @@ static const VfioDevOps kernel_device_ops = {
         .reset = kernel_device_reset,
         .destroy = kernel_device_destroy,
 };
+
+/* ---- JSON helpers ---- */
+
+static void json_putp(json_object **o) {
+        if (*o)
+                json_object_put(*o);
+}
+
+static int kjson_add(json_object *o, const char *key, json_object *v) {
+        if (!v)
+                return -ENOMEM;
+        if (json_object_object_add(o, key, v) < 0) {
+                json_object_put(v);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+int kjson_add_u64(json_object *o, const char *key, uint64_t v) {
+        return kjson_add(o, key, json_object_new_uint64(v));
+}
+
+int kjson_add_string(json_object *o, const char *key, const char *v) {
+        return kjson_add(o, key, json_object_new_string(v));
+}
+
+int kjson_add_bool(json_object *o, const char *key, bool v) {
+        return kjson_add(o, key, json_object_new_boolean(v));
+}
+
+int kjson_add_null(json_object *o, const char *key) {
+        /* json-c represents null as a NULL object. */
+        return json_object_object_add(o, key, NULL) < 0 ? -ENOMEM : 0;
+}
+
+/* 1 and the value if key is present and not null, 0 if absent or null. */
+static int kjson_lookup(json_object *o, const char *key, json_object **ret) {
+        json_object *v = NULL;
+
+        if (!json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, key, &v) || !v)
+                return 0;
+        *ret = v;
+        return 1;
+}
+
+static int kjson_missing(const char *key, const char *what, ErrorMessage *err) {
+        return error_setf(err, -ENOENT, "the saved state of %s lacks \"%s\"", what, key);
+}
+
+static int kjson_wrong(const char *key, const char *what, const char *expected, ErrorMessage *err) {
+        return error_setf(err, -EINVAL, "the saved state of %s is malformed: \"%s\" must be %s", what, key, expected);
+}
+
+int kjson_get_u32_opt(json_object *o, const char *key, const char *what, uint32_t *ret, ErrorMessage *err) {
+        json_object *v;
+        int64_t i;
+
+        if (kjson_lookup(o, key, &v) == 0)
+                return 0;
+        if (!json_object_is_type(v, json_type_int))
+                return kjson_wrong(key, what, "an integer", err);
+        errno = 0;
+        i = json_object_get_int64(v);
+        if (errno != 0 || i < 0 || i > UINT32_MAX)
+                return kjson_wrong(key, what, "an integer between 0 and 4294967295", err);
+        *ret = (uint32_t) i;
+        return 1;
+}
+
+int kjson_get_u32(json_object *o, const char *key, const char *what, uint32_t *ret, ErrorMessage *err) {
+        int r = kjson_get_u32_opt(o, key, what, ret, err);
+        return r == 0 ? kjson_missing(key, what, err) : r;
+}
+
+int kjson_get_bool(json_object *o, const char *key, const char *what, bool *ret, ErrorMessage *err) {
+        json_object *v;
+
+        if (kjson_lookup(o, key, &v) == 0)
+                return kjson_missing(key, what, err);
+        if (!json_object_is_type(v, json_type_boolean))
+                return kjson_wrong(key, what, "true or false", err);
+        *ret = json_object_get_boolean(v);
+        return 1;
+}
+
+int kjson_get_string_opt(json_object *o, const char *key, const char *what, const char **ret, ErrorMessage *err) {
+        json_object *v;
+
+        if (kjson_lookup(o, key, &v) == 0)
+                return 0;
+        if (!json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0)
+                return kjson_wrong(key, what, "a non-empty string", err);
+        *ret = json_object_get_string(v);
+        return 1;
+}
+
+int kjson_get_string(json_object *o, const char *key, const char *what, const char **ret, ErrorMessage *err) {
+        int r = kjson_get_string_opt(o, key, what, ret, err);
+        return r == 0 ? kjson_missing(key, what, err) : r;
+}
+
+int kjson_get_array(json_object *o, const char *key, const char *what, json_object **ret, ErrorMessage *err) {
+        json_object *v;
+
+        if (kjson_lookup(o, key, &v) == 0)
+                return kjson_missing(key, what, err);
+        if (!json_object_is_type(v, json_type_array))
+                return kjson_wrong(key, what, "an array", err);
+        *ret = v;
+        return 1;
+}
+
+/* The descriptor saved under name must be in fds: peeked at, not taken. */
+static int kjson_get_fd(json_object *o, const char *what, NamedFds *fds, const char **ret_name, int *ret_fd,
+                        ErrorMessage *err) {
+        const char *name;
+        int r, fd;
+
+        r = kjson_get_string(o, "fd", what, &name, err);
+        if (r < 0)
+                return r;
+        if (!named_fd_name_valid(name))
+                return kjson_wrong("fd", what, "a descriptor name", err);
+        fd = named_fds_get(fds, name);
+        if (fd < 0)
+                return error_setf(err, -ENOENT, "the descriptor \"%s\" of %s is missing from the fd store", name, what);
+        *ret_name = name;
+        if (ret_fd)
+                *ret_fd = fd;
+        return 0;
+}
+
+/* Takes a descriptor the restore validated before, now ours, with O_CLOEXEC. */
+static int take_fd(NamedFds *fds, const char *name) {
+        int fd, flags;
+
+        fd = named_fds_take(fds, name);
+        assert(fd >= 0);
+        flags = fcntl(fd, F_GETFD);
+        if (flags >= 0 && !(flags & FD_CLOEXEC))
+                (void) fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+        return fd;
+}
+
+/* ---- Saving and restoring the context ---- */
+
+static int add_fd(NamedFds *fds, const char *name, int fd) {
+        int r = named_fds_add(fds, name, fd, /* owned= */ false);
+        if (r == -EEXIST)
+                return log_debug_errno(r, "The descriptor name %s is in the set twice.", name);
+        return r;
+}
+
+static int save_group(KernelGroup *g, json_object *groups, NamedFds *fds) {
+        _cleanup_(json_putp) json_object *o = json_object_new_object();
+        _cleanup_free_ char *name = strprintf("k-group-%u", g->number);
+        int r;
+
+        if (!o || !name)
+                return -ENOMEM;
+        r = kjson_add_u64(o, "number", g->number);
+        if (r >= 0)
+                r = kjson_add_string(o, "fd", name);
+        if (r >= 0)
+                r = kjson_add_bool(o, "mdev", g->is_mdev);
+        if (r < 0)
+                return r;
+        r = add_fd(fds, name, g->fd);
+        if (r < 0)
+                return r;
+        if (json_object_array_add(groups, o) < 0)
+                return -ENOMEM;
+        TAKE_PTR(o);
+        return 0;
+}
+
+static int save_container(KernelContainer *k, json_object *containers, NamedFds *fds) {
+        _cleanup_(json_putp) json_object *o = json_object_new_object(), *groups = json_object_new_array();
+        _cleanup_free_ char *name = strprintf("k-container-%u", k->id);
+        unsigned last = 0;
+        bool first = true;
+        int r;
+
+        if (!o || !groups || !name)
+                return -ENOMEM;
+        r = kjson_add_u64(o, "id", k->id);
+        if (r >= 0)
+                r = kjson_add_string(o, "fd", name);
+        if (r >= 0)
+                r = kjson_add_bool(o, "iommu-set", k->iommu_set);
+        if (r >= 0)
+                r = kjson_add_bool(o, "update-vaddr", k->update_vaddr);
+        if (r < 0)
+                return r;
+
+        /* In group-number order, so that the same objects always give the same text. */
+        for (;;) {
+                KernelGroup *next = NULL;
+
+                for (KernelGroup *g = k->context->groups; g; g = g->next)
+                        if (g->container == k && (first || g->number > last) && (!next || g->number < next->number))
+                                next = g;
+                if (!next)
+                        break;
+                r = save_group(next, groups, fds);
+                if (r < 0)
+                        return r;
+                last = next->number;
+                first = false;
+        }
+
+        r = add_fd(fds, name, k->fd);
+        if (r < 0)
+                return r;
+        if (json_object_object_add(o, "groups", TAKE_PTR(groups)) < 0)
+                return -ENOMEM;
+        if (json_object_array_add(containers, o) < 0)
+                return -ENOMEM;
+        TAKE_PTR(o);
+        return 0;
+}
+
+int kernel_context_save(KernelContext *c, json_object **ret, NamedFds *fds) {
+        _cleanup_(json_putp) json_object *o = json_object_new_object(), *containers = json_object_new_array();
+        unsigned last = 0;
+        int r;
+
+        assert(c);
+        assert(ret);
+        assert(fds);
+
+        if (!o || !containers)
+                return -ENOMEM;
+
+        if (c->iommufd >= 0) {
+                r = kjson_add_string(o, "iommufd", "k-iommufd");
+                if (r < 0)
+                        return r;
+                r = add_fd(fds, "k-iommufd", c->iommufd);
+                if (r < 0)
+                        return r;
+        }
+        r = kjson_add_u64(o, "next-container-id", c->next_container_id);
+        if (r < 0)
+                return r;
+
+        /* A container none of our groups is in has no IOMMU and no mappings left: nothing to keep. */
+        for (;;) {
+                KernelContainer *next = NULL;
+
+                for (KernelContainer *k = c->containers; k; k = k->next)
+                        if (k->n_groups > 0 && k->id > last && (!next || k->id < next->id))
+                                next = k;
+                if (!next)
+                        break;
+                r = save_container(next, containers, fds);
+                if (r < 0)
+                        return r;
+                last = next->id;
+        }
+        for (KernelGroup *g = c->groups; g; g = g->next)
+                if (!g->container)
+                        log_debug("IOMMU group %u is in no container and is not saved.", g->number);
+
+        if (json_object_object_add(o, "containers", TAKE_PTR(containers)) < 0)
+                return -ENOMEM;
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+typedef struct SavedGroup {
+        unsigned number;
+        const char *name;
+        int fd;
+        bool is_mdev;
+} SavedGroup;
+
+typedef struct SavedContainer {
+        unsigned id;
+        const char *name;
+        bool iommu_set;
+        bool update_vaddr;
+        SavedGroup *groups;
+        size_t n_groups;
+} SavedContainer;
+
+static void saved_containers_free(SavedContainer *l, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(l[i].groups);
+        free(l);
+}
+
+/* Checks one container record and that its descriptors are all in fds; takes nothing. */
+static int parse_container(KernelContext *c, json_object *o, NamedFds *fds, SavedContainer *ret, ErrorMessage *err) {
+        _cleanup_free_ SavedGroup *groups = NULL;
+        _cleanup_free_ char *what = NULL;
+        json_object *array;
+        uint32_t id;
+        size_t n;
+        int r;
+
+        if (!json_object_is_type(o, json_type_object))
+                return error_setf(err, -EINVAL, "the saved state of the kernel objects is malformed: "
+                                  "a container record is not an object");
+        r = kjson_get_u32(o, "id", "a VFIO container", &id, err);
+        if (r < 0)
+                return r;
+        if (id == 0)
+                return kjson_wrong("id", "a VFIO container", "a positive integer", err);
+        what = strprintf("VFIO container %u", id);
+        if (!what)
+                return -ENOMEM;
+
+        *ret = (SavedContainer) { .id = id };
+        r = kjson_get_fd(o, what, fds, &ret->name, NULL, err);
+        if (r < 0)
+                return r;
+        r = kjson_get_bool(o, "iommu-set", what, &ret->iommu_set, err);
+        if (r >= 0)
+                r = kjson_get_bool(o, "update-vaddr", what, &ret->update_vaddr, err);
+        if (r >= 0)
+                r = kjson_get_array(o, "groups", what, &array, err);
+        if (r < 0)
+                return r;
+
+        n = json_object_array_length(array);
+        groups = new0(SavedGroup, MAX(n, 1u));
+        if (!groups)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                json_object *g = json_object_array_get_idx(array, i);
+                _cleanup_free_ char *gwhat = NULL;
+                struct vfio_group_status status = { .argsz = sizeof status };
+                uint32_t number;
+
+                if (!json_object_is_type(g, json_type_object))
+                        return error_setf(err, -EINVAL, "the saved state of %s is malformed: a group record is "
+                                          "not an object", what);
+                r = kjson_get_u32(g, "number", what, &number, err);
+                if (r < 0)
+                        return r;
+                gwhat = strprintf("IOMMU group %u", number);
+                if (!gwhat)
+                        return -ENOMEM;
+                groups[i].number = number;
+                r = kjson_get_fd(g, gwhat, fds, &groups[i].name, &groups[i].fd, err);
+                if (r >= 0)
+                        r = kjson_get_bool(g, "mdev", gwhat, &groups[i].is_mdev, err);
+                if (r < 0)
+                        return r;
+
+                /* Our predecessor attached it, so CONTAINER_SET is expected; a group the kernel
+                 * says is in no container lost its mappings. A descriptor that cannot answer is
+                 * adopted as it is and fails where it is used. */
+                r = kernel_ioctl(c, groups[i].fd, VFIO_GROUP_GET_STATUS, &status);
+                if (r < 0)
+                        log_debug_errno(r, "VFIO_GROUP_GET_STATUS on the adopted %s failed, adopting it anyway: %m",
+                                        gwhat);
+                else if (!(status.flags & VFIO_GROUP_FLAGS_CONTAINER_SET))
+                        return error_setf(err, -ENXIO, "%s (descriptor \"%s\") is in no VFIO container any more, "
+                                          "although it was saved in %s: its mappings are gone", gwhat,
+                                          groups[i].name, what);
+        }
+
+        ret->groups = TAKE_PTR(groups);
+        ret->n_groups = n;
+        return 0;
+}
+
+int kernel_context_restore(KernelContext *c, json_object *saved, NamedFds *fds, ErrorMessage *err) {
+        SavedContainer *containers = NULL;
+        size_t n_containers = 0;
+        json_object *array;
+        const char *iommufd_name = NULL;
+        uint32_t next_id = 1;
+        int r;
+
+        assert(c);
+        assert(fds);
+
+        if (c->iommufd >= 0 || c->groups || c->containers)
+                return error_setf(err, -EBUSY, "the kernel objects must be restored before any device or address "
+                                  "space exists");
+        if (!json_object_is_type(saved, json_type_object))
+                return error_setf(err, -EINVAL, "the saved state of the kernel objects is malformed: not an object");
+
+        /* First check everything, so that a failure takes nothing out of fds. */
+        r = kjson_get_string_opt(saved, "iommufd", "the kernel objects", &iommufd_name, err);
+        if (r < 0)
+                return r;
+        if (iommufd_name && named_fds_get(fds, iommufd_name) < 0)
+                return error_setf(err, -ENOENT, "the descriptor \"%s\" of the daemon's iommufd is missing from the "
+                                  "fd store", iommufd_name);
+        r = kjson_get_u32(saved, "next-container-id", "the kernel objects", &next_id, err);
+        if (r < 0)
+                return r;
+        r = kjson_get_array(saved, "containers", "the kernel objects", &array, err);
+        if (r < 0)
+                return r;
+
+        n_containers = json_object_array_length(array);
+        containers = new0(SavedContainer, MAX(n_containers, 1u));
+        if (!containers)
+                return -ENOMEM;
+        for (size_t i = 0; i < n_containers; i++) {
+                r = parse_container(c, json_object_array_get_idx(array, i), fds, &containers[i], err);
+                if (r < 0)
+                        goto finish;
+                for (size_t j = 0; j < i; j++) {
+                        if (containers[j].id == containers[i].id) {
+                                r = error_setf(err, -EINVAL, "the saved state of the kernel objects is malformed: "
+                                               "VFIO container %u is listed twice", containers[i].id);
+                                goto finish;
+                        }
+                        for (size_t a = 0; a < containers[j].n_groups; a++)
+                                for (size_t b = 0; b < containers[i].n_groups; b++)
+                                        if (containers[j].groups[a].number == containers[i].groups[b].number) {
+                                                r = error_setf(err, -EINVAL, "the saved state of the kernel objects "
+                                                               "is malformed: IOMMU group %u is listed twice",
+                                                               containers[i].groups[b].number);
+                                                goto finish;
+                                        }
+                }
+                for (size_t a = 0; a < containers[i].n_groups; a++)
+                        for (size_t b = a + 1; b < containers[i].n_groups; b++)
+                                if (containers[i].groups[a].number == containers[i].groups[b].number) {
+                                        r = error_setf(err, -EINVAL, "the saved state of the kernel objects is "
+                                                       "malformed: IOMMU group %u is listed twice",
+                                                       containers[i].groups[a].number);
+                                        goto finish;
+                                }
+        }
+
+        /* Now adopt. Only memory can fail from here on. */
+        if (iommufd_name) {
+                c->iommufd = take_fd(fds, iommufd_name);
+                log_debug("Adopted the iommufd (%s).", iommufd_name);
+        }
+        c->restored = true;
+        c->change_process_done = false;
+        c->next_container_id = MAX(next_id, 1u);
+
+        for (size_t i = 0; i < n_containers; i++) {
+                SavedContainer *s = &containers[i];
+                _cleanup_(kernel_container_unrefp) KernelContainer *k = NULL;
+                int fd = take_fd(fds, s->name);
+
+                r = kernel_container_add(c, fd, s->id, &k);
+                if (r < 0) {
+                        safe_close(fd);
+                        r = oom(err);
+                        goto finish;
+                }
+                c->next_container_id = MAX(c->next_container_id, s->id + 1);
+                k->iommu_set = s->iommu_set;
+                k->update_vaddr = s->update_vaddr;
+                if (k->iommu_set && kernel_container_check_update_vaddr(k) < 0)
+                        k->update_vaddr = s->update_vaddr; /* cannot answer: keep what was saved */
+
+                for (size_t j = 0; j < s->n_groups; j++) {
+                        KernelGroup *g = new0(KernelGroup, 1);
+
+                        fd = take_fd(fds, s->groups[j].name);
+                        if (!g) {
+                                safe_close(fd);
+                                r = oom(err);
+                                goto finish;
+                        }
+                        /* The context holds it until a device or space claims it. */
+                        *g = (KernelGroup) {
+                                .n_ref = 1,
+                                .context = c,
+                                .next = c->groups,
+                                .number = s->groups[j].number,
+                                .fd = fd,
+                                .is_mdev = s->groups[j].is_mdev,
+                                .pinned = true,
+                                .container = kernel_container_ref(k),
+                        };
+                        c->groups = g;
+                        k->n_groups++;
+                }
+                if (k->n_groups == 0)
+                        log_debug("VFIO container %u was saved without groups: it has nothing left, closing it.", s->id);
+                log_debug("Adopted VFIO container %u with %u IOMMU group%s.", s->id, k->n_groups,
+                          k->n_groups == 1 ? "" : "s");
+        }
+        r = 0;
+
+finish:
+        saved_containers_free(containers, n_containers);
+        return r;
+}
+
+/* ---- Saving and restoring devices ---- */
+
+int kernel_device_save(VfioDev *d, json_object **ret, NamedFds *fds) {
+        _cleanup_(json_putp) json_object *o = json_object_new_object();
+        _cleanup_free_ char *name = NULL;
+        KernelDevice *k = kernel_device_from_dev(d);
+        int r;
+
+        assert(ret);
+        assert(fds);
+
+        if (!k)
+                return -EOPNOTSUPP;
+        if (!o)
+                return -ENOMEM;
+        r = kernel_device_fd_name(d, &name);
+        if (r < 0)
+                return r;
+
+        r = kjson_add_string(o, "name", d->name);
+        if (r >= 0)
+                r = kjson_add_string(o, "address", d->address);
+        if (r >= 0)
+                r = kjson_add_string(o, "driver", d->driver);
+        if (r >= 0)
+                r = d->sysfs_path ? kjson_add_string(o, "sysfs-path", d->sysfs_path) : kjson_add_null(o, "sysfs-path");
+        /* After a failed move the device may have no descriptor: its record says so, and a
+         * restore reports it instead of the whole save failing. */
+        if (r >= 0)
+                r = d->device_fd >= 0 ? kjson_add_string(o, "fd", name) : kjson_add_null(o, "fd");
+        if (r >= 0)
+                r = kjson_add_string(o, "path", vfio_backend_to_string(d->backend));
+        if (r >= 0)
+                r = kjson_add_u64(o, "iommu-group", (uint64_t) k->iommu_group);
+        if (r >= 0)
+                r = kjson_add_bool(o, "mdev", k->is_mdev);
+        if (r >= 0 && d->backend == VFIO_BACKEND_IOMMUFD) {
+                r = kjson_add_u64(o, "devid", k->devid);
+                if (r >= 0)
+                        r = k->attached_pt ? kjson_add_u64(o, "ioas-id", k->attached_pt) : kjson_add_null(o, "ioas-id");
+                if (r >= 0)
+                        r = k->attached_pt ? kjson_add_u64(o, "hwpt-id", k->hwpt_id) : kjson_add_null(o, "hwpt-id");
+        }
+        if (r < 0)
+                return r;
+
+        if (d->device_fd >= 0) {
+                r = add_fd(fds, name, d->device_fd);
+                if (r < 0)
+                        return r;
+        } else
+                log_debug("%s has no open descriptor to save.", d->name);
+
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+int kernel_device_restore(KernelContext *c, json_object *saved, NamedFds *fds, VfioDev **ret, ErrorMessage *err) {
+        _cleanup_(vfio_dev_freep) VfioDev *d = NULL;
+        _cleanup_free_ char *what = NULL, *expected_fd = NULL;
+        struct vfio_device_info info = { .argsz = sizeof info };
+        const char *name, *address, *driver, *sysfs_path = NULL, *path, *fd_name = NULL;
+        uint32_t group_number, devid = 0, ioas = 0, hwpt = 0;
+        VfioBackend backend;
+        KernelGroup *g = NULL;
+        KernelDevice *k;
+        bool is_mdev;
+        int r, fd;
+
+        assert(c);
+        assert(fds);
+        assert(ret);
+
+        if (!json_object_is_type(saved, json_type_object))
+                return error_setf(err, -EINVAL, "the saved state of a kernel device is malformed: not an object");
+        r = kjson_get_string(saved, "name", "a kernel device", &name, err);
+        if (r < 0)
+                return r;
+        what = strprintf("device %s", name);
+        if (!what)
+                return oom(err);
+        r = kjson_get_string(saved, "address", what, &address, err);
+        if (r >= 0)
+                r = kjson_get_string(saved, "driver", what, &driver, err);
+        if (r >= 0)
+                r = kjson_get_string_opt(saved, "sysfs-path", what, &sysfs_path, err);
+        if (r >= 0)
+                r = kjson_get_string(saved, "path", what, &path, err);
+        if (r >= 0)
+                r = kjson_get_u32(saved, "iommu-group", what, &group_number, err);
+        if (r >= 0)
+                r = kjson_get_bool(saved, "mdev", what, &is_mdev, err);
+        if (r < 0)
+                return r;
+        if (group_number > INT32_MAX)
+                return kjson_wrong("iommu-group", what, "an IOMMU group number", err);
+
+        if (streq(path, vfio_backend_to_string(VFIO_BACKEND_IOMMUFD))) {
+                backend = VFIO_BACKEND_IOMMUFD;
+                r = kjson_get_u32(saved, "devid", what, &devid, err);
+                if (r >= 0)
+                        r = kjson_get_u32_opt(saved, "ioas-id", what, &ioas, err);
+                if (r >= 0)
+                        r = kjson_get_u32_opt(saved, "hwpt-id", what, &hwpt, err);
+                if (r < 0)
+                        return r;
+                if (c->iommufd < 0)
+                        return error_setf(err, -ENXIO, "%s is bound to the daemon's iommufd, which was not restored",
+                                          what);
+        } else if (streq(path, vfio_backend_to_string(VFIO_BACKEND_LEGACY))) {
+                backend = VFIO_BACKEND_LEGACY;
+                g = kernel_context_find_group(c, group_number);
+                if (!g || !g->container)
+                        return error_setf(err, -ENXIO, "IOMMU group %u of %s was not restored with the kernel objects",
+                                          group_number, what);
+        } else
+                return kjson_wrong("path", what, "\"iommufd\" or \"legacy\"", err);
+
+        r = kjson_get_string_opt(saved, "fd", what, &fd_name, err);
+        if (r < 0)
+                return r;
+        if (!fd_name)
+                return error_setf(err, -ENOENT, "%s had no open descriptor when its state was saved", what);
+        fd = named_fds_get(fds, fd_name);
+        if (fd < 0)
+                return error_setf(err, -ENOENT, "the descriptor \"%s\" of %s is missing from the fd store", fd_name,
+                                  what);
+
+        r = kernel_device_new(c, backend, name, address, driver, sysfs_path, (int) group_number, is_mdev, &k);
+        if (r < 0)
+                return oom(err);
+        d = &k->dev;
+        k->devid = devid;
+        k->attached_pt = ioas;
+        k->hwpt_id = hwpt;
+
+        /* Borrowed until everything checked out: on failure the descriptor stays in fds. */
+        d->device_fd = fd;
+        r = kernel_ioctl(c, fd, VFIO_DEVICE_GET_INFO, &info);
+        if (r < 0) {
+                d->device_fd = -EBADF;
+                return error_setf(err, r, "VFIO_DEVICE_GET_INFO on the adopted descriptor \"%s\" of %s failed: %m",
+                                  fd_name, what);
+        }
+        k->info_flags = info.flags;
+        r = kernel_device_probe_migration(k);
+        if (r < 0) {
+                d->device_fd = -EBADF;
+                return oom(err);
+        }
+
+        r = kernel_device_fd_name(d, &expected_fd);
+        if (r < 0) {
+                d->device_fd = -EBADF;
+                return oom(err);
+        }
+        if (!streq(expected_fd, fd_name))
+                log_debug("%s was saved under the descriptor name %s, expected %s.", what, fd_name, expected_fd);
+
+        d->device_fd = take_fd(fds, fd_name);
+        if (g)
+                kernel_device_join_group(k, kernel_group_ref(g));
+
+        log_debug("%s: adopted (%s backend, driver %s, %s).", name, vfio_backend_to_string(backend), driver,
+                  d->migratable ? "migratable" : "not migratable");
+        *ret = TAKE_PTR(d);
+        return 0;
+}
