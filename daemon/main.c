@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
@@ -15,6 +16,8 @@
 #include "daemon-config.h"
 #include "log.h"
 #include "manager.h"
+#include "named-fds.h"
+#include "persist.h"
 #include "strv.h"
 
 static bool arg_allow_simulated;
@@ -103,16 +106,67 @@ static void attach_configured_devices(Manager *m, const DaemonConfig *config) {
                 const ConfigDevice *c = &config->devices[i];
                 ErrorMessage err = {};
                 int r = manager_attach(m, c->address, &c->options, NULL, &err);
+                if (r == -EEXIST)
+                        continue; /* restored after a restart */
                 if (r < 0)
                         log_error_errno(r, "Failed to attach %s from %s, skipping: %s", c->address, arg_config_path,
                                         err.text[0] ? err.text : strerror(-r));
         }
 }
 
+/* Adopts what the service manager kept for us across a restart. */
+static int restore_state(Persist *persist) {
+        _cleanup_(named_fds_done) NamedFds received = {};
+        _cleanup_strv_free_ char **names = NULL;
+        ErrorMessage err = {};
+        int n, r;
+
+        if (!getenv("NOTIFY_SOCKET"))
+                log_warning("Not running under a service manager: a restart of vfiomigd will lose every device, "
+                            "address space and mapping it holds.");
+
+        n = sd_listen_fds_with_names(true, &names);
+        if (n < 0)
+                return log_error_errno(n, "Failed to receive descriptors from the service manager: %m");
+        for (int i = 0; i < n; i++) {
+                r = named_fds_add(&received, names && names[i] ? names[i] : "unknown", SD_LISTEN_FDS_START + i, true);
+                if (r < 0) {
+                        log_warning_errno(r, "Ignoring descriptor %d (%s): %m", SD_LISTEN_FDS_START + i,
+                                          names && names[i] ? names[i] : "unnamed");
+                        safe_close(SD_LISTEN_FDS_START + i);
+                }
+        }
+        if (received.n == 0)
+                return 0;
+
+        log_info("The service manager handed back %zu descriptor%s; restoring.", received.n,
+                 received.n == 1 ? "" : "s");
+        r = persist_restore(persist, &received, &err);
+        if (r < 0)
+                return log_error_errno(r, "Failed to restore the saved state: %s", err.text);
+        log_info("Restored %d object%s.", r, r == 1 ? "" : "s");
+        return 0;
+}
+
+/* SIGTERM may be a restart: let every address space ready its mappings for the successor
+ * (DMA continues), save, then exit. If no successor comes, the store is released and the
+ * kernel tears everything down as it would have anyway. */
+static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Persist *persist = userdata;
+
+        log_info("Stopping on %s.", si->ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        (void) sd_notify(false, "STOPPING=1\nSTATUS=Preparing the mappings for a successor.");
+        (void) persist_prepare_stop(persist);
+        return sd_event_exit(sd_event_source_get_event(s), 0);
+}
+
 static int run(int argc, char *argv[]) {
+        /* Torn down in reverse: the bus service (it watches the manager), then the persistence
+         * (it reads the manager), then the manager, then the event loop. */
         _cleanup_(sd_event_unrefp) sd_event *event = NULL;
-        _cleanup_(bus_service_freep) BusService *service = NULL;
         _cleanup_(manager_freep) Manager *manager = NULL;
+        _cleanup_(persist_freep) Persist *persist = NULL;
+        _cleanup_(bus_service_freep) BusService *service = NULL;
         _cleanup_(daemon_config_done) DaemonConfig config = {};
         ManagerOptions options = {};
         ErrorMessage err = {};
@@ -133,6 +187,9 @@ static int run(int argc, char *argv[]) {
 
         options.allow_simulated = arg_allow_simulated || config.allow_simulated;
         options.max_devices = config.max_devices;
+        options.max_spaces = config.max_spaces;
+        options.max_mappings = config.max_mappings;
+        options.max_pinned_bytes = config.max_pinned_bytes;
         r = manager_new(&options, &manager);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up: %m");
@@ -148,6 +205,13 @@ static int run(int argc, char *argv[]) {
         if (options.allow_simulated)
                 log_notice("Simulated devices are allowed.");
 
+        r = persist_new(manager, &persist);
+        if (r < 0)
+                return log_oom();
+        r = restore_state(persist);
+        if (r < 0)
+                return r;
+
         attach_configured_devices(manager, &config);
 
         r = sd_event_default(&event);
@@ -158,16 +222,16 @@ static int run(int argc, char *argv[]) {
         sigaddset(&mask, SIGINT);
         if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
                 return log_error_errno(errno, "Failed to block signals: %m");
-        r = sd_event_add_signal(event, NULL, SIGTERM, NULL, NULL);
+        r = sd_event_add_signal(event, NULL, SIGTERM, on_stop_signal, persist);
         if (r >= 0)
-                r = sd_event_add_signal(event, NULL, SIGINT, NULL, NULL);
+                r = sd_event_add_signal(event, NULL, SIGINT, on_stop_signal, persist);
         if (r < 0)
                 return log_error_errno(r, "Failed to watch signals: %m");
         r = sd_event_set_watchdog(event, true);
         if (r < 0)
                 log_warning_errno(r, "Failed to enable the watchdog, ignoring: %m");
 
-        r = bus_service_new(event, manager, &service);
+        r = bus_service_new(event, manager, persist, &service);
         if (r < 0)
                 return r;
 

@@ -17,6 +17,8 @@
 #define VFIOMIG_DEVICE_INTERFACE "org.vfiomig1.Device"
 #define VFIOMIG_SPACE_INTERFACE "org.vfiomig1.AddressSpace"
 #define VFIOMIG_MIGRATION_INTERFACE "org.vfiomig1.Migration"
+/* Only on simulated devices: their "DMA", for tests and demonstrations. */
+#define VFIOMIG_SIM_DEVICE_INTERFACE "org.vfiomig1.SimDevice"
 
 /* polkit actions */
 #define VFIOMIG_ACTION_MANAGE_DEVICES "org.vfiomig1.manage-devices"
@@ -37,6 +39,10 @@
 #define VFIOMIG_ERROR_NOT_SUPPORTED VFIOMIG_ERROR_PREFIX "NotSupported"
 #define VFIOMIG_ERROR_DEVICE_FAILED VFIOMIG_ERROR_PREFIX "DeviceFailed"
 #define VFIOMIG_ERROR_NO_PRECOPY_SESSION VFIOMIG_ERROR_PREFIX "NoPreCopySession"
+#define VFIOMIG_ERROR_NO_SUCH_ADDRESS_SPACE VFIOMIG_ERROR_PREFIX "NoSuchAddressSpace"
+#define VFIOMIG_ERROR_MAPPING_CONFLICT VFIOMIG_ERROR_PREFIX "MappingConflict"
+#define VFIOMIG_ERROR_NO_SUCH_MAPPING VFIOMIG_ERROR_PREFIX "NoSuchMapping"
+#define VFIOMIG_ERROR_DMA_FAULT VFIOMIG_ERROR_PREFIX "DmaFault"
 
 /*
  * Migration states as they appear on the bus, indexed by the kernel's
@@ -81,6 +87,10 @@
                 { "fail-arcs", "as" },   /* testing: "FROM>TO" arcs fail, device stays */ \
                 { "error-arcs", "as" },  /* testing: "FROM>TO" arcs fail into error */  \
         }
+
+/* Options of Manager.CreateAddressSpace. */
+#define VFIOMIG_OPTION_BACKEND "backend"         /* s: "iommufd", "legacy" or "sim"; default: what the host offers */
+#define VFIOMIG_OPTION_SIM_MAPPING "sim-mapping" /* s: "by-file" (default) or "by-address"; sim spaces only */
 
 /* Options of Device.SetState. */
 #define VFIOMIG_OPTION_RECOVER_STATE "recover-state" /* s: state to return to if the SET fails */

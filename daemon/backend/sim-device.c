@@ -2,9 +2,11 @@
 
 #include <pthread.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "crc32c.h"
 #include "log.h"
@@ -651,7 +653,37 @@ bool vfio_dev_is_sim(const VfioDev *d) {
         return d && d->ops == &sim_ops;
 }
 
+/* The simulated device's descriptor, which clients get a copy of: a small memfd that says
+ * what it is (there are no regions or interrupts to drive). */
+static int sim_device_fd_new(const char *name) {
+        _cleanup_close_ int fd = -EBADF;
+        char text[128];
+        int n;
+
+        fd = memfd_create("vfiomig-sim-device", MFD_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        n = snprintf(text, sizeof text, "vfiomigd simulated device %s\n", name);
+        if (write(fd, text, (size_t) n) != n)
+                return -EIO;
+        return TAKE_FD(fd);
+}
+
+static int sim_device_make(const char *name, const SimConfig *c, int device_fd, SimDevice **ret, ErrorMessage *err);
+
 int sim_device_new(const char *name, const SimConfig *c, VfioDev **ret, ErrorMessage *err) {
+        SimDevice *s = NULL;
+        int r;
+
+        r = sim_device_make(name, c, -EBADF, &s, err);
+        if (r < 0)
+                return r;
+        *ret = &s->base;
+        return 0;
+}
+
+static int sim_device_make(const char *name, const SimConfig *c, int device_fd, SimDevice **ret, ErrorMessage *err) {
+        _cleanup_close_ int fd = device_fd;
         _cleanup_free_ char *address = NULL;
         SimDevice *s;
         int r;
@@ -689,7 +721,66 @@ int sim_device_new(const char *name, const SimConfig *c, VfioDev **ret, ErrorMes
                 return -ENOMEM;
         }
         s->last_tick_usec = now_usec(s);
+        if (fd < 0) {
+                fd = sim_device_fd_new(name);
+                if (fd < 0) {
+                        sim_destroy(&s->base);
+                        return error_setf(err, fd, "cannot create the simulated device's descriptor: %m");
+                }
+        }
+        s->base.device_fd = TAKE_FD(fd);
 
+        *ret = s;
+        return 0;
+}
+
+int sim_device_snapshot(VfioDev *d, SimSnapshot *ret) {
+        SimDevice *s = to_sim(d);
+        uint32_t *gens;
+
+        gens = new_array(uint32_t, s->nblocks);
+        if (!gens)
+                return -ENOMEM;
+        pthread_mutex_lock(&s->lock);
+        tick(s);
+        memcpy(gens, s->gen, s->nblocks * sizeof *gens);
+        *ret = (SimSnapshot) {
+                .config = s->config,
+                .state = s->state,
+                .seed = s->seed,
+                .nblocks = s->nblocks,
+                .gens = gens,
+        };
+        pthread_mutex_unlock(&s->lock);
+        ret->config.clock = NULL;
+        ret->config.clock_userdata = NULL;
+        return 0;
+}
+
+void sim_snapshot_done(SimSnapshot *s) {
+        free(s->gens);
+        s->gens = NULL;
+}
+
+int sim_device_restore(const char *name, const SimSnapshot *snap, int device_fd, VfioDev **ret, ErrorMessage *err) {
+        SimDevice *s = NULL;
+        int r;
+
+        if (snap->nblocks != sim_block_count(snap->config.state_size))
+                return error_setf(err, -EINVAL, "the saved state of sim:%s has %llu blocks, its size needs %llu", name,
+                                  (unsigned long long) snap->nblocks,
+                                  (unsigned long long) sim_block_count(snap->config.state_size));
+        if (snap->state < 0 || snap->state >= MIG_STATE_MAX ||
+            (snap->state != VFIO_DEVICE_STATE_ERROR && !mig_state_supported(snap->config.migration_flags, snap->state)))
+                return error_setf(err, -EINVAL, "the saved state of sim:%s names an impossible migration state", name);
+        r = sim_device_make(name, &snap->config, device_fd, &s, err);
+        if (r < 0)
+                return r;
+        s->config.seed = snap->seed;
+        s->config.seed_set = true;
+        s->seed = snap->seed;
+        s->state = snap->state;
+        memcpy(s->gen, snap->gens, s->nblocks * sizeof *s->gen);
         *ret = &s->base;
         return 0;
 }

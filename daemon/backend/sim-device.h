@@ -66,3 +66,19 @@ const SimConfig *sim_device_config(VfioDev *d);
 /* Rewrites n blocks now, as if the device had run; for tests that need dirty data without
  * waiting for the clock. Only while running. */
 int sim_device_dirty_blocks(VfioDev *d, uint64_t n);
+
+/* What survives a restart of the daemon: configuration, migration state and content. Sessions
+ * do not: like a kernel device whose data fd died with its process, a device found in a
+ * session state has no session, and leaving RESUMING then needs a reset. */
+typedef struct SimSnapshot {
+        SimConfig config;        /* clock not included */
+        MigState state;
+        uint64_t seed;
+        uint64_t nblocks;
+        uint32_t *gens;          /* nblocks generations */
+} SimSnapshot;
+
+int sim_device_snapshot(VfioDev *d, SimSnapshot *ret);
+void sim_snapshot_done(SimSnapshot *s);
+/* Recreates a device from a snapshot, adopting device_fd (the descriptor clients were given). */
+int sim_device_restore(const char *name, const SimSnapshot *s, int device_fd, VfioDev **ret, ErrorMessage *err);

@@ -167,6 +167,116 @@ static int method_reset(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         return sd_bus_reply_method_return(m, NULL);
 }
 
+static int method_attach_address_space(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        BusService *s = service_of(d);
+        ErrorMessage err = {};
+        AddressSpace *space;
+        const char *path;
+        int r;
+
+        r = sd_bus_message_read(m, "o", &path);
+        if (r < 0)
+                return r;
+        space = bus_space_from_path(s, path, error);
+        if (!space)
+                return -ENOENT;
+        r = device_check_attach_space(d, space, &err);
+        if (r < 0)
+                return bus_error_from_message(error, r == -EBUSY ? VFIOMIG_ERROR_BUSY : SD_BUS_ERROR_INVALID_ARGS, r,
+                                              &err);
+
+        const char *details[] = { "device", d->id, "space", space->id, NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MAP_DMA, details, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = device_attach_space(d, space, &err);
+        if (r == -EBUSY)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+        if (r == -EOPNOTSUPP)
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_SUPPORTED, r, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_open_fd(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_close_ int fd = -EBADF;
+        Device *d = userdata;
+        BusService *s = service_of(d);
+        ErrorMessage err = {};
+        const char *client = sd_bus_message_get_sender(m);
+        int r;
+
+        if (!client)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "the caller has no bus name to track");
+        if (d->dev->device_fd < 0)
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_NOT_SUPPORTED, "%s has no descriptor to hand out", d->id);
+
+        /* A device fd gives full control of the device: as privileged as attaching it. */
+        const char *details[] = { "device", d->id, NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MANAGE_DEVICES, details, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = device_open_fd(d, client, &fd, &err);
+        if (r == -E2BIG)
+                return bus_error_from_message(error, VFIOMIG_ERROR_LIMIT_EXCEEDED, r, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
+        r = bus_service_track_client(s, d, client);
+        if (r < 0)
+                return r;
+        /* sd-bus sends its own duplicate; ours closes on return */
+        return sd_bus_reply_method_return(m, "h", fd);
+}
+
+static int method_revoke_clients(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        BusService *s = service_of(d);
+        ErrorMessage err = {};
+        int r;
+
+        const char *details[] = { "device", d->id, NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MANAGE_DEVICES, details, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        bus_service_untrack_clients(s, d);
+        r = device_revoke_clients(d, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int property_get_address_space(sd_bus *bus, const char *path, const char *interface,
+                                      const char *property, sd_bus_message *reply, void *userdata,
+                                      sd_bus_error *error) {
+        _cleanup_free_ char *p = NULL;
+        Device *d = userdata;
+        int r;
+
+        if (!d->space)
+                return sd_bus_message_append(reply, "o", "/");
+        r = bus_space_path(d->space->id, &p);
+        if (r < 0)
+                return r;
+        return sd_bus_message_append(reply, "o", p);
+}
+
+static int property_get_clients(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        return sd_bus_message_append(reply, "u", (uint32_t) device_client_count(d));
+}
+
 #define DEVICE_STRING_PROPERTY(fn, expr)                                                                  \
         static int fn(sd_bus *bus, const char *path, const char *interface, const char *property,          \
                       sd_bus_message *reply, void *userdata, sd_bus_error *error) {                         \
@@ -249,6 +359,8 @@ const sd_bus_vtable bus_device_vtable[] = {
         SD_BUS_PROPERTY("State", "s", property_get_state, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("StopCopySize", "t", property_get_stop_copy_size, 0, 0),
         SD_BUS_PROPERTY("LastTransition", "s", property_get_last_transition, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("AddressSpace", "o", property_get_address_space, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Clients", "u", property_get_clients, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_METHOD_WITH_ARGS("SetState",
                                 SD_BUS_ARGS("s", target, "a{sv}", options),
                                 SD_BUS_RESULT("s", reached),
@@ -263,6 +375,21 @@ const sd_bus_vtable bus_device_vtable[] = {
                                 SD_BUS_NO_ARGS,
                                 SD_BUS_NO_RESULT,
                                 method_reset,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("AttachAddressSpace",
+                                SD_BUS_ARGS("o", space),
+                                SD_BUS_NO_RESULT,
+                                method_attach_address_space,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("OpenFd",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("h", fd),
+                                method_open_fd,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("RevokeClients",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_NO_RESULT,
+                                method_revoke_clients,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };

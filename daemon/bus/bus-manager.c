@@ -298,6 +298,142 @@ static int method_set_states(sd_bus_message *m, void *userdata, sd_bus_error *er
         return sd_bus_send(NULL, reply, NULL);
 }
 
+static int method_create_address_space(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        _cleanup_free_ char *path = NULL;
+        const char *backend = NULL, *style = NULL;
+        const BusOption options[] = {
+                { VFIOMIG_OPTION_BACKEND, "s", &backend },
+                { VFIOMIG_OPTION_SIM_MAPPING, "s", &style },
+                {},
+        };
+        ErrorMessage err = {};
+        SpaceOptions o;
+        AddressSpace *space = NULL;
+        int r;
+
+        space_options_init(&o);
+        r = bus_read_options(m, options, error);
+        if (r < 0)
+                return r;
+        if (backend) {
+                o.backend = iommu_backend_from_string(backend);
+                if (o.backend < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "unknown backend '%s' (known: iommufd, legacy, sim)", backend);
+        }
+        if (style) {
+                o.sim_style = sim_mapping_style_from_string(style);
+                o.sim_style_given = true;
+                if (o.sim_style < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "unknown sim-mapping '%s' (known: by-file, by-address)", style);
+        }
+        r = manager_check_create_space(s->manager, &o, &err);
+        if (r < 0)
+                return bus_error_from_message(error,
+                                              r == -E2BIG        ? VFIOMIG_ERROR_LIMIT_EXCEEDED :
+                                              r == -EOPNOTSUPP ? VFIOMIG_ERROR_NOT_SUPPORTED : SD_BUS_ERROR_INVALID_ARGS,
+                                              r, &err);
+
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MAP_DMA, NULL, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = manager_create_space(s->manager, &o, &space, &err);
+        if (r < 0)
+                return bus_error_from_message(error,
+                                              r == -E2BIG        ? VFIOMIG_ERROR_LIMIT_EXCEEDED :
+                                              r == -EOPNOTSUPP ? VFIOMIG_ERROR_NOT_SUPPORTED : VFIOMIG_ERROR_DEVICE_FAILED,
+                                              r, &err);
+        r = bus_space_path(space->id, &path);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(m, "o", path);
+}
+
+static int method_destroy_address_space(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        ErrorMessage err = {};
+        AddressSpace *space;
+        const char *path;
+        int r;
+
+        r = sd_bus_message_read(m, "o", &path);
+        if (r < 0)
+                return r;
+        space = bus_space_from_path(s, path, error);
+        if (!space)
+                return -ENOENT;
+        r = manager_check_destroy_space(s->manager, space, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+
+        const char *details[] = { "space", space->id, NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MAP_DMA, details, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = manager_destroy_space(s->manager, space, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_list_address_spaces(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        BusService *s = userdata;
+        int r;
+
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(so)");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < s->manager->n_spaces; i++) {
+                _cleanup_free_ char *path = NULL;
+                r = bus_space_path(s->manager->spaces[i]->id, &path);
+                if (r >= 0)
+                        r = sd_bus_message_append(reply, "(so)", s->manager->spaces[i]->id, path);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int property_get_max_spaces(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                   sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        return sd_bus_message_append(reply, "u", (uint32_t) s->manager->options.max_spaces);
+}
+
+static int property_get_max_mappings(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        return sd_bus_message_append(reply, "u", (uint32_t) s->manager->options.max_mappings);
+}
+
+static int property_get_max_pinned_bytes(sd_bus *bus, const char *path, const char *interface,
+                                         const char *property, sd_bus_message *reply, void *userdata,
+                                         sd_bus_error *error) {
+        BusService *s = userdata;
+        return sd_bus_message_append(reply, "t", s->manager->options.max_pinned_bytes);
+}
+
+static int property_get_fd_store(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        BusService *s = userdata;
+        return sd_bus_message_append(reply, "b", manager_has_fd_store(s->manager));
+}
+
 static int property_get_version(sd_bus *bus, const char *path, const char *interface, const char *property,
                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         return sd_bus_message_append(reply, "s", PACKAGE_VERSION);
@@ -342,6 +478,10 @@ const sd_bus_vtable bus_manager_vtable[] = {
         SD_BUS_PROPERTY("SimulationAllowed", "b", property_get_simulation_allowed, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxDevices", "u", property_get_max_devices, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("DeviceCount", "u", property_get_device_count, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("MaxAddressSpaces", "u", property_get_max_spaces, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxMappings", "u", property_get_max_mappings, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxPinnedBytes", "t", property_get_max_pinned_bytes, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("FileDescriptorStore", "b", property_get_fd_store, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_ARGS("AttachDevice",
                                 SD_BUS_ARGS("s", address, "a{sv}", options),
                                 SD_BUS_RESULT("o", device),
@@ -366,6 +506,21 @@ const sd_bus_vtable bus_manager_vtable[] = {
                                 SD_BUS_ARGS("ao", devices, "s", target, "a{sv}", options),
                                 SD_BUS_RESULT("a(os)", results),
                                 method_set_states,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("CreateAddressSpace",
+                                SD_BUS_ARGS("a{sv}", options),
+                                SD_BUS_RESULT("o", space),
+                                method_create_address_space,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DestroyAddressSpace",
+                                SD_BUS_ARGS("o", space),
+                                SD_BUS_NO_RESULT,
+                                method_destroy_address_space,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListAddressSpaces",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("a(so)", spaces),
+                                method_list_address_spaces,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("DeviceAttached", SD_BUS_ARGS("s", id, "o", device), 0),
         SD_BUS_SIGNAL_WITH_ARGS("DeviceDetached", SD_BUS_ARGS("s", id, "o", device), 0),

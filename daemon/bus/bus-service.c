@@ -17,11 +17,22 @@ static int emit_pending(sd_event_source *source, void *userdata) {
                 if (bus_device_path(s->changed[i]->id, &path) < 0)
                         continue;
                 r = sd_bus_emit_properties_changed(s->bus, path, VFIOMIG_DEVICE_INTERFACE, "State", "LastTransition",
-                                                   NULL);
+                                                   "AddressSpace", "Clients", NULL);
                 if (r < 0)
                         log_warning_errno(r, "Failed to emit PropertiesChanged for %s, ignoring: %m", path);
         }
         s->n_changed = 0;
+
+        for (size_t i = 0; i < s->n_changed_spaces; i++) {
+                _cleanup_free_ char *path = NULL;
+                if (bus_space_path(s->changed_spaces[i]->id, &path) < 0)
+                        continue;
+                r = sd_bus_emit_properties_changed(s->bus, path, VFIOMIG_SPACE_INTERFACE, "MappingCount",
+                                                   "PinnedBytes", "LiveUpdate", "Devices", NULL);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to emit PropertiesChanged for %s, ignoring: %m", path);
+        }
+        s->n_changed_spaces = 0;
 
         if (s->device_count_changed) {
                 s->device_count_changed = false;
@@ -39,6 +50,29 @@ static void schedule_emit(BusService *s) {
                 (void) sd_event_source_set_enabled(s->emit_source, SD_EVENT_ONESHOT);
 }
 
+static int add_unique(void ***list, size_t *n, void *item) {
+        void **l;
+
+        for (size_t i = 0; i < *n; i++)
+                if ((*list)[i] == item)
+                        return 0;
+        l = reallocarray(*list, *n + 1, sizeof *l);
+        if (!l)
+                return log_oom();
+        *list = l;
+        l[(*n)++] = item;
+        return 1;
+}
+
+static void remove_item(void **list, size_t *n, void *item) {
+        for (size_t i = 0; i < *n; i++)
+                if (list[i] == item) {
+                        memmove(list + i, list + i + 1, (*n - i - 1) * sizeof *list);
+                        (*n)--;
+                        return;
+                }
+}
+
 static void forget_changed(BusService *s, Device *d) {
         for (size_t i = 0; i < s->n_changed; i++)
                 if (s->changed[i] == d) {
@@ -50,19 +84,111 @@ static void forget_changed(BusService *s, Device *d) {
 
 static void on_device_changed(Manager *m, Device *d, void *userdata) {
         BusService *s = userdata;
-        Device **changed;
 
-        for (size_t i = 0; i < s->n_changed; i++)
-                if (s->changed[i] == d)
-                        return;
-        changed = reallocarray(s->changed, s->n_changed + 1, sizeof *changed);
-        if (!changed) {
-                log_oom();
+        if (add_unique((void ***) &s->changed, &s->n_changed, d) > 0)
+                schedule_emit(s);
+}
+
+static void on_space_changed(Manager *m, AddressSpace *space, void *userdata) {
+        BusService *s = userdata;
+
+        if (add_unique((void ***) &s->changed_spaces, &s->n_changed_spaces, space) > 0)
+                schedule_emit(s);
+}
+
+static void on_state_changed(Manager *m, void *userdata) {
+        BusService *s = userdata;
+
+        /* Synchronously, so the state is in the store before the caller's reply goes out. */
+        (void) persist_save(s->persist);
+}
+
+static void on_space_added(Manager *m, AddressSpace *space, void *userdata) {
+        BusService *s = userdata;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (bus_space_path(space->id, &path) < 0)
                 return;
+        r = sd_bus_emit_object_added(s->bus, path);
+        if (r < 0)
+                log_warning_errno(r, "Failed to emit InterfacesAdded for %s, ignoring: %m", path);
+}
+
+static void on_space_removed(Manager *m, AddressSpace *space, void *userdata) {
+        BusService *s = userdata;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        remove_item((void **) s->changed_spaces, &s->n_changed_spaces, space);
+        if (bus_space_path(space->id, &path) < 0)
+                return;
+        r = sd_bus_emit_object_removed(s->bus, path);
+        if (r < 0)
+                log_warning_errno(r, "Failed to emit InterfacesRemoved for %s, ignoring: %m", path);
+}
+
+/* ---- clients holding device fds ---- */
+
+static void track_free(ClientTrack *t) {
+        sd_bus_track_unref(t->track);
+        free(t->client);
+}
+
+static int on_client_gone(sd_bus_track *track, void *userdata) {
+        BusService *s = userdata;
+
+        for (size_t i = 0; i < s->n_tracks; i++) {
+                ClientTrack *t = &s->tracks[i];
+                if (t->track != track)
+                        continue;
+                device_forget_client(t->device, t->client);
+                track_free(t);
+                memmove(s->tracks + i, s->tracks + i + 1, (s->n_tracks - i - 1) * sizeof *s->tracks);
+                s->n_tracks--;
+                return 0;
         }
-        s->changed = changed;
-        s->changed[s->n_changed++] = d;
-        schedule_emit(s);
+        return 0;
+}
+
+int bus_service_track_client(BusService *s, Device *d, const char *client) {
+        _cleanup_(sd_bus_track_unrefp) sd_bus_track *track = NULL;
+        _cleanup_free_ char *copy = NULL;
+        ClientTrack *tracks;
+        int r;
+
+        for (size_t i = 0; i < s->n_tracks; i++)
+                if (s->tracks[i].device == d && streq(s->tracks[i].client, client))
+                        return 0;
+        copy = strdup(client);
+        if (!copy)
+                return -ENOMEM;
+        r = sd_bus_track_new(s->bus, &track, on_client_gone, s);
+        if (r < 0)
+                return r;
+        /* If the peer is gone already (a client recorded before a restart), the handler runs at
+         * once from the event loop. */
+        r = sd_bus_track_add_name(track, client);
+        if (r < 0)
+                return r;
+        tracks = reallocarray(s->tracks, s->n_tracks + 1, sizeof *tracks);
+        if (!tracks)
+                return -ENOMEM;
+        s->tracks = tracks;
+        s->tracks[s->n_tracks++] = (ClientTrack) { .device = d, .client = TAKE_PTR(copy), .track = TAKE_PTR(track) };
+        return 0;
+}
+
+void bus_service_untrack_clients(BusService *s, Device *d) {
+        for (size_t i = 0; i < s->n_tracks;) {
+                if (s->tracks[i].device != d) {
+                        i++;
+                        continue;
+                }
+                track_free(&s->tracks[i]);
+                memmove(s->tracks + i, s->tracks + i + 1, (s->n_tracks - i - 1) * sizeof *s->tracks);
+                s->n_tracks--;
+        }
 }
 
 static void on_device_added(Manager *m, Device *d, void *userdata) {
@@ -89,6 +215,7 @@ static void on_device_removed(Manager *m, Device *d, void *userdata) {
         int r;
 
         forget_changed(s, d);
+        bus_service_untrack_clients(s, d);
         s->device_count_changed = true;
         schedule_emit(s);
         if (bus_device_path(d->id, &path) < 0)
@@ -125,7 +252,7 @@ static int on_name_acquired(sd_bus_message *reply, void *userdata, sd_bus_error 
         return 0;
 }
 
-int bus_service_new(sd_event *event, Manager *manager, BusService **ret) {
+int bus_service_new(sd_event *event, Manager *manager, Persist *persist, BusService **ret) {
         _cleanup_(bus_service_freep) BusService *s = NULL;
         ManagerHooks hooks;
         int r;
@@ -135,6 +262,7 @@ int bus_service_new(sd_event *event, Manager *manager, BusService **ret) {
                 return log_oom();
         s->event = sd_event_ref(event);
         s->manager = manager;
+        s->persist = persist;
 
         r = sd_bus_open_system_with_description(&s->bus, "vfiomigd");
         if (r < 0)
@@ -152,6 +280,17 @@ int bus_service_new(sd_event *event, Manager *manager, BusService **ret) {
         r = sd_bus_add_node_enumerator(s->bus, NULL, VFIOMIG_DEVICE_PATH_PREFIX, bus_device_node_enumerator, s);
         if (r < 0)
                 return log_error_errno(r, "Failed to register the device enumerator: %m");
+        r = sd_bus_add_fallback_vtable(s->bus, NULL, VFIOMIG_DEVICE_PATH_PREFIX, VFIOMIG_SIM_DEVICE_INTERFACE,
+                                       bus_sim_device_vtable, bus_sim_device_object_find, s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register the simulated device objects: %m");
+        r = sd_bus_add_fallback_vtable(s->bus, NULL, VFIOMIG_SPACE_PATH_PREFIX, VFIOMIG_SPACE_INTERFACE,
+                                       bus_space_vtable, bus_space_object_find, s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register the address space objects: %m");
+        r = sd_bus_add_node_enumerator(s->bus, NULL, VFIOMIG_SPACE_PATH_PREFIX, bus_space_node_enumerator, s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register the address space enumerator: %m");
         r = sd_bus_add_object_manager(s->bus, NULL, VFIOMIG_MANAGER_PATH);
         if (r < 0)
                 return log_error_errno(r, "Failed to register the object manager: %m");
@@ -166,9 +305,22 @@ int bus_service_new(sd_event *event, Manager *manager, BusService **ret) {
                 .device_added = on_device_added,
                 .device_removed = on_device_removed,
                 .device_changed = on_device_changed,
+                .space_added = on_space_added,
+                .space_removed = on_space_removed,
+                .space_changed = on_space_changed,
+                .state_changed = on_state_changed,
                 .userdata = s,
         };
         manager_set_hooks(manager, &hooks);
+
+        /* Clients recorded before a restart: watch them again (the gone ones are dropped). */
+        for (size_t i = 0; i < manager->n_devices; i++)
+                for (char **c = manager->devices[i]->clients; c && *c; c++) {
+                        r = bus_service_track_client(s, manager->devices[i], *c);
+                        if (r < 0)
+                                log_warning_errno(r, "Cannot watch client %s of %s, ignoring: %m", *c,
+                                                  manager->devices[i]->id);
+                }
 
         r = sd_bus_attach_event(s->bus, event, SD_EVENT_PRIORITY_NORMAL);
         if (r < 0)
@@ -187,6 +339,10 @@ BusService *bus_service_free(BusService *s) {
         if (s->manager)
                 manager_set_hooks(s->manager, &(ManagerHooks) {});
         sd_event_source_disable_unref(s->emit_source);
+        for (size_t i = 0; i < s->n_tracks; i++)
+                track_free(&s->tracks[i]);
+        free(s->tracks);
+        free(s->changed_spaces);
         polkit_registry_free(s->polkit);
         sd_bus_flush_close_unref(s->bus);
         sd_event_unref(s->event);

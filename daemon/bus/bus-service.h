@@ -13,24 +13,38 @@
 
 #include "bus-polkit.h"
 #include "manager.h"
+#include "persist.h"
+
+/* A peer holding a copy of a device fd, watched so that its disconnection is noticed. */
+typedef struct ClientTrack {
+        Device *device;
+        char *client;
+        sd_bus_track *track;
+} ClientTrack;
 
 typedef struct BusService {
         sd_event *event;
         sd_bus *bus;
         Manager *manager;
+        Persist *persist;
         PolkitRegistry *polkit;
+        ClientTrack *tracks;
+        size_t n_tracks;
 
         /* PropertiesChanged is emitted from an idle event, coalescing bursts and keeping
          * emission out of property getters that discover a change. */
         sd_event_source *emit_source;
         Device **changed;
         size_t n_changed;
+        AddressSpace **changed_spaces;
+        size_t n_changed_spaces;
         bool device_count_changed;
 
         bool name_acquired;
 } BusService;
 
-int bus_service_new(sd_event *event, Manager *manager, BusService **ret);
+/* persist may be NULL (no state is saved then). */
+int bus_service_new(sd_event *event, Manager *manager, Persist *persist, BusService **ret);
 BusService *bus_service_free(BusService *s);
 DEFINE_TRIVIAL_CLEANUP_FUNC(BusService *, bus_service_free);
 
@@ -47,3 +61,21 @@ int bus_device_node_enumerator(sd_bus *bus, const char *path, void *userdata, ch
                                sd_bus_error *error);
 /* Resolves a device object path sent by a client. NULL with error set (NoSuchDevice, InvalidArgs). */
 Device *bus_device_from_path(BusService *s, const char *path, sd_bus_error *error);
+
+/* bus-space.c */
+extern const sd_bus_vtable bus_space_vtable[];
+int bus_space_path(const char *id, char **ret);
+int bus_space_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **ret_found,
+                          sd_bus_error *error);
+int bus_space_node_enumerator(sd_bus *bus, const char *path, void *userdata, char ***ret_nodes, sd_bus_error *error);
+/* NULL with error set (NoSuchAddressSpace). */
+AddressSpace *bus_space_from_path(BusService *s, const char *path, sd_bus_error *error);
+
+/* bus-sim-device.c */
+extern const sd_bus_vtable bus_sim_device_vtable[];
+int bus_sim_device_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
+                               void **ret_found, sd_bus_error *error);
+
+/* Watches client (a unique name) as a holder of d's fd, forgetting it when it disconnects. */
+int bus_service_track_client(BusService *s, Device *d, const char *client);
+void bus_service_untrack_clients(BusService *s, Device *d);

@@ -147,6 +147,22 @@ int daemon_config_parse(const char *text, DaemonConfig *ret, ErrorMessage *err) 
                                 return error_setf(err, -EINVAL, "max-devices must be an integer from 1 to %u",
                                                   MANAGER_MAX_DEVICES_LIMIT);
                         c.max_devices = (unsigned) n;
+                } else if (streq(key, "max-spaces")) {
+                        int64_t n = json_object_get_int64(val);
+                        if (!json_object_is_type(val, json_type_int) || n < 1 || n > MANAGER_MAX_SPACES_LIMIT)
+                                return error_setf(err, -EINVAL, "max-spaces must be an integer from 1 to %u",
+                                                  MANAGER_MAX_SPACES_LIMIT);
+                        c.max_spaces = (unsigned) n;
+                } else if (streq(key, "max-mappings")) {
+                        int64_t n = json_object_get_int64(val);
+                        if (!json_object_is_type(val, json_type_int) || n < 1 || n > MANAGER_MAX_MAPPINGS_LIMIT)
+                                return error_setf(err, -EINVAL, "max-mappings must be an integer from 1 to %u",
+                                                  MANAGER_MAX_MAPPINGS_LIMIT);
+                        c.max_mappings = (unsigned) n;
+                } else if (streq(key, "max-pinned-bytes")) {
+                        if (!json_object_is_type(val, json_type_int) || json_object_get_int64(val) < 4096)
+                                return error_setf(err, -EINVAL, "max-pinned-bytes must be an integer of at least 4096");
+                        c.max_pinned_bytes = json_object_get_uint64(val);
                 } else if (streq(key, "devices")) {
                         if (!json_object_is_type(val, json_type_array))
                                 return error_setf(err, -EINVAL, "devices must be an array");

@@ -2,7 +2,8 @@
 #pragma once
 
 /*
- * vfiomigd.conf(5): a JSON object with "allow-simulated", "max-devices" and "devices" (each
+ * vfiomigd.conf(5): a JSON object with "allow-simulated", the caps "max-devices", "max-spaces",
+ * "max-mappings" and "max-pinned-bytes", and "devices" (each
  * {"address": ..., "options": {sim options}}). Unknown keys and wrong types are errors that name
  * the offending member, so a typo never silently changes behaviour.
  */
@@ -21,6 +22,9 @@ typedef struct ConfigDevice {
 typedef struct DaemonConfig {
         bool allow_simulated;
         unsigned max_devices;        /* 0 = default */
+        unsigned max_spaces;         /* 0 = default */
+        unsigned max_mappings;       /* per space; 0 = default */
+        uint64_t max_pinned_bytes;   /* 0 = the machine's memory */
         ConfigDevice *devices;
         size_t n_devices;
 } DaemonConfig;

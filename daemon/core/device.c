@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -8,6 +9,7 @@
 #include "log.h"
 #include "manager.h"
 #include "sim-device.h"
+#include "strv.h"
 
 static char *escape_label(const char *prefix, const char *s) {
         /* Path elements may only hold [A-Za-z0-9_]: everything else becomes _xx, as systemd's
@@ -80,9 +82,13 @@ int device_new(Manager *m, VfioDev *dev, Device **ret) {
         return 0;
 }
 
+/* Freeing a device does not detach it from its space: at exit before a restart the kernel
+ * attachment must survive for the successor. A device detached on request leaves its space
+ * first (manager_detach()). */
 Device *device_free(Device *d) {
         if (!d)
                 return NULL;
+        strv_free(d->clients);
         safe_close(d->session_fd);
         vfio_dev_free(d->dev);
         free(d->id);
@@ -141,6 +147,7 @@ void device_note_outcome(Device *d, int reached, int data_fd, const char *summar
                 }
         }
         set_cached_state(d, reached);
+        manager_notify_state_changed(d->manager);
 }
 
 int device_set_state(Device *d, MigState target, int recover_state, TransitionReport *ret_report, ErrorMessage *err) {
@@ -211,5 +218,125 @@ int device_stop_copy_size(Device *d, uint64_t *ret, ErrorMessage *err) {
         r = vfio_dev_stop_copy_size(d->dev, ret);
         if (r < 0)
                 return error_setf(err, r, "VFIO_DEVICE_FEATURE_MIG_DATA_SIZE failed on %s: %m", d->id);
+        return 0;
+}
+
+int device_check_attach_space(Device *d, AddressSpace *s, ErrorMessage *err) {
+        static const IommuBackend matching[_VFIO_BACKEND_MAX] = {
+                [VFIO_BACKEND_IOMMUFD] = IOMMU_BACKEND_IOMMUFD,
+                [VFIO_BACKEND_LEGACY] = IOMMU_BACKEND_LEGACY,
+                [VFIO_BACKEND_SIM] = IOMMU_BACKEND_SIM,
+        };
+
+        if (d->space == s)
+                return 0;
+        if (d->space)
+                return error_setf(err, -EBUSY, "%s is attached to address space %s already; a device stays in "
+                                  "its space until it is detached from vfiomigd", d->id, d->space->id);
+        if (matching[d->dev->backend] != s->iommu->backend)
+                return error_setf(err, -EINVAL, "%s is a %s device and cannot join the %s address space %s", d->id,
+                                  vfio_backend_to_string(d->dev->backend), iommu_backend_to_string(s->iommu->backend),
+                                  s->id);
+        return 0;
+}
+
+int device_attach_space(Device *d, AddressSpace *s, ErrorMessage *err) {
+        int r;
+
+        r = device_check_attach_space(d, s, err);
+        if (r < 0 || d->space == s)
+                return r;
+        r = s->iommu->ops->attach_device(s->iommu, d->dev, err);
+        if (r < 0)
+                return error_setf(err, r, "Cannot attach %s to address space %s: %m", d->id, s->id);
+        d->space = s;
+        log_info("%s: attached to address space %s.", d->id, s->id);
+        manager_notify_device_changed(d->manager, d);
+        manager_notify_space_changed(d->manager, s);
+        return 0;
+}
+
+void device_leave_space(Device *d) {
+        AddressSpace *s = d->space;
+
+        if (!s)
+                return;
+        s->iommu->ops->detach_device(s->iommu, d->dev);
+        d->space = NULL;
+        manager_notify_space_changed(d->manager, s);
+}
+
+bool device_has_client(Device *d, const char *client) {
+        for (char **c = d->clients; c && *c; c++)
+                if (streq(*c, client))
+                        return true;
+        return false;
+}
+
+size_t device_client_count(Device *d) {
+        return strv_length(d->clients);
+}
+
+int device_open_fd(Device *d, const char *client, int *ret_fd, ErrorMessage *err) {
+        _cleanup_close_ int fd = -EBADF;
+        size_t n = strv_length(d->clients);
+        char **clients;
+
+        if (d->dev->device_fd < 0)
+                return error_setf(err, -EOPNOTSUPP, "%s has no device file descriptor to hand out", d->id);
+        if (!device_has_client(d, client) && n >= DEVICE_CLIENTS_MAX)
+                return error_setf(err, -E2BIG, "%s already has %u clients holding its descriptor", d->id,
+                                  DEVICE_CLIENTS_MAX);
+        fd = fcntl(d->dev->device_fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return error_setf(err, -errno, "Cannot duplicate the descriptor of %s: %m", d->id);
+
+        if (!device_has_client(d, client)) {
+                char *copy = strdup(client);
+                clients = copy ? reallocarray(d->clients, n + 2, sizeof *clients) : NULL;
+                if (!clients) {
+                        free(copy);
+                        return -ENOMEM;
+                }
+                clients[n] = copy;
+                clients[n + 1] = NULL;
+                d->clients = clients;
+                log_info("%s: handed its descriptor to %s.", d->id, client);
+                manager_notify_device_changed(d->manager, d);
+                manager_notify_state_changed(d->manager);
+        }
+        *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+void device_forget_client(Device *d, const char *client) {
+        size_t n = strv_length(d->clients);
+
+        for (size_t i = 0; i < n; i++)
+                if (streq(d->clients[i], client)) {
+                        free(d->clients[i]);
+                        memmove(d->clients + i, d->clients + i + 1, (n - i) * sizeof *d->clients);
+                        log_info("%s: client %s is gone.", d->id, client);
+                        manager_notify_device_changed(d->manager, d);
+                        manager_notify_state_changed(d->manager);
+                        return;
+                }
+}
+
+int device_revoke_clients(Device *d, ErrorMessage *err) {
+        int r;
+
+        strv_free(d->clients);
+        d->clients = NULL;
+        log_notice("%s: every client's grant revoked; resetting the device.", d->id);
+        manager_notify_device_changed(d->manager, d);
+        manager_notify_state_changed(d->manager);
+        r = vfio_dev_reset(d->dev);
+        if (r == -EOPNOTSUPP)
+                return 0; /* nothing to reset: the grant is withdrawn all the same */
+        if (r < 0)
+                return error_setf(err, r, "Clients forgotten, but resetting %s failed: %m", d->id);
+        device_note_outcome(d, -1, -EBADF, "reset (clients revoked)");
+        (void) device_refresh_state(d, NULL);
         return 0;
 }

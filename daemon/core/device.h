@@ -13,11 +13,17 @@
 #include "vfio-dev.h"
 
 typedef struct Manager Manager;
+typedef struct AddressSpace AddressSpace;
+
+/* Handed-out device fds, one client (a D-Bus peer) each, are capped per device. */
+#define DEVICE_CLIENTS_MAX 16u
 
 typedef struct Device {
         Manager *manager;
         char *id;               /* "sim_gpu0", "pci_0000_3b_00_1", "mdev_<uuid with _>" */
         VfioDev *dev;
+        AddressSpace *space;    /* the DMA address space it is attached to, or NULL */
+        char **clients;         /* unique bus names of the peers holding a copy of its fd */
         MigState state;         /* last state read or reached */
         bool state_known;
         int session_fd;         /* data fd of the open save/load session, or -EBADF */
@@ -41,6 +47,23 @@ int device_reset(Device *d, ErrorMessage *err);
 /* -ENOMSG when the device has no open pre-copy session. */
 int device_precopy_info(Device *d, uint64_t *ret_initial, uint64_t *ret_dirty, ErrorMessage *err);
 int device_stop_copy_size(Device *d, uint64_t *ret, ErrorMessage *err);
+
+/* -EINVAL incompatible backends, -EBUSY attached to another space already. */
+int device_check_attach_space(Device *d, AddressSpace *s, ErrorMessage *err);
+int device_attach_space(Device *d, AddressSpace *s, ErrorMessage *err);
+/* Releases the device from its space (when it is detached from the daemon). */
+void device_leave_space(Device *d);
+
+/* A copy of the device fd for client (a unique bus name), recorded as a client. -E2BIG over
+ * DEVICE_CLIENTS_MAX clients, -EOPNOTSUPP for a device without an fd. */
+int device_open_fd(Device *d, const char *client, int *ret_fd, ErrorMessage *err);
+bool device_has_client(Device *d, const char *client);
+void device_forget_client(Device *d, const char *client);
+size_t device_client_count(Device *d);
+/* Forgets every client and resets the device: a descriptor cannot be taken back from another
+ * process, but whoever still holds one finds a freshly reset device, with its migration
+ * session (if any) ended. */
+int device_revoke_clients(Device *d, ErrorMessage *err);
 
 /* After an operation: closes the session fd if the device left its session states, records the
  * state, and notifies. Used by group moves, which run the transitions themselves. */

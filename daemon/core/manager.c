@@ -2,7 +2,9 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "kernel-iommu.h"
 #include "log.h"
 #include "manager.h"
 #include "vfiomig1.h"
@@ -22,6 +24,16 @@ int manager_new(const ManagerOptions *options, Manager **ret) {
         m->options = *options;
         if (m->options.max_devices == 0)
                 m->options.max_devices = MANAGER_MAX_DEVICES_DEFAULT;
+        if (m->options.max_spaces == 0)
+                m->options.max_spaces = MANAGER_MAX_SPACES_DEFAULT;
+        if (m->options.max_mappings == 0)
+                m->options.max_mappings = MANAGER_MAX_MAPPINGS_DEFAULT;
+        if (m->options.max_pinned_bytes == 0) {
+                /* Pinning more than there is cannot succeed; let the cap say so clearly. */
+                long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+                m->options.max_pinned_bytes = pages > 0 && page_size > 0 ? (uint64_t) pages * (uint64_t) page_size
+                                                                        : UINT64_MAX;
+        }
 
         r = kernel_context_new(&options->kernel, &m->kernel);
         if (r < 0)
@@ -37,9 +49,16 @@ int manager_new(const ManagerOptions *options, Manager **ret) {
 Manager *manager_free(Manager *m) {
         if (!m)
                 return NULL;
+        /* Nothing is detached or unmapped here: this may be the exit before a restart, and the
+         * successor adopts the kernel objects as they are. The descriptors close; what nobody
+         * else (the fd store) holds, the kernel tears down. */
+        m->hooks = (ManagerHooks) {};
         for (size_t i = 0; i < m->n_devices; i++)
                 device_free(m->devices[i]);
         free(m->devices);
+        for (size_t i = 0; i < m->n_spaces; i++)
+                address_space_free(m->spaces[i]);
+        free(m->spaces);
         kernel_context_unref(m->kernel);
         free(m);
         return NULL;
@@ -52,6 +71,28 @@ void manager_set_hooks(Manager *m, const ManagerHooks *hooks) {
 void manager_notify_device_changed(Manager *m, Device *d) {
         if (m && m->hooks.device_changed)
                 m->hooks.device_changed(m, d, m->hooks.userdata);
+}
+
+void manager_notify_space_changed(Manager *m, AddressSpace *s) {
+        if (m && m->hooks.space_changed)
+                m->hooks.space_changed(m, s, m->hooks.userdata);
+        manager_notify_state_changed(m);
+}
+
+void manager_notify_state_changed(Manager *m) {
+        if (m && m->hooks.state_changed)
+                m->hooks.state_changed(m, m->hooks.userdata);
+}
+
+uint64_t manager_pinned_bytes(Manager *m) {
+        uint64_t total = 0;
+        for (size_t i = 0; i < m->n_spaces; i++)
+                total += m->spaces[i]->pinned_bytes;
+        return total;
+}
+
+bool manager_has_fd_store(Manager *m) {
+        return m->fd_store;
 }
 
 static bool is_sim_address(const char *address) {
@@ -152,6 +193,7 @@ int manager_attach(Manager *m, const char *address, const AttachOptions *o, Devi
                 return -ENOMEM;
         m->devices = devices;
         m->devices[m->n_devices++] = d;
+        manager_notify_state_changed(m);
 
         if (d->dev->migratable)
                 (void) device_refresh_state(d, NULL);
@@ -191,10 +233,12 @@ int manager_detach(Manager *m, Device *d, ErrorMessage *err) {
                         continue;
                 if (m->hooks.device_removed)
                         m->hooks.device_removed(m, d, m->hooks.userdata);
+                device_leave_space(d);
                 memmove(m->devices + i, m->devices + i + 1, (m->n_devices - i - 1) * sizeof *m->devices);
                 m->n_devices--;
                 log_info("Detached %s.", d->id);
                 device_free(d);
+                manager_notify_state_changed(m);
                 return 0;
         }
         return error_setf(err, -ENODEV, "no such device");
@@ -270,4 +314,154 @@ int manager_status_text(Manager *m, char **ret) {
                      sim) < 0)
                 return -ENOMEM;
         return 0;
+}
+
+int manager_add_device(Manager *m, Device *d) {
+        Device **devices = reallocarray(m->devices, m->n_devices + 1, sizeof *devices);
+        if (!devices)
+                return -ENOMEM;
+        m->devices = devices;
+        m->devices[m->n_devices++] = d;
+        d->manager = m;
+        return 0;
+}
+
+int manager_add_space(Manager *m, AddressSpace *s) {
+        AddressSpace **spaces = reallocarray(m->spaces, m->n_spaces + 1, sizeof *spaces);
+        unsigned number;
+
+        if (!spaces)
+                return -ENOMEM;
+        m->spaces = spaces;
+        m->spaces[m->n_spaces++] = s;
+        s->manager = m;
+        if (sscanf(s->id, "s%u", &number) == 1 && number >= m->next_space_number)
+                m->next_space_number = number + 1;
+        return 0;
+}
+
+void space_options_init(SpaceOptions *o) {
+        *o = (SpaceOptions) { .backend = -1, .sim_style = SIM_MAP_BY_FILE };
+}
+
+/* What "the host offers" means when the caller does not choose: iommufd with VFIO cdevs, else
+ * the legacy container, else (when allowed) the simulation. */
+static int choose_backend(Manager *m, const SpaceOptions *o, IommuBackend *ret, ErrorMessage *err) {
+        if (o->backend >= 0)
+                *ret = o->backend;
+        else if (m->features.iommufd && m->features.vfio_cdev && !m->options.kernel.prefer_legacy)
+                *ret = IOMMU_BACKEND_IOMMUFD;
+        else if (m->features.vfio_container)
+                *ret = IOMMU_BACKEND_LEGACY;
+        else if (m->options.allow_simulated)
+                *ret = IOMMU_BACKEND_SIM;
+        else
+                return error_setf(err, -EOPNOTSUPP,
+                                  "this host offers neither iommufd nor a VFIO container (is the vfio module loaded?)");
+        return 0;
+}
+
+int manager_check_create_space(Manager *m, const SpaceOptions *o, ErrorMessage *err) {
+        IommuBackend b = _IOMMU_BACKEND_INVALID;
+        int r;
+
+        r = choose_backend(m, o, &b, err);
+        if (r < 0)
+                return r;
+        if (b == IOMMU_BACKEND_SIM && !m->options.allow_simulated)
+                return error_setf(err, -EINVAL, "simulated address spaces are not allowed: start vfiomigd with "
+                                  "--allow-simulated or set \"allow-simulated\" in its configuration");
+        if (o->sim_style_given && b != IOMMU_BACKEND_SIM)
+                return error_setf(err, -EINVAL, "sim-mapping applies to simulated address spaces only");
+        if (m->n_spaces >= m->options.max_spaces)
+                return error_setf(err, -E2BIG, "already %zu address spaces, the configured maximum (max-spaces)",
+                                  m->n_spaces);
+        return 0;
+}
+
+int manager_create_space(Manager *m, const SpaceOptions *o, AddressSpace **ret, ErrorMessage *err) {
+        _cleanup_(iommu_space_freep) IommuSpace *iommu = NULL;
+        AddressSpace *s = NULL;
+        char id[16];
+        IommuBackend b = _IOMMU_BACKEND_INVALID;
+        int r;
+
+        r = manager_check_create_space(m, o, err);
+        if (r < 0)
+                return r;
+        (void) choose_backend(m, o, &b, NULL);
+
+        switch (b) {
+        case IOMMU_BACKEND_IOMMUFD:
+                r = kernel_iommufd_space_new(m->kernel, &iommu, err);
+                break;
+        case IOMMU_BACKEND_LEGACY:
+                r = kernel_legacy_space_new(m->kernel, &iommu, err);
+                break;
+        case IOMMU_BACKEND_SIM:
+                r = sim_iommu_new(o->sim_style, &iommu);
+                break;
+        default:
+                r = -EINVAL;
+        }
+        if (r < 0)
+                return error_setf(err, r, "Cannot create a %s address space: %m", iommu_backend_to_string(b));
+
+        (void) snprintf(id, sizeof id, "s%u", m->next_space_number);
+        r = address_space_new(m, id, iommu, &s);
+        if (r < 0)
+                return r;
+        TAKE_PTR(iommu);
+        r = manager_add_space(m, s);
+        if (r < 0) {
+                address_space_free(s);
+                return r;
+        }
+        log_info("Created %s address space %s.", iommu_backend_to_string(b), s->id);
+        if (m->hooks.space_added)
+                m->hooks.space_added(m, s, m->hooks.userdata);
+        manager_notify_state_changed(m);
+        if (ret)
+                *ret = s;
+        return 0;
+}
+
+int manager_check_destroy_space(Manager *m, AddressSpace *s, ErrorMessage *err) {
+        size_t devices = address_space_device_count(s);
+
+        if (devices > 0)
+                return error_setf(err, -EBUSY, "%zu device%s attached to %s: detach %s from vfiomigd first", devices,
+                                  devices == 1 ? " is" : "s are", s->id, devices == 1 ? "it" : "them");
+        if (s->n_mappings > 0)
+                return error_setf(err, -EBUSY, "%s still has %zu mapping%s: unmap them first", s->id, s->n_mappings,
+                                  s->n_mappings == 1 ? "" : "s");
+        return 0;
+}
+
+int manager_destroy_space(Manager *m, AddressSpace *s, ErrorMessage *err) {
+        int r;
+
+        r = manager_check_destroy_space(m, s, err);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < m->n_spaces; i++) {
+                if (m->spaces[i] != s)
+                        continue;
+                if (m->hooks.space_removed)
+                        m->hooks.space_removed(m, s, m->hooks.userdata);
+                memmove(m->spaces + i, m->spaces + i + 1, (m->n_spaces - i - 1) * sizeof *m->spaces);
+                m->n_spaces--;
+                log_info("Destroyed address space %s.", s->id);
+                address_space_free(s);
+                manager_notify_state_changed(m);
+                return 0;
+        }
+        return error_setf(err, -ENOENT, "no such address space");
+}
+
+AddressSpace *manager_find_space(Manager *m, const char *id) {
+        for (size_t i = 0; i < m->n_spaces; i++)
+                if (streq(m->spaces[i]->id, id))
+                        return m->spaces[i];
+        return NULL;
 }

@@ -7,6 +7,7 @@
  * Every resource a client can create here is capped (max_devices).
  */
 
+#include "address-space.h"
 #include "device.h"
 #include "kernel-device.h"
 #include "kernel-features.h"
@@ -15,10 +16,17 @@
 
 #define MANAGER_MAX_DEVICES_DEFAULT 256u
 #define MANAGER_MAX_DEVICES_LIMIT 4096u
+#define MANAGER_MAX_SPACES_DEFAULT 64u
+#define MANAGER_MAX_SPACES_LIMIT 1024u
+#define MANAGER_MAX_MAPPINGS_DEFAULT 1024u
+#define MANAGER_MAX_MAPPINGS_LIMIT IOMMU_MAPPINGS_KERNEL_MAX
 
 typedef struct ManagerOptions {
         bool allow_simulated;
-        unsigned max_devices;
+        unsigned max_devices;      /* 0 = default */
+        unsigned max_spaces;       /* 0 = default */
+        unsigned max_mappings;     /* per space; 0 = default */
+        uint64_t max_pinned_bytes; /* over all spaces; 0 = the machine's physical memory */
         KernelContextOptions kernel;
 } ManagerOptions;
 
@@ -26,6 +34,11 @@ typedef struct ManagerHooks {
         void (*device_added)(Manager *m, Device *d, void *userdata);
         void (*device_removed)(Manager *m, Device *d, void *userdata); /* before it is freed */
         void (*device_changed)(Manager *m, Device *d, void *userdata);
+        void (*space_added)(Manager *m, AddressSpace *s, void *userdata);
+        void (*space_removed)(Manager *m, AddressSpace *s, void *userdata); /* before it is freed */
+        void (*space_changed)(Manager *m, AddressSpace *s, void *userdata);
+        /* something persistent changed: the state must be saved (core/persist.c) */
+        void (*state_changed)(Manager *m, void *userdata);
         void *userdata;
 } ManagerHooks;
 
@@ -35,6 +48,10 @@ struct Manager {
         KernelFeatures features;
         Device **devices;
         size_t n_devices;
+        AddressSpace **spaces;
+        size_t n_spaces;
+        unsigned next_space_number;
+        bool fd_store;             /* a service manager keeps our fds across restarts */
         ManagerHooks hooks;
 };
 
@@ -52,6 +69,31 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free);
 
 void manager_set_hooks(Manager *m, const ManagerHooks *hooks);
 void manager_notify_device_changed(Manager *m, Device *d);
+void manager_notify_space_changed(Manager *m, AddressSpace *s);
+void manager_notify_state_changed(Manager *m);
+
+uint64_t manager_pinned_bytes(Manager *m);
+bool manager_has_fd_store(Manager *m);
+
+typedef struct SpaceOptions {
+        int backend;                 /* IommuBackend, or -1 for what the host offers */
+        SimMappingStyle sim_style;   /* sim only */
+        bool sim_style_given;
+} SpaceOptions;
+
+void space_options_init(SpaceOptions *o);
+/* Validation without change: -EINVAL (sim not allowed, style for a non-sim backend), -E2BIG. */
+int manager_check_create_space(Manager *m, const SpaceOptions *o, ErrorMessage *err);
+/* -EOPNOTSUPP when the host offers no such backend. */
+int manager_create_space(Manager *m, const SpaceOptions *o, AddressSpace **ret, ErrorMessage *err);
+/* -EBUSY while devices are attached or mappings exist. */
+int manager_check_destroy_space(Manager *m, AddressSpace *s, ErrorMessage *err);
+int manager_destroy_space(Manager *m, AddressSpace *s, ErrorMessage *err);
+AddressSpace *manager_find_space(Manager *m, const char *id);
+/* Adds a space made elsewhere (restore after a restart). */
+int manager_add_space(Manager *m, AddressSpace *s);
+/* Adds a device made elsewhere (restore after a restart). */
+int manager_add_device(Manager *m, Device *d);
 
 /* The checks that need no device access: well-formed address, simulation allowed, not attached
  * yet, capacity left, options only for sim devices. -EINVAL (malformed, not allowed, options

@@ -1,0 +1,875 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+
+#include <fcntl.h>
+#include <json.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+
+#include "crc32c.h"
+#include "kernel-iommu.h"
+#include "log.h"
+#include "persist.h"
+#include "sim-device.h"
+#include "sim-stream.h"
+
+#define STATE_VERSION 1
+#define STATE_MAGIC "VFMSTATE"
+#define STATE_NAME_PREFIX "state-"
+#define STATE_SIZE_MAX (UINT64_C(256) << 20)
+
+typedef struct StoredFd {
+        char *name;
+        dev_t dev;
+        ino_t ino;
+} StoredFd;
+
+struct Persist {
+        Manager *manager;
+        bool notify;          /* a service manager listens ($NOTIFY_SOCKET) */
+        bool restoring;       /* no saving while the state is being rebuilt */
+        uint64_t seq;
+        StoredFd *stored;     /* what we believe the fd store holds */
+        size_t n_stored;
+};
+
+/* The header in front of the JSON in a state memfd. */
+typedef struct StateHeader {
+        char magic[8];
+        uint64_t seq;
+        uint64_t length;
+        uint32_t crc;
+        uint32_t zero;
+} StateHeader;
+
+static void json_putp(json_object **o) {
+        if (*o)
+                json_object_put(*o);
+}
+
+static void store_remove(Persist *p, size_t i);
+static ssize_t stored_index(Persist *p, const char *name);
+
+/* Before the legacy backend closes a device's descriptors to move its IOMMU group into another
+ * container: refused while anyone depends on the open device; otherwise the copy in the fd
+ * store, which would keep the device open and the kernel refusing the move, is dropped (the
+ * next save stores the new descriptor). */
+static int reopen_check(VfioDev *dev, void *userdata, ErrorMessage *err) {
+        Persist *p = userdata;
+        _cleanup_free_ char *name = NULL;
+        ssize_t at;
+
+        for (size_t i = 0; i < p->manager->n_devices; i++) {
+                Device *d = p->manager->devices[i];
+                if (d->dev != dev)
+                        continue;
+                if (d->clients)
+                        return error_setf(err, -EBUSY,
+                                          "%s must be reopened to move its IOMMU group, but a client holds a copy of "
+                                          "its descriptor: attach it to the address space before handing it out", d->id);
+                if (d->session_fd >= 0)
+                        return error_setf(err, -EBUSY,
+                                          "%s must be reopened to move its IOMMU group, which would end its open "
+                                          "migration session", d->id);
+        }
+        if (p->notify && kernel_device_fd_name(dev, &name) >= 0 && (at = stored_index(p, name)) >= 0)
+                store_remove(p, (size_t) at);
+        return 0;
+}
+
+int persist_new(Manager *m, Persist **ret) {
+        Persist *p = new0(Persist, 1);
+
+        if (!p)
+                return -ENOMEM;
+        p->manager = m;
+        p->notify = getenv("NOTIFY_SOCKET") != NULL;
+        m->fd_store = p->notify;
+        kernel_context_set_reopen_check(m->kernel, reopen_check, p);
+        *ret = p;
+        return 0;
+}
+
+Persist *persist_free(Persist *p) {
+        if (!p)
+                return NULL;
+        kernel_context_set_reopen_check(p->manager->kernel, NULL, NULL);
+        for (size_t i = 0; i < p->n_stored; i++)
+                free(p->stored[i].name);
+        free(p->stored);
+        free(p);
+        return NULL;
+}
+
+/* ---- the fd store ---- */
+
+static int store_fd(Persist *p, const char *name, int fd) {
+        _cleanup_free_ char *msg = NULL;
+        StoredFd *stored;
+        struct stat st;
+        int r;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (asprintf(&msg, "FDSTORE=1\nFDNAME=%s", name) < 0)
+                return -ENOMEM;
+        r = sd_pid_notify_with_fds(0, false, msg, &fd, 1);
+        if (r < 0)
+                return log_warning_errno(r, "Failed to keep %s in the fd store: %m", name);
+        stored = reallocarray(p->stored, p->n_stored + 1, sizeof *stored);
+        if (!stored)
+                return -ENOMEM;
+        p->stored = stored;
+        p->stored[p->n_stored] = (StoredFd) { .name = strdup(name), .dev = st.st_dev, .ino = st.st_ino };
+        if (!p->stored[p->n_stored].name)
+                return -ENOMEM;
+        p->n_stored++;
+        return 0;
+}
+
+static void store_remove(Persist *p, size_t i) {
+        int r = sd_notifyf(false, "FDSTOREREMOVE=1\nFDNAME=%s", p->stored[i].name);
+        if (r < 0)
+                log_warning_errno(r, "Failed to remove %s from the fd store, ignoring: %m", p->stored[i].name);
+        free(p->stored[i].name);
+        memmove(p->stored + i, p->stored + i + 1, (p->n_stored - i - 1) * sizeof *p->stored);
+        p->n_stored--;
+}
+
+static ssize_t stored_index(Persist *p, const char *name) {
+        for (size_t i = 0; i < p->n_stored; i++)
+                if (streq(p->stored[i].name, name))
+                        return (ssize_t) i;
+        return -1;
+}
+
+/* Brings the store in line with desired: new names stored, names whose file changed replaced,
+ * vanished names removed (state memfds are handled by the caller). */
+static int store_sync(Persist *p, const NamedFds *desired) {
+        int r, ret = 0;
+
+        for (size_t i = 0; i < desired->n; i++) {
+                const NamedFd *d = &desired->items[i];
+                ssize_t at = stored_index(p, d->name);
+                struct stat st;
+
+                if (at >= 0) {
+                        if (fstat(d->fd, &st) >= 0 && st.st_dev == p->stored[at].dev && st.st_ino == p->stored[at].ino)
+                                continue;
+                        store_remove(p, (size_t) at);
+                }
+                r = store_fd(p, d->name, d->fd);
+                if (r < 0 && ret == 0)
+                        ret = r;
+        }
+        for (size_t i = 0; i < p->n_stored;) {
+                if (strncmp(p->stored[i].name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) != 0 &&
+                    named_fds_get(desired, p->stored[i].name) < 0) {
+                        store_remove(p, i);
+                        continue;
+                }
+                i++;
+        }
+        return ret;
+}
+
+/* ---- serialization ---- */
+
+static int add_u64(json_object *o, const char *key, uint64_t v) {
+        json_object *j = json_object_new_uint64(v);
+        return j && json_object_object_add(o, key, j) == 0 ? 0 : -ENOMEM;
+}
+
+static int add_string(json_object *o, const char *key, const char *v) {
+        json_object *j = json_object_new_string(v);
+        return j && json_object_object_add(o, key, j) == 0 ? 0 : -ENOMEM;
+}
+
+static int add_bool(json_object *o, const char *key, bool v) {
+        json_object *j = json_object_new_boolean(v);
+        return j && json_object_object_add(o, key, j) == 0 ? 0 : -ENOMEM;
+}
+
+static int sim_device_fd_name(const VfioDev *d, char *buf, size_t size) {
+        return snprintf(buf, size, "sim-device-%s", d->name) < (int) size ? 0 : -ENAMETOOLONG;
+}
+
+static int mapping_fd_name(const AddressSpace *s, const Mapping *m, char *buf, size_t size) {
+        return snprintf(buf, size, "map-%s-%llu", s->id, (unsigned long long) m->serial) < (int) size ? 0
+                                                                                                       : -ENAMETOOLONG;
+}
+
+static int serialize_sim(VfioDev *d, json_object **ret) {
+        _cleanup_(json_putp) json_object *o = json_object_new_object(), *gens = json_object_new_array();
+        SimSnapshot snap;
+        int r;
+
+        if (!o || !gens)
+                return -ENOMEM;
+        r = sim_device_snapshot(d, &snap);
+        if (r < 0)
+                return r;
+        r = add_u64(o, "state-size", snap.config.state_size);
+        if (r >= 0)
+                r = add_u64(o, "precopy-size", snap.config.precopy_size);
+        if (r >= 0)
+                r = add_u64(o, "dirty-rate", snap.config.dirty_rate);
+        if (r >= 0)
+                r = add_u64(o, "flags", snap.config.migration_flags);
+        if (r >= 0)
+                r = add_bool(o, "mtty-quirks", snap.config.mtty_quirks);
+        if (r >= 0)
+                r = add_u64(o, "fail-to-error", snap.config.fail_to_error);
+        if (r >= 0)
+                r = add_u64(o, "fail-in-place", snap.config.fail_in_place);
+        if (r >= 0)
+                r = add_u64(o, "seed", snap.seed);
+        if (r >= 0)
+                r = add_string(o, "state", mig_state_to_string(snap.state));
+        /* Only rewritten blocks: a fresh device has every generation at zero. */
+        for (uint64_t b = 0; r >= 0 && b < snap.nblocks; b++) {
+                json_object *pair;
+                if (snap.gens[b] == 0)
+                        continue;
+                pair = json_object_new_array();
+                if (!pair || json_object_array_add(pair, json_object_new_uint64(b)) < 0 ||
+                    json_object_array_add(pair, json_object_new_uint64(snap.gens[b])) < 0 ||
+                    json_object_array_add(gens, pair) < 0)
+                        r = -ENOMEM;
+        }
+        sim_snapshot_done(&snap);
+        if (r < 0)
+                return r;
+        if (json_object_object_add(o, "gens", TAKE_PTR(gens)) < 0)
+                return -ENOMEM;
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+static int serialize_device(Device *d, json_object **ret, NamedFds *fds) {
+        _cleanup_(json_putp) json_object *o = json_object_new_object(), *clients = json_object_new_array();
+        json_object *backend_state = NULL;
+        char name[300];
+        int r;
+
+        if (!o || !clients)
+                return -ENOMEM;
+        r = add_string(o, "id", d->id);
+        if (r >= 0)
+                r = add_string(o, "address", d->dev->address);
+        if (r >= 0)
+                r = add_string(o, "backend", vfio_backend_to_string(d->dev->backend));
+        if (r >= 0 && d->space)
+                r = add_string(o, "space", d->space->id);
+        for (char **c = d->clients; r >= 0 && c && *c; c++)
+                r = json_object_array_add(clients, json_object_new_string(*c)) < 0 ? -ENOMEM : 0;
+        if (r >= 0)
+                r = json_object_object_add(o, "clients", TAKE_PTR(clients)) < 0 ? -ENOMEM : 0;
+        if (r < 0)
+                return r;
+
+        if (d->dev->backend == VFIO_BACKEND_SIM) {
+                r = serialize_sim(d->dev, &backend_state);
+                if (r < 0)
+                        return r;
+                if (json_object_object_add(o, "sim", backend_state) < 0) {
+                        json_object_put(backend_state);
+                        return -ENOMEM;
+                }
+                r = sim_device_fd_name(d->dev, name, sizeof name);
+                if (r >= 0 && d->dev->device_fd >= 0)
+                        r = named_fds_add(fds, name, d->dev->device_fd, false);
+        } else {
+                r = kernel_device_save(d->dev, &backend_state, fds);
+                if (r < 0)
+                        return r;
+                if (json_object_object_add(o, "kernel", backend_state) < 0) {
+                        json_object_put(backend_state);
+                        return -ENOMEM;
+                }
+        }
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+static int serialize_space(AddressSpace *s, json_object **ret, NamedFds *fds) {
+        _cleanup_(json_putp) json_object *o = json_object_new_object(), *mappings = json_object_new_array();
+        int r;
+
+        if (!o || !mappings)
+                return -ENOMEM;
+        r = add_string(o, "id", s->id);
+        if (r >= 0)
+                r = add_string(o, "backend", iommu_backend_to_string(s->iommu->backend));
+        if (r >= 0)
+                r = add_bool(o, "prepared", s->handover_prepared);
+        if (r >= 0)
+                r = add_u64(o, "next-serial", s->next_serial);
+        if (r < 0)
+                return r;
+        if (iommu_space_is_sim(s->iommu))
+                r = add_string(o, "sim-mapping", sim_mapping_style_to_string(sim_iommu_style(s->iommu)));
+        else {
+                json_object *k = NULL;
+                r = kernel_space_save(s->iommu, &k);
+                if (r >= 0 && json_object_object_add(o, "kernel", k) < 0) {
+                        json_object_put(k);
+                        r = -ENOMEM;
+                }
+        }
+        for (size_t i = 0; r >= 0 && i < s->n_mappings; i++) {
+                const Mapping *m = s->mappings[i];
+                json_object *j = json_object_new_object();
+                char name[300];
+
+                if (!j)
+                        return -ENOMEM;
+                if (json_object_array_add(mappings, j) < 0) {
+                        json_object_put(j);
+                        return -ENOMEM;
+                }
+                r = add_u64(j, "iova", m->m.iova);
+                if (r >= 0)
+                        r = add_u64(j, "length", m->m.length);
+                if (r >= 0)
+                        r = add_u64(j, "offset", m->m.offset);
+                if (r >= 0)
+                        r = add_u64(j, "access", m->m.access);
+                if (r >= 0)
+                        r = add_bool(j, "by-file", m->m.by_file);
+                if (r >= 0)
+                        r = add_u64(j, "serial", m->serial);
+                if (r >= 0)
+                        r = mapping_fd_name(s, m, name, sizeof name);
+                if (r >= 0)
+                        r = named_fds_add(fds, name, m->m.fd, false);
+        }
+        if (r < 0)
+                return r;
+        if (json_object_object_add(o, "mappings", TAKE_PTR(mappings)) < 0)
+                return -ENOMEM;
+        *ret = TAKE_PTR(o);
+        return 0;
+}
+
+static int serialize(Manager *m, json_object **ret, NamedFds *fds) {
+        _cleanup_(json_putp) json_object *root = json_object_new_object(), *devices = json_object_new_array(),
+                                         *spaces = json_object_new_array(), *kernel = NULL;
+        int r;
+
+        if (!root || !devices || !spaces)
+                return -ENOMEM;
+        r = add_u64(root, "version", STATE_VERSION);
+        if (r >= 0)
+                r = add_u64(root, "next-space", m->next_space_number);
+        if (r < 0)
+                return r;
+        r = kernel_context_save(m->kernel, &kernel, fds);
+        if (r < 0)
+                return r;
+        if (json_object_object_add(root, "kernel", TAKE_PTR(kernel)) < 0)
+                return -ENOMEM;
+
+        for (size_t i = 0; i < m->n_spaces; i++) {
+                json_object *j = NULL;
+                r = serialize_space(m->spaces[i], &j, fds);
+                if (r < 0)
+                        return r;
+                if (json_object_array_add(spaces, j) < 0) {
+                        json_object_put(j);
+                        return -ENOMEM;
+                }
+        }
+        for (size_t i = 0; i < m->n_devices; i++) {
+                json_object *j = NULL;
+                r = serialize_device(m->devices[i], &j, fds);
+                if (r < 0)
+                        return r;
+                if (json_object_array_add(devices, j) < 0) {
+                        json_object_put(j);
+                        return -ENOMEM;
+                }
+        }
+        if (json_object_object_add(root, "spaces", TAKE_PTR(spaces)) < 0 ||
+            json_object_object_add(root, "devices", TAKE_PTR(devices)) < 0)
+                return -ENOMEM;
+        *ret = TAKE_PTR(root);
+        return 0;
+}
+
+int persist_serialize(Manager *m, char **ret_json, NamedFds *fds) {
+        _cleanup_(json_putp) json_object *root = NULL;
+        char *text;
+        int r;
+
+        r = serialize(m, &root, fds);
+        if (r < 0)
+                return r;
+        text = strdup(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN));
+        if (!text)
+                return -ENOMEM;
+        *ret_json = text;
+        return 0;
+}
+
+/* A sealed memfd holding header + JSON. */
+static int state_memfd(uint64_t seq, const char *json) {
+        _cleanup_close_ int fd = -EBADF;
+        size_t len = strlen(json);
+        StateHeader h = { .seq = seq, .length = len, .crc = crc32c(json, len) };
+
+        memcpy(h.magic, STATE_MAGIC, sizeof h.magic);
+        fd = memfd_create("vfiomigd-state", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+                return -errno;
+        if (pwrite(fd, &h, sizeof h, 0) != (ssize_t) sizeof h || pwrite(fd, json, len, sizeof h) != (ssize_t) len)
+                return -EIO;
+        if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+                return -errno;
+        return TAKE_FD(fd);
+}
+
+int persist_save(Persist *p) {
+        _cleanup_(named_fds_done) NamedFds fds = {};
+        _cleanup_free_ char *json = NULL;
+        _cleanup_close_ int state_fd = -EBADF;
+        char name[64];
+        int r;
+
+        if (!p || !p->notify || p->restoring)
+                return 0;
+
+        r = persist_serialize(p->manager, &json, &fds);
+        if (r < 0)
+                return log_error_errno(r, "Failed to serialize the state, a restart would lose changes: %m");
+        r = store_sync(p, &fds);
+        if (r < 0)
+                log_error_errno(r, "Failed to bring the fd store up to date, a restart may lose changes: %m");
+
+        state_fd = state_memfd(++p->seq, json);
+        if (state_fd < 0)
+                return log_error_errno(state_fd, "Failed to write the state: %m");
+        (void) snprintf(name, sizeof name, STATE_NAME_PREFIX "%llu", (unsigned long long) p->seq);
+        r = store_fd(p, name, state_fd);
+        if (r < 0)
+                return r;
+        /* Only now that the new state is in may the older ones go. */
+        for (size_t i = 0; i < p->n_stored;) {
+                if (strncmp(p->stored[i].name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) == 0 &&
+                    !streq(p->stored[i].name, name)) {
+                        store_remove(p, i);
+                        continue;
+                }
+                i++;
+        }
+        log_debug("Saved state %llu (%zu bytes, %zu descriptors).", (unsigned long long) p->seq, strlen(json), fds.n);
+        return 0;
+}
+
+int persist_export(Persist *p, NamedFds *ret) {
+        _cleanup_(named_fds_done) NamedFds fds = {}, out = {};
+        _cleanup_free_ char *json = NULL;
+        _cleanup_close_ int state_fd = -EBADF;
+        char name[64];
+        int r;
+
+        r = persist_serialize(p->manager, &json, &fds);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < fds.n; i++) {
+                int fd = fcntl(fds.items[i].fd, F_DUPFD_CLOEXEC, 3);
+                if (fd < 0)
+                        return -errno;
+                r = named_fds_add(&out, fds.items[i].name, fd, true);
+                if (r < 0) {
+                        safe_close(fd);
+                        return r;
+                }
+        }
+        state_fd = state_memfd(p->seq + 1, json);
+        if (state_fd < 0)
+                return state_fd;
+        (void) snprintf(name, sizeof name, STATE_NAME_PREFIX "%llu", (unsigned long long) p->seq + 1);
+        r = named_fds_add(&out, name, state_fd, true);
+        if (r < 0)
+                return r;
+        TAKE_FD(state_fd);
+        *ret = out;
+        out = (NamedFds) {};
+        return 0;
+}
+
+int persist_prepare_stop(Persist *p) {
+        Manager *m = p->manager;
+
+        for (size_t i = 0; i < m->n_spaces; i++) {
+                AddressSpace *s = m->spaces[i];
+                ErrorMessage err = {};
+                int r;
+
+                if (s->n_mappings == 0 || s->handover_prepared)
+                        continue;
+                r = s->iommu->ops->prepare_handover(s->iommu, &err);
+                if (r < 0) {
+                        log_warning_errno(r, "Address space %s cannot prepare its mappings for a successor: %s",
+                                          s->id, err.text);
+                        continue;
+                }
+                s->handover_prepared = true;
+                log_info("Address space %s: %zu mapping%s ready for a successor.", s->id, s->n_mappings,
+                         s->n_mappings == 1 ? "" : "s");
+        }
+        return persist_save(p);
+}
+
+/* ---- restore ---- */
+
+static int read_state(int fd, uint64_t *ret_seq, char **ret_json) {
+        _cleanup_free_ char *json = NULL;
+        StateHeader h;
+        struct stat st;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (pread(fd, &h, sizeof h, 0) != (ssize_t) sizeof h || memcmp(h.magic, STATE_MAGIC, sizeof h.magic) != 0)
+                return -EBADMSG;
+        if (h.length > STATE_SIZE_MAX || (uint64_t) st.st_size < sizeof h + h.length)
+                return -EBADMSG;
+        json = malloc(h.length + 1);
+        if (!json)
+                return -ENOMEM;
+        if (pread(fd, json, h.length, sizeof h) != (ssize_t) h.length)
+                return -EBADMSG;
+        json[h.length] = '\0';
+        if (crc32c(json, h.length) != h.crc)
+                return -EBADMSG;
+        *ret_seq = h.seq;
+        *ret_json = TAKE_PTR(json);
+        return 0;
+}
+
+static uint64_t get_u64(json_object *o, const char *key) {
+        json_object *v;
+        return json_object_object_get_ex(o, key, &v) ? json_object_get_uint64(v) : 0;
+}
+
+static const char *get_string(json_object *o, const char *key) {
+        json_object *v;
+        return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
+                       ? json_object_get_string(v)
+                       : NULL;
+}
+
+static bool get_bool(json_object *o, const char *key) {
+        json_object *v;
+        return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
+}
+
+static int restore_space(Persist *p, json_object *o, NamedFds *fds, ErrorMessage *err) {
+        Manager *m = p->manager;
+        _cleanup_(iommu_space_freep) IommuSpace *iommu = NULL;
+        _cleanup_(address_space_freep) AddressSpace *s = NULL;
+        _cleanup_free_ IommuMapping **list = NULL;
+        const char *id = get_string(o, "id"), *backend = get_string(o, "backend");
+        json_object *mappings = NULL, *k = NULL;
+        bool prepared = get_bool(o, "prepared");
+        size_t n;
+        int r;
+
+        if (!id || !backend)
+                return error_setf(err, -EBADMSG, "an address space record lacks its id or backend");
+        if (streq(backend, "sim")) {
+                SimMappingStyle style = sim_mapping_style_from_string(get_string(o, "sim-mapping"));
+                if (style < 0)
+                        return error_setf(err, -EBADMSG, "address space %s: unknown sim mapping style", id);
+                r = sim_iommu_new(style, &iommu);
+        } else if (json_object_object_get_ex(o, "kernel", &k))
+                r = kernel_space_restore(m->kernel, k, &iommu, err);
+        else
+                return error_setf(err, -EBADMSG, "address space %s lacks its kernel record", id);
+        if (r < 0)
+                return error_setf(err, r, "address space %s: %m", id);
+
+        r = address_space_new(m, id, TAKE_PTR(iommu), &s);
+        if (r < 0)
+                return r;
+        s->next_serial = get_u64(o, "next-serial");
+
+        if (json_object_object_get_ex(o, "mappings", &mappings) && json_object_is_type(mappings, json_type_array)) {
+                n = json_object_array_length(mappings);
+                s->mappings = new0(Mapping *, MAX(n, 1u));
+                list = new0(IommuMapping *, MAX(n, 1u));
+                if (!s->mappings || !list)
+                        return -ENOMEM;
+                for (size_t i = 0; i < n; i++) {
+                        json_object *j = json_object_array_get_idx(mappings, i);
+                        Mapping *mp = new0(Mapping, 1);
+                        char name[300];
+
+                        if (!mp)
+                                return -ENOMEM;
+                        mp->m = (IommuMapping) {
+                                .iova = get_u64(j, "iova"),
+                                .length = get_u64(j, "length"),
+                                .offset = get_u64(j, "offset"),
+                                .access = (uint32_t) get_u64(j, "access"),
+                                .by_file = get_bool(j, "by-file"),
+                                .fd = -EBADF,
+                        };
+                        mp->serial = get_u64(j, "serial");
+                        (void) mapping_fd_name(s, mp, name, sizeof name);
+                        mp->m.fd = named_fds_take(fds, name);
+                        if (mp->m.fd < 0) {
+                                free(mp);
+                                /* The kernel still has it, but nobody can say what backs it: report. */
+                                log_error("Address space %s: the file of the mapping at IOVA 0x%llx is missing from "
+                                          "the fd store; the mapping is lost to vfiomigd.", id,
+                                          (unsigned long long) get_u64(j, "iova"));
+                                continue;
+                        }
+                        s->mappings[s->n_mappings++] = mp;
+                        s->pinned_bytes += mp->m.length;
+                }
+                for (size_t i = 0; i < s->n_mappings; i++)
+                        list[i] = &s->mappings[i]->m;
+                r = s->iommu->ops->take_over(s->iommu, list, s->n_mappings, prepared, err);
+                if (r < 0) {
+                        char *problem = NULL;
+                        log_error_errno(r, "Address space %s: taking over %zu mapping%s failed: %s", id,
+                                        s->n_mappings, s->n_mappings == 1 ? "" : "s", err->text);
+                        if (asprintf(&problem, "the restart could not take the mappings over: %s", err->text) >= 0)
+                                s->handover_problem = problem;
+                        *err = (ErrorMessage) {};
+                } else if (s->n_mappings > 0)
+                        log_info("Address space %s: took over %zu mapping%s (%s).", id, s->n_mappings,
+                                 s->n_mappings == 1 ? "" : "s",
+                                 prepared ? "planned restart" : "after a crash");
+        }
+
+        r = manager_add_space(m, s);
+        if (r < 0)
+                return r;
+        TAKE_PTR(s);
+        return 0;
+}
+
+static int restore_sim(json_object *o, const char *name, NamedFds *fds, VfioDev **ret, ErrorMessage *err) {
+        _cleanup_close_ int fd = -EBADF;
+        json_object *gens = NULL;
+        SimSnapshot snap = {};
+        char fdname[300];
+        int state, r;
+
+        sim_config_init(&snap.config);
+        snap.config.state_size = get_u64(o, "state-size");
+        snap.config.precopy_size = get_u64(o, "precopy-size");
+        snap.config.dirty_rate = get_u64(o, "dirty-rate");
+        snap.config.migration_flags = (uint32_t) get_u64(o, "flags");
+        snap.config.mtty_quirks = get_bool(o, "mtty-quirks");
+        snap.config.fail_to_error = get_u64(o, "fail-to-error");
+        snap.config.fail_in_place = get_u64(o, "fail-in-place");
+        snap.seed = get_u64(o, "seed");
+        state = mig_state_from_string(get_string(o, "state"));
+        if (state < 0 || snap.config.state_size == 0 || snap.config.state_size > SIM_STATE_SIZE_MAX)
+                return error_setf(err, -EBADMSG, "sim:%s: malformed saved state", name);
+        snap.state = state;
+        snap.nblocks = sim_block_count(snap.config.state_size);
+        snap.gens = new0(uint32_t, snap.nblocks);
+        if (!snap.gens)
+                return -ENOMEM;
+        if (json_object_object_get_ex(o, "gens", &gens))
+                for (size_t i = 0; i < json_object_array_length(gens); i++) {
+                        json_object *pair = json_object_array_get_idx(gens, i);
+                        uint64_t b = json_object_get_uint64(json_object_array_get_idx(pair, 0));
+                        if (b < snap.nblocks)
+                                snap.gens[b] = (uint32_t) json_object_get_uint64(json_object_array_get_idx(pair, 1));
+                }
+
+        (void) snprintf(fdname, sizeof fdname, "sim-device-%s", name);
+        fd = named_fds_take(fds, fdname);
+        r = sim_device_restore(name, &snap, TAKE_FD(fd), ret, err);
+        sim_snapshot_done(&snap);
+        return r;
+}
+
+static int restore_device(Persist *p, json_object *o, NamedFds *fds, ErrorMessage *err) {
+        Manager *m = p->manager;
+        _cleanup_(vfio_dev_freep) VfioDev *dev = NULL;
+        _cleanup_(device_freep) Device *d = NULL;
+        const char *address = get_string(o, "address"), *space_id = get_string(o, "space");
+        json_object *j = NULL, *clients = NULL;
+        int r;
+
+        if (!address)
+                return error_setf(err, -EBADMSG, "a device record lacks its address");
+        if (json_object_object_get_ex(o, "sim", &j)) {
+                if (strncmp(address, "sim:", 4) != 0)
+                        return error_setf(err, -EBADMSG, "device %s: a sim record for a non-sim address", address);
+                r = restore_sim(j, address + 4, fds, &dev, err);
+        } else if (json_object_object_get_ex(o, "kernel", &j))
+                r = kernel_device_restore(m->kernel, j, fds, &dev, err);
+        else
+                return error_setf(err, -EBADMSG, "device %s lacks its backend record", address);
+        if (r < 0)
+                return error_setf(err, r, "device %s: %m", address);
+
+        r = device_new(m, TAKE_PTR(dev), &d);
+        if (r < 0)
+                return r;
+
+        if (space_id) {
+                AddressSpace *s = manager_find_space(m, space_id);
+                if (!s)
+                        log_error("Device %s was attached to address space %s, which did not come back.", d->id,
+                                  space_id);
+                else {
+                        /* Re-registers the device with the space's bookkeeping; the kernel attachment
+                         * itself survived with the descriptors. */
+                        r = s->iommu->ops->attach_device(s->iommu, d->dev, err);
+                        if (r < 0) {
+                                log_error_errno(r, "Device %s: cannot rejoin address space %s: %s", d->id, space_id,
+                                                err->text);
+                                *err = (ErrorMessage) {};
+                        } else
+                                d->space = s;
+                }
+        }
+        if (json_object_object_get_ex(o, "clients", &clients)) {
+                size_t n = json_object_array_length(clients);
+                d->clients = new0(char *, n + 1);
+                if (!d->clients)
+                        return -ENOMEM;
+                for (size_t i = 0; i < n; i++) {
+                        d->clients[i] = strdup(json_object_get_string(json_object_array_get_idx(clients, i)));
+                        if (!d->clients[i])
+                                return -ENOMEM;
+                }
+        }
+        if (d->dev->migratable)
+                (void) device_refresh_state(d, NULL);
+
+        r = manager_add_device(m, d);
+        if (r < 0)
+                return r;
+        log_info("Restored %s (%s%s%s).", d->id, vfio_backend_to_string(d->dev->backend),
+                 d->space ? ", address space " : "", d->space ? d->space->id : "");
+        TAKE_PTR(d);
+        return 0;
+}
+
+/* Records what the store holds after a restore: everything we received, by name and file. */
+static int track_received(Persist *p, const NamedFds *received_all) {
+        for (size_t i = 0; i < received_all->n; i++) {
+                StoredFd *stored;
+                struct stat st;
+
+                if (fstat(received_all->items[i].fd, &st) < 0)
+                        continue;
+                stored = reallocarray(p->stored, p->n_stored + 1, sizeof *stored);
+                if (!stored)
+                        return -ENOMEM;
+                p->stored = stored;
+                p->stored[p->n_stored] = (StoredFd) { .name = strdup(received_all->items[i].name),
+                                                      .dev = st.st_dev, .ino = st.st_ino };
+                if (!p->stored[p->n_stored].name)
+                        return -ENOMEM;
+                p->n_stored++;
+        }
+        return 0;
+}
+
+int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
+        _cleanup_(json_putp) json_object *root = NULL;
+        _cleanup_free_ char *json = NULL;
+        json_object *spaces = NULL, *devices = NULL, *kernel = NULL;
+        uint64_t best_seq = 0;
+        size_t restored = 0;
+        int r;
+
+        r = track_received(p, received);
+        if (r < 0)
+                return r;
+
+        /* The newest complete state wins; older or torn ones are ignored. */
+        for (size_t i = 0; i < received->n; i++) {
+                _cleanup_free_ char *text = NULL;
+                uint64_t seq = 0;
+
+                if (strncmp(received->items[i].name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) != 0)
+                        continue;
+                if (read_state(received->items[i].fd, &seq, &text) < 0) {
+                        log_warning("Ignoring the unreadable state %s.", received->items[i].name);
+                        continue;
+                }
+                if (!json || seq > best_seq) {
+                        free(json);
+                        json = TAKE_PTR(text);
+                        best_seq = seq;
+                }
+        }
+
+        p->restoring = true;
+        if (json) {
+                root = json_tokener_parse(json);
+                if (!root || get_u64(root, "version") != STATE_VERSION) {
+                        p->restoring = false;
+                        return error_setf(err, -EBADMSG, "the saved state is not a version %d state", STATE_VERSION);
+                }
+                p->seq = best_seq;
+                p->manager->next_space_number = (unsigned) get_u64(root, "next-space");
+
+                if (json_object_object_get_ex(root, "kernel", &kernel)) {
+                        r = kernel_context_restore(p->manager->kernel, kernel, received, err);
+                        if (r < 0) {
+                                p->restoring = false;
+                                return error_setf(err, r, "cannot adopt the kernel objects: %m");
+                        }
+                }
+                if (json_object_object_get_ex(root, "spaces", &spaces))
+                        for (size_t i = 0; i < json_object_array_length(spaces); i++) {
+                                ErrorMessage one = {};
+                                r = restore_space(p, json_object_array_get_idx(spaces, i), received, &one);
+                                if (r < 0)
+                                        log_error_errno(r, "Skipping an address space: %s", one.text);
+                                else
+                                        restored++;
+                        }
+                if (json_object_object_get_ex(root, "devices", &devices))
+                        for (size_t i = 0; i < json_object_array_length(devices); i++) {
+                                ErrorMessage one = {};
+                                r = restore_device(p, json_object_array_get_idx(devices, i), received, &one);
+                                if (r < 0)
+                                        log_error_errno(r, "Skipping a device: %s", one.text);
+                                else
+                                        restored++;
+                        }
+        }
+
+        /* Groups restored for devices that did not come back are released now, not at exit. */
+        r = kernel_context_restore_finish(p->manager->kernel, NULL);
+        if (r < 0)
+                log_warning_errno(r, "Failed to release unclaimed IOMMU groups, ignoring: %m");
+
+        /* Whatever is left is unknown to this version of the daemon: let the store drop it. */
+        for (size_t i = 0; i < received->n; i++) {
+                const char *name = received->items[i].name;
+                ssize_t at;
+
+                if (strncmp(name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) == 0)
+                        continue;
+                log_notice("Removing the unrecognised descriptor '%s' from the fd store.", name);
+                at = stored_index(p, name);
+                if (at >= 0)
+                        store_remove(p, (size_t) at);
+        }
+        p->restoring = false;
+
+        r = persist_save(p);
+        if (r < 0)
+                return r;
+        return (int) restored;
+}
