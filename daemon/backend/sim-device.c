@@ -93,7 +93,7 @@ int sim_config_validate(const SimConfig *c, ErrorMessage *err) {
         if (c->state_size == 0 || c->state_size > SIM_STATE_SIZE_MAX)
                 return error_setf(err, -EINVAL, "state-size must be between 1 byte and %llu bytes",
                                   (unsigned long long) SIM_STATE_SIZE_MAX);
-        if (c->precopy_size > c->state_size)
+        if (c->precopy_size_set && c->precopy_size > c->state_size)
                 return error_setf(err, -EINVAL, "precopy-size (%llu) exceeds state-size (%llu)",
                                   (unsigned long long) c->precopy_size, (unsigned long long) c->state_size);
         if (c->dirty_rate > SIM_DIRTY_RATE_MAX)
@@ -709,8 +709,10 @@ static int sim_device_make(const char *name, const SimConfig *c, int device_fd, 
         (void) pthread_mutex_init(&s->lock, NULL);
         s->session.peer_fd = -EBADF;
         s->config = *c;
+        if (!c->precopy_size_set)
+                s->config.precopy_size = MIN(c->precopy_size, c->state_size);
         s->nblocks = sim_block_count(c->state_size);
-        s->precopy_blocks = sim_block_count(c->precopy_size);
+        s->precopy_blocks = sim_block_count(s->config.precopy_size);
         s->seed = c->seed_set ? c->seed : sim_mix64(crc32c(name, strlen(name)));
         s->state = VFIO_DEVICE_STATE_RUNNING;
         s->base.migratable = true;

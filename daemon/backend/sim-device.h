@@ -32,7 +32,8 @@ typedef uint64_t (*SimClock)(void *userdata);
 
 typedef struct SimConfig {
         uint64_t state_size;
-        uint64_t precopy_size;
+        uint64_t precopy_size;      /* unless precopy_size_set: a quarter MiB, at most state_size */
+        bool precopy_size_set;
         uint64_t dirty_rate;        /* bytes per second while running */
         uint32_t migration_flags;   /* VFIO_MIGRATION_* */
         uint64_t seed;

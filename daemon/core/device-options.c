@@ -71,8 +71,10 @@ int sim_config_apply(SimConfig *c, const char *key, const OptionValue *v, ErrorM
 
         if (streq(key, "state-size"))
                 c->state_size = v->u64;
-        else if (streq(key, "precopy-size"))
+        else if (streq(key, "precopy-size")) {
                 c->precopy_size = v->u64;
+                c->precopy_size_set = true;
+        }
         else if (streq(key, "dirty-rate"))
                 c->dirty_rate = v->u64;
         else if (streq(key, "seed")) {

@@ -667,6 +667,7 @@ static int restore_sim(json_object *o, const char *name, NamedFds *fds, VfioDev 
         sim_config_init(&snap.config);
         snap.config.state_size = get_u64(o, "state-size");
         snap.config.precopy_size = get_u64(o, "precopy-size");
+        snap.config.precopy_size_set = true;
         snap.config.dirty_rate = get_u64(o, "dirty-rate");
         snap.config.migration_flags = (uint32_t) get_u64(o, "flags");
         snap.config.mtty_quirks = get_bool(o, "mtty-quirks");

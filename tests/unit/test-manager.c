@@ -60,6 +60,7 @@ Test(manager, attach_checks) {
         cr_assert_eq(manager_check_attach(m, "0000:3b:00.1", &o, NULL, &err), -EINVAL);
         cr_assert(strstr(err.text, "simulated devices (sim:NAME) only"), "%s", err.text);
         o.sim.precopy_size = o.sim.state_size + 1;
+        o.sim.precopy_size_set = true;
         cr_assert_eq(manager_check_attach(m, "sim:a", &o, NULL, NULL), -EINVAL);
 
         Device *a = attach(m, "sim:a", NULL);

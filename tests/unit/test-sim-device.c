@@ -42,6 +42,7 @@ static SimConfig config(uint32_t flags, uint64_t state_size, uint64_t precopy_si
         c.migration_flags = flags;
         c.state_size = state_size;
         c.precopy_size = precopy_size;
+        c.precopy_size_set = true;
         c.clock = fake_clock;
         return c;
 }
@@ -438,7 +439,10 @@ Test(sim_device, config_and_names_are_validated) {
 
         sim_config_init(&c);
         cr_assert_eq(sim_config_validate(&c, NULL), 0);
+        c.state_size = 4096;
+        cr_assert_eq(sim_config_validate(&c, NULL), 0, "the default pre-copy size shrinks to a small state");
         c.precopy_size = c.state_size + 1;
+        c.precopy_size_set = true;
         cr_assert_eq(sim_config_validate(&c, &err), -EINVAL);
         cr_assert(strstr(err.text, "precopy-size"));
         sim_config_init(&c);
