@@ -238,7 +238,7 @@ static int run(int argc, char *argv[]) {
         r = sd_event_loop(event);
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Shutting down.");
         if (r < 0)
-                return log_error_errno(r, "Event loop failed: %m");
+                return r; /* whoever ended the loop with an error logged why */
         log_info("Exiting.");
         return 0;
 }

@@ -129,6 +129,12 @@ int transition_run(VfioDev *d, MigState target, int recover_state, TransitionRep
         log_warning_errno(r, "Failed to move %s from %s to %s: %m", d->address, mig_state_to_string(cur),
                           mig_state_to_string(target));
         recover_device(d, recover_state, report);
+        if (cur == VFIO_DEVICE_STATE_RESUMING && r == -EINVAL && report->final == VFIO_DEVICE_STATE_RESUMING)
+                /* The uAPI's commit point: drivers refuse RESUMING→STOP until they hold a complete,
+                 * valid stream, and give no more than EINVAL to say so. */
+                return error_setf(err, r, "Failed to move %s from resuming to %s: the device has not received a "
+                                  "complete, valid migration stream (it stays in resuming; write the rest, or "
+                                  "reset it to abandon the load)", d->address, mig_state_to_string(target));
         return error_setf(err, r, "Failed to move %s from %s to %s: %m", d->address, mig_state_to_string(cur),
                           mig_state_to_string(target));
 }
