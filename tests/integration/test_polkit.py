@@ -1,0 +1,227 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Authorization with a real polkitd on the private bus and real non-root users.
+
+vfmtest (no groups) is refused every mutating method with AccessDenied and nothing changes;
+read-only calls work for it; vfmadm (group vfmadmin, granted org.vfiomig1.* by a test rule) is
+allowed; root is allowed. The "device" detail reaches polkit (a narrow rule grants vfmtest
+set-state on one device only). Without polkitd on the bus, vfmtest and vfmadm are refused and
+root is allowed. The project's bus policy: vfmtest cannot own org.vfiomig1 nor set properties.
+"""
+
+import contextlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness as h  # noqa: E402
+from harness import (ADMIN_USER, DEVICE_IFACE, MANAGER_IFACE, MANAGER_PATH, TEST_USER,  # noqa: E402
+                     DBusError)
+
+# The test rule of the harness (vfmadmin may do everything) plus a narrow one: vfmtest may change
+# the state of sim_narrow only, proving that the daemon passes the "device" detail.
+RULES = h.TEST_RULE + """
+polkit.addRule(function(action, subject) {
+    if (action.id == "org.vfiomig1.set-state" && action.lookup("device") == "sim_narrow" &&
+        subject.user == "vfmtest") {
+        return polkit.Result.YES;
+    }
+});
+"""
+
+USERS = None
+
+
+def setUpModule():
+    global USERS
+    USERS = h.TestUsers().start()
+
+
+def tearDownModule():
+    if USERS is not None:
+        USERS.stop()
+
+
+class PolkitCase(h.unittest.TestCase):
+    with_polkit = True
+
+    @classmethod
+    def setUpClass(cls):
+        cls.bus = h.PrivateBus().start()
+        cls.addClassCleanup(cls.bus.stop)
+        if cls.with_polkit:
+            cls.polkit = h.Polkitd(cls.bus, rules=RULES).start()
+            cls.addClassCleanup(cls.polkit.stop)
+        cls.daemon = h.Daemon(cls.bus).start()
+        cls.addClassCleanup(lambda: cls.daemon.stop(expect=0))
+        cls.root = cls.bus.client
+        cls.user = cls.root.as_user(TEST_USER)
+        cls.admin = cls.root.as_user(ADMIN_USER)
+
+    def setUp(self):
+        # Every test starts from: sim:pk in running, sim:pkpre in pre-copy.
+        for dev_id, _addr, path in self.list_devices():
+            if self.root.dev_prop(path, "State") != "running":
+                self.root.device(path, "Reset")
+            self.root.manager("DetachDevice", "s", dev_id)
+        self.pk = self.attach(self.root, "sim:pk")
+        self.pkpre = self.attach(self.root, "sim:pkpre")
+        self.root.call(self.pkpre, DEVICE_IFACE, "SetState", "sa{sv}", "pre-copy", {})
+
+    def list_devices(self, client=None):
+        return sorted(tuple(d) for d in (client or self.root).manager("ListDevices")[0])
+
+    @staticmethod
+    def attach(client, address):
+        return client.call1(MANAGER_PATH, MANAGER_IFACE, "AttachDevice", "sa{sv}", address, {})
+
+    def snapshot(self):
+        devices = self.list_devices()
+        return devices, {p: self.root.dev_prop(p, "State") for _i, _a, p in devices}
+
+    @contextlib.contextmanager
+    def unchanged(self):
+        before = self.snapshot()
+        yield
+        self.assertEqual(self.snapshot(), before, "a refused call changed the daemon's state")
+
+    def mutations(self, client):
+        """Every mutating method, as (label, callable)."""
+        return [
+            ("AttachDevice", lambda: self.attach(client, "sim:new")),
+            ("DetachDevice", lambda: client.manager("DetachDevice", "s", "sim_pk")),
+            ("SetState", lambda: client.call(self.pk, DEVICE_IFACE, "SetState", "sa{sv}", "stop", {})),
+            ("SetStates", lambda: client.call(MANAGER_PATH, MANAGER_IFACE, "SetStates", "aosa{sv}",
+                                              [self.pk], "stop", {})),
+            ("Reset", lambda: client.device(self.pk, "Reset")),
+        ]
+
+    def assertRefused(self, client, message_part=None):
+        for label, fn in self.mutations(client):
+            with self.subTest(method=label, user=client.user):
+                with self.unchanged():
+                    with self.assertRaises(DBusError) as cm:
+                        fn()
+                self.assertEqual(cm.exception.name, h.E_ACCESS_DENIED, cm.exception.message)
+                if message_part:
+                    self.assertIn(message_part, cm.exception.message)
+
+    def assertAllowed(self, client):
+        path = self.attach(client, "sim:new")
+        self.assertEqual(path, "/org/vfiomig1/device/sim_new")
+        self.assertEqual(client.call1(self.pk, DEVICE_IFACE, "SetState", "sa{sv}", "stop", {}), "stop")
+        self.assertEqual(self.root.dev_prop(self.pk, "State"), "stop")
+        client.device(self.pk, "Reset")
+        self.assertEqual(self.root.dev_prop(self.pk, "State"), "running")
+        results = client.call1(MANAGER_PATH, MANAGER_IFACE, "SetStates", "aosa{sv}", [self.pk, path], "stop", {})
+        self.assertEqual([tuple(r) for r in results], [(self.pk, "stop"), (path, "stop")])
+        client.call1(MANAGER_PATH, MANAGER_IFACE, "SetStates", "aosa{sv}", [self.pk, path], "running", {})
+        client.manager("DetachDevice", "s", "sim:new")
+        self.assertNotIn(path, [p for _i, _a, p in self.list_devices()])
+
+
+class WithPolkit(PolkitCase):
+
+    def test_unprivileged_user_refused(self):
+        self.assertRefused(self.user, "org.vfiomig1.")
+
+    def test_unprivileged_user_reads(self):
+        u = self.user
+        self.assertEqual(self.list_devices(u), self.list_devices())
+        self.assertEqual(u.call1(MANAGER_PATH, MANAGER_IFACE, "GetDevice", "s", "sim:pk"), self.pk)
+        self.assertEqual(u.dev_prop(self.pk, "State"), "running")
+        self.assertEqual(u.get_all(self.pk, DEVICE_IFACE)["Address"], ("s", "sim:pk"))
+        self.assertEqual(u.mgr_prop("DeviceCount"), 2)
+        self.assertIn("MaxDevices", u.get_all(MANAGER_PATH, MANAGER_IFACE))
+        initial, _dirty = u.device(self.pkpre, "GetPrecopyInfo")
+        self.assertGreater(initial, 0)
+        self.assertIn("org.vfiomig1.Device", u.introspect_xml(self.pk))
+        self.assertIn("org.vfiomig1.Manager", u.introspect_xml(MANAGER_PATH))
+        objs = u.call1(MANAGER_PATH, h.OM_IFACE, "GetManagedObjects")
+        self.assertEqual(sorted(objs), sorted([self.pk, self.pkpre]))
+        # A read that fails says why, not AccessDenied.
+        with self.assertRaises(DBusError) as cm:
+            u.device(self.pk, "GetPrecopyInfo")
+        self.assertEqual(cm.exception.name, h.E_NO_PRECOPY_SESSION)
+
+    def test_admin_group_allowed(self):
+        self.assertAllowed(self.admin)
+
+    def test_root_allowed(self):
+        self.assertAllowed(self.root)
+
+    def test_device_detail_reaches_polkit(self):
+        narrow = self.attach(self.root, "sim:narrow")
+        self.assertEqual(self.user.call1(narrow, DEVICE_IFACE, "SetState", "sa{sv}", "stop", {}), "stop")
+        self.user.device(narrow, "Reset")
+        with self.unchanged():
+            with self.assertRaises(DBusError) as cm:
+                self.user.call(self.pk, DEVICE_IFACE, "SetState", "sa{sv}", "stop", {})
+        self.assertEqual(cm.exception.name, h.E_ACCESS_DENIED)
+        # set-state on one device is not manage-devices.
+        with self.unchanged():
+            with self.assertRaises(DBusError) as cm:
+                self.user.manager("DetachDevice", "s", "sim_narrow")
+        self.assertEqual(cm.exception.name, h.E_ACCESS_DENIED)
+
+    def test_validation_before_authorization(self):
+        # Malformed requests get their precise error whoever asks (no polkit round trip needed).
+        with self.unchanged():
+            with self.assertRaises(DBusError) as cm:
+                self.user.manager("GetDevice", "s", "sim:nope")
+        self.assertEqual(cm.exception.name, h.E_NO_SUCH_DEVICE)
+
+    def test_bus_policy_name_ownership(self):
+        for client in (self.user, self.admin):
+            with self.subTest(user=client.user):
+                with self.assertRaises(DBusError) as cm:
+                    client.call("/org/freedesktop/DBus", "org.freedesktop.DBus", "RequestName", "su",
+                                h.BUS_NAME, 0, dest="org.freedesktop.DBus")
+                self.assertEqual(cm.exception.name, h.E_ACCESS_DENIED)
+        self.assertEqual(self.root.name_owner_pid(h.BUS_NAME), self.daemon.pid)
+
+    def test_bus_policy_no_property_set(self):
+        with self.unchanged():
+            with self.assertRaises(DBusError) as cm:
+                self.user.call(self.pk, h.PROPS_IFACE, "Set", "ssv", DEVICE_IFACE, "State", ("s", "stop"))
+        self.assertEqual(cm.exception.name, h.E_ACCESS_DENIED)
+
+    def test_daemon_as_unprivileged_user_cannot_own_name(self):
+        d = h.Daemon(self.bus, user=TEST_USER).start(wait=False)
+        self.addCleanup(d.stop, None)
+        try:
+            rc = d.proc.wait(10)
+        except h.subprocess.TimeoutExpired:
+            self.fail("vfiomigd as vfmtest neither owned the name nor exited:\n" + d.log())
+        self.assertNotEqual(rc, 0)
+        self.assertIn("org.vfiomig1", d.log())
+        self.assertEqual(self.root.name_owner_pid(h.BUS_NAME), self.daemon.pid)
+
+
+class WithoutPolkit(PolkitCase):
+    with_polkit = False
+
+    def test_polkit_absent(self):
+        self.assertFalse(self.root.name_has_owner(h.POLKIT_NAME))
+
+    def test_unprivileged_user_refused(self):
+        self.assertRefused(self.user, "polkit")
+
+    def test_admin_group_refused(self):
+        self.assertRefused(self.admin, "polkit")
+
+    def test_unprivileged_user_reads(self):
+        self.assertEqual(self.list_devices(self.user), self.list_devices())
+        self.assertEqual(self.user.dev_prop(self.pk, "State"), "running")
+
+    def test_root_allowed(self):
+        self.assertAllowed(self.root)
+
+
+if __name__ == "__main__":
+    h.main([h.require_root,
+            lambda: h.require_programs("dbus-daemon", "busctl", "setpriv", "unshare", "useradd", "userdel",
+                                       "groupadd", "groupdel", h.Polkitd.POLKITD),
+            lambda: h.require_files(h.BUS_POLICY, h.POLKIT_POLICY),
+            h.require_mount_namespaces, h.require_daemon])

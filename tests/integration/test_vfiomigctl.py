@@ -1,0 +1,296 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""vfiomigctl (build/client/vfiomigctl) against the real vfiomigd on a private bus (--address).
+
+Every command (list, status, attach --option, detach, set-state [--recover], set-states
+[--force-without-p2p], reset, precopy-info) in human, --json=short and --json=pretty output, checked
+against what busctl reads from the daemon; exit codes (0 success, 1 refused or failed, 2 usage);
+error messages are one human line prefixed with the program name, and nothing goes to stdout on
+failure.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness as h  # noqa: E402
+
+V = lambda sig, value: (sig, value)  # noqa: E731
+
+
+class CliCase(h.DaemonTestCase):
+
+    def ctl(self, *args, address=None, expect=0):
+        cmd = [str(h.CLI), f"--address={address or self.bus.address}"] + [str(a) for a in args]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=h.clean_env(), timeout=60)
+        if expect is not None:
+            self.assertEqual(r.returncode, expect,
+                             f"{' '.join(cmd)}\nstdout: {r.stdout}\nstderr: {r.stderr}")
+        return r
+
+    def ctl_json(self, *args, mode="short"):
+        r = self.ctl(f"--json={mode}", *args)
+        if mode == "short":
+            self.assertEqual(len(r.stdout.strip().splitlines()), 1, f"--json=short is not one line: {r.stdout!r}")
+        try:
+            return json.loads(r.stdout)
+        except ValueError as e:
+            self.fail(f"--json={mode} output is no JSON ({e}): {r.stdout!r}")
+
+    def assertHumanError(self, r, *fragments, code=1):
+        self.assertEqual(r.returncode, code, f"stdout: {r.stdout}\nstderr: {r.stderr}")
+        self.assertEqual(r.stdout, "", "output on stdout despite the failure")
+        lines = r.stderr.strip().splitlines()
+        self.assertTrue(lines, "no error message")
+        self.assertTrue(lines[0].startswith("vfiomigctl: "), f"message not prefixed with the program: {lines[0]!r}")
+        text = r.stderr
+        for bad in ("(null)", "%m", "Unknown error", "Traceback"):
+            self.assertNotIn(bad, text)
+        # A human message, not a bare D-Bus error name.
+        self.assertNotRegex(lines[0], r"^vfiomigctl: (org\.freedesktop\.DBus|org\.vfiomig1)\.Error\.\w+$")
+        self.assertLessEqual(len(lines), 3, f"error too long: {text}")
+        for f in fragments:
+            self.assertIn(f.lower(), text.lower())
+
+    def state(self, path):
+        return self.client.dev_prop(path, "State")
+
+
+class Usage(CliCase):
+
+    def test_help_and_version(self):
+        r = self.ctl("--help")
+        self.assertIn("set-states STATE DEV...", r.stdout)
+        r = self.ctl("--version")
+        self.assertRegex(r.stdout, r"^vfiomigctl \d+\.\d+")
+
+    def test_usage_errors_exit_2(self):
+        cases = [
+            ([], "missing command"),
+            (["bogus"], "unknown command"),
+            (["attach"], "too few"),
+            (["list", "extra"], "too many"),
+            (["--json=bogus", "list"], "bogus"),
+            (["--timeout=abc", "list"], "timeout"),
+            (["--no-such-option", "list"], "no-such-option"),
+            (["attach", ""], "empty"),
+            (["attach", "sim:x", "--option", "novalue"], "key=value"),
+            (["attach", "sim:x", "--option", "nosuchkey=1"], "nosuchkey"),
+            (["attach", "sim:x", "--option", "state-size=abc"], "state-size"),
+            (["attach", "sim:x", "--option", "mtty-quirks=maybe"], "mtty-quirks"),
+            (["attach", "sim:x", "--option", "seed=1", "--option", "seed=2"], "more than once"),
+            (["list", "--option", "seed=1"], "only valid with 'attach'"),
+            (["list", "--recover=running"], "only valid with 'set-state'"),
+            (["list", "--force-without-p2p"], "only valid with 'set-states'"),
+            (["set-state", "sim_a", "bogus"], "bogus"),
+            (["set-state", "sim_a", "error"], "error"),
+            (["set-state", "sim_a", "stop", "--recover=bogus"], "bogus"),
+            (["set-states", "stop"], "too few"),
+            (["set-states", "bogus", "sim_a"], "bogus"),
+        ]
+        for args, fragment in cases:
+            with self.subTest(args=args):
+                r = self.ctl(*args, expect=None)
+                self.assertHumanError(r, fragment, code=2)
+
+    def test_usage_errors_need_no_bus(self):
+        r = self.ctl("set-state", "sim_a", "bogus", address="unix:path=/nonexistent/socket", expect=None)
+        self.assertHumanError(r, "bogus", code=2)
+
+    def test_no_bus(self):
+        r = self.ctl("list", address="unix:path=/nonexistent/socket", expect=None)
+        self.assertHumanError(r, "/nonexistent/socket")
+
+    def test_no_daemon_on_bus(self):
+        empty = h.PrivateBus().start()
+        self.addCleanup(empty.stop)
+        r = self.ctl("list", address=empty.address, expect=None)
+        self.assertHumanError(r)
+        self.assertIn("Hint:", r.stderr)
+
+
+class Commands(CliCase):
+
+    def test_list_empty(self):
+        self.assertEqual(self.ctl("list").stdout, "No devices attached.\n")
+        self.assertEqual(self.ctl_json("list"), [])
+
+    def test_attach_human(self):
+        r = self.ctl("attach", "sim:c1")
+        self.assertEqual(r.stdout, "Attached sim:c1 as sim_c1 (/org/vfiomig1/device/sim_c1)\n")
+        self.assertEqual(self.list_devices(), [("sim_c1", "sim:c1", "/org/vfiomig1/device/sim_c1")])
+
+    def test_attach_json(self):
+        self.assertEqual(self.ctl_json("attach", "sim:c2"), {"id": "sim_c2", "object": "/org/vfiomig1/device/sim_c2"})
+        self.assertEqual(self.ctl_json("attach", "sim:c3", mode="pretty"),
+                         {"id": "sim_c3", "object": "/org/vfiomig1/device/sim_c3"})
+
+    def test_attach_options(self):
+        self.ctl("attach", "sim:opt", "--option", "state-size=512K", "--option", "flags=stop-copy,p2p",
+                 "--option", "precopy-size=0", "--option", "seed=0x10", "--option", "mtty-quirks=yes",
+                 "--option", "fail-arcs=stop>stop-copy")
+        path = "/org/vfiomig1/device/sim_opt"
+        self.assertEqual(self.client.dev_prop(path, "MigrationFlags"), ["stop-copy", "p2p"])
+        self.assertEqual(self.client.dev_prop(path, "StopCopySize"), h.sim_stream_size(512 * 1024))
+        # fail-arcs arrived: stop -> stop-copy fails.
+        r = self.ctl("set-state", "sim_opt", "stop-copy", expect=None)
+        self.assertHumanError(r)
+
+    def test_attach_errors(self):
+        self.ctl("attach", "sim:dup")
+        before = self.list_devices()
+        for args, fragment in ((["attach", "sim:dup"], "sim"), (["attach", "sim:bad-name"], "sim:bad-name"),
+                               (["attach", "0000:fe:1f.7"], "0000:fe:1f.7"),
+                               (["attach", "sim:big", "--option", "state-size=1T"], "state-size")):
+            with self.subTest(args=args):
+                self.assertHumanError(self.ctl(*args, expect=None), fragment)
+                self.assertEqual(self.list_devices(), before)
+
+    def test_list_human_and_json(self):
+        self.attach("sim:l1")
+        self.attach("sim:l2", {"flags": V("as", ["stop-copy"])})
+        self.client.call(h.DEVICE_PATH_PREFIX + "sim_l1", h.DEVICE_IFACE, "SetState", "sa{sv}", "stop", {})
+        out = self.ctl("list").stdout.splitlines()
+        self.assertEqual(out[0].split(), ["ID", "ADDRESS", "DRIVER", "BACKEND", "STATE", "MIGRATABLE"])
+        rows = sorted(line.split() for line in out[1:])
+        self.assertEqual(rows, [["sim_l1", "sim:l1", "sim", "sim", "stop", "yes"],
+                                ["sim_l2", "sim:l2", "sim", "sim", "running", "yes"]])
+        for mode in ("short", "pretty"):
+            data = self.ctl_json("list", mode=mode)
+            self.assertEqual(sorted((d["id"], d["address"], d["object"], d["state"], d["migratable"],
+                                     d["driver"], d["backend"]) for d in data),
+                             [("sim_l1", "sim:l1", "/org/vfiomig1/device/sim_l1", "stop", True, "sim", "sim"),
+                              ("sim_l2", "sim:l2", "/org/vfiomig1/device/sim_l2", "running", True, "sim", "sim")])
+
+    def test_status_manager(self):
+        self.attach("sim:s1")
+        out = self.ctl("status").stdout
+        fields = dict(re.findall(r"(?m)^(\w+): (.*)$", out))
+        self.assertEqual(fields["SimulationAllowed"], "yes")
+        self.assertEqual(fields["DeviceCount"], "1")
+        self.assertEqual(fields["Version"], self.client.mgr_prop("Version"))
+        self.assertEqual(fields["MaxDevices"], str(self.client.mgr_prop("MaxDevices")))
+        self.assertIn("sim_s1", out)
+        j = self.ctl_json("status")
+        self.assertEqual(j["device_count"], 1)
+        self.assertTrue(j["simulation_allowed"])
+        self.assertEqual(j["kernel_features"], self.client.mgr_prop("KernelFeatures"))
+        self.assertEqual(j["max_devices"], self.client.mgr_prop("MaxDevices"))
+        self.assertEqual([d["id"] for d in j["devices"]], ["sim_s1"])
+        self.assertEqual(self.ctl_json("status", mode="pretty"), j)
+
+    def test_status_device(self):
+        size = 3 * 65536 + 5
+        self.attach("sim:s2", {"state-size": V("t", size), "precopy-size": V("t", 0)})
+        path = "/org/vfiomig1/device/sim_s2"
+        for dev in ("sim_s2", "sim:s2", path):
+            with self.subTest(dev=dev):
+                out = self.ctl("status", dev).stdout
+                fields = dict(re.findall(r"(?m)^(\w+): (.*)$", out))
+                self.assertEqual(fields["Id"], "sim_s2")
+                self.assertEqual(fields["Object"], path)
+                self.assertEqual(fields["Address"], "sim:s2")
+                self.assertEqual(fields["Driver"], "sim")
+                self.assertEqual(fields["Backend"], "sim")
+                self.assertEqual(fields["MigrationFlags"], "stop-copy p2p pre-copy")
+                self.assertEqual(fields["Migratable"], "yes")
+                self.assertEqual(fields["State"], "running")
+                self.assertTrue(fields["StopCopySize"].startswith(str(h.sim_stream_size(size)) + " "))
+                self.assertIn("LastTransition", fields)
+        j = self.ctl_json("status", "sim_s2")
+        self.assertEqual(j["stop_copy_size"], h.sim_stream_size(size))
+        self.assertEqual(j["migration_flags"], ["stop-copy", "p2p", "pre-copy"])
+        self.assertEqual((j["id"], j["address"], j["object"], j["state"], j["migratable"]),
+                         ("sim_s2", "sim:s2", path, "running", True))
+        self.assertEqual(j["migratable_reason"], "")
+        self.assertHumanError(self.ctl("status", "sim_nope", expect=None), "sim_nope")
+
+    def test_migration_sequence(self):
+        self.attach("sim:m")
+        path = "/org/vfiomig1/device/sim_m"
+        self.assertEqual(self.ctl("set-state", "sim_m", "pre-copy").stdout, "pre-copy\n")
+        self.assertEqual(self.state(path), "pre-copy")
+        m = re.fullmatch(r"initial: (\d+) bytes, dirty: (\d+) bytes\n", self.ctl("precopy-info", "sim:m").stdout)
+        self.assertIsNotNone(m)
+        self.assertGreater(int(m.group(1)), 0)
+        j = self.ctl_json("precopy-info", path)
+        self.assertEqual(sorted(j), ["dirty_bytes", "initial_bytes"])
+        self.assertGreater(j["initial_bytes"], 0)
+        self.assertEqual(self.ctl_json("set-state", "sim:m", "stop-copy"),
+                         {"id": "sim_m", "object": path, "state": "stop-copy"})
+        self.assertEqual(self.ctl("-q", "set-state", path, "stop").stdout, "")
+        self.assertEqual(self.state(path), "stop")
+        self.assertEqual(self.ctl("set-state", "sim_m", "running").stdout, "running\n")
+
+    def test_set_state_errors(self):
+        self.attach("sim:e")
+        path = "/org/vfiomig1/device/sim_e"
+        self.ctl("set-state", "sim_e", "stop-copy")
+        self.assertHumanError(self.ctl("set-state", "sim_e", "pre-copy", expect=None), "pre-copy")
+        self.assertEqual(self.state(path), "stop-copy")
+        self.assertHumanError(self.ctl("precopy-info", "sim_e", expect=None))
+        self.assertHumanError(self.ctl("set-state", "sim_nope", "stop", expect=None), "sim_nope")
+
+    def test_set_state_recover(self):
+        self.attach("sim:r", {"fail-arcs": V("as", ["stop>stop-copy"])})
+        r = self.ctl("set-state", "sim_r", "stop-copy", "--recover=running", expect=None)
+        self.assertHumanError(r, "stop-copy")
+        self.assertEqual(self.state("/org/vfiomig1/device/sim_r"), "running")
+
+    def test_set_states(self):
+        self.attach("sim:g1")
+        self.attach("sim:g2")
+        out = self.ctl("set-states", "stop", "sim_g1", "sim:g2").stdout.splitlines()
+        self.assertEqual(out[0].split(), ["ID", "STATE"])
+        self.assertEqual([line.split() for line in out[1:]], [["sim_g1", "stop"], ["sim_g2", "stop"]])
+        self.assertEqual(self.ctl_json("set-states", "running", "sim_g1", "/org/vfiomig1/device/sim_g2"),
+                         [{"id": "sim_g1", "object": "/org/vfiomig1/device/sim_g1", "state": "running"},
+                          {"id": "sim_g2", "object": "/org/vfiomig1/device/sim_g2", "state": "running"}])
+
+    def test_set_states_p2p(self):
+        self.attach("sim:p1")
+        self.attach("sim:p2", {"flags": V("as", ["stop-copy", "pre-copy"])})
+        self.assertHumanError(self.ctl("set-states", "stop", "sim_p1", "sim_p2", expect=None), "p2p")
+        self.assertEqual(self.state("/org/vfiomig1/device/sim_p1"), "running")
+        self.ctl("set-states", "stop", "sim_p1", "sim_p2", "--force-without-p2p")
+        self.assertEqual(self.state("/org/vfiomig1/device/sim_p2"), "stop")
+        self.assertHumanError(self.ctl("set-states", "stop", "sim_p1", "sim_nope", expect=None), "sim_nope")
+
+    def test_reset(self):
+        self.attach("sim:rs")
+        self.ctl("set-state", "sim_rs", "stop-copy")
+        r = self.ctl("reset", "sim_rs")
+        self.assertEqual(r.stdout, "")
+        self.assertEqual(self.state("/org/vfiomig1/device/sim_rs"), "running")
+        self.assertHumanError(self.ctl("reset", "sim_nope", expect=None), "sim_nope")
+
+    def test_detach(self):
+        self.attach("sim:d1")
+        self.attach("sim:d2")
+        self.attach("sim:d3")
+        self.ctl("set-state", "sim_d2", "stop")
+        self.assertHumanError(self.ctl("detach", "sim_d2", expect=None), "sim_d2")
+        self.assertEqual(len(self.list_devices()), 3)
+        self.ctl("detach", "sim_d1")
+        self.ctl("detach", "sim:d3")
+        self.ctl("reset", "sim_d2")
+        self.ctl("detach", "/org/vfiomig1/device/sim_d2")
+        self.assertEqual(self.list_devices(), [])
+        self.assertHumanError(self.ctl("detach", "sim_d1", expect=None), "sim_d1")
+
+    def test_quiet(self):
+        for args in (["attach", "sim:q"], ["list"], ["status"], ["status", "sim_q"], ["set-state", "sim_q", "stop"],
+                     ["set-states", "running", "sim_q"], ["reset", "sim_q"]):
+            with self.subTest(args=args):
+                self.assertEqual(self.ctl("-q", *args).stdout, "")
+        self.assertEqual(self.state("/org/vfiomig1/device/sim_q"), "running")
+
+
+if __name__ == "__main__":
+    h.main([h.require_root, lambda: h.require_programs("dbus-daemon", "busctl"), h.require_daemon,
+            lambda: h.require_files(h.BUS_POLICY),
+            h.require_cli])
