@@ -151,10 +151,18 @@ static int restore_state(Persist *persist) {
 /* SIGTERM may be a restart: let every address space ready its mappings for the successor
  * (DMA continues), save, then exit. If no successor comes, the store is released and the
  * kernel tears everything down as it would have anyway. */
+typedef struct Daemon {
+        Persist *persist;
+        BusService *service;
+} Daemon;
+
 static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
-        Persist *persist = userdata;
+        Daemon *daemon = userdata;
+        Persist *persist = daemon->persist;
 
         log_info("Stopping on %s.", si->ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        if (daemon->service)
+                daemon->service->stopping = true; /* state transfers in flight give up */
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Preparing the mappings for a successor.");
         (void) persist_prepare_stop(persist);
         return sd_event_exit(sd_event_source_get_event(s), 0);
@@ -168,6 +176,7 @@ static int run(int argc, char *argv[]) {
         _cleanup_(persist_freep) Persist *persist = NULL;
         _cleanup_(bus_service_freep) BusService *service = NULL;
         _cleanup_(daemon_config_done) DaemonConfig config = {};
+        Daemon daemon = {};
         ManagerOptions options = {};
         ErrorMessage err = {};
         sigset_t mask;
@@ -180,6 +189,8 @@ static int run(int argc, char *argv[]) {
                 return r;
         log_open(); /* --log-target may have asked for auto again */
         umask(0077);
+        /* A client that closes its end of a state transfer must fail that transfer, not kill us. */
+        (void) signal(SIGPIPE, SIG_IGN);
 
         r = daemon_config_load(arg_config_path, arg_config_required, &config, &err);
         if (r < 0)
@@ -222,9 +233,10 @@ static int run(int argc, char *argv[]) {
         sigaddset(&mask, SIGINT);
         if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
                 return log_error_errno(errno, "Failed to block signals: %m");
-        r = sd_event_add_signal(event, NULL, SIGTERM, on_stop_signal, persist);
+        daemon.persist = persist;
+        r = sd_event_add_signal(event, NULL, SIGTERM, on_stop_signal, &daemon);
         if (r >= 0)
-                r = sd_event_add_signal(event, NULL, SIGINT, on_stop_signal, persist);
+                r = sd_event_add_signal(event, NULL, SIGINT, on_stop_signal, &daemon);
         if (r < 0)
                 return log_error_errno(r, "Failed to watch signals: %m");
         r = sd_event_set_watchdog(event, true);
@@ -234,6 +246,7 @@ static int run(int argc, char *argv[]) {
         r = bus_service_new(event, manager, persist, &service);
         if (r < 0)
                 return r;
+        daemon.service = service;
 
         r = sd_event_loop(event);
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Shutting down.");

@@ -43,6 +43,8 @@
 #define VFIOMIG_ERROR_MAPPING_CONFLICT VFIOMIG_ERROR_PREFIX "MappingConflict"
 #define VFIOMIG_ERROR_NO_SUCH_MAPPING VFIOMIG_ERROR_PREFIX "NoSuchMapping"
 #define VFIOMIG_ERROR_DMA_FAULT VFIOMIG_ERROR_PREFIX "DmaFault"
+#define VFIOMIG_ERROR_STREAM_REJECTED VFIOMIG_ERROR_PREFIX "StreamRejected"
+#define VFIOMIG_ERROR_TRANSFER_FAILED VFIOMIG_ERROR_PREFIX "TransferFailed"
 
 /*
  * Migration states as they appear on the bus, indexed by the kernel's

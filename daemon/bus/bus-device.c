@@ -2,11 +2,14 @@
 
 /* org.vfiomig1.Device at /org/vfiomig1/device/ID, one object per attached device. */
 
+#include <fcntl.h>
 #include <string.h>
 
 #include "bus-polkit.h"
 #include "bus-service.h"
 #include "bus-util.h"
+#include "bus-worker.h"
+#include "state-transfer.h"
 #include "log.h"
 #include "vfiomig1.h"
 
@@ -76,6 +79,8 @@ static int transition_error(sd_bus_error *error, Device *d, int r, const Transit
 
         if (r == -EOPNOTSUPP)
                 return bus_error_from_message(error, VFIOMIG_ERROR_NOT_MIGRATABLE, r, err);
+        if (r == -EBUSY)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, err);
         if (report->verdict == MIG_VERDICT_CURRENT_ERROR)
                 return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_IN_ERROR, r, err);
         if (report->verdict != MIG_VERDICT_OK)
@@ -163,7 +168,8 @@ static int method_reset(sd_bus_message *m, void *userdata, sd_bus_error *error) 
 
         r = device_reset(d, &err);
         if (r < 0)
-                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
+                return bus_error_from_message(error, r == -EBUSY ? VFIOMIG_ERROR_BUSY : VFIOMIG_ERROR_DEVICE_FAILED, r,
+                                              &err);
         return sd_bus_reply_method_return(m, NULL);
 }
 
@@ -249,11 +255,141 @@ static int method_revoke_clients(sd_bus_message *m, void *userdata, sd_bus_error
         if (r == 0)
                 return 1;
 
+        r = device_check_idle(d, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
         bus_service_untrack_clients(s, d);
         r = device_revoke_clients(d, &err);
         if (r < 0)
                 return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
         return sd_bus_reply_method_return(m, NULL);
+}
+
+/* A SaveState/LoadState in flight: the call waits for its reply while a worker moves the data. */
+typedef struct TransferJob {
+        Device *device;
+        sd_bus_message *call;
+        StateTransfer transfer;
+} TransferJob;
+
+static void transfer_run(void *userdata) {
+        TransferJob *j = userdata;
+        (void) state_transfer_run(&j->transfer);
+}
+
+static const char *transfer_error_name(StateTransferFailure f) {
+        switch (f) {
+        case STATE_TRANSFER_REFUSED_STATE:
+                return VFIOMIG_ERROR_BUSY;
+        case STATE_TRANSFER_TRANSITION:
+                return VFIOMIG_ERROR_TRANSITION_FAILED;
+        case STATE_TRANSFER_DEVICE_IO:
+                return VFIOMIG_ERROR_DEVICE_FAILED;
+        case STATE_TRANSFER_STREAM_REJECTED:
+                return VFIOMIG_ERROR_STREAM_REJECTED;
+        default:
+                return VFIOMIG_ERROR_TRANSFER_FAILED;
+        }
+}
+
+static void transfer_done(void *userdata) {
+        TransferJob *j = userdata;
+        Device *d = j->device;
+        StateTransfer *t = &j->transfer;
+        _cleanup_free_ char *summary = NULL;
+        const char *verb = t->kind == STATE_TRANSFER_SAVE ? "saved" : "loaded";
+        int r;
+
+        d->busy = NULL;
+        if (t->error >= 0)
+                r = asprintf(&summary, "state %s: %llu bytes", verb, (unsigned long long) t->bytes);
+        else
+                r = asprintf(&summary, "state %s failed: %s%s", t->kind == STATE_TRANSFER_SAVE ? "save" : "load",
+                             t->message.text, t->reset ? "; the device was reset" : "");
+        if (r < 0)
+                summary = NULL;
+        if (t->error >= 0)
+                log_info("%s: %s", d->id, summary ?: "state transferred");
+        else
+                log_error("%s: %s", d->id, summary ?: "state transfer failed");
+        device_note_outcome(d, t->final_state, -EBADF, summary);
+
+        if (t->error >= 0)
+                r = sd_bus_reply_method_return(j->call, "t", t->bytes);
+        else
+                r = sd_bus_reply_method_errorf(j->call, transfer_error_name(t->failure), "%s%s", t->message.text,
+                                               t->reset ? "; the device was reset so that nothing refused can load" : "");
+        if (r < 0)
+                log_warning_errno(r, "Failed to reply to a state transfer of %s, ignoring: %m", d->id);
+        sd_bus_message_unref(j->call);
+        free(j);
+}
+
+static int method_transfer_state(sd_bus_message *m, Device *d, StateTransferKind kind, sd_bus_error *error) {
+        BusService *s = service_of(d);
+        const BusOption no_options[] = { {} };
+        ErrorMessage err = {};
+        TransferJob *j;
+        int fd, r;
+
+        r = sd_bus_message_read(m, "h", &fd);
+        if (r < 0)
+                return r;
+        r = bus_read_options(m, no_options, error);
+        if (r < 0)
+                return r;
+        r = device_check_idle(d, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+        r = state_transfer_check(kind, d->dev, fd, &err);
+        if (r == -EOPNOTSUPP)
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_MIGRATABLE, r, &err);
+        if (r == -EBUSY)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+        if (r == -EINVAL || r == -EBADF)
+                return bus_error_from_message(error, SD_BUS_ERROR_INVALID_ARGS, r, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
+
+        const char *details[] = { "device", d->id, "operation", kind == STATE_TRANSFER_SAVE ? "save" : "load", NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, details, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        j = new0(TransferJob, 1);
+        if (!j)
+                return -ENOMEM;
+        j->device = d;
+        j->call = sd_bus_message_ref(m);
+        j->transfer = (StateTransfer) { .kind = kind, .dev = d->dev, .cancel = &s->stopping };
+        /* The message keeps the received fd; the worker needs one of its own. */
+        j->transfer.client_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (j->transfer.client_fd < 0) {
+                r = -errno;
+                sd_bus_message_unref(j->call);
+                free(j);
+                return r;
+        }
+        d->busy = kind == STATE_TRANSFER_SAVE ? "saving its state" : "loading a state";
+        r = worker_start(s->event, transfer_run, transfer_done, j);
+        if (r < 0) {
+                d->busy = NULL;
+                safe_close(j->transfer.client_fd);
+                sd_bus_message_unref(j->call);
+                free(j);
+                return r;
+        }
+        return 1; /* the reply comes from transfer_done() */
+}
+
+static int method_save_state(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return method_transfer_state(m, userdata, STATE_TRANSFER_SAVE, error);
+}
+
+static int method_load_state(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return method_transfer_state(m, userdata, STATE_TRANSFER_LOAD, error);
 }
 
 static int property_get_address_space(sd_bus *bus, const char *path, const char *interface,
@@ -385,6 +521,16 @@ const sd_bus_vtable bus_device_vtable[] = {
                                 SD_BUS_NO_ARGS,
                                 SD_BUS_RESULT("h", fd),
                                 method_open_fd,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("SaveState",
+                                SD_BUS_ARGS("h", fd, "a{sv}", options),
+                                SD_BUS_RESULT("t", bytes),
+                                method_save_state,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("LoadState",
+                                SD_BUS_ARGS("h", fd, "a{sv}", options),
+                                SD_BUS_RESULT("t", bytes),
+                                method_load_state,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("RevokeClients",
                                 SD_BUS_NO_ARGS,

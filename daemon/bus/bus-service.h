@@ -41,6 +41,7 @@ typedef struct BusService {
         bool device_count_changed;
 
         bool name_acquired;
+        volatile bool stopping;   /* asks running state transfers to give up */
 } BusService;
 
 /* persist may be NULL (no state is saved then). */

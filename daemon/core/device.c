@@ -150,9 +150,20 @@ void device_note_outcome(Device *d, int reached, int data_fd, const char *summar
         manager_notify_state_changed(d->manager);
 }
 
+int device_check_idle(Device *d, ErrorMessage *err) {
+        if (d->busy)
+                return error_setf(err, -EBUSY, "%s is busy %s; try again when that is done", d->id, d->busy);
+        return 0;
+}
+
 int device_set_state(Device *d, MigState target, int recover_state, TransitionReport *ret_report, ErrorMessage *err) {
         _cleanup_free_ char *steps = NULL, *summary = NULL;
         int data_fd = -EBADF, r;
+
+        *ret_report = (TransitionReport) { .initial = -1, .final = -1 };
+        r = device_check_idle(d, err);
+        if (r < 0)
+                return r;
 
         log_set_context_device(d->id);
         r = transition_run(d->dev, target, recover_state, ret_report, &data_fd, err);
@@ -181,6 +192,9 @@ int device_set_state(Device *d, MigState target, int recover_state, TransitionRe
 int device_reset(Device *d, ErrorMessage *err) {
         int r;
 
+        r = device_check_idle(d, err);
+        if (r < 0)
+                return r;
         r = vfio_dev_reset(d->dev);
         if (r < 0) {
                 (void) device_refresh_state(d, NULL);
@@ -230,6 +244,8 @@ int device_check_attach_space(Device *d, AddressSpace *s, ErrorMessage *err) {
 
         if (d->space == s)
                 return 0;
+        if (device_check_idle(d, err) < 0)
+                return -EBUSY;
         if (d->space)
                 return error_setf(err, -EBUSY, "%s is attached to address space %s already; a device stays in "
                                   "its space until it is detached from vfiomigd", d->id, d->space->id);
@@ -326,6 +342,9 @@ void device_forget_client(Device *d, const char *client) {
 int device_revoke_clients(Device *d, ErrorMessage *err) {
         int r;
 
+        r = device_check_idle(d, err);
+        if (r < 0)
+                return r;
         strv_free(d->clients);
         d->clients = NULL;
         log_notice("%s: every client's grant revoked; resetting the device.", d->id);

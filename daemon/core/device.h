@@ -28,6 +28,7 @@ typedef struct Device {
         bool state_known;
         int session_fd;         /* data fd of the open save/load session, or -EBADF */
         char *last_transition;  /* "running → stop-copy: ok", or the failure report */
+        const char *busy;       /* what a worker thread is doing with the device ("saving its state"), or NULL */
 } Device;
 
 /* The bus id of a device: "sim_NAME", "pci_DDDD_BB_DD_F", "mdev_<uuid with _>", else "dev_<escaped>". */
@@ -39,6 +40,9 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Device *, device_free);
 
 /* Reads the state from the device, updating the cache (and notifying when it changed). */
 int device_refresh_state(Device *d, MigState *ret);
+
+/* -EBUSY with a message while a worker thread owns the device. */
+int device_check_idle(Device *d, ErrorMessage *err);
 
 /* A validated transition with recovery (core/transition.h); keeps the session fd, the cached
  * state and LastTransition up to date. *ret_report is always filled. */

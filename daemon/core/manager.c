@@ -211,6 +211,8 @@ int manager_attach(Manager *m, const char *address, const AttachOptions *o, Devi
 int manager_check_detach(Manager *m, Device *d, ErrorMessage *err) {
         MigState s;
 
+        if (device_check_idle(d, err) < 0)
+                return -EBUSY;
         if (!d->dev->migratable)
                 return 0;
         if (device_refresh_state(d, &s) < 0)
@@ -268,6 +270,11 @@ int manager_set_states(Manager *m, Device **devices, size_t n, MigState target, 
         bool moved = false;
         int r;
 
+        for (size_t i = 0; i < n; i++)
+                if (device_check_idle(devices[i], err) < 0) {
+                        *ret_outcome = GROUP_REFUSED_BUSY;
+                        return -EBUSY;
+                }
         members = new0(GroupMember, n);
         if (!members)
                 return -ENOMEM;

@@ -120,6 +120,7 @@ typedef enum GroupOutcome {
         GROUP_REFUSED_DUPLICATE,
         GROUP_FAILED,          /* a device failed; all were rolled back as far as possible */
         GROUP_DEVICE_UNREADABLE,
+        GROUP_REFUSED_BUSY,    /* a worker thread owns one of the devices */
 } GroupOutcome;
 
 /* Moves devices together in P2P-safe order (group_transition_run()), recording the outcome on
