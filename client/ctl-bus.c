@@ -68,17 +68,24 @@ const char *ctl_bus_error_hint(const char *name) {
                   "the target is not reachable from the current state with this device's "
                   "migration flags; 'vfiomigctl status DEV' shows both" },
                 { VFIOMIG_ERROR_TRANSITION_FAILED,
-                  "the device refused the transition and was recovered; "
-                  "'vfiomigctl status DEV' shows where it is now (State, LastTransition)" },
+                  "the device failed the transition; the message lists every step vfiomigd took and where the "
+                  "device was left ('vfiomigctl status DEV' shows State and LastTransition)" },
                 { VFIOMIG_ERROR_DEVICE_IN_ERROR,
                   "a device in the error state only leaves it by 'vfiomigctl reset DEV'" },
                 { VFIOMIG_ERROR_P2P_REQUIRED,
                   "a device of the group lacks P2P support; "
                   "--force-without-p2p moves the group anyway" },
                 { VFIOMIG_ERROR_BUSY,
-                  "another operation (a migration, a transition) holds the device; retry when it is done" },
+                  "it cannot do that in its present situation (its state, a transfer in progress, devices or "
+                  "mappings in an address space, clients holding the device); the message says what to do first" },
+                { VFIOMIG_ERROR_STREAM_REJECTED,
+                  "the device did not accept that state (corrupt, truncated or from an incompatible device); "
+                  "it was reset, so nothing of it was loaded" },
+                { VFIOMIG_ERROR_TRANSFER_FAILED,
+                  "moving the state to or from the file failed; the message says where" },
                 { VFIOMIG_ERROR_LIMIT_EXCEEDED,
-                  "a limit of vfiomigd was reached; 'vfiomigctl status' shows MaxDevices and DeviceCount" },
+                  "a limit of vfiomigd was reached; 'vfiomigctl status' shows MaxDevices, MaxAddressSpaces, "
+                  "MaxMappings and MaxPinnedBytes" },
                 { VFIOMIG_ERROR_NOT_SUPPORTED,
                   "this vfiomigd or host kernel cannot do that; "
                   "'vfiomigctl status' lists KernelFeatures and SimulationAllowed" },
@@ -87,6 +94,16 @@ const char *ctl_bus_error_hint(const char *name) {
                   "(journalctl -u vfiomigd)" },
                 { VFIOMIG_ERROR_NO_PRECOPY_SESSION,
                   "precopy information exists only in the pre-copy and pre-copy-p2p states" },
+                { VFIOMIG_ERROR_NO_SUCH_ADDRESS_SPACE,
+                  "'vfiomigctl space list' shows the address spaces" },
+                { VFIOMIG_ERROR_MAPPING_CONFLICT,
+                  "the range overlaps a mapping, or would split one (unmap whole mappings); "
+                  "'vfiomigctl space show SPACE' lists the mappings" },
+                { VFIOMIG_ERROR_NO_SUCH_MAPPING,
+                  "nothing is mapped in that range; 'vfiomigctl space show SPACE' lists the mappings" },
+                { VFIOMIG_ERROR_DMA_FAULT,
+                  "the device's address space does not map that IOVA range with the access needed; "
+                  "'vfiomigctl status DEV' shows its AddressSpace, 'vfiomigctl space show SPACE' the mappings" },
                 { DBUS_ERROR_PREFIX "AccessDenied",
                   "not authorized: run as root or get the polkit action granted" },
                 { DBUS_ERROR_PREFIX "InteractiveAuthorizationRequired",
@@ -98,7 +115,8 @@ const char *ctl_bus_error_hint(const char *name) {
                 { DBUS_ERROR_PREFIX "InvalidArgs",
                   "vfiomigd rejected an argument; vfiomigctl(1) describes what each command takes" },
                 { DBUS_ERROR_PREFIX "UnknownObject",
-                  "no such object: the device may have been detached; 'vfiomigctl list' shows the attached devices" },
+                  "no such object: the device or address space may be gone; "
+                  "'vfiomigctl list' and 'vfiomigctl space list' show what exists" },
                 { DBUS_ERROR_PREFIX "UnknownMethod",
                   "this vfiomigd does not implement the call; client and daemon versions differ" },
                 { DBUS_ERROR_PREFIX "UnknownInterface",
@@ -210,7 +228,7 @@ static int read_property(sd_bus_message *m, const CtlProperty *p, void *field) {
                 r = sd_bus_message_read_basic(m, 't', field);
                 if (r < 0)
                         return r;
-        } else if (streq(p->signature, "as")) {
+        } else if (streq(p->signature, "as") || streq(p->signature, "ao")) {
                 char **l = NULL;
 
                 r = sd_bus_message_read_strv(m, &l);
@@ -240,7 +258,8 @@ int ctl_get_properties(sd_bus *bus, const char *path, const char *interface, con
         r = call_internal(bus, m, &error, &reply);
         if (r < 0) {
                 if (gone_ok && sd_bus_error_has_names(&error, DBUS_ERROR_PREFIX "UnknownObject",
-                                                      VFIOMIG_ERROR_NO_SUCH_DEVICE))
+                                                      VFIOMIG_ERROR_NO_SUCH_DEVICE,
+                                                      VFIOMIG_ERROR_NO_SUCH_ADDRESS_SPACE))
                         return 0;
                 return ctl_log_call_error(bus, "GetAll", &error, r);
         }
@@ -299,6 +318,10 @@ int ctl_get_manager_info(sd_bus *bus, ManagerInfo *ret) {
                 { "SimulationAllowed", "b", offsetof(ManagerInfo, simulation_allowed) },
                 { "DeviceCount", "u", offsetof(ManagerInfo, device_count) },
                 { "MaxDevices", "u", offsetof(ManagerInfo, max_devices) },
+                { "MaxAddressSpaces", "u", offsetof(ManagerInfo, max_address_spaces) },
+                { "MaxMappings", "u", offsetof(ManagerInfo, max_mappings) },
+                { "MaxPinnedBytes", "t", offsetof(ManagerInfo, max_pinned_bytes) },
+                { "FileDescriptorStore", "b", offsetof(ManagerInfo, file_descriptor_store) },
                 {},
         };
         _cleanup_(manager_info_done) ManagerInfo i = {};
@@ -326,6 +349,7 @@ void device_info_done(DeviceInfo *i) {
         free(i->migratable_reason);
         free(i->state);
         free(i->last_transition);
+        free(i->address_space);
         *i = (DeviceInfo) {};
 }
 
@@ -341,6 +365,8 @@ int ctl_get_device_info(sd_bus *bus, const char *path, bool gone_ok, DeviceInfo 
                 { "State", "s", offsetof(DeviceInfo, state) },
                 { "StopCopySize", "t", offsetof(DeviceInfo, stop_copy_size) },
                 { "LastTransition", "s", offsetof(DeviceInfo, last_transition) },
+                { "AddressSpace", "o", offsetof(DeviceInfo, address_space) },
+                { "Clients", "u", offsetof(DeviceInfo, clients) },
                 {},
         };
         _cleanup_(device_info_done) DeviceInfo i = {};
@@ -466,4 +492,170 @@ int ctl_resolve_device(sd_bus *bus, const char *dev, char **ret_path) {
                 return log_error_errno(ENOMEM, "Out of memory.");
         *ret_path = copy;
         return 0;
+}
+
+void space_info_done(SpaceInfo *i) {
+        if (!i)
+                return;
+        free(i->object);
+        free(i->id);
+        free(i->backend);
+        free(i->live_update);
+        strv_free(i->devices);
+        for (size_t k = 0; k < i->n_mappings; k++)
+                strv_free(i->mappings[k].access);
+        free(i->mappings);
+        *i = (SpaceInfo) {};
+}
+
+static int read_mappings(sd_bus *bus, const char *path, bool gone_ok, SpaceInfo *i) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r;
+
+        r = ctl_new_method_call(bus, path, VFIOMIG_SPACE_INTERFACE, "ListMappings", &m);
+        if (r < 0)
+                return r;
+        r = call_internal(bus, m, &error, &reply);
+        if (r < 0) {
+                if (gone_ok && sd_bus_error_has_names(&error, DBUS_ERROR_PREFIX "UnknownObject",
+                                                      VFIOMIG_ERROR_NO_SUCH_ADDRESS_SPACE))
+                        return 0;
+                return ctl_log_call_error(bus, "ListMappings", &error, r);
+        }
+
+        r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_ARRAY, "(tttas)");
+        if (r < 0)
+                goto parse_error;
+        for (;;) {
+                MappingInfo e = {}, *grown;
+
+                r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_STRUCT, "tttas");
+                if (r < 0)
+                        goto parse_error;
+                if (r == 0)
+                        break;
+                r = sd_bus_message_read(reply, "ttt", &e.iova, &e.length, &e.offset);
+                if (r < 0)
+                        goto parse_error;
+                r = sd_bus_message_read_strv(reply, &e.access);
+                if (r < 0)
+                        goto parse_error;
+                grown = reallocarray(i->mappings, i->n_mappings + 1, sizeof(MappingInfo));
+                if (!grown) {
+                        strv_free(e.access);
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                }
+                i->mappings = grown;
+                i->mappings[i->n_mappings++] = e;
+                r = sd_bus_message_exit_container(reply);
+                if (r < 0)
+                        goto parse_error;
+        }
+        r = sd_bus_message_exit_container(reply);
+        if (r < 0)
+                goto parse_error;
+        return 1;
+
+parse_error:
+        return log_error_errno(r, "Failed to parse ListMappings reply: %m");
+}
+
+int ctl_get_space_info(sd_bus *bus, const char *path, bool with_mappings, bool gone_ok, SpaceInfo *ret) {
+        static const CtlProperty map[] = {
+                { "Id", "s", offsetof(SpaceInfo, id) },
+                { "Backend", "s", offsetof(SpaceInfo, backend) },
+                { "MappingCount", "u", offsetof(SpaceInfo, mapping_count) },
+                { "PinnedBytes", "t", offsetof(SpaceInfo, pinned_bytes) },
+                { "LiveUpdate", "s", offsetof(SpaceInfo, live_update) },
+                { "Devices", "ao", offsetof(SpaceInfo, devices) },
+                {},
+        };
+        _cleanup_(space_info_done) SpaceInfo i = {};
+        int r;
+
+        i.object = strdup(path);
+        if (!i.object)
+                return log_error_errno(ENOMEM, "Out of memory.");
+
+        r = ctl_get_properties(bus, path, VFIOMIG_SPACE_INTERFACE, map, &i, gone_ok);
+        if (r <= 0)
+                return r;
+        if (with_mappings) {
+                r = read_mappings(bus, path, gone_ok, &i);
+                if (r <= 0)
+                        return r;
+        }
+
+        *ret = i;
+        i = (SpaceInfo) {};
+        return 1;
+}
+
+void space_list_done(SpaceList *l) {
+        if (!l)
+                return;
+        for (size_t i = 0; i < l->n_spaces; i++)
+                space_info_done(&l->spaces[i]);
+        free(l->spaces);
+        *l = (SpaceList) {};
+}
+
+int ctl_get_spaces(sd_bus *bus, SpaceList *ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(space_list_done) SpaceList l = {};
+        _cleanup_strv_free_ char **paths = NULL;
+        size_t n_paths = 0;
+        const char *path;
+        int r;
+
+        r = ctl_new_method_call(bus, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE, "ListAddressSpaces", &m);
+        if (r < 0)
+                return r;
+        r = ctl_call(bus, m, &reply);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_ARRAY, "(so)");
+        if (r < 0)
+                goto parse_error;
+        while ((r = sd_bus_message_read(reply, "(so)", NULL, &path)) > 0) {
+                char **grown;
+
+                grown = reallocarray(paths, n_paths + 2, sizeof(char *));
+                if (!grown)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                paths = grown;
+                paths[n_paths] = strdup(path);
+                paths[n_paths + 1] = NULL;
+                if (!paths[n_paths])
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                n_paths++;
+        }
+        if (r < 0)
+                goto parse_error;
+        r = sd_bus_message_exit_container(reply);
+        if (r < 0)
+                goto parse_error;
+
+        if (n_paths > 0) {
+                l.spaces = new0(SpaceInfo, n_paths);
+                if (!l.spaces)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+        }
+        for (size_t i = 0; i < n_paths; i++) {
+                r = ctl_get_space_info(bus, paths[i], /* with_mappings= */ false, /* gone_ok= */ true,
+                                       &l.spaces[l.n_spaces]);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        l.n_spaces++;
+        }
+
+        *ret = l;
+        l = (SpaceList) {};
+        return 0;
+
+parse_error:
+        return log_error_errno(r, "Failed to parse ListAddressSpaces reply: %m");
 }

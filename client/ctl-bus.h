@@ -32,7 +32,7 @@ int ctl_new_method_call(sd_bus *bus, const char *path, const char *interface, co
 int ctl_call(sd_bus *bus, sd_bus_message *m, sd_bus_message **ret_reply);
 
 /* A property to store at offset in a struct. Signatures and field types: "s" and "o" char *
- * (owned), "b" bool, "u" uint32_t, "t" uint64_t, "as" char ** (owned). */
+ * (owned), "b" bool, "u" uint32_t, "t" uint64_t, "as" and "ao" char ** (owned). */
 typedef struct CtlProperty {
         const char *name;
         const char *signature;
@@ -41,7 +41,8 @@ typedef struct CtlProperty {
 
 /* One GetAll; the map ends with an entry whose name is NULL. Properties not in the map are
  * skipped, so a newer daemon's additions do not break an older client. With gone_ok, returns 0
- * without logging when the object has disappeared; otherwise 1 once read. */
+ * without logging when the object has disappeared (UnknownObject, NoSuchDevice,
+ * NoSuchAddressSpace); otherwise 1 once read. */
 int ctl_get_properties(sd_bus *bus, const char *path, const char *interface, const CtlProperty *map,
                        void *userdata, bool gone_ok);
 
@@ -51,6 +52,10 @@ typedef struct ManagerInfo {
         bool simulation_allowed;
         uint32_t device_count;
         uint32_t max_devices;
+        uint32_t max_address_spaces;
+        uint32_t max_mappings;
+        uint64_t max_pinned_bytes;
+        bool file_descriptor_store;
 } ManagerInfo;
 
 void manager_info_done(ManagerInfo *i);
@@ -68,6 +73,8 @@ typedef struct DeviceInfo {
         char *state;
         uint64_t stop_copy_size;
         char *last_transition;
+        char *address_space;    /* object path; "/" when the device is in no address space */
+        uint32_t clients;
 } DeviceInfo;
 
 void device_info_done(DeviceInfo *i);
@@ -86,3 +93,37 @@ int ctl_get_devices(sd_bus *bus, DeviceList *ret);
 
 /* An object path for DEV: a path is taken as it is, anything else goes through GetDevice. */
 int ctl_resolve_device(sd_bus *bus, const char *dev, char **ret_path);
+
+typedef struct MappingInfo {
+        uint64_t iova;
+        uint64_t length;
+        uint64_t offset;
+        char **access;          /* "read", "write" as on the bus */
+} MappingInfo;
+
+typedef struct SpaceInfo {
+        char *object;
+        char *id;
+        char *backend;
+        uint32_t mapping_count;
+        uint64_t pinned_bytes;
+        char *live_update;
+        char **devices;         /* object paths */
+        MappingInfo *mappings;  /* only with ctl_get_space_info(..., with_mappings = true) */
+        size_t n_mappings;
+} SpaceInfo;
+
+void space_info_done(SpaceInfo *i);
+/* The properties of the address space at path and, with_mappings, its ListMappings. With
+ * gone_ok, returns 0 when the space has been destroyed meanwhile; else 1. */
+int ctl_get_space_info(sd_bus *bus, const char *path, bool with_mappings, bool gone_ok, SpaceInfo *ret);
+
+typedef struct SpaceList {
+        SpaceInfo *spaces;
+        size_t n_spaces;
+} SpaceList;
+
+void space_list_done(SpaceList *l);
+/* ListAddressSpaces and each space's properties, in the daemon's order (creation order). Spaces
+ * destroyed while we read are left out. */
+int ctl_get_spaces(sd_bus *bus, SpaceList *ret);

@@ -142,6 +142,61 @@ char *strv_join_spaces(char *const *l) {
         return s;
 }
 
+int hexdump(FILE *f, uint64_t base, const void *data, size_t size) {
+        const uint8_t *p = data;
+
+        if (!f || (!data && size > 0))
+                return -EINVAL;
+
+        for (size_t line = 0; line < size; line += 16) {
+                size_t n = MIN(size - line, (size_t) 16);
+
+                fprintf(f, "%08" PRIx64 " ", base + line);
+                for (size_t i = 0; i < 16; i++) {
+                        if (i == 8)
+                                fputc(' ', f);
+                        if (i < n)
+                                fprintf(f, " %02x", p[line + i]);
+                        else
+                                fputs("   ", f);
+                }
+                fputs("  |", f);
+                for (size_t i = 0; i < n; i++) {
+                        uint8_t c = p[line + i];
+
+                        fputc(c >= 0x20 && c < 0x7f ? (char) c : '.', f);
+                }
+                fputs("|\n", f);
+        }
+        return 0;
+}
+
+char *base64_encode(const void *data, size_t size) {
+        static const char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const uint8_t *p = data;
+        char *s, *o;
+
+        if (size > (SIZE_MAX - 1) / 4 * 3)
+                return NULL;
+        s = o = malloc((size + 2) / 3 * 4 + 1);
+        if (!s)
+                return NULL;
+        for (size_t i = 0; i < size; i += 3) {
+                uint32_t v = (uint32_t) p[i] << 16;
+
+                if (i + 1 < size)
+                        v |= (uint32_t) p[i + 1] << 8;
+                if (i + 2 < size)
+                        v |= p[i + 2];
+                *o++ = table[(v >> 18) & 63];
+                *o++ = table[(v >> 12) & 63];
+                *o++ = i + 1 < size ? table[(v >> 6) & 63] : '=';
+                *o++ = i + 2 < size ? table[v & 63] : '=';
+        }
+        *o = 0;
+        return s;
+}
+
 struct Table {
         size_t n_columns;
         size_t n_cells;  /* including the header row */

@@ -43,6 +43,14 @@ char *format_bytes(char *buf, size_t size, uint64_t bytes);
 /* "a b c" for lists in "Key: value" lines; "" for an empty list. NULL on OOM. */
 char *strv_join_spaces(char *const *l);
 
+/* Bytes as "hexdump -C" shows them, 16 per line, each line starting with its address (base plus
+ * the offset, at least 8 hex digits), then the bytes in hex in two groups of 8, then the printable
+ * ASCII characters between bars, '.' for the others. Nothing for size 0. */
+int hexdump(FILE *f, uint64_t base, const void *data, size_t size);
+
+/* Standard base64 (RFC 4648, with '=' padding, no line breaks); NULL on OOM. */
+char *base64_encode(const void *data, size_t size);
+
 /* An aligned text table with an upper-case header line, as systemd's tools print. */
 typedef struct Table Table;
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 
+#include <fcntl.h>
 #include <strings.h>
 #include <systemd/sd-bus.h>
 
@@ -220,6 +221,125 @@ bool ctl_device_name_is_valid(const char *dev) {
         if (dev[0] == '/')
                 return sd_bus_object_path_is_valid(dev) > 0;
         return true;
+}
+
+/* One object path element: [A-Za-z0-9_]+, as sd_bus_object_path_is_valid() takes them. */
+static bool path_element_is_valid(const char *s, size_t n) {
+        if (n == 0)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+                      (s[i] >= '0' && s[i] <= '9') || s[i] == '_'))
+                        return false;
+        return true;
+}
+
+bool ctl_space_name_is_valid(const char *space) {
+        const size_t n = strlen(VFIOMIG_SPACE_PATH_PREFIX);
+
+        if (!space)
+                return false;
+        if (space[0] != '/')
+                return path_element_is_valid(space, strlen(space));
+        return strncmp(space, VFIOMIG_SPACE_PATH_PREFIX, n) == 0 && space[n] == '/' &&
+               path_element_is_valid(space + n + 1, strlen(space + n + 1));
+}
+
+int ctl_space_path(const char *space, char **ret) {
+        char *p;
+
+        if (!ret || !ctl_space_name_is_valid(space))
+                return -EINVAL;
+        if (space[0] == '/')
+                p = strdup(space);
+        else if (asprintf(&p, VFIOMIG_SPACE_PATH_PREFIX "/%s", space) < 0)
+                p = NULL;
+        if (!p)
+                return -ENOMEM;
+        *ret = p;
+        return 0;
+}
+
+const char *ctl_object_path_last(const char *path) {
+        const char *slash;
+
+        if (!path)
+                return NULL;
+        slash = strrchr(path, '/');
+        return slash ? slash + 1 : path;
+}
+
+int ctl_access_from_string(const char *s) {
+        if (streq_ptr(s, "rw"))
+                return CTL_ACCESS_READ | CTL_ACCESS_WRITE;
+        if (streq_ptr(s, "r"))
+                return CTL_ACCESS_READ;
+        if (streq_ptr(s, "w"))
+                return CTL_ACCESS_WRITE;
+        return -EINVAL;
+}
+
+const char *const *ctl_access_to_bus_names(int access) {
+        static const char *const rw[] = { "read", "write", NULL };
+        static const char *const r[] = { "read", NULL };
+        static const char *const w[] = { "write", NULL };
+        static const char *const none[] = { NULL };
+
+        switch (access & (CTL_ACCESS_READ | CTL_ACCESS_WRITE)) {
+        case CTL_ACCESS_READ | CTL_ACCESS_WRITE:
+                return rw;
+        case CTL_ACCESS_READ:
+                return r;
+        case CTL_ACCESS_WRITE:
+                return w;
+        default:
+                return none;
+        }
+}
+
+int ctl_access_open_mode(int access) {
+        return access & CTL_ACCESS_WRITE ? O_RDWR : O_RDONLY;
+}
+
+char *ctl_access_format(char *const *names) {
+        bool read = false, write = false;
+        size_t len = 3, n_other = 0;
+        char *s, *p;
+
+        for (char *const *i = names; i && *i; i++) {
+                if (streq(*i, "read"))
+                        read = true;
+                else if (streq(*i, "write"))
+                        write = true;
+                else {
+                        len += strlen(*i) + 1;
+                        n_other++;
+                }
+        }
+        if (!read && !write && n_other == 0)
+                return strdup("-");
+
+        s = p = malloc(len);
+        if (!s)
+                return NULL;
+        *p = 0;
+        if (read)
+                p = stpcpy(p, "r");
+        if (write)
+                p = stpcpy(p, "w");
+        for (char *const *i = names; i && *i; i++)
+                if (!streq(*i, "read") && !streq(*i, "write"))
+                        p = stpcpy(stpcpy(p, p == s ? "" : ","), *i);
+        return s;
+}
+
+bool ctl_backend_is_valid(const char *s) {
+        return streq_ptr(s, VFIOMIG_BACKEND_IOMMUFD) || streq_ptr(s, VFIOMIG_BACKEND_LEGACY) ||
+               streq_ptr(s, VFIOMIG_BACKEND_SIM);
+}
+
+bool ctl_sim_mapping_is_valid(const char *s) {
+        return streq_ptr(s, "by-file") || streq_ptr(s, "by-address");
 }
 
 const CtlSimOption *ctl_sim_option_find(const char *key) {

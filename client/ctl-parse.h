@@ -47,6 +47,37 @@ char *ctl_settable_states_list(void);
  * device it names, if any, only vfiomigd knows. */
 bool ctl_device_name_is_valid(const char *dev);
 
+/* Whether SPACE can name an address space: an id ("s0"), which is one object path element
+ * ([A-Za-z0-9_], not empty), or an object path of the form VFIOMIG_SPACE_PATH_PREFIX/ID. */
+bool ctl_space_name_is_valid(const char *space);
+/* The object path SPACE names: an id goes under VFIOMIG_SPACE_PATH_PREFIX, a path is copied.
+ * -EINVAL when !ctl_space_name_is_valid(space). Whether the space exists only vfiomigd knows. */
+int ctl_space_path(const char *space, char **ret);
+/* The last element of an object path ("s0" of "/org/vfiomig1/space/s0"): the id of a device or
+ * address space. A pointer into path; path itself when it has no '/'. */
+const char *ctl_object_path_last(const char *path);
+
+/* Access bits of a DMA mapping, as the --access= strings "r", "w" and "rw" spell them. */
+enum {
+        CTL_ACCESS_READ = 1 << 0,
+        CTL_ACCESS_WRITE = 1 << 1,
+};
+/* "rw", "r" or "w" → CTL_ACCESS_* bits, or -EINVAL for anything else (case matters). */
+int ctl_access_from_string(const char *s);
+/* The names Map takes for bits ("read", "write"), as a NULL-terminated list of static strings. */
+const char *const *ctl_access_to_bus_names(int access);
+/* How a file must be opened to be mapped with these bits: O_RDWR when the device may write (the
+ * daemon refuses a read-only file for that), O_RDONLY otherwise. */
+int ctl_access_open_mode(int access);
+/* The bus names ListMappings reports ("read", "write") → "rw", "r" or "w"; names this client does
+ * not know are kept, so "rw,exec" shows what a newer daemon said. "-" for the empty list. NULL
+ * on OOM. */
+char *ctl_access_format(char *const *names);
+
+/* Values of CreateAddressSpace's options, as the contract names them. */
+bool ctl_backend_is_valid(const char *s);
+bool ctl_sim_mapping_is_valid(const char *s);
+
 /* One entry of VFIOMIG_SIM_OPTIONS. */
 typedef struct CtlSimOption {
         const char *key;

@@ -3,9 +3,12 @@
  * vfiomigctl: the operator's client of vfiomigd. Every decision stays with the daemon; the client
  * turns text into org.vfiomig1 calls and replies into text or JSON. It checks on its own side only
  * what it can report better than the daemon could: state names, --option keys and value types,
- * and the shape of the command line, all before it connects to any bus.
+ * address space names, access modes, number syntax and the shape of the command line, all before
+ * it connects to any bus. Whether a mapping is aligned, fits its file or overlaps another is the
+ * daemon's to say.
  */
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 
@@ -29,6 +32,18 @@ static CtlOptionValue *arg_options = NULL;
 static size_t arg_n_options = 0;
 static const char *arg_recover = NULL;
 static bool arg_force_without_p2p = false;
+static const char *arg_backend = NULL;
+static const char *arg_sim_mapping = NULL;
+static const char *arg_file = NULL;
+static const char *arg_data = NULL;
+static const char *arg_output = NULL;
+static uint64_t arg_offset = 0, arg_length = 0, arg_iova = 0;
+static bool arg_offset_set = false, arg_length_set = false, arg_iova_set = false;
+static int arg_access = -1; /* CTL_ACCESS_* bits; unset means read and write */
+
+/* sim-dma write --file reads the whole file into one message; the daemon's own limit per DMA
+ * is far lower and it says so, but nothing larger than this is worth reading into memory. */
+#define SIM_DMA_FILE_MAX (UINT64_C(64) << 20)
 
 static void arg_options_free(void) {
         for (size_t i = 0; i < arg_n_options; i++)
@@ -54,6 +69,20 @@ static int acquire_bus(sd_bus **ret) {
 static int check_device_name(const char *dev) {
         if (!ctl_device_name_is_valid(dev))
                 return usage_error("Invalid device '%s': expected an id, an address or an object path.", dev);
+        return 0;
+}
+
+static int check_space_name(const char *space) {
+        if (!ctl_space_name_is_valid(space))
+                return usage_error("Invalid address space '%s': expected an id such as s0, or an object path "
+                                   "%s/ID.", space, VFIOMIG_SPACE_PATH_PREFIX);
+        return 0;
+}
+
+/* A usage error unless the option a verb needs was given. */
+static int require_option(const char *verb, bool given, const char *option) {
+        if (!given)
+                return usage_error("'%s' needs %s. See '%s --help'.", verb, option, PROGRAM_NAME);
         return 0;
 }
 
@@ -101,6 +130,11 @@ static int device_to_json(const DeviceInfo *d, bool full, json_object **ret) {
                 r = json_add_uint64(j, "stop_copy_size", d->stop_copy_size);
         if (r >= 0 && full)
                 r = json_add_string(j, "last_transition", d->last_transition);
+        if (r >= 0 && full)
+                r = json_add_string(j, "address_space",
+                                    d->address_space && !streq(d->address_space, "/") ? d->address_space : NULL);
+        if (r >= 0 && full)
+                r = json_add_uint64(j, "clients", d->clients);
         if (r < 0)
                 return r;
 
@@ -203,6 +237,7 @@ static int status_manager(void) {
         _cleanup_(device_list_done) DeviceList l = {};
         _cleanup_(table_freep) Table *t = NULL;
         _cleanup_free_ char *features = NULL;
+        char pinned[FORMAT_BYTES_MAX];
         int r;
 
         r = acquire_bus(&bus);
@@ -229,6 +264,14 @@ static int status_manager(void) {
                 if (r >= 0)
                         r = json_add_uint64(j, "max_devices", m.max_devices);
                 if (r >= 0)
+                        r = json_add_uint64(j, "max_address_spaces", m.max_address_spaces);
+                if (r >= 0)
+                        r = json_add_uint64(j, "max_mappings", m.max_mappings);
+                if (r >= 0)
+                        r = json_add_uint64(j, "max_pinned_bytes", m.max_pinned_bytes);
+                if (r >= 0)
+                        r = json_add_bool(j, "file_descriptor_store", m.file_descriptor_store);
+                if (r >= 0)
                         r = devices_to_json(&l, &devices);
                 if (r >= 0)
                         r = json_add(j, "devices", TAKE_PTR(devices));
@@ -249,10 +292,16 @@ static int status_manager(void) {
         printf("Version: %s\n"
                "KernelFeatures: %s\n"
                "SimulationAllowed: %s\n"
+               "FileDescriptorStore: %s\n"
                "DeviceCount: %" PRIu32 "\n"
                "MaxDevices: %" PRIu32 "\n"
+               "MaxAddressSpaces: %" PRIu32 "\n"
+               "MaxMappings: %" PRIu32 "\n"
+               "MaxPinnedBytes: %" PRIu64 " (%s)\n"
                "\n",
-               na(m.version), na(features), yes_no(m.simulation_allowed), m.device_count, m.max_devices);
+               na(m.version), na(features), yes_no(m.simulation_allowed), yes_no(m.file_descriptor_store),
+               m.device_count, m.max_devices, m.max_address_spaces, m.max_mappings, m.max_pinned_bytes,
+               format_bytes(pinned, sizeof(pinned), m.max_pinned_bytes));
         if (l.n_devices == 0) {
                 puts("No devices attached.");
                 return 0;
@@ -307,7 +356,11 @@ static int status_device(const char *dev) {
                        format_bytes(size, sizeof(size), d.stop_copy_size));
         else
                 printf("StopCopySize: %" PRIu64 "\n", d.stop_copy_size);
-        printf("LastTransition: %s\n", na(d.last_transition));
+        printf("LastTransition: %s\n"
+               "AddressSpace: %s\n"
+               "Clients: %" PRIu32 "\n",
+               na(d.last_transition), d.address_space && !streq(d.address_space, "/") ? d.address_space : "n/a",
+               d.clients);
         return 0;
 }
 
@@ -707,11 +760,718 @@ static int verb_precopy_info(int argc, char *argv[]) {
         return 0;
 }
 
+/* ---- address spaces ---- */
+
+static int space_to_json(const SpaceInfo *s, bool full, json_object **ret) {
+        _cleanup_(json_object_putp) json_object *j = NULL, *mappings = NULL;
+        int r;
+
+        j = json_object_new_object();
+        if (!j)
+                return -ENOMEM;
+
+        r = json_add_string(j, "id", s->id);
+        if (r >= 0)
+                r = json_add_string(j, "object", s->object);
+        if (r >= 0)
+                r = json_add_string(j, "backend", s->backend);
+        if (r >= 0)
+                r = json_add_uint64(j, "mapping_count", s->mapping_count);
+        if (r >= 0)
+                r = json_add_uint64(j, "pinned_bytes", s->pinned_bytes);
+        if (r >= 0)
+                r = json_add_strv(j, "devices", s->devices);
+        if (r >= 0 && full)
+                r = json_add_string(j, "live_update", s->live_update);
+        if (r < 0)
+                return r;
+
+        if (full) {
+                mappings = json_object_new_array();
+                if (!mappings)
+                        return -ENOMEM;
+                for (size_t i = 0; i < s->n_mappings; i++) {
+                        _cleanup_(json_object_putp) json_object *e = json_object_new_object();
+                        const MappingInfo *m = &s->mappings[i];
+
+                        if (!e)
+                                return -ENOMEM;
+                        r = json_add_uint64(e, "iova", m->iova);
+                        if (r >= 0)
+                                r = json_add_uint64(e, "length", m->length);
+                        if (r >= 0)
+                                r = json_add_uint64(e, "offset", m->offset);
+                        if (r >= 0)
+                                r = json_add_strv(e, "access", m->access);
+                        if (r >= 0)
+                                r = json_append(mappings, TAKE_PTR(e));
+                        if (r < 0)
+                                return r;
+                }
+                r = json_add(j, "mappings", TAKE_PTR(mappings));
+                if (r < 0)
+                        return r;
+        }
+
+        *ret = TAKE_PTR(j);
+        return 0;
+}
+
+/* "sim_a,sim_b" from device object paths, "-" for none. */
+static char *device_ids_join(char *const *paths) {
+        size_t len = 2;
+        char *s, *p;
+
+        for (char *const *i = paths; i && *i; i++)
+                len += strlen(ctl_object_path_last(*i)) + 1;
+        s = p = malloc(len);
+        if (!s)
+                return NULL;
+        *p = 0;
+        for (char *const *i = paths; i && *i; i++)
+                p = stpcpy(stpcpy(p, i == paths ? "" : ","), ctl_object_path_last(*i));
+        if (p == s)
+                strcpy(s, "-");
+        return s;
+}
+
+static int verb_space_create(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        _cleanup_(space_info_done) SpaceInfo info = {};
+        const char *path;
+        int r;
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+
+        r = ctl_new_method_call(bus, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE, "CreateAddressSpace", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(m, SD_BUS_TYPE_ARRAY, "{sv}");
+        if (r >= 0 && arg_backend)
+                r = sd_bus_message_append(m, "{sv}", VFIOMIG_OPTION_BACKEND, "s", arg_backend);
+        if (r >= 0 && arg_sim_mapping)
+                r = sd_bus_message_append(m, "{sv}", VFIOMIG_OPTION_SIM_MAPPING, "s", arg_sim_mapping);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append CreateAddressSpace arguments: %m");
+
+        r = ctl_call(bus, m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "o", &path);
+        if (r < 0)
+                return log_error_errno(r, "Failed to parse CreateAddressSpace reply: %m");
+
+        /* The id is the last element of the path; the backend the daemon chose is worth showing,
+         * but a space destroyed meanwhile by someone else does not make this command fail. */
+        r = ctl_get_space_info(bus, path, /* with_mappings= */ false, /* gone_ok= */ true, &info);
+        if (r < 0)
+                return r;
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                j = json_object_new_object();
+                if (!j)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                r = json_add_string(j, "id", ctl_object_path_last(path));
+                if (r >= 0)
+                        r = json_add_string(j, "object", path);
+                if (r >= 0)
+                        r = json_add_string(j, "backend", info.backend);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build JSON: %m");
+                return print_json(j);
+        }
+
+        if (!arg_quiet)
+                printf("Created %s%saddress space %s (%s)\n", info.backend ?: "", info.backend ? " " : "",
+                       ctl_object_path_last(path), path);
+        return 0;
+}
+
+static int verb_space_list(int argc, char *argv[]) {
+        static const char *const headers[] = { "ID", "BACKEND", "MAPPINGS", "PINNED", "DEVICES" };
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(json_object_putp) json_object *array = NULL;
+        _cleanup_(space_list_done) SpaceList l = {};
+        _cleanup_(table_freep) Table *t = NULL;
+        int r;
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_get_spaces(bus, &l);
+        if (r < 0)
+                return r;
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                array = json_object_new_array();
+                if (!array)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                for (size_t i = 0; i < l.n_spaces; i++) {
+                        json_object *j = NULL;
+
+                        r = space_to_json(&l.spaces[i], /* full= */ false, &j);
+                        if (r >= 0)
+                                r = json_append(array, j);
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to build JSON: %m");
+                }
+                return print_json(array);
+        }
+
+        t = table_new(headers, ELEMENTSOF(headers));
+        if (!t)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        for (size_t i = 0; i < l.n_spaces; i++) {
+                const SpaceInfo *s = &l.spaces[i];
+                _cleanup_free_ char *devices = device_ids_join(s->devices);
+                char count[16], pinned[FORMAT_BYTES_MAX];
+
+                if (!devices)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                (void) snprintf(count, sizeof(count), "%" PRIu32, s->mapping_count);
+                r = table_add_row(t, (const char *const[]) {
+                        s->id, s->backend, count, format_bytes(pinned, sizeof(pinned), s->pinned_bytes), devices });
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build table: %m");
+        }
+        if (arg_quiet)
+                return 0;
+        if (l.n_spaces == 0) {
+                puts("No address spaces.");
+                return 0;
+        }
+        return table_print(t, stdout);
+}
+
+static int verb_space_show(int argc, char *argv[]) {
+        static const char *const headers[] = { "IOVA", "LENGTH", "OFFSET", "ACCESS" };
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        _cleanup_(space_info_done) SpaceInfo s = {};
+        _cleanup_(table_freep) Table *t = NULL;
+        _cleanup_free_ char *path = NULL, *devices = NULL;
+        char pinned[FORMAT_BYTES_MAX];
+        int r;
+
+        r = check_space_name(argv[1]);
+        if (r != 0)
+                return r;
+        r = ctl_space_path(argv[1], &path);
+        if (r < 0)
+                return log_error_errno(r, "Out of memory.");
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_get_space_info(bus, path, /* with_mappings= */ true, /* gone_ok= */ false, &s);
+        if (r < 0)
+                return r;
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                r = space_to_json(&s, /* full= */ true, &j);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build JSON: %m");
+                return print_json(j);
+        }
+
+        devices = strv_join_spaces(s.devices);
+        t = table_new(headers, ELEMENTSOF(headers));
+        if (!devices || !t)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        for (size_t i = 0; i < s.n_mappings; i++) {
+                const MappingInfo *m = &s.mappings[i];
+                _cleanup_free_ char *access = ctl_access_format(m->access);
+                char iova[24], length[24], offset[24];
+
+                if (!access)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                (void) snprintf(iova, sizeof(iova), "0x%" PRIx64, m->iova);
+                (void) snprintf(length, sizeof(length), "0x%" PRIx64, m->length);
+                (void) snprintf(offset, sizeof(offset), "0x%" PRIx64, m->offset);
+                r = table_add_row(t, (const char *const[]) { iova, length, offset, access });
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build table: %m");
+        }
+        if (arg_quiet)
+                return 0;
+
+        printf("Id: %s\n"
+               "Object: %s\n"
+               "Backend: %s\n"
+               "MappingCount: %" PRIu32 "\n",
+               na(s.id), s.object, na(s.backend), s.mapping_count);
+        if (s.pinned_bytes >= 1024)
+                printf("PinnedBytes: %" PRIu64 " (%s)\n", s.pinned_bytes,
+                       format_bytes(pinned, sizeof(pinned), s.pinned_bytes));
+        else
+                printf("PinnedBytes: %" PRIu64 "\n", s.pinned_bytes);
+        printf("LiveUpdate: %s\n"
+               "Devices: %s\n"
+               "\n",
+               na(s.live_update), na(devices));
+        if (s.n_mappings == 0) {
+                puts("No mappings.");
+                return 0;
+        }
+        return table_print(t, stdout);
+}
+
+static int verb_space_destroy(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        r = check_space_name(argv[1]);
+        if (r != 0)
+                return r;
+        r = ctl_space_path(argv[1], &path);
+        if (r < 0)
+                return log_error_errno(r, "Out of memory.");
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE, "DestroyAddressSpace", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "o", path);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append DestroyAddressSpace arguments: %m");
+        return ctl_call(bus, m, NULL);
+}
+
+/* Opens the file to map the way the access asks for, and never blocks on a FIFO: the daemon is
+ * the one to say that a pipe cannot be mapped. */
+static int open_mapped_file(const char *path, int access) {
+        _cleanup_close_ int fd = -EBADF;
+        int flags;
+
+        fd = open(path, ctl_access_open_mode(access) | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+                return log_error_errno(errno, "Failed to open %s for %s: %m", path,
+                                       access & CTL_ACCESS_WRITE ? "reading and writing" : "reading");
+        flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+                return log_error_errno(errno, "Failed to set up %s: %m", path);
+        return TAKE_FD(fd);
+}
+
+static int verb_map(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        int access = arg_access >= 0 ? arg_access : CTL_ACCESS_READ | CTL_ACCESS_WRITE;
+        int r;
+
+        r = check_space_name(argv[1]);
+        if (r == 0)
+                r = require_option("map", arg_file, "--file=PATH");
+        if (r == 0)
+                r = require_option("map", arg_length_set, "--length=N");
+        if (r == 0)
+                r = require_option("map", arg_iova_set, "--iova=N");
+        if (r != 0)
+                return r;
+        r = ctl_space_path(argv[1], &path);
+        if (r < 0)
+                return log_error_errno(r, "Out of memory.");
+
+        fd = open_mapped_file(arg_file, access);
+        if (fd < 0)
+                return fd;
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, path, VFIOMIG_SPACE_INTERFACE, "Map", &m);
+        if (r < 0)
+                return r;
+        /* sd-bus sends a duplicate of fd; ours closes when we return. */
+        r = sd_bus_message_append(m, "httt", fd, arg_offset, arg_length, arg_iova);
+        if (r >= 0)
+                r = sd_bus_message_append_strv(m, (char **) ctl_access_to_bus_names(access));
+        if (r < 0)
+                return log_error_errno(r, "Failed to append Map arguments: %m");
+        return ctl_call(bus, m, NULL);
+}
+
+static int verb_unmap(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        r = check_space_name(argv[1]);
+        if (r == 0)
+                r = require_option("unmap", arg_iova_set, "--iova=N");
+        if (r == 0)
+                r = require_option("unmap", arg_length_set, "--length=N");
+        if (r != 0)
+                return r;
+        r = ctl_space_path(argv[1], &path);
+        if (r < 0)
+                return log_error_errno(r, "Out of memory.");
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, path, VFIOMIG_SPACE_INTERFACE, "Unmap", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "tt", arg_iova, arg_length);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append Unmap arguments: %m");
+        return ctl_call(bus, m, NULL);
+}
+
+static int verb_attach_space(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *device = NULL, *space = NULL;
+        int r;
+
+        r = check_device_name(argv[1]);
+        if (r == 0)
+                r = check_space_name(argv[2]);
+        if (r != 0)
+                return r;
+        r = ctl_space_path(argv[2], &space);
+        if (r < 0)
+                return log_error_errno(r, "Out of memory.");
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_resolve_device(bus, argv[1], &device);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, device, VFIOMIG_DEVICE_INTERFACE, "AttachAddressSpace", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "o", space);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append AttachAddressSpace arguments: %m");
+        return ctl_call(bus, m, NULL);
+}
+
+/* ---- simulated DMA ---- */
+
+/* The device at DEV, which must be simulated: only those have org.vfiomig1.SimDevice, and the
+ * bus's own error for a missing interface would blame the daemon's version. */
+static int resolve_sim_device(sd_bus *bus, const char *dev, char **ret_path) {
+        _cleanup_(device_info_done) DeviceInfo d = {};
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        r = ctl_resolve_device(bus, dev, &path);
+        if (r < 0)
+                return r;
+        r = ctl_get_device_info(bus, path, /* gone_ok= */ false, &d);
+        if (r < 0)
+                return r;
+        if (!streq_ptr(d.backend, VFIOMIG_BACKEND_SIM)) {
+                log_error("%s is a %s device: sim-dma drives only simulated devices (sim:NAME).", na(d.id),
+                          na(d.backend));
+                return -EOPNOTSUPP;
+        }
+        *ret_path = TAKE_PTR(path);
+        return 0;
+}
+
+static int read_whole_file(const char *path, uint64_t max, void **ret, size_t *ret_size) {
+        _cleanup_close_ int fd = -EBADF;
+        _cleanup_free_ uint8_t *buf = NULL;
+        size_t size = 0, allocated = 0;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return log_error_errno(errno, "Failed to open %s: %m", path);
+        for (;;) {
+                ssize_t n;
+
+                if (size == allocated) {
+                        uint8_t *grown;
+
+                        if (allocated > max)
+                                return log_error_errno(EFBIG, "%s is larger than %" PRIu64 " bytes.", path, max);
+                        allocated = allocated ? allocated * 2 : 65536;
+                        grown = realloc(buf, allocated);
+                        if (!grown)
+                                return log_error_errno(ENOMEM, "Out of memory.");
+                        buf = grown;
+                }
+                n = read(fd, buf + size, allocated - size);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return log_error_errno(errno, "Failed to read %s: %m", path);
+                }
+                if (n == 0)
+                        break;
+                size += (size_t) n;
+        }
+        if (size > max)
+                return log_error_errno(EFBIG, "%s is larger than %" PRIu64 " bytes.", path, max);
+
+        *ret = TAKE_PTR(buf);
+        *ret_size = size;
+        return 0;
+}
+
+static int write_all(int fd, const void *data, size_t size) {
+        const uint8_t *p = data;
+
+        while (size > 0) {
+                ssize_t n = write(fd, p, size);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                p += n;
+                size -= (size_t) n;
+        }
+        return 0;
+}
+
+static int verb_sim_dma_write(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *path = NULL;
+        _cleanup_free_ void *buf = NULL;
+        const void *data;
+        size_t size = 0;
+        int r;
+
+        r = check_device_name(argv[1]);
+        if (r == 0)
+                r = require_option("sim-dma write", arg_iova_set, "--iova=N");
+        if (r == 0)
+                r = require_option("sim-dma write", arg_data || arg_file, "--data=STRING or --file=PATH");
+        if (r != 0)
+                return r;
+        if (arg_data && arg_file)
+                return usage_error("--data= and --file= exclude each other: give the bytes one way.");
+        if (arg_data && !*arg_data)
+                return usage_error("--data= is empty: a DMA writes at least one byte.");
+
+        if (arg_file) {
+                r = read_whole_file(arg_file, SIM_DMA_FILE_MAX, &buf, &size);
+                if (r < 0)
+                        return r;
+                data = buf;
+        } else {
+                data = arg_data;
+                size = strlen(arg_data);
+        }
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = resolve_sim_device(bus, argv[1], &path);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, path, VFIOMIG_SIM_DEVICE_INTERFACE, "DmaWrite", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "t", arg_iova);
+        if (r >= 0)
+                r = sd_bus_message_append_array(m, 'y', data, size);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append DmaWrite arguments: %m");
+        return ctl_call(bus, m, NULL);
+}
+
+static int verb_sim_dma_read(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        _cleanup_free_ char *path = NULL, *encoded = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const void *data;
+        size_t size;
+        int r;
+
+        r = check_device_name(argv[1]);
+        if (r == 0)
+                r = require_option("sim-dma read", arg_iova_set, "--iova=N");
+        if (r == 0)
+                r = require_option("sim-dma read", arg_length_set, "--length=N");
+        if (r != 0)
+                return r;
+        if (arg_output && arg_json != JSON_FORMAT_OFF)
+                return usage_error("--output= and --json= exclude each other: the bytes go to one place.");
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = resolve_sim_device(bus, argv[1], &path);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, path, VFIOMIG_SIM_DEVICE_INTERFACE, "DmaRead", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "tt", arg_iova, arg_length);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append DmaRead arguments: %m");
+        r = ctl_call(bus, m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read_array(reply, 'y', &data, &size);
+        if (r < 0)
+                return log_error_errno(r, "Failed to parse DmaRead reply: %m");
+
+        if (arg_output) {
+                if (streq(arg_output, "-")) {
+                        if (arg_quiet)
+                                return 0;
+                        if (fwrite(data, 1, size, stdout) != size)
+                                return log_error_errno(EIO, "Failed to write output: %m");
+                        return 0;
+                }
+                fd = open(arg_output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0666);
+                if (fd < 0)
+                        return log_error_errno(errno, "Failed to open %s: %m", arg_output);
+                r = write_all(fd, data, size);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to write %s: %m", arg_output);
+                if (close(TAKE_FD(fd)) < 0)
+                        return log_error_errno(errno, "Failed to write %s: %m", arg_output);
+                return 0;
+        }
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                encoded = base64_encode(data, size);
+                j = json_object_new_object();
+                if (!encoded || !j)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                r = json_add_uint64(j, "iova", arg_iova);
+                if (r >= 0)
+                        r = json_add_uint64(j, "length", size);
+                if (r >= 0)
+                        r = json_add_string(j, "data", encoded);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build JSON: %m");
+                return print_json(j);
+        }
+
+        if (arg_quiet)
+                return 0;
+        return hexdump(stdout, arg_iova, data, size);
+}
+
+/* ---- device state to and from files ---- */
+
+/* "-" is our own stdin or stdout, so the state can flow through a pipe. */
+static int open_state_file(const char *path, bool save) {
+        int fd;
+
+        if (streq(path, "-"))
+                fd = fcntl(save ? STDOUT_FILENO : STDIN_FILENO, F_DUPFD_CLOEXEC, 3);
+        else
+                fd = save ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0600)
+                          : open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return log_error_errno(errno, "Failed to open %s for %s: %m", path, save ? "writing" : "reading");
+        return fd;
+}
+
+static int transfer_state(const char *dev, const char *file, bool save) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        _cleanup_free_ char *path = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        uint64_t bytes;
+        int r;
+
+        r = check_device_name(dev);
+        if (r != 0)
+                return r;
+        if (save && streq(file, "-") && arg_json != JSON_FORMAT_OFF)
+                return usage_error("'save-state DEV -' writes the state to stdout, which --json would share.");
+        fd = open_state_file(file, save);
+        if (fd < 0)
+                return fd;
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        /* A device's state may take a while to move: no timeout unless --timeout= asks for one. */
+        if (arg_timeout_usec == 0)
+                (void) sd_bus_set_method_call_timeout(bus, UINT64_MAX);
+        r = ctl_resolve_device(bus, dev, &path);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, path, VFIOMIG_DEVICE_INTERFACE, save ? "SaveState" : "LoadState", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "ha{sv}", fd, 0);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append arguments: %m");
+        fd = safe_close(fd); /* the message holds its own copy: EOF reaches the daemon when it is done */
+        r = ctl_call(bus, m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "t", &bytes);
+        if (r < 0)
+                return log_error_errno(r, "Failed to parse the reply: %m");
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                j = json_object_new_object();
+                if (!j)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                r = json_add_uint64(j, "bytes", bytes);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build JSON: %m");
+                return print_json(j);
+        }
+        if (!arg_quiet && !(save && streq(file, "-")))
+                printf("%s %" PRIu64 " bytes of device state %s %s\n", save ? "Saved" : "Loaded", bytes,
+                       save ? "to" : "from", streq(file, "-") ? "standard input" : file);
+        return 0;
+}
+
+static int verb_save_state(int argc, char *argv[]) {
+        return transfer_state(argv[1], argv[2], true);
+}
+
+static int verb_load_state(int argc, char *argv[]) {
+        return transfer_state(argv[1], argv[2], false);
+}
+
+static int verb_revoke_clients(int argc, char *argv[]) {
+        int r;
+
+        r = check_device_name(argv[1]);
+        if (r != 0)
+                return r;
+        return call_device_method(argv[1], "RevokeClients", NULL);
+}
+
 /* Which verb-specific options a verb accepts. */
 enum {
         VERB_TAKES_OPTION = 1 << 0,
         VERB_TAKES_RECOVER = 1 << 1,
         VERB_TAKES_FORCE_WITHOUT_P2P = 1 << 2,
+        VERB_TAKES_BACKEND = 1 << 3,
+        VERB_TAKES_SIM_MAPPING = 1 << 4,
+        VERB_TAKES_FILE = 1 << 5,
+        VERB_TAKES_OFFSET = 1 << 6,
+        VERB_TAKES_LENGTH = 1 << 7,
+        VERB_TAKES_IOVA = 1 << 8,
+        VERB_TAKES_ACCESS = 1 << 9,
+        VERB_TAKES_DATA = 1 << 10,
+        VERB_TAKES_OUTPUT = 1 << 11,
 };
 
 #define VERB_ANY ((unsigned) -1)
@@ -721,17 +1481,42 @@ typedef struct Verb {
         unsigned min_args, max_args; /* counting the verb itself, as argv[0] of dispatch */
         unsigned flags;
         int (*dispatch)(int argc, char *argv[]);
+        /* A verb with subcommands ("space create") has no dispatch of its own. */
+        const struct Verb *subverbs;
+        size_t n_subverbs;
 } Verb;
 
+static const Verb space_verbs[] = {
+        { "create",  1, 1, VERB_TAKES_BACKEND | VERB_TAKES_SIM_MAPPING, verb_space_create },
+        { "list",    1, 1, 0,                                           verb_space_list },
+        { "show",    2, 2, 0,                                           verb_space_show },
+        { "destroy", 2, 2, 0,                                           verb_space_destroy },
+};
+
+static const Verb sim_dma_verbs[] = {
+        { "write", 2, 2, VERB_TAKES_IOVA | VERB_TAKES_DATA | VERB_TAKES_FILE,     verb_sim_dma_write },
+        { "read",  2, 2, VERB_TAKES_IOVA | VERB_TAKES_LENGTH | VERB_TAKES_OUTPUT, verb_sim_dma_read },
+};
+
+#define MAP_FLAGS (VERB_TAKES_FILE | VERB_TAKES_OFFSET | VERB_TAKES_LENGTH | VERB_TAKES_IOVA | VERB_TAKES_ACCESS)
+
 static const Verb verbs[] = {
-        { "list",         1, 1,        0,                            verb_list },
-        { "status",       1, 2,        0,                            verb_status },
-        { "attach",       2, 2,        VERB_TAKES_OPTION,            verb_attach },
-        { "detach",       2, 2,        0,                            verb_detach },
-        { "set-state",    3, 3,        VERB_TAKES_RECOVER,           verb_set_state },
-        { "set-states",   3, VERB_ANY, VERB_TAKES_FORCE_WITHOUT_P2P, verb_set_states },
-        { "reset",        2, 2,        0,                            verb_reset },
-        { "precopy-info", 2, 2,        0,                            verb_precopy_info },
+        { "list",           1, 1,        0,                            verb_list },
+        { "status",         1, 2,        0,                            verb_status },
+        { "attach",         2, 2,        VERB_TAKES_OPTION,            verb_attach },
+        { "detach",         2, 2,        0,                            verb_detach },
+        { "set-state",      3, 3,        VERB_TAKES_RECOVER,           verb_set_state },
+        { "set-states",     3, VERB_ANY, VERB_TAKES_FORCE_WITHOUT_P2P, verb_set_states },
+        { "reset",          2, 2,        0,                            verb_reset },
+        { "precopy-info",   2, 2,        0,                            verb_precopy_info },
+        { "space",          2, VERB_ANY, 0, NULL, space_verbs, ELEMENTSOF(space_verbs) },
+        { "map",            2, 2,        MAP_FLAGS,                    verb_map },
+        { "unmap",          2, 2,        VERB_TAKES_IOVA | VERB_TAKES_LENGTH, verb_unmap },
+        { "attach-space",   3, 3,        0,                            verb_attach_space },
+        { "revoke-clients", 2, 2,        0,                            verb_revoke_clients },
+        { "save-state",     3, 3,        0,                            verb_save_state },
+        { "load-state",     3, 3,        0,                            verb_load_state },
+        { "sim-dma",        2, VERB_ANY, 0, NULL, sim_dma_verbs, ELEMENTSOF(sim_dma_verbs) },
 };
 
 static int help(void) {
@@ -744,7 +1529,7 @@ static int help(void) {
 
         printf("%1$s [OPTIONS...] COMMAND [ARGS...]\n"
                "\n"
-               "Control the VFIO devices owned by vfiomigd.\n"
+               "Control the VFIO devices and DMA address spaces owned by vfiomigd.\n"
                "\n"
                "Commands:\n"
                "  list                       List attached devices\n"
@@ -756,6 +1541,24 @@ static int help(void) {
                "  reset DEV                  Reset a device\n"
                "  precopy-info DEV           Show the pre-copy bytes still to be read\n"
                "\n"
+               "DMA address spaces:\n"
+               "  space create               Create an address space (--backend=, --sim-mapping=)\n"
+               "  space list                 List address spaces\n"
+               "  space show SPACE           Show an address space and its mappings\n"
+               "  space destroy SPACE        Destroy an empty address space\n"
+               "  map SPACE --file=PATH --length=N --iova=N [--offset=N] [--access=rw|r|w]\n"
+               "                             Map a file range for device DMA\n"
+               "  unmap SPACE --iova=N --length=N\n"
+               "                             Remove the mappings in a range\n"
+               "  attach-space DEV SPACE     Attach a device to an address space\n"
+               "  revoke-clients DEV         Forget the clients of a device's fd and reset it\n"
+               "  save-state DEV FILE        Save a stopped device's state to FILE ('-': stdout)\n"
+               "  load-state DEV FILE        Load a stopped device's state from FILE ('-': stdin)\n"
+               "  sim-dma write DEV --iova=N --data=STRING|--file=PATH\n"
+               "                             DMA into memory from a simulated device\n"
+               "  sim-dma read DEV --iova=N --length=N [--output=PATH]\n"
+               "                             DMA out of memory by a simulated device\n"
+               "\n"
                "Options:\n"
                "  -h --help                  Show this help\n"
                "     --version               Show package version\n"
@@ -766,13 +1569,26 @@ static int help(void) {
                "     --option KEY=VALUE      attach: set an option of a simulated device\n"
                "     --recover=STATE         set-state: state to return to if the move fails\n"
                "     --force-without-p2p     set-states: move devices lacking P2P support too\n"
+               "     --backend=iommufd|legacy|sim\n"
+               "                             space create: the IOMMU backend (default: the host's)\n"
+               "     --sim-mapping=by-file|by-address\n"
+               "                             space create: how a sim space maps (default by-file)\n"
+               "     --file=PATH             map, sim-dma write: the file to map or write\n"
+               "     --offset=N              map: offset in the file (default 0)\n"
+               "     --length=N              map, unmap, sim-dma read: bytes\n"
+               "     --iova=N                map, unmap, sim-dma: the I/O virtual address\n"
+               "     --access=rw|r|w         map: what the device may do (default rw)\n"
+               "     --data=STRING           sim-dma write: the bytes to write\n"
+               "     --output=PATH           sim-dma read: write the raw bytes there ('-': stdout)\n"
                "\n"
                "DEV is a device id (sim_gpu0), an address (sim:gpu0, 0000:3b:00.1) or an object path.\n"
+               "SPACE is an address space id (s0) or object path (%4$s/s0).\n"
+               "N is a number, decimal or 0x hex, with an optional K, M, G or T suffix.\n"
                "STATE is one of: %2$s.\n"
                "KEY is one of: %3$s.\n"
                "\n"
                "See the vfiomigctl(1) man page for details.\n",
-               PROGRAM_NAME, states, keys);
+               PROGRAM_NAME, states, keys, VFIOMIG_SPACE_PATH_PREFIX);
         return 0;
 }
 
@@ -834,6 +1650,15 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 ARG_OPTION,
                 ARG_RECOVER,
                 ARG_FORCE_WITHOUT_P2P,
+                ARG_BACKEND,
+                ARG_SIM_MAPPING,
+                ARG_FILE,
+                ARG_OFFSET,
+                ARG_LENGTH,
+                ARG_IOVA,
+                ARG_ACCESS,
+                ARG_DATA,
+                ARG_OUTPUT,
         };
         static const struct option options[] = {
                 { "help",              no_argument,       NULL, 'h'                   },
@@ -845,6 +1670,15 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 { "option",            required_argument, NULL, ARG_OPTION            },
                 { "recover",           required_argument, NULL, ARG_RECOVER           },
                 { "force-without-p2p", no_argument,       NULL, ARG_FORCE_WITHOUT_P2P },
+                { "backend",           required_argument, NULL, ARG_BACKEND           },
+                { "sim-mapping",       required_argument, NULL, ARG_SIM_MAPPING       },
+                { "file",              required_argument, NULL, ARG_FILE              },
+                { "offset",            required_argument, NULL, ARG_OFFSET            },
+                { "length",            required_argument, NULL, ARG_LENGTH            },
+                { "iova",              required_argument, NULL, ARG_IOVA              },
+                { "access",            required_argument, NULL, ARG_ACCESS            },
+                { "data",              required_argument, NULL, ARG_DATA              },
+                { "output",            required_argument, NULL, ARG_OUTPUT            },
                 {}
         };
         _cleanup_free_ char **args = NULL;
@@ -915,6 +1749,61 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                         arg_force_without_p2p = true;
                         break;
 
+                case ARG_BACKEND:
+                        if (!ctl_backend_is_valid(optarg))
+                                return usage_error("Invalid --backend= '%s': expected %s, %s or %s.", optarg,
+                                                   VFIOMIG_BACKEND_IOMMUFD, VFIOMIG_BACKEND_LEGACY,
+                                                   VFIOMIG_BACKEND_SIM);
+                        arg_backend = optarg;
+                        break;
+
+                case ARG_SIM_MAPPING:
+                        if (!ctl_sim_mapping_is_valid(optarg))
+                                return usage_error("Invalid --sim-mapping= '%s': expected by-file or by-address.",
+                                                   optarg);
+                        arg_sim_mapping = optarg;
+                        break;
+
+                case ARG_FILE:
+                        if (!*optarg)
+                                return usage_error("--file= requires a path.");
+                        arg_file = optarg;
+                        break;
+
+                case ARG_DATA:
+                        arg_data = optarg;
+                        break;
+
+                case ARG_OUTPUT:
+                        if (!*optarg)
+                                return usage_error("--output= requires a path, or '-' for standard output.");
+                        arg_output = optarg;
+                        break;
+
+                case ARG_OFFSET:
+                case ARG_LENGTH:
+                case ARG_IOVA: {
+                        const char *name = c == ARG_OFFSET ? "--offset=" : c == ARG_LENGTH ? "--length=" : "--iova=";
+                        uint64_t *v = c == ARG_OFFSET ? &arg_offset : c == ARG_LENGTH ? &arg_length : &arg_iova;
+                        bool *set = c == ARG_OFFSET ? &arg_offset_set : c == ARG_LENGTH ? &arg_length_set : &arg_iova_set;
+
+                        r = ctl_parse_size(optarg, v);
+                        if (r == -ERANGE)
+                                return usage_error("Invalid %s '%s': past 2^64-1.", name, optarg);
+                        if (r < 0)
+                                return usage_error("Invalid %s '%s': expected %s.", name, optarg,
+                                                   ctl_signature_describe("t"));
+                        *set = true;
+                        break;
+                }
+
+                case ARG_ACCESS:
+                        arg_access = ctl_access_from_string(optarg);
+                        if (arg_access < 0)
+                                return usage_error("Invalid --access= '%s': expected rw (read and write), r (device "
+                                                   "reads only) or w (device writes only).", optarg);
+                        break;
+
                 case '?':
                         /* getopt_long() has said what is wrong. */
                         return EXIT_USAGE;
@@ -932,32 +1821,116 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
         return ARGV_RUN;
 }
 
+static const Verb *find_verb(const Verb *table, size_t n, const char *name) {
+        for (size_t i = 0; i < n; i++)
+                if (streq(name, table[i].name))
+                        return &table[i];
+        return NULL;
+}
+
+/* "'map', 'unmap' and 'sim-dma read'": every command that takes the option flag, for usage errors. */
+static char *verbs_taking(unsigned flag) {
+        char names[32][48];
+        size_t n = 0, len = 1;
+        char *s, *p;
+
+        for (size_t i = 0; i < ELEMENTSOF(verbs); i++) {
+                if ((verbs[i].flags & flag) && n < ELEMENTSOF(names))
+                        (void) snprintf(names[n++], sizeof(names[0]), "'%s'", verbs[i].name);
+                for (size_t k = 0; k < verbs[i].n_subverbs; k++)
+                        if ((verbs[i].subverbs[k].flags & flag) && n < ELEMENTSOF(names))
+                                (void) snprintf(names[n++], sizeof(names[0]), "'%s %s'", verbs[i].name,
+                                                verbs[i].subverbs[k].name);
+        }
+        for (size_t i = 0; i < n; i++)
+                len += strlen(names[i]) + 5;
+        s = p = malloc(len);
+        if (!s)
+                return NULL;
+        *p = 0;
+        for (size_t i = 0; i < n; i++)
+                p = stpcpy(stpcpy(p, i == 0 ? "" : i + 1 == n ? " and " : ", "), names[i]);
+        return s;
+}
+
+/* Every verb-specific option given must be one the command takes. */
+static int check_verb_options(const Verb *verb) {
+        const struct {
+                unsigned flag;
+                const char *name;
+                bool given;
+        } options[] = {
+                { VERB_TAKES_OPTION,            "--option",            arg_n_options > 0     },
+                { VERB_TAKES_RECOVER,           "--recover=",          arg_recover           },
+                { VERB_TAKES_FORCE_WITHOUT_P2P, "--force-without-p2p", arg_force_without_p2p },
+                { VERB_TAKES_BACKEND,           "--backend=",          arg_backend           },
+                { VERB_TAKES_SIM_MAPPING,       "--sim-mapping=",      arg_sim_mapping       },
+                { VERB_TAKES_FILE,              "--file=",             arg_file              },
+                { VERB_TAKES_OFFSET,            "--offset=",           arg_offset_set        },
+                { VERB_TAKES_LENGTH,            "--length=",           arg_length_set        },
+                { VERB_TAKES_IOVA,              "--iova=",             arg_iova_set          },
+                { VERB_TAKES_ACCESS,            "--access=",           arg_access >= 0       },
+                { VERB_TAKES_DATA,              "--data=",             arg_data              },
+                { VERB_TAKES_OUTPUT,            "--output=",           arg_output            },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(options); i++) {
+                _cleanup_free_ char *list = NULL;
+
+                if (!options[i].given || (verb->flags & options[i].flag))
+                        continue;
+                list = verbs_taking(options[i].flag);
+                if (!list)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                return usage_error("%s is only valid with %s.", options[i].name, list);
+        }
+        return 0;
+}
+
 static int dispatch_verb(size_t n_args, char **args) {
         const Verb *verb = NULL;
+        const char *name;
+        char full_name[64];
         int r;
 
         if (n_args == 0)
                 return usage_error("Missing command. See '%s --help'.", PROGRAM_NAME);
 
-        for (size_t i = 0; i < ELEMENTSOF(verbs); i++)
-                if (streq(args[0], verbs[i].name)) {
-                        verb = &verbs[i];
-                        break;
-                }
+        verb = find_verb(verbs, ELEMENTSOF(verbs), args[0]);
         if (!verb)
                 return usage_error("Unknown command '%s'. See '%s --help'.", args[0], PROGRAM_NAME);
+        name = verb->name;
+
+        if (verb->n_subverbs > 0) {
+                const Verb *sub;
+                char choices[128] = "";
+                size_t at = 0;
+
+                for (size_t i = 0; i < verb->n_subverbs && at < sizeof(choices); i++)
+                        at += (size_t) snprintf(choices + at, sizeof(choices) - at, "%s%s", i > 0 ? ", " : "",
+                                                verb->subverbs[i].name);
+
+                if (n_args < 2)
+                        return usage_error("Missing subcommand for '%s': expected one of %s.", verb->name, choices);
+                sub = find_verb(verb->subverbs, verb->n_subverbs, args[1]);
+                if (!sub)
+                        return usage_error("Unknown subcommand '%s %s': expected one of %s.", verb->name, args[1],
+                                           choices);
+                (void) snprintf(full_name, sizeof(full_name), "%s %s", verb->name, sub->name);
+                name = full_name;
+                verb = sub;
+                n_args--;
+                args++;
+        }
 
         if (n_args < verb->min_args)
-                return usage_error("Too few arguments for '%s'. See '%s --help'.", verb->name, PROGRAM_NAME);
+                return usage_error("Too few arguments for '%s'. See '%s --help'.", name, PROGRAM_NAME);
         if (verb->max_args != VERB_ANY && n_args > verb->max_args)
-                return usage_error("Too many arguments for '%s'. See '%s --help'.", verb->name, PROGRAM_NAME);
+                return usage_error("Too many arguments for '%s'. See '%s --help'.", name, PROGRAM_NAME);
 
-        if (arg_n_options > 0 && !(verb->flags & VERB_TAKES_OPTION))
-                return usage_error("--option is only valid with 'attach'.");
-        if (arg_recover && !(verb->flags & VERB_TAKES_RECOVER))
-                return usage_error("--recover= is only valid with 'set-state'.");
-        if (arg_force_without_p2p && !(verb->flags & VERB_TAKES_FORCE_WITHOUT_P2P))
-                return usage_error("--force-without-p2p is only valid with 'set-states'.");
+        r = check_verb_options(verb);
+        if (r != 0)
+                return r;
 
         r = verb->dispatch((int) n_args, args);
         if (r != 0)

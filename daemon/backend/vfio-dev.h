@@ -61,7 +61,7 @@ struct VfioDev {
         bool migratable;
         char *migratable_reason;  /* why not, when !migratable; else NULL */
         uint32_t migration_flags; /* VFIO_MIGRATION_*; 0 when not migratable */
-        int device_fd;            /* kernel backends; -EBADF for sim */
+        int device_fd;            /* the VFIO device fd; for sim a small memfd standing for it */
 };
 
 /* Fills the common fields; used by backends only. */

@@ -69,6 +69,9 @@ static int map_error(sd_bus_error *error, int r, const ErrorMessage *err) {
         case -EOPNOTSUPP:
                 return bus_error_from_message(error, VFIOMIG_ERROR_NOT_SUPPORTED, r, err);
         case -ENOMEM:
+                /* Pinning that ran into RLIMIT_MEMLOCK explains itself; our own allocations do not. */
+                if (error_is_set(err))
+                        return bus_error_from_message(error, VFIOMIG_ERROR_LIMIT_EXCEEDED, r, err);
                 return r;
         default:
                 return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);

@@ -247,6 +247,9 @@ int address_space_unmap(AddressSpace *s, uint64_t iova, uint64_t length, ErrorMe
                 s->n_mappings--;
                 mapping_free(m);
         }
+        /* A take-over problem concerns the mappings present at the restart: none are left. */
+        if (s->n_mappings == 0)
+                s->handover_problem = mfree(s->handover_problem);
         manager_notify_space_changed(s->manager, s);
         return 0;
 }

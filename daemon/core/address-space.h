@@ -35,7 +35,7 @@ typedef struct AddressSpace {
         uint64_t next_serial;
         uint64_t pinned_bytes;
         bool handover_prepared;
-        char *handover_problem; /* why the last prepare_handover() failed, if it did */
+        char *handover_problem; /* why taking the mappings over at the last restart failed, if it did */
 } AddressSpace;
 
 typedef struct MapRequest {

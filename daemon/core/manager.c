@@ -375,6 +375,10 @@ int manager_check_create_space(Manager *m, const SpaceOptions *o, ErrorMessage *
         r = choose_backend(m, o, &b, err);
         if (r < 0)
                 return r;
+        if (b == IOMMU_BACKEND_IOMMUFD && !m->features.iommufd)
+                return error_setf(err, -EOPNOTSUPP, "this host offers no iommufd (/dev/iommu)");
+        if (b == IOMMU_BACKEND_LEGACY && !m->features.vfio_container)
+                return error_setf(err, -EOPNOTSUPP, "this host offers no VFIO container (/dev/vfio/vfio)");
         if (b == IOMMU_BACKEND_SIM && !m->options.allow_simulated)
                 return error_setf(err, -EINVAL, "simulated address spaces are not allowed: start vfiomigd with "
                                   "--allow-simulated or set \"allow-simulated\" in its configuration");

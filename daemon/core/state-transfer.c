@@ -201,8 +201,9 @@ static int run_load(StateTransfer *t, uint8_t *buf) {
                         ssize_t k = vfio_dev_data_write(t->dev, data_fd, buf + off, (size_t) (n - off));
                         if (k <= 0) {
                                 r = fail(t, STATE_TRANSFER_STREAM_REJECTED, k < 0 ? (int) k : -EIO,
-                                         "the device refused the data at byte %llu: %m",
-                                         (unsigned long long) (t->bytes + (uint64_t) off));
+                                         "the device refused the data written at bytes %llu-%llu: %m",
+                                         (unsigned long long) (t->bytes + (uint64_t) off),
+                                         (unsigned long long) (t->bytes + (uint64_t) n - 1));
                                 break;
                         }
                         off += k;

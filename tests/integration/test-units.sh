@@ -155,13 +155,14 @@ else:
     want = {("org.freedesktop.DBus.Introspectable", None), ("org.freedesktop.DBus.Peer", None),
             ("org.freedesktop.DBus.Properties", "Get"), ("org.freedesktop.DBus.Properties", "GetAll"),
             ("org.freedesktop.DBus.ObjectManager", "GetManagedObjects"),
-            ("org.vfiomig1.Manager", None), ("org.vfiomig1.Device", None)}
+            ("org.vfiomig1.Manager", None), ("org.vfiomig1.Device", None),
+            ("org.vfiomig1.AddressSpace", None), ("org.vfiomig1.SimDevice", None)}
     if allowed != want:
         fail(f"the default policy allows {sorted(allowed, key=str)}, expected {sorted(want, key=str)}")
     if any(i is None for i, _ in allowed):
         fail("an allow rule without send_interface opens every interface")
 if ok:
-    print("ok: bus policy: root owns the name, everyone else gets reads and the two interfaces")
+    print("ok: bus policy: root owns the name, everyone else gets reads and the four interfaces")
 
 try:
     pk = ET.parse(polkit_policy).getroot()

@@ -133,6 +133,8 @@ Test(ctl_output, every_named_error_has_a_hint) {
                 VFIOMIG_ERROR_TRANSITION_FAILED, VFIOMIG_ERROR_DEVICE_IN_ERROR, VFIOMIG_ERROR_P2P_REQUIRED,
                 VFIOMIG_ERROR_BUSY, VFIOMIG_ERROR_LIMIT_EXCEEDED, VFIOMIG_ERROR_NOT_SUPPORTED,
                 VFIOMIG_ERROR_DEVICE_FAILED, VFIOMIG_ERROR_NO_PRECOPY_SESSION,
+                VFIOMIG_ERROR_NO_SUCH_ADDRESS_SPACE, VFIOMIG_ERROR_MAPPING_CONFLICT, VFIOMIG_ERROR_NO_SUCH_MAPPING,
+                VFIOMIG_ERROR_DMA_FAULT,
                 "org.freedesktop.DBus.Error.AccessDenied", "org.freedesktop.DBus.Error.ServiceUnknown",
                 "org.freedesktop.DBus.Error.NameHasNoOwner", "org.freedesktop.DBus.Error.InvalidArgs",
         };
@@ -152,6 +154,64 @@ Test(ctl_output, every_named_error_has_a_hint) {
                          "vfiomigd is not running on this bus");
         cr_assert_null(ctl_bus_error_hint("org.vfiomig1.Error.Unheard"));
         cr_assert_null(ctl_bus_error_hint(NULL));
+}
+
+Test(ctl_output, hints_for_address_spaces_name_the_commands) {
+        cr_assert_not_null(strstr(ctl_bus_error_hint(VFIOMIG_ERROR_NO_SUCH_ADDRESS_SPACE), "space list"));
+        cr_assert_not_null(strstr(ctl_bus_error_hint(VFIOMIG_ERROR_MAPPING_CONFLICT), "space show"));
+        cr_assert_not_null(strstr(ctl_bus_error_hint(VFIOMIG_ERROR_NO_SUCH_MAPPING), "space show"));
+        cr_assert_not_null(strstr(ctl_bus_error_hint(VFIOMIG_ERROR_DMA_FAULT), "AddressSpace"));
+        cr_assert_not_null(strstr(ctl_bus_error_hint(VFIOMIG_ERROR_LIMIT_EXCEEDED), "MaxMappings"));
+}
+
+static const void *dump_data;
+static size_t dump_size;
+static uint64_t dump_base;
+
+static int print_dump(FILE *f) {
+        return hexdump(f, dump_base, dump_data, dump_size);
+}
+
+Test(ctl_output, hexdump_like_hexdump_c) {
+        static const char text[] = "Hello, DMA world\x01\x7f\x80 end";
+        _cleanup_free_ char *out = NULL, *empty = NULL, *wide = NULL;
+
+        dump_data = text;
+        dump_size = sizeof(text) - 1;
+        dump_base = 0x100000;
+        out = CAPTURE(print_dump);
+        cr_assert_str_eq(out,
+                         "00100000  48 65 6c 6c 6f 2c 20 44  4d 41 20 77 6f 72 6c 64  |Hello, DMA world|\n"
+                         "00100010  01 7f 80 20 65 6e 64                              |... end|\n");
+
+        dump_size = 0;
+        empty = CAPTURE(print_dump);
+        cr_assert_str_eq(empty, "");
+
+        /* IOVAs past 32 bits widen the address column rather than cut it. */
+        dump_size = 8;
+        dump_base = UINT64_C(0x123456789a);
+        wide = CAPTURE(print_dump);
+        cr_assert_str_eq(wide, "123456789a  48 65 6c 6c 6f 2c 20 44                           |Hello, D|\n");
+}
+
+static void assert_base64(const char *in, size_t n, const char *expected) {
+        _cleanup_free_ char *s = base64_encode(in, n);
+
+        cr_assert_not_null(s);
+        cr_assert_str_eq(s, expected, "%zu bytes", n);
+}
+
+Test(ctl_output, base64_rfc4648_vectors) {
+        assert_base64("", 0, "");
+        assert_base64("f", 1, "Zg==");
+        assert_base64("fo", 2, "Zm8=");
+        assert_base64("foo", 3, "Zm9v");
+        assert_base64("foob", 4, "Zm9vYg==");
+        assert_base64("fooba", 5, "Zm9vYmE=");
+        assert_base64("foobar", 6, "Zm9vYmFy");
+        assert_base64("\xff\xfe\x00", 3, "//4A");
+        assert_base64("Hello, DMA world", 16, "SGVsbG8sIERNQSB3b3JsZA==");
 }
 
 Test(ctl_output, system_bus_address_follows_the_environment) {

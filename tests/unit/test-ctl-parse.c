@@ -3,6 +3,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,4 +285,139 @@ Test(ctl_parse, every_contract_option_can_be_given_as_text) {
                 cr_assert_not(strstr(ctl_signature_describe(o->signature), "cannot"), "'%s'", keys[i]);
                 ctl_option_value_done(&v);
         }
+}
+
+Test(ctl_parse, space_names) {
+        static const char *const good[] = {
+                "s0", "s17", "S_1", "anything_0", "/org/vfiomig1/space/s0", "/org/vfiomig1/space/s123",
+        };
+        static const char *const bad[] = {
+                "", "s-0", "s 0", "s0/", "s.0", "/", "/org/vfiomig1/space", "/org/vfiomig1/space/",
+                "/org/vfiomig1/space/s0/x", "/org/vfiomig1/space/s-0", "/org/vfiomig1/device/sim_a",
+                "/org/vfiomig1/spaces/s0", "/org/vfiomig1/space//s0", "org/vfiomig1/space/s0",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(good); i++)
+                cr_assert(ctl_space_name_is_valid(good[i]), "'%s'", good[i]);
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                cr_assert_not(ctl_space_name_is_valid(bad[i]), "'%s'", bad[i]);
+        cr_assert_not(ctl_space_name_is_valid(NULL));
+}
+
+Test(ctl_parse, space_paths) {
+        char *p = (char *) "untouched";
+
+        cr_assert_eq(ctl_space_path("s0", &p), 0);
+        cr_assert_str_eq(p, "/org/vfiomig1/space/s0");
+        free(p);
+        cr_assert_eq(ctl_space_path("/org/vfiomig1/space/s12", &p), 0);
+        cr_assert_str_eq(p, "/org/vfiomig1/space/s12");
+        free(p);
+
+        p = (char *) "untouched";
+        cr_assert_eq(ctl_space_path("s 0", &p), -EINVAL);
+        cr_assert_eq(ctl_space_path("/org/vfiomig1/device/sim_a", &p), -EINVAL);
+        cr_assert_eq(ctl_space_path(NULL, &p), -EINVAL);
+        cr_assert_str_eq(p, "untouched");
+        cr_assert_eq(ctl_space_path("s0", NULL), -EINVAL);
+}
+
+Test(ctl_parse, object_path_last_element) {
+        cr_assert_str_eq(ctl_object_path_last("/org/vfiomig1/space/s0"), "s0");
+        cr_assert_str_eq(ctl_object_path_last("/org/vfiomig1/device/sim_a"), "sim_a");
+        cr_assert_str_eq(ctl_object_path_last("s0"), "s0");
+        cr_assert_str_eq(ctl_object_path_last("/"), "");
+        cr_assert_null(ctl_object_path_last(NULL));
+}
+
+Test(ctl_parse, device_and_space_names_differ) {
+        /* DEV takes addresses ("sim:a", "0000:3b:00.1") that are no path element; SPACE does not. */
+        cr_assert(ctl_device_name_is_valid("sim:a"));
+        cr_assert_not(ctl_space_name_is_valid("sim:a"));
+        cr_assert(ctl_device_name_is_valid("0000:3b:00.1"));
+        cr_assert_not(ctl_space_name_is_valid("0000:3b:00.1"));
+        /* Any valid object path may name a device; only a space path may name a space. */
+        cr_assert(ctl_device_name_is_valid("/org/vfiomig1/space/s0"));
+        cr_assert(ctl_space_name_is_valid("/org/vfiomig1/space/s0"));
+        cr_assert_not(ctl_space_name_is_valid("/org/vfiomig1/device/sim_a"));
+}
+
+static void assert_bus_names(int access, const char *const *expected) {
+        const char *const *names = ctl_access_to_bus_names(access);
+        size_t i = 0;
+
+        for (; expected[i]; i++) {
+                cr_assert_not_null(names[i], "access %d: too few names", access);
+                cr_assert_str_eq(names[i], expected[i], "access %d", access);
+        }
+        cr_assert_null(names[i], "access %d: too many names", access);
+}
+
+Test(ctl_parse, access_strings) {
+        static const char *const bad[] = { "", "R", "RW", "wr", "rwx", "x", "read", "write", "r,w", " r", "rw " };
+
+        cr_assert_eq(ctl_access_from_string("rw"), CTL_ACCESS_READ | CTL_ACCESS_WRITE);
+        cr_assert_eq(ctl_access_from_string("r"), CTL_ACCESS_READ);
+        cr_assert_eq(ctl_access_from_string("w"), CTL_ACCESS_WRITE);
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                cr_assert_eq(ctl_access_from_string(bad[i]), -EINVAL, "'%s'", bad[i]);
+        cr_assert_eq(ctl_access_from_string(NULL), -EINVAL);
+
+        /* What Map gets: the names address-space.c knows. */
+        assert_bus_names(CTL_ACCESS_READ | CTL_ACCESS_WRITE, (const char *const[]) { "read", "write", NULL });
+        assert_bus_names(CTL_ACCESS_READ, (const char *const[]) { "read", NULL });
+        assert_bus_names(CTL_ACCESS_WRITE, (const char *const[]) { "write", NULL });
+        assert_bus_names(0, (const char *const[]) { NULL });
+}
+
+Test(ctl_parse, access_open_modes) {
+        /* The daemon refuses write access to a file not open read-write, and any mapping of a
+         * write-only file: so "w" opens read-write too. */
+        cr_assert_eq(ctl_access_open_mode(CTL_ACCESS_READ | CTL_ACCESS_WRITE), O_RDWR);
+        cr_assert_eq(ctl_access_open_mode(CTL_ACCESS_WRITE), O_RDWR);
+        cr_assert_eq(ctl_access_open_mode(CTL_ACCESS_READ), O_RDONLY);
+}
+
+static void assert_access_format(char **names, const char *expected) {
+        _cleanup_free_ char *s = ctl_access_format(names);
+
+        cr_assert_not_null(s);
+        cr_assert_str_eq(s, expected);
+}
+
+Test(ctl_parse, access_format) {
+        assert_access_format((char *[]) { "read", "write", NULL }, "rw");
+        assert_access_format((char *[]) { "write", "read", NULL }, "rw");
+        assert_access_format((char *[]) { "read", NULL }, "r");
+        assert_access_format((char *[]) { "write", NULL }, "w");
+        assert_access_format((char *[]) { NULL }, "-");
+        assert_access_format(NULL, "-");
+        /* A newer daemon's names are shown, not dropped. */
+        assert_access_format((char *[]) { "read", "exec", NULL }, "r,exec");
+        assert_access_format((char *[]) { "exec", NULL }, "exec");
+        assert_access_format((char *[]) { "exec", "write", "atomic", NULL }, "w,exec,atomic");
+
+        /* Round trip: what --access= takes is what the table shows. */
+        for (const char *const *s = (const char *const[]) { "rw", "r", "w", NULL }; *s; s++) {
+                _cleanup_free_ char *back =
+                        ctl_access_format((char **) ctl_access_to_bus_names(ctl_access_from_string(*s)));
+                cr_assert_str_eq(back, *s);
+        }
+}
+
+Test(ctl_parse, create_space_options) {
+        cr_assert(ctl_backend_is_valid("iommufd"));
+        cr_assert(ctl_backend_is_valid("legacy"));
+        cr_assert(ctl_backend_is_valid("sim"));
+        cr_assert_not(ctl_backend_is_valid("Sim"));
+        cr_assert_not(ctl_backend_is_valid(""));
+        cr_assert_not(ctl_backend_is_valid("kernel"));
+        cr_assert_not(ctl_backend_is_valid(NULL));
+
+        cr_assert(ctl_sim_mapping_is_valid("by-file"));
+        cr_assert(ctl_sim_mapping_is_valid("by-address"));
+        cr_assert_not(ctl_sim_mapping_is_valid("by_file"));
+        cr_assert_not(ctl_sim_mapping_is_valid("file"));
+        cr_assert_not(ctl_sim_mapping_is_valid(""));
+        cr_assert_not(ctl_sim_mapping_is_valid(NULL));
 }

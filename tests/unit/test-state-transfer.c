@@ -84,7 +84,7 @@ Test(state_transfer, refused_or_incomplete_loads_end_in_a_reset) {
         cr_assert_eq(pwrite(bad, buf, size, 0), (ssize_t) size);
         cr_assert_eq(transfer(STATE_TRANSFER_LOAD, b, bad, &t), -EINVAL);
         cr_assert_eq(t.failure, STATE_TRANSFER_STREAM_REJECTED);
-        cr_assert(strstr(t.message.text, "refused the data at byte"), "%s", t.message.text);
+        cr_assert(strstr(t.message.text, "refused the data written at bytes"), "%s", t.message.text);
         cr_assert(t.reset);
         cr_assert_eq(state_of(b), VFIO_DEVICE_STATE_RUNNING, "reset: nothing refused can load");
         cr_assert_eq(sim_device_state_digest(b), digest_b, "the device kept its own state");
