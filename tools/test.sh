@@ -26,9 +26,9 @@ configure build-asan -Db_sanitize=address,undefined -Db_lundef=false
 ninja -C build-asan
 
 status=0
-meson test -C build --print-errorlogs --num-processes 2 || status=1
+meson test -C build --print-errorlogs --num-processes 2 --logbase testlog || status=1
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 \
+        meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 --logbase testlog \
                 --wrapper "$top/tools/sanitizer-wrapper.sh" || status=1
 
 # One closing line for the whole run, counted from meson's own logs.

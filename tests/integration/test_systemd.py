@@ -31,6 +31,7 @@ def adapt_unit(text, bus_address, config_path, watchdog_sec=None):
     out = []
     seen = set()
     under_home = any(str(h.BUILD_ROOT.resolve()).startswith(p) for p in ("/home/", "/root/", "/run/user/"))
+    under_tmp = any(str(h.BUILD_ROOT.resolve()).startswith(p) for p in ("/tmp/", "/var/tmp/"))
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         key = key.strip()
@@ -57,6 +58,10 @@ def adapt_unit(text, bus_address, config_path, watchdog_sec=None):
         elif key == "WatchdogSec" and watchdog_sec is not None:
             out.append(f"# test: {line.strip()} shortened so that a missing ping shows within seconds.")
             out.append(f"WatchdogSec={watchdog_sec}")
+        elif key == "PrivateTmp" and value.strip() == "yes" and under_tmp:
+            out.append("# test: PrivateTmp=yes would hide the build tree, which is under /tmp here")
+            out.append("# (a fresh clone for CI may well be); the daemon never uses /tmp itself.")
+            out.append("PrivateTmp=no")
         elif key == "ProtectHome" and value.strip() == "yes" and under_home:
             out.append("# test: ProtectHome=yes would hide the build tree under a home directory;")
             out.append("ProtectHome=read-only")
