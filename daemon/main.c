@@ -136,8 +136,12 @@ static int restore_state(Persist *persist) {
                         safe_close(SD_LISTEN_FDS_START + i);
                 }
         }
-        if (received.n == 0)
+        if (received.n == 0) {
+                if (getenv("NOTIFY_SOCKET"))
+                        log_info("The service manager handed back no descriptors: starting with no devices, address "
+                                 "spaces or mappings (a first start, or a start after a stop released them).");
                 return 0;
+        }
 
         log_info("The service manager handed back %zu descriptor%s; restoring.", received.n,
                  received.n == 1 ? "" : "s");

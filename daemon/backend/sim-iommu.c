@@ -112,20 +112,21 @@ static int check_new_mapping(SimIommu *s, const IommuMapping *m, ErrorMessage *e
         if (m->length == 0 || !aligned(m->iova) || !aligned(m->length) || !aligned(m->offset))
                 return error_setf(err, -EINVAL, "iova, length and offset must be multiples of %u and length non-zero",
                                   IOMMU_PAGE_SIZE);
-        if (m->iova + m->length < m->iova || m->offset + m->length < m->offset)
+        /* by last byte, as the kernel: a range may end at 2^64 - 1 */
+        if (m->iova + m->length - 1 < m->iova || m->offset + m->length - 1 < m->offset)
                 return error_setf(err, -EOVERFLOW, "the range wraps around");
         if (!(m->access & (IOMMU_READ | IOMMU_WRITE)) || (m->access & ~(IOMMU_READ | IOMMU_WRITE)))
                 return error_setf(err, -EINVAL, "access must be read and/or write");
         if (fstat(m->fd, &st) < 0)
                 return error_setf(err, -errno, "cannot examine the file: %m");
-        if (m->offset + m->length > (uint64_t) st.st_size)
+        if (m->offset + m->length - 1 >= (uint64_t) st.st_size)
                 return error_setf(err, -EINVAL, "the range ends beyond the end of the file (%lld bytes)",
                                   (long long) st.st_size);
         if (s->n_entries >= IOMMU_MAPPINGS_KERNEL_MAX)
                 return error_setf(err, -ENOSPC, "the IOMMU holds %u mappings, its limit", IOMMU_MAPPINGS_KERNEL_MAX);
         for (size_t i = 0; i < s->n_entries; i++) {
                 const SimEntry *e = &s->entries[i];
-                if (m->iova < e->iova + e->length && e->iova < m->iova + m->length)
+                if (m->iova <= e->iova + e->length - 1 && e->iova <= m->iova + m->length - 1)
                         return error_setf(err, -EEXIST, "IOVA range 0x%llx+0x%llx overlaps the mapping at 0x%llx+0x%llx",
                                           (unsigned long long) m->iova, (unsigned long long) m->length,
                                           (unsigned long long) e->iova, (unsigned long long) e->length);
@@ -361,6 +362,7 @@ int sim_iommu_dma(IommuSpace *space, uint64_t iova, void *buf, size_t n, bool wr
                 for (size_t i = 0; i < s->n_entries && !hit; i++)
                         if (iova >= s->entries[i].iova && iova - s->entries[i].iova < s->entries[i].length)
                                 hit = &s->entries[i];
+                /* (iova - start < length also holds for a mapping ending at 2^64 - 1) */
                 if (!hit)
                         return error_setf(err, -EFAULT, "IOMMU fault: DMA %s IOVA 0x%llx, which is not mapped",
                                           write ? "write to" : "read from", (unsigned long long) iova);

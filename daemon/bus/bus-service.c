@@ -166,9 +166,12 @@ int bus_service_track_client(BusService *s, Device *d, const char *client) {
         r = sd_bus_track_new(s->bus, &track, on_client_gone, s);
         if (r < 0)
                 return r;
-        /* If the peer is gone already (a client recorded before a restart), the handler runs at
-         * once from the event loop. */
         r = sd_bus_track_add_name(track, client);
+        if (r == -ENXIO) {
+                /* Gone already: a client that left while we were down (a restart). */
+                device_forget_client(d, client);
+                return 0;
+        }
         if (r < 0)
                 return r;
         tracks = reallocarray(s->tracks, s->n_tracks + 1, sizeof *tracks);

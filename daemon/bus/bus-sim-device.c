@@ -30,6 +30,8 @@ static BusService *service_of(Device *d) {
 }
 
 static int check_dma(Device *d, uint64_t iova, uint64_t length, sd_bus_error *error) {
+        MigState s;
+
         if (length == 0 || length > SIM_DMA_MAX)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "a DMA moves 1 to %llu bytes",
                                          (unsigned long long) SIM_DMA_MAX);
@@ -38,6 +40,11 @@ static int check_dma(Device *d, uint64_t iova, uint64_t length, sd_bus_error *er
         if (!d->space)
                 return sd_bus_error_setf(error, VFIOMIG_ERROR_DMA_FAULT,
                                          "%s is not attached to an address space: every DMA faults", d->id);
+        /* As the uAPI demands of hardware: no DMA in stop, stop-copy, resuming or error. */
+        if (vfio_dev_get_state(d->dev, &s) >= 0 && !mig_state_is_running(s))
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_DMA_FAULT,
+                                         "%s is in %s: a device that is not running performs no DMA", d->id,
+                                         mig_state_to_string(s));
         return 0;
 }
 

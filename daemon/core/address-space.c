@@ -87,6 +87,19 @@ static bool page_aligned(uint64_t v) {
         return (v & (IOMMU_PAGE_SIZE - 1)) == 0;
 }
 
+/* Ranges by their last byte, so that one ending at 2^64 - 1 is representable, as in the kernel. */
+static uint64_t last_byte(uint64_t start, uint64_t length) {
+        return start + length - 1;
+}
+
+static bool ranges_overlap(uint64_t a, uint64_t a_len, uint64_t b, uint64_t b_len) {
+        return a <= last_byte(b, b_len) && b <= last_byte(a, a_len);
+}
+
+static bool range_inside(uint64_t inner, uint64_t inner_len, uint64_t outer, uint64_t outer_len) {
+        return inner >= outer && last_byte(inner, inner_len) <= last_byte(outer, outer_len);
+}
+
 int address_space_check_map(AddressSpace *s, const MapRequest *req, ErrorMessage *err) {
         const ManagerOptions *o = &s->manager->options;
         struct stat st;
@@ -115,16 +128,16 @@ int address_space_check_map(AddressSpace *s, const MapRequest *req, ErrorMessage
                 return error_setf(err, -EINVAL, "the length is zero");
         if (!page_aligned(req->offset) || !page_aligned(req->length) || !page_aligned(req->iova))
                 return error_setf(err, -EINVAL, "offset, length and iova must be multiples of %u", IOMMU_PAGE_SIZE);
-        if (req->iova + req->length < req->iova || req->offset + req->length < req->offset)
+        if (last_byte(req->iova, req->length) < req->iova || last_byte(req->offset, req->length) < req->offset)
                 return error_setf(err, -EINVAL, "the range wraps around the end of the address space");
-        if (req->offset + req->length > (uint64_t) st.st_size)
+        if (last_byte(req->offset, req->length) >= (uint64_t) st.st_size)
                 return error_setf(err, -EINVAL, "offset 0x%llx + length 0x%llx ends beyond the file (%lld bytes)",
                                   (unsigned long long) req->offset, (unsigned long long) req->length,
                                   (long long) st.st_size);
 
         for (size_t i = 0; i < s->n_mappings; i++) {
                 const IommuMapping *e = &s->mappings[i]->m;
-                if (req->iova < e->iova + e->length && e->iova < req->iova + req->length)
+                if (ranges_overlap(req->iova, req->length, e->iova, e->length))
                         return error_setf(err, -EEXIST, "IOVA 0x%llx+0x%llx overlaps the mapping at 0x%llx+0x%llx",
                                           (unsigned long long) req->iova, (unsigned long long) req->length,
                                           (unsigned long long) e->iova, (unsigned long long) e->length);
@@ -200,13 +213,13 @@ int address_space_check_unmap(AddressSpace *s, uint64_t iova, uint64_t length, E
 
         if (length == 0 || !page_aligned(iova) || !page_aligned(length))
                 return error_setf(err, -EINVAL, "iova and length must be non-zero multiples of %u", IOMMU_PAGE_SIZE);
-        if (iova + length < iova)
+        if (last_byte(iova, length) < iova)
                 return error_setf(err, -EINVAL, "the range wraps around the end of the address space");
 
         for (size_t i = 0; i < s->n_mappings; i++) {
                 const IommuMapping *e = &s->mappings[i]->m;
-                bool overlaps = iova < e->iova + e->length && e->iova < iova + length;
-                bool inside = e->iova >= iova && e->iova + e->length <= iova + length;
+                bool overlaps = ranges_overlap(iova, length, e->iova, e->length);
+                bool inside = range_inside(e->iova, e->length, iova, length);
                 if (overlaps && !inside)
                         return error_setf(err, -EEXIST,
                                           "0x%llx+0x%llx would split the mapping at 0x%llx+0x%llx: unmap whole mappings",
@@ -229,7 +242,7 @@ int address_space_unmap(AddressSpace *s, uint64_t iova, uint64_t length, ErrorMe
 
         for (size_t i = 0; i < s->n_mappings;) {
                 Mapping *m = s->mappings[i];
-                if (!(m->m.iova >= iova && m->m.iova + m->m.length <= iova + length)) {
+                if (!range_inside(m->m.iova, m->m.length, iova, length)) {
                         i++;
                         continue;
                 }

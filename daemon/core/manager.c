@@ -440,9 +440,15 @@ int manager_create_space(Manager *m, const SpaceOptions *o, AddressSpace **ret, 
 int manager_check_destroy_space(Manager *m, AddressSpace *s, ErrorMessage *err) {
         size_t devices = address_space_device_count(s);
 
-        if (devices > 0)
-                return error_setf(err, -EBUSY, "%zu device%s attached to %s: detach %s from vfiomigd first", devices,
-                                  devices == 1 ? " is" : "s are", s->id, devices == 1 ? "it" : "them");
+        if (devices > 0) {
+                const char *first = NULL;
+                for (size_t i = 0; i < m->n_devices && !first; i++)
+                        if (m->devices[i]->space == s)
+                                first = m->devices[i]->id;
+                return error_setf(err, -EBUSY, "%s%s %s attached to %s: detach %s from vfiomigd first", first,
+                                  devices > 1 ? " and other devices" : "", devices > 1 ? "are" : "is", s->id,
+                                  devices > 1 ? "them" : "it");
+        }
         if (s->n_mappings > 0)
                 return error_setf(err, -EBUSY, "%s still has %zu mapping%s: unmap them first", s->id, s->n_mappings,
                                   s->n_mappings == 1 ? "" : "s");

@@ -263,6 +263,8 @@ static int serialize_device(Device *d, json_object **ret, NamedFds *fds) {
                 r = add_string(o, "backend", vfio_backend_to_string(d->dev->backend));
         if (r >= 0 && d->space)
                 r = add_string(o, "space", d->space->id);
+        if (r >= 0 && d->last_transition)
+                r = add_string(o, "last-transition", d->last_transition);
         for (char **c = d->clients; r >= 0 && c && *c; c++)
                 r = json_object_array_add(clients, json_object_new_string(*c)) < 0 ? -ENOMEM : 0;
         if (r >= 0)
@@ -520,7 +522,8 @@ int persist_prepare_stop(Persist *p) {
                         continue;
                 }
                 s->handover_prepared = true;
-                log_info("Address space %s: %zu mapping%s ready for a successor.", s->id, s->n_mappings,
+                log_info("Address space %s: %zu mapping%s ready for a successor, should the service manager "
+                         "start one (a stop without a restart releases them).", s->id, s->n_mappings,
                          s->n_mappings == 1 ? "" : "s");
         }
         return persist_save(p);
@@ -749,6 +752,11 @@ static int restore_device(Persist *p, json_object *o, NamedFds *fds, ErrorMessag
                         if (!d->clients[i])
                                 return -ENOMEM;
                 }
+        }
+        if (get_string(o, "last-transition")) {
+                d->last_transition = strdup(get_string(o, "last-transition"));
+                if (!d->last_transition)
+                        return -ENOMEM;
         }
         if (d->dev->migratable)
                 (void) device_refresh_state(d, NULL);
