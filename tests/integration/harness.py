@@ -41,6 +41,9 @@ MANAGER_PATH = "/org/vfiomig1"
 DEVICE_PATH_PREFIX = "/org/vfiomig1/device/"
 MANAGER_IFACE = "org.vfiomig1.Manager"
 DEVICE_IFACE = "org.vfiomig1.Device"
+SPACE_IFACE = "org.vfiomig1.AddressSpace"
+SIM_DEVICE_IFACE = "org.vfiomig1.SimDevice"
+SPACE_PATH_PREFIX = "/org/vfiomig1/space/"
 PROPS_IFACE = "org.freedesktop.DBus.Properties"
 OM_IFACE = "org.freedesktop.DBus.ObjectManager"
 POLKIT_NAME = "org.freedesktop.PolicyKit1"
@@ -55,6 +58,10 @@ E_P2P_REQUIRED = "org.vfiomig1.Error.P2PRequired"
 E_BUSY = "org.vfiomig1.Error.Busy"
 E_LIMIT_EXCEEDED = "org.vfiomig1.Error.LimitExceeded"
 E_NO_PRECOPY_SESSION = "org.vfiomig1.Error.NoPreCopySession"
+E_NO_SUCH_ADDRESS_SPACE = "org.vfiomig1.Error.NoSuchAddressSpace"
+E_MAPPING_CONFLICT = "org.vfiomig1.Error.MappingConflict"
+E_NO_SUCH_MAPPING = "org.vfiomig1.Error.NoSuchMapping"
+E_DMA_FAULT = "org.vfiomig1.Error.DmaFault"
 
 TEST_USER = "vfmtest"
 ADMIN_USER = "vfmadm"
@@ -235,6 +242,18 @@ def pid_alive(pid):
         return False
     state = stat[stat.rfind(")") + 2:].split()[0]
     return state not in ("Z", "X")
+
+
+def open_fds(pid):
+    """{fd: what it refers to} for a process: readlink of /proc/PID/fd/* ("socket:[N]",
+    "/memfd:NAME (deleted)", "anon_inode:[eventpoll]"...). Descriptors closed meanwhile are skipped."""
+    out = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            pass
+    return out
 
 
 def stop_pid(pid, timeout=10.0, sig=signal.SIGTERM):
@@ -1090,8 +1109,9 @@ class SystemdUserManager:
             if check:
                 raise RuntimeError("the private journald wrote no journal")
             return ""
+        # The daemon logs UTF-8 (state arrows); undecodable bytes must not fail a test.
         r = subprocess.run(["journalctl", "-D", str(jdir), "--no-pager"] + list(args), capture_output=True,
-                           text=True, timeout=30, env=clean_env())
+                           encoding="utf-8", errors="replace", timeout=30, env=clean_env())
         if check and r.returncode != 0:
             raise RuntimeError(f"journalctl: {r.stderr.strip()}")
         return r.stdout
