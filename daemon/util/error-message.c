@@ -5,7 +5,7 @@
 
 #include "error-message.h"
 
-static int error_vformat(ErrorMessage *e, int error, const char *format, va_list ap) {
+_printf_(3, 0) static int error_vformat(ErrorMessage *e, int error, const char *format, va_list ap) {
         int saved_errno = errno;
 
         if (error > 0)
