@@ -5,7 +5,7 @@
 
 #include "ctl-output.h"
 
-static void log_va(const char *prefix, int error, const char *format, va_list ap) {
+_printf_(3, 0) static void log_va(const char *prefix, int error, const char *format, va_list ap) {
         int saved_errno = errno;
 
         fputs(prefix, stderr);

@@ -139,12 +139,12 @@ Test(sim_device, every_pair_under_every_flag_set) {
                                 if (!valid) {
                                         cr_assert_eq(r, -EINVAL, "flags %u %s→%s: %d", f, mig_state_to_string(cur),
                                                      mig_state_to_string(target), r);
-                                        cr_assert_eq(state_of(d), cur, "a refused SET must not move the device");
+                                        cr_assert_eq((int) state_of(d), cur, "a refused SET must not move the device");
                                         cr_assert_eq(fd, -1, "output written on failure");
                                 } else {
                                         cr_assert_eq(r, 0, "flags %u %s→%s: %d", f, mig_state_to_string(cur),
                                                      mig_state_to_string(target), r);
-                                        cr_assert_eq(state_of(d), target);
+                                        cr_assert_eq((int) state_of(d), target);
                                         bool opens = n > 0 && mig_arc_opens_session(n > 1 ? path[n - 2] : (MigState) cur, path[n - 1]);
                                         cr_assert_eq(fd >= 0, opens, "flags %u %s→%s: data fd %d", f,
                                                      mig_state_to_string(cur), mig_state_to_string(target), fd);

@@ -340,7 +340,7 @@ static void run_group(MigState *init, size_t n, uint32_t *flags, MigState target
         if (r == 0)
                 for (size_t i = 0; i < n; i++) {
                         cr_assert_eq(fakes[i]->state, target);
-                        cr_assert_eq(m[i].reached, target);
+                        cr_assert_eq(m[i].reached, (int) target);
                 }
         group_members_close_fds(m, n);
 }
