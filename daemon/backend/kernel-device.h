@@ -48,6 +48,7 @@ typedef struct KernelContext KernelContext;
 typedef struct KernelContextOptions {
         const char *sysfs_root;  /* default "/sys"; tests point it at a fake tree */
         const char *dev_root;    /* default "/dev" */
+        const char *proc_root;   /* default "/proc" */
         bool prefer_legacy;      /* use group/container even when iommufd and the VFIO cdev exist */
         /* Tests only: when set, every ioctl the kernel backend issues goes here instead of to
          * ioctl(2), with the same contract (-1 and errno on failure). Integer arguments

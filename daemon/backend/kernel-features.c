@@ -5,6 +5,7 @@
 #include <liburing.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -36,6 +37,37 @@ static int path_exists(const char *root, const char *suffix, bool want_dir) {
         if (stat(path, &st) < 0)
                 return false;
         return !want_dir || S_ISDIR(st.st_mode);
+}
+
+/* Whether /proc/devices lists a character device major under this name. The class directory
+ * /sys/class/vfio-dev is no evidence: the VFIO core creates it whether or not it was built with
+ * CONFIG_VFIO_DEVICE_CDEV, but only a cdev-capable core reserves the "vfio-dev" major, and it
+ * does so at load time, before any device is bound. */
+static int has_char_major(const char *proc_root, const char *name) {
+        _cleanup_free_ char *path = NULL;
+        _cleanup_fclose_ FILE *f = NULL;
+        char line[128];
+        bool in_char = false;
+
+        if (asprintf(&path, "%s/devices", proc_root) < 0)
+                return -ENOMEM;
+        f = fopen(path, "re");
+        if (!f) {
+                log_debug_errno(errno, "Cannot read %s: %m", path);
+                return false;
+        }
+        while (fgets(line, sizeof line, f)) {
+                unsigned major;
+                char found[64];
+
+                if (strncmp(line, "Character devices:", 18) == 0)
+                        in_char = true;
+                else if (strncmp(line, "Block devices:", 14) == 0)
+                        in_char = false;
+                else if (in_char && sscanf(line, "%u %63s", &major, found) == 2 && streq(found, name))
+                        return true;
+        }
+        return false;
 }
 
 static void probe_iommufd(int fd, KernelFeatures *f) {
@@ -98,7 +130,7 @@ static void probe_container(int fd, const char *sysfs_root, KernelFeatures *f) {
         f->type1_update_vaddr = true;
 }
 
-int kernel_features_probe(const char *dev_root, const char *sysfs_root, KernelFeatures *ret) {
+int kernel_features_probe(const char *dev_root, const char *sysfs_root, const char *proc_root, KernelFeatures *ret) {
         KernelFeatures f = {};
         struct utsname u;
         struct io_uring ring;
@@ -108,6 +140,7 @@ int kernel_features_probe(const char *dev_root, const char *sysfs_root, KernelFe
 
         dev_root = dev_root ?: "/dev";
         sysfs_root = sysfs_root ?: "/sys";
+        proc_root = proc_root ?: "/proc";
 
         if (uname(&u) < 0)
                 return -errno;
@@ -121,7 +154,7 @@ int kernel_features_probe(const char *dev_root, const char *sysfs_root, KernelFe
 
         r = path_exists(dev_root, "vfio/devices", true);
         if (r == 0)
-                r = path_exists(sysfs_root, "class/vfio-dev", false);
+                r = has_char_major(proc_root, "vfio-dev");
         if (r < 0)
                 return r;
         f.vfio_cdev = r;

@@ -11,7 +11,7 @@
 
 typedef struct KernelFeatures {
         bool iommufd;             /* /dev/iommu opens */
-        bool vfio_cdev;           /* VFIO device cdevs exist (/dev/vfio/devices, class vfio-dev) */
+        bool vfio_cdev;           /* VFIO device cdevs exist (a "vfio-dev" char major, /dev/vfio/devices) */
         bool vfio_container;      /* /dev/vfio/vfio opens and speaks VFIO API version 0 */
         bool ioas_map_file;       /* IOMMU_IOAS_MAP_FILE (6.13) */
         bool ioas_change_process; /* IOMMU_IOAS_CHANGE_PROCESS (6.13) */
@@ -22,7 +22,7 @@ typedef struct KernelFeatures {
 
 /* NULL roots mean "/dev" and "/sys". A missing or inaccessible node makes its feature false; only
  * failures of the probe itself (uname, memory) are errors. */
-int kernel_features_probe(const char *dev_root, const char *sysfs_root, KernelFeatures *ret);
+int kernel_features_probe(const char *dev_root, const char *sysfs_root, const char *proc_root, KernelFeatures *ret);
 
 /* The VFIOMIG_FEATURE_* names of the features present, as a NULL-terminated list. */
 int kernel_features_to_strv(const KernelFeatures *f, char ***ret);

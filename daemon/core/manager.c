@@ -38,7 +38,8 @@ int manager_new(const ManagerOptions *options, Manager **ret) {
         r = kernel_context_new(&options->kernel, &m->kernel);
         if (r < 0)
                 return r;
-        r = kernel_features_probe(options->kernel.dev_root, options->kernel.sysfs_root, &m->features);
+        r = kernel_features_probe(options->kernel.dev_root, options->kernel.sysfs_root, options->kernel.proc_root,
+                                  &m->features);
         if (r < 0)
                 return r;
 
@@ -270,11 +271,13 @@ int manager_set_states(Manager *m, Device **devices, size_t n, MigState target, 
         bool moved = false;
         int r;
 
-        for (size_t i = 0; i < n; i++)
-                if (device_check_idle(devices[i], err) < 0) {
-                        *ret_outcome = GROUP_REFUSED_BUSY;
-                        return -EBUSY;
+        for (size_t i = 0; i < n; i++) {
+                r = device_check_state_change(devices[i], err);
+                if (r < 0) {
+                        *ret_outcome = r == -EBADMSG ? GROUP_REFUSED_REFUSED_DATA : GROUP_REFUSED_BUSY;
+                        return r;
                 }
+        }
         members = new0(GroupMember, n);
         if (!members)
                 return -ENOMEM;

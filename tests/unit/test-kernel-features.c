@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * The feature probe on the machine running the tests (whatever it has, the probe must succeed)
- * and against an empty /dev and /sys, where every device feature must come out false.
+ * and against an empty /dev, /sys and /proc, where every device feature must come out false.
  */
 
 #include <criterion/criterion.h>
@@ -57,7 +57,7 @@ Test(kernel_features, probe_this_machine) {
         KernelFeatures f;
         struct utsname u;
 
-        cr_assert_eq(kernel_features_probe(NULL, NULL, &f), 0);
+        cr_assert_eq(kernel_features_probe(NULL, NULL, NULL, &f), 0);
         cr_assert_eq(uname(&u), 0);
         cr_expect_str_eq(f.release, u.release);
         cr_expect_gt(strlen(f.release), 0);
@@ -74,19 +74,28 @@ static int remove_one(const char *path, const struct stat *st, int flag, struct 
         return remove(path);
 }
 
+static void write_file(const char *path, const char *text) {
+        FILE *f = fopen(path, "we");
+        cr_assert_not_null(f, "%s: %m", path);
+        cr_assert_geq(fputs(text, f), 0);
+        cr_assert_eq(fclose(f), 0);
+}
+
 Test(kernel_features, empty_roots_have_no_devices) {
-        char root[PATH_MAX], dev[PATH_MAX + 8], sys[PATH_MAX + 8], class[PATH_MAX + 32];
+        char root[PATH_MAX], dev[PATH_MAX + 8], sys[PATH_MAX + 8], proc[PATH_MAX + 8], path[PATH_MAX + 32];
         KernelFeatures f;
 
         (void) snprintf(root, sizeof root, "%s/test-kernel-features.XXXXXX", getenv("TMPDIR") ?: "/tmp");
         cr_assert_not_null(mkdtemp(root));
         (void) snprintf(dev, sizeof dev, "%s/dev", root);
         (void) snprintf(sys, sizeof sys, "%s/sys", root);
+        (void) snprintf(proc, sizeof proc, "%s/proc", root);
         cr_assert_eq(mkdir(dev, 0755), 0);
         cr_assert_eq(mkdir(sys, 0755), 0);
+        cr_assert_eq(mkdir(proc, 0755), 0);
 
         memset(&f, 0xff, sizeof f);
-        cr_assert_eq(kernel_features_probe(dev, sys, &f), 0);
+        cr_assert_eq(kernel_features_probe(dev, sys, proc, &f), 0);
         cr_expect(!f.iommufd);
         cr_expect(!f.vfio_cdev);
         cr_expect(!f.vfio_container);
@@ -96,14 +105,32 @@ Test(kernel_features, empty_roots_have_no_devices) {
         cr_expect_gt(strlen(f.release), 0);
         expect_strv_matches(&f);
 
-        /* A cdev class in sysfs is enough to say the kernel has VFIO cdevs. */
-        (void) snprintf(class, sizeof class, "%s/class", sys);
-        cr_assert_eq(mkdir(class, 0755), 0);
-        (void) snprintf(class, sizeof class, "%s/class/vfio-dev", sys);
-        cr_assert_eq(mkdir(class, 0755), 0);
-        cr_assert_eq(kernel_features_probe(dev, sys, &f), 0);
+        /* The vfio-dev class exists with or without CONFIG_VFIO_DEVICE_CDEV (seen on Debian's 6.12,
+         * which lacks it): it is no evidence. Nor is a block device of that name. */
+        (void) snprintf(path, sizeof path, "%s/class", sys);
+        cr_assert_eq(mkdir(path, 0755), 0);
+        (void) snprintf(path, sizeof path, "%s/class/vfio-dev", sys);
+        cr_assert_eq(mkdir(path, 0755), 0);
+        (void) snprintf(path, sizeof path, "%s/devices", proc);
+        write_file(path, "Character devices:\n  1 mem\n 10 misc\n242 vfio\n\n"
+                         "Block devices:\n  8 sd\n259 vfio-dev\n");
+        cr_assert_eq(kernel_features_probe(dev, sys, proc, &f), 0);
+        cr_expect(!f.vfio_cdev);
+
+        /* The char major the cdev-capable core reserves at load time, before any device is bound. */
+        write_file(path, "Character devices:\n  1 mem\n242 vfio\n511 vfio-dev\n\nBlock devices:\n  8 sd\n");
+        cr_assert_eq(kernel_features_probe(dev, sys, proc, &f), 0);
         cr_expect(f.vfio_cdev);
         cr_expect(!f.iommufd);
+
+        /* And the device nodes themselves. */
+        write_file(path, "Character devices:\n  1 mem\n");
+        (void) snprintf(path, sizeof path, "%s/vfio", dev);
+        cr_assert_eq(mkdir(path, 0755), 0);
+        (void) snprintf(path, sizeof path, "%s/vfio/devices", dev);
+        cr_assert_eq(mkdir(path, 0755), 0);
+        cr_assert_eq(kernel_features_probe(dev, sys, proc, &f), 0);
+        cr_expect(f.vfio_cdev);
 
         (void) nftw(root, remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }
