@@ -1321,17 +1321,21 @@ static ssize_t kernel_device_data_write(VfioDev *d, int data_fd, const void *buf
 }
 
 static int kernel_device_reset(VfioDev *d) {
+        bool advertised = kernel_device(d)->info_flags & VFIO_DEVICE_FLAGS_RESET;
         int r;
 
-        if (!(kernel_device(d)->info_flags & VFIO_DEVICE_FLAGS_RESET))
+        /* The flag is advice, not a contract: some drivers (the mtty sample among them) implement
+         * VFIO_DEVICE_RESET without setting it. A driver that lacks the ioctl answers ENOTTY, and
+         * vfio-pci without a reset method answers EINVAL, so trying is safe either way. */
+        r = kernel_ioctl(kernel_device(d)->context, d->device_fd, VFIO_DEVICE_RESET, NULL);
+        if (r < 0 && !advertised && (r == -ENOTTY || r == -EINVAL))
                 return log_debug_errno(SYNTHETIC_ERRNO(EOPNOTSUPP),
                                        "%s: driver '%s' does not offer VFIO_DEVICE_RESET for this device.",
                                        d->name, d->driver);
-        r = kernel_ioctl(kernel_device(d)->context, d->device_fd, VFIO_DEVICE_RESET, NULL);
         if (r < 0)
                 return log_debug_errno(r, "%s: VFIO_DEVICE_RESET failed: %m", d->name);
 
-        log_debug("%s: reset.", d->name);
+        log_debug("%s: reset%s.", d->name, advertised ? "" : " (not advertised by the driver, but accepted)");
         return 0;
 }
 

@@ -81,6 +81,8 @@ static int transition_error(sd_bus_error *error, Device *d, int r, const Transit
                 return bus_error_from_message(error, VFIOMIG_ERROR_NOT_MIGRATABLE, r, err);
         if (r == -EBUSY)
                 return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, err);
+        if (r == -EBADMSG)
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
         if (report->verdict == MIG_VERDICT_CURRENT_ERROR)
                 return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_IN_ERROR, r, err);
         if (report->verdict != MIG_VERDICT_OK)
@@ -167,9 +169,12 @@ static int method_reset(sd_bus_message *m, void *userdata, sd_bus_error *error) 
                 return 1;
 
         r = device_reset(d, &err);
+        if (r == -EBUSY)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+        if (r == -EOPNOTSUPP)
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_SUPPORTED, r, &err);
         if (r < 0)
-                return bus_error_from_message(error, r == -EBUSY ? VFIOMIG_ERROR_BUSY : VFIOMIG_ERROR_DEVICE_FAILED, r,
-                                              &err);
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
         return sd_bus_reply_method_return(m, NULL);
 }
 
@@ -292,6 +297,15 @@ static const char *transfer_error_name(StateTransferFailure f) {
         }
 }
 
+static const char *transfer_aftermath(const Device *d, const StateTransfer *t) {
+        if (t->reset)
+                return "; the device was reset so that nothing refused can load";
+        if (d->holds_refused_data)
+                return "; the device could NOT be reset and still holds the refused data in resuming: it refuses "
+                       "state changes until it is reset";
+        return "";
+}
+
 static void transfer_done(void *userdata) {
         TransferJob *j = userdata;
         Device *d = j->device;
@@ -301,11 +315,13 @@ static void transfer_done(void *userdata) {
         int r;
 
         d->busy = NULL;
+        if (t->kind == STATE_TRANSFER_LOAD && t->error < 0)
+                device_note_refused_load(d, t->reset, t->final_state);
         if (t->error >= 0)
                 r = asprintf(&summary, "state %s: %llu bytes", verb, (unsigned long long) t->bytes);
         else
                 r = asprintf(&summary, "state %s failed: %s%s", t->kind == STATE_TRANSFER_SAVE ? "save" : "load",
-                             t->message.text, t->reset ? "; the device was reset" : "");
+                             t->message.text, transfer_aftermath(d, t));
         if (r < 0)
                 summary = NULL;
         if (t->error >= 0)
@@ -318,7 +334,7 @@ static void transfer_done(void *userdata) {
                 r = sd_bus_reply_method_return(j->call, "t", t->bytes);
         else
                 r = sd_bus_reply_method_errorf(j->call, transfer_error_name(t->failure), "%s%s", t->message.text,
-                                               t->reset ? "; the device was reset so that nothing refused can load" : "");
+                                               transfer_aftermath(d, t));
         if (r < 0)
                 log_warning_errno(r, "Failed to reply to a state transfer of %s, ignoring: %m", d->id);
         sd_bus_message_unref(j->call);
@@ -338,7 +354,9 @@ static int method_transfer_state(sd_bus_message *m, Device *d, StateTransferKind
         r = bus_read_options(m, no_options, error);
         if (r < 0)
                 return r;
-        r = device_check_idle(d, &err);
+        r = device_check_state_change(d, &err);
+        if (r == -EBADMSG)
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
         if (r < 0)
                 return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
         r = state_transfer_check(kind, d->dev, fd, &err);

@@ -203,6 +203,7 @@ static int group_error(sd_bus_error *error, GroupOutcome outcome, int r, const E
         case GROUP_REFUSED_DUPLICATE:
                 return bus_error_from_message(error, SD_BUS_ERROR_INVALID_ARGS, r, err);
         case GROUP_DEVICE_UNREADABLE:
+        case GROUP_REFUSED_REFUSED_DATA:
                 return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
         case GROUP_REFUSED_BUSY:
                 return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, err);

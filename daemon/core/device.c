@@ -156,12 +156,38 @@ int device_check_idle(Device *d, ErrorMessage *err) {
         return 0;
 }
 
+void device_note_refused_load(Device *d, bool reset, int final_state) {
+        d->holds_refused_data = !reset && final_state == VFIO_DEVICE_STATE_RESUMING;
+        if (d->holds_refused_data)
+                log_error("%s: still in resuming with migration data it refused, and could not be reset; it "
+                          "refuses every state change until a reset", d->id);
+}
+
+int device_check_state_change(Device *d, ErrorMessage *err) {
+        MigState s;
+        int r;
+
+        r = device_check_idle(d, err);
+        if (r < 0)
+                return r;
+        if (!d->holds_refused_data)
+                return 0;
+        /* Something else (a VMM's reset through its fd, an FLR) may have cleared it since. */
+        if (device_refresh_state(d, &s) >= 0 && s != VFIO_DEVICE_STATE_RESUMING) {
+                d->holds_refused_data = false;
+                return 0;
+        }
+        return error_setf(err, -EBADMSG, "%s holds migration data it refused in a failed LoadState and could not "
+                          "be reset: leaving resuming would load that data. Reset it first (Device.Reset, or "
+                          "unbind and rebind its driver)", d->id);
+}
+
 int device_set_state(Device *d, MigState target, int recover_state, TransitionReport *ret_report, ErrorMessage *err) {
         _cleanup_free_ char *steps = NULL, *summary = NULL;
         int data_fd = -EBADF, r;
 
         *ret_report = (TransitionReport) { .initial = -1, .final = -1 };
-        r = device_check_idle(d, err);
+        r = device_check_state_change(d, err);
         if (r < 0)
                 return r;
 
@@ -201,6 +227,7 @@ int device_reset(Device *d, ErrorMessage *err) {
                 return error_setf(err, r, "Failed to reset %s: %m", d->id);
         }
         log_notice("%s: reset", d->id);
+        d->holds_refused_data = false;
         device_note_outcome(d, -1, -EBADF, "reset");
         (void) device_refresh_state(d, NULL);
         return 0;

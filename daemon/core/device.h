@@ -29,6 +29,9 @@ typedef struct Device {
         int session_fd;         /* data fd of the open save/load session, or -EBADF */
         char *last_transition;  /* "running → stop-copy: ok", or the failure report */
         const char *busy;       /* what a worker thread is doing with the device ("saving its state"), or NULL */
+        /* A refused LoadState left its bytes in the device (still RESUMING) and no reset cleared
+         * them: any move out of RESUMING would commit them, so only a reset may follow. */
+        bool holds_refused_data;
 } Device;
 
 /* The bus id of a device: "sim_NAME", "pci_DDDD_BB_DD_F", "mdev_<uuid with _>", else "dev_<escaped>". */
@@ -43,6 +46,11 @@ int device_refresh_state(Device *d, MigState *ret);
 
 /* -EBUSY with a message while a worker thread owns the device. */
 int device_check_idle(Device *d, ErrorMessage *err);
+
+/* device_check_idle, and -EBADMSG while the device holds refused migration data. */
+int device_check_state_change(Device *d, ErrorMessage *err);
+/* After a failed LoadState: remembers whether the device still holds the bytes it refused. */
+void device_note_refused_load(Device *d, bool reset, int final_state);
 
 /* A validated transition with recovery (core/transition.h); keeps the session fd, the cached
  * state and LastTransition up to date. *ret_report is always filled. */

@@ -121,6 +121,7 @@ typedef enum GroupOutcome {
         GROUP_FAILED,          /* a device failed; all were rolled back as far as possible */
         GROUP_DEVICE_UNREADABLE,
         GROUP_REFUSED_BUSY,    /* a worker thread owns one of the devices */
+        GROUP_REFUSED_REFUSED_DATA, /* a device holds migration data it refused (device_check_state_change) */
 } GroupOutcome;
 
 /* Moves devices together in P2P-safe order (group_transition_run()), recording the outcome on

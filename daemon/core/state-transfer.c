@@ -106,7 +106,7 @@ static void reset_after_refusal(StateTransfer *t) {
         MigState s;
         int r = vfio_dev_reset(t->dev);
 
-        t->reset = true;
+        t->reset = r >= 0;
         if (r < 0)
                 log_error_errno(r, "Failed to reset %s after it refused migration data: %m", t->dev->address);
         t->final_state = vfio_dev_get_state(t->dev, &s) < 0 ? -1 : (int) s;

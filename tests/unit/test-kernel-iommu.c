@@ -116,6 +116,10 @@ typedef struct FakeDevice {
         bool bound;
         uint32_t devid;
         uint32_t pt;
+        /* Like mtty: VFIO_DEVICE_RESET implemented without VFIO_DEVICE_FLAGS_RESET in the info. */
+        bool reset_unadvertised;
+        int reset_errno;             /* what VFIO_DEVICE_RESET fails with, 0 for success */
+        unsigned resets;
 } FakeDevice;
 
 typedef struct FakeIoas {
@@ -530,11 +534,17 @@ static int fake_device(FakeDevice *d, unsigned long request, void *arg) {
 
                 if (d->cdev[0] && !d->bound && !d->mdev && fake.group_container[d->group] == 0)
                         return fail(EINVAL); /* a cdev answers only once bound */
-                info->flags = VFIO_DEVICE_FLAGS_RESET | VFIO_DEVICE_FLAGS_PCI;
+                info->flags = (d->reset_unadvertised ? 0 : VFIO_DEVICE_FLAGS_RESET) | VFIO_DEVICE_FLAGS_PCI;
                 info->num_regions = 9;
                 info->num_irqs = 5;
                 return 0;
         }
+        case VFIO_DEVICE_RESET:
+                if (d->reset_errno)
+                        return fail(d->reset_errno);
+                d->resets++;
+                fake_log("RESET(%s)", d->name);
+                return 0;
         case VFIO_DEVICE_BIND_IOMMUFD: {
                 struct vfio_device_bind_iommufd *b = arg;
 
@@ -1214,6 +1224,35 @@ Test(kernel_iommu, legacy_reopen_check_can_refuse, .init = setup_legacy, .fini =
         cr_assert(strstr(err.text, "0000:3c:00.0 has a client holding its descriptor"), "%s", err.text);
         cr_assert_str_eq(fake.log, "", "nothing was closed or moved");
         cr_assert_eq(b->device_fd, fd_before);
+}
+
+/* The flag in VFIO_DEVICE_GET_INFO is advisory: mtty implements VFIO_DEVICE_RESET without setting
+ * it. The ioctl is tried either way; only the kernel's refusal makes a reset unsupported. */
+Test(kernel_iommu, reset_is_tried_even_when_unadvertised, .init = setup_legacy, .fini = teardown) {
+        _cleanup_(kernel_context_unrefp) KernelContext *c = context();
+        FakeDevice *fd = fake_device_by_name("0000:3b:00.1");
+        _cleanup_(vfio_dev_freep) VfioDev *advertised = open_device(c, "0000:3b:00.1");
+
+        cr_assert_eq(vfio_dev_reset(advertised), 0);
+        cr_expect_eq(fd->resets, 1);
+
+        fd->reset_errno = EINVAL; /* vfio-pci without a reset method */
+        cr_expect_eq(vfio_dev_reset(advertised), -EINVAL, "an advertised reset that fails is that failure");
+        cr_expect_eq(fd->resets, 1);
+
+        FakeDevice *md = fake_device_by_name(MDEV_UUID);
+        md->reset_unadvertised = true;
+        _cleanup_(vfio_dev_freep) VfioDev *mdev = open_device(c, MDEV_UUID);
+        cr_assert_eq(vfio_dev_reset(mdev), 0);
+        cr_expect_eq(md->resets, 1);
+
+        md->reset_errno = ENOTTY;
+        cr_expect_eq(vfio_dev_reset(mdev), -EOPNOTSUPP, "a driver without the ioctl: not supported");
+        md->reset_errno = EINVAL;
+        cr_expect_eq(vfio_dev_reset(mdev), -EOPNOTSUPP);
+        md->reset_errno = EIO;
+        cr_expect_eq(vfio_dev_reset(mdev), -EIO, "a real failure stays one");
+        cr_expect_eq(md->resets, 1);
 }
 
 Test(kernel_iommu, legacy_mdev_takes_vaddr_update_away, .init = setup_legacy, .fini = teardown) {

@@ -185,6 +185,49 @@ Test(manager, group_moves_update_every_device) {
         manager_free(m);
 }
 
+/* A refused LoadState whose reset failed leaves the device in RESUMING with bytes it refused:
+ * every move out of RESUMING would commit them, so nothing but a reset may follow. */
+Test(manager, refused_data_blocks_state_changes_until_a_reset) {
+        Manager *m = new_manager(true, 0);
+        Device *d = attach(m, "sim:a", NULL), *other = attach(m, "sim:b", NULL);
+        Device *both[2] = { other, d };
+        TransitionReport rep;
+        ErrorMessage err = {};
+        int results[2];
+        GroupOutcome outcome;
+
+        cr_assert_eq(device_set_state(d, VFIO_DEVICE_STATE_RESUMING, -1, &rep, &err), 0, "%s", err.text);
+        device_note_refused_load(d, true, VFIO_DEVICE_STATE_RESUMING);
+        cr_assert(!d->holds_refused_data, "a reset cleared it");
+        device_note_refused_load(d, false, VFIO_DEVICE_STATE_STOP);
+        cr_assert(!d->holds_refused_data, "it left resuming");
+        device_note_refused_load(d, false, VFIO_DEVICE_STATE_RESUMING);
+        cr_assert(d->holds_refused_data);
+
+        cr_assert_eq(device_set_state(d, VFIO_DEVICE_STATE_STOP, -1, &rep, &err), -EBADMSG);
+        cr_assert(strstr(err.text, "holds migration data it refused"), "%s", err.text);
+        cr_assert_eq(d->state, VFIO_DEVICE_STATE_RESUMING, "nothing moved");
+        err = (ErrorMessage) {};
+        cr_assert_eq(manager_set_states(m, both, 2, VFIO_DEVICE_STATE_RUNNING, false, results, &outcome, &err),
+                     -EBADMSG);
+        cr_assert_eq(outcome, GROUP_REFUSED_REFUSED_DATA);
+        cr_assert_eq(other->state, VFIO_DEVICE_STATE_RUNNING, "the group refused before moving anyone");
+        cr_assert_eq(d->state, VFIO_DEVICE_STATE_RESUMING);
+
+        err = (ErrorMessage) {};
+        cr_assert_eq(device_reset(d, &err), 0, "%s", err.text);
+        cr_assert(!d->holds_refused_data);
+        cr_assert_eq(device_set_state(d, VFIO_DEVICE_STATE_STOP, -1, &rep, &err), 0, "%s", err.text);
+
+        /* A reset nobody told us about (a VMM through its fd) clears it as well. */
+        cr_assert_eq(device_set_state(d, VFIO_DEVICE_STATE_RESUMING, -1, &rep, &err), 0, "%s", err.text);
+        device_note_refused_load(d, false, VFIO_DEVICE_STATE_RESUMING);
+        cr_assert_eq(vfio_dev_reset(d->dev), 0);
+        cr_assert_eq(device_set_state(d, VFIO_DEVICE_STATE_STOP, -1, &rep, &err), 0, "%s", err.text);
+        cr_assert(!d->holds_refused_data);
+        manager_free(m);
+}
+
 Test(manager, device_ids) {
         static const struct {
                 VfioBackend backend;

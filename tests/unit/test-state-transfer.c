@@ -143,3 +143,33 @@ Test(state_transfer, through_a_pipe_and_a_closed_reader) {
         close(p[1]);
         vfio_dev_free(a);
 }
+
+static int reset_unsupported(VfioDev *d) {
+        return -EOPNOTSUPP;
+}
+
+/* When the reset fails, the transfer must not claim one: the caller decides what the device may
+ * do next (core/device.c refuses every state change until a reset). */
+Test(state_transfer, a_failed_reset_is_not_reported_as_done) {
+        VfioDev *a = sim("a", 2 * SIM_BLOCK_SIZE), *b = sim("b", 2 * SIM_BLOCK_SIZE);
+        VfioDevOps no_reset = *b->ops;
+        const VfioDevOps *orig = b->ops;
+        uint64_t size;
+        StateTransfer t;
+        int fd = saved_state(a, &size), bad = memfd_create("bad", MFD_CLOEXEC);
+
+        cr_assert_eq(ftruncate(bad, 0), 0);
+        cr_assert_eq(copy_file_range(fd, NULL, bad, NULL, size - 100, 0), (ssize_t) (size - 100));
+        cr_assert_eq(lseek(bad, 0, SEEK_SET), 0);
+        no_reset.reset = reset_unsupported;
+        b->ops = &no_reset;
+        cr_assert_eq(transfer(STATE_TRANSFER_LOAD, b, bad, &t), -EINVAL);
+        cr_assert(!t.reset);
+        cr_assert_eq(t.final_state, VFIO_DEVICE_STATE_RESUMING);
+        cr_assert_eq(state_of(b), VFIO_DEVICE_STATE_RESUMING, "still holding what it refused");
+        b->ops = orig;
+        close(fd);
+        close(bad);
+        vfio_dev_free(a);
+        vfio_dev_free(b);
+}
