@@ -15,6 +15,9 @@ PACKAGES=(
         dbus dbus-daemon dbus-bin polkitd systemd util-linux procps python3
         # documentation checks: man pages render cleanly, XML policy files are well-formed
         groff-base man-db libxml2-utils
+        # VM tier (tests/vm/vm.py): QEMU (TCG) and a static busybox for the guest's initramfs; make,
+        # xz and zstd to unpack Debian's kernel packages and build the mtty sample module
+        qemu-system-x86 busybox-static make xz-utils zstd
 )
 
 missing=()
