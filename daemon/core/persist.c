@@ -74,8 +74,17 @@ static int reopen_check(VfioDev *dev, void *userdata, ErrorMessage *err) {
                                           "%s must be reopened to move its IOMMU group, which would end its open "
                                           "migration session", d->id);
         }
-        if (p->notify && kernel_device_fd_name(dev, &name) >= 0 && (at = stored_index(p, name)) >= 0)
+        if (p->notify && kernel_device_fd_name(dev, &name) >= 0 && (at = stored_index(p, name)) >= 0) {
+                int r;
+
                 store_remove(p, (size_t) at);
+                /* FDSTOREREMOVE is only a message: until the service manager has processed it, its
+                 * copy keeps the device open and the kernel refuses the move. */
+                r = sd_notify_barrier(false, 5 * UINT64_C(1000000));
+                if (r < 0)
+                        log_warning_errno(r, "The service manager did not confirm dropping '%s' from its fd store: %m",
+                                          name);
+        }
         return 0;
 }
 

@@ -89,9 +89,9 @@ stage1() {
         # What a booted host has under /run, and the integration harness expects (its
         # systemd --user wrapper mounts over /run/systemd and /run/log).
         mkdir -p $R/run/systemd $R/run/log $R/run/user $R/run/lock $R/run/vmtest
-        mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "tmpfs /tmp"
-        mount -t tmpfs -o mode=1777 tmpfs $R/var/tmp || fail "tmpfs /var/tmp"
-        mount -t tmpfs -o mode=0700 tmpfs $R/root || fail "tmpfs /root"
+        scratch /tmp 1777
+        scratch /var/tmp 1777
+        scratch /root 0700
         mount -t cgroup2 -o nsdelegate cgroup2 $R/sys/fs/cgroup || fail "cgroup2"
         mount -t tracefs tracefs $R/sys/kernel/tracing || say "no tracefs (kernel-side call counts unavailable)"
         ip link set lo up 2>/dev/null
@@ -111,6 +111,31 @@ stage1() {
         export work shell
         exec chroot $R /run/vmtest/busybox sh /run/vmtest/init stage2
         fail "cannot chroot into $R"
+}
+
+# tmpfs over a host directory the guest must write to, except for whatever of the source tree,
+# the build tree and the work share lies inside it (a CI clone under /tmp): those are moved
+# aside before the tmpfs hides them and put back on top of it.
+scratch() {
+        dir=$1
+        kept=
+        for p in "$SOURCE_ROOT" "$BUILD_ROOT" "$work"; do
+                case "$p" in
+                "$dir"/*) ;;
+                *) continue ;;
+                esac
+                rest=${p#"$dir"/}
+                top=$dir/${rest%%/*}
+                case " $kept " in *" $top "*) continue ;; esac
+                mkdir -p "/keep$top" || fail "mkdir /keep$top"
+                mount -o rbind "$R$top" "/keep$top" || fail "cannot keep $top across the tmpfs on $dir"
+                kept="$kept $top"
+        done
+        mount -t tmpfs -o "mode=$2" tmpfs "$R$dir" || fail "tmpfs $dir"
+        for top in $kept; do
+                mkdir -p "$R$top" || fail "mkdir $top on the tmpfs"
+                mount -o move "/keep$top" "$R$top" || fail "cannot put $top back"
+        done
 }
 
 stage2() {
