@@ -45,6 +45,14 @@
 #define VFIOMIG_ERROR_DMA_FAULT VFIOMIG_ERROR_PREFIX "DmaFault"
 #define VFIOMIG_ERROR_STREAM_REJECTED VFIOMIG_ERROR_PREFIX "StreamRejected"
 #define VFIOMIG_ERROR_TRANSFER_FAILED VFIOMIG_ERROR_PREFIX "TransferFailed"
+/* Migration jobs: StartMigration/PrepareIncoming refusals, and Migration.ErrorName. */
+#define VFIOMIG_ERROR_NO_SUCH_MIGRATION VFIOMIG_ERROR_PREFIX "NoSuchMigration"
+#define VFIOMIG_ERROR_PEER_UNREACHABLE VFIOMIG_ERROR_PREFIX "PeerUnreachable"  /* connecting failed */
+#define VFIOMIG_ERROR_PEER_REJECTED VFIOMIG_ERROR_PREFIX "PeerRejected"        /* the peer refused the handshake */
+#define VFIOMIG_ERROR_PEER_VIOLATION VFIOMIG_ERROR_PREFIX "PeerViolation"      /* the peer broke the protocol */
+#define VFIOMIG_ERROR_PEER_ABORTED VFIOMIG_ERROR_PREFIX "PeerAborted"          /* the peer sent ABORT */
+#define VFIOMIG_ERROR_PEER_LOST VFIOMIG_ERROR_PREFIX "PeerLost"                /* a channel broke or stalled */
+#define VFIOMIG_ERROR_CANCELLED VFIOMIG_ERROR_PREFIX "Cancelled"
 
 /*
  * Migration states as they appear on the bus, indexed by the kernel's
@@ -96,5 +104,23 @@
 
 /* Options of Device.SetState. */
 #define VFIOMIG_OPTION_RECOVER_STATE "recover-state" /* s: state to return to if the SET fails */
-/* Options of Manager.SetStates. */
+/* Options of Manager.SetStates (and StartMigration, PrepareIncoming). */
 #define VFIOMIG_OPTION_FORCE_WITHOUT_P2P "force-without-p2p" /* b: allow devices lacking P2P */
+
+/* Options of Manager.StartMigration. */
+#define VFIOMIG_OPTION_CHANNELS "channels"               /* u: TCP connections, 1..64, default 2 */
+#define VFIOMIG_OPTION_PRECOPY "precopy"                 /* b: default true when every device has pre-copy */
+#define VFIOMIG_OPTION_BANDWIDTH_LIMIT "bandwidth-limit" /* t: bytes per second, 0 (default) = none */
+#define VFIOMIG_OPTION_SWITCHOVER "switchover"           /* s: "auto" (default) or "manual" */
+#define VFIOMIG_OPTION_DOWNTIME_LIMIT "downtime-limit"   /* t: milliseconds auto switchover aims for, default 300 */
+#define VFIOMIG_OPTION_IO_URING "io-uring"               /* b: false forces plain socket I/O; default true */
+/* Options of Manager.PrepareIncoming. */
+#define VFIOMIG_OPTION_RUN "run"                         /* b: run the devices after the commit; default false */
+#define VFIOMIG_OPTION_REASSEMBLY_BUDGET "reassembly-budget" /* t: bytes held for reordering, default 256 MiB */
+#define VFIOMIG_OPTION_STALL_TIMEOUT "stall-timeout"     /* t: ms without progress before failing, default 30000 */
+
+/* Migration.Direction, Migration.Phase and the result of Migration.Completed. */
+#define VFIOMIG_DIRECTION_NAMES { "outgoing", "incoming" }
+#define VFIOMIG_PHASE_NAMES { "setup", "precopy", "stop-copy", "resuming", "completed", "failed", "cancelled" }
+/* The stream port the unit vfiomigd-stream.socket and the default listen address use. */
+#define VFIOMIG_STREAM_PORT 7179
