@@ -7,6 +7,9 @@
 #define DBUS_ERROR_PREFIX "org.freedesktop.DBus.Error."
 #define PROPERTIES_INTERFACE "org.freedesktop.DBus.Properties"
 
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
+
 /* sd-bus's built-in default when $DBUS_SYSTEM_BUS_ADDRESS is unset. */
 #define DEFAULT_SYSTEM_BUS_ADDRESS "unix:path=/run/dbus/system_bus_socket"
 
@@ -104,6 +107,25 @@ const char *ctl_bus_error_hint(const char *name) {
                 { VFIOMIG_ERROR_DMA_FAULT,
                   "the device's address space does not map that IOVA range with the access needed; "
                   "'vfiomigctl status DEV' shows its AddressSpace, 'vfiomigctl space show SPACE' the mappings" },
+                { VFIOMIG_ERROR_NO_SUCH_MIGRATION,
+                  "'vfiomigctl jobs' lists the migrations vfiomigd knows (finished ones are kept only for a while)" },
+                { VFIOMIG_ERROR_PEER_UNREACHABLE,
+                  "nothing accepted the connection: is 'vfiomigctl incoming' prepared on the destination, and do "
+                  "--to's host and port (default " STRINGIFY(VFIOMIG_STREAM_PORT) ") name one of the addresses it "
+                  "printed?" },
+                { VFIOMIG_ERROR_PEER_REJECTED,
+                  "the destination refused the handshake (a wrong token, other devices, or devices that do not "
+                  "match); the message gives its reason, 'vfiomigctl job' on the destination tells more" },
+                { VFIOMIG_ERROR_PEER_VIOLATION,
+                  "the other side broke the stream protocol; the job was given up, the source devices run again "
+                  "and the destination devices were reset" },
+                { VFIOMIG_ERROR_PEER_ABORTED,
+                  "the other side gave up and sent its reason; its 'vfiomigctl job' and log tell more" },
+                { VFIOMIG_ERROR_PEER_LOST,
+                  "a connection broke or made no progress; check the network between the hosts (the destination "
+                  "waits --stall-timeout before it gives up)" },
+                { VFIOMIG_ERROR_CANCELLED,
+                  "the job was cancelled ('vfiomigctl cancel' or Ctrl-C); the source devices keep running" },
                 { DBUS_ERROR_PREFIX "AccessDenied",
                   "not authorized: run as root or get the polkit action granted" },
                 { DBUS_ERROR_PREFIX "InteractiveAuthorizationRequired",
@@ -115,8 +137,8 @@ const char *ctl_bus_error_hint(const char *name) {
                 { DBUS_ERROR_PREFIX "InvalidArgs",
                   "vfiomigd rejected an argument; vfiomigctl(1) describes what each command takes" },
                 { DBUS_ERROR_PREFIX "UnknownObject",
-                  "no such object: the device or address space may be gone; "
-                  "'vfiomigctl list' and 'vfiomigctl space list' show what exists" },
+                  "no such object: the device, address space or migration may be gone; "
+                  "'vfiomigctl list', 'vfiomigctl space list' and 'vfiomigctl jobs' show what exists" },
                 { DBUS_ERROR_PREFIX "UnknownMethod",
                   "this vfiomigd does not implement the call; client and daemon versions differ" },
                 { DBUS_ERROR_PREFIX "UnknownInterface",
@@ -242,6 +264,48 @@ static int read_property(sd_bus_message *m, const CtlProperty *p, void *field) {
         return sd_bus_message_exit_container(m);
 }
 
+int ctl_read_properties(sd_bus_message *m, const CtlProperty *map, void *userdata, const char *path) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, SD_BUS_TYPE_ARRAY, "{sv}");
+        if (r < 0)
+                goto parse_error;
+        while ((r = sd_bus_message_enter_container(m, SD_BUS_TYPE_DICT_ENTRY, "sv")) > 0) {
+                const CtlProperty *p = map;
+                const char *name;
+
+                r = sd_bus_message_read_basic(m, 's', &name);
+                if (r < 0)
+                        goto parse_error;
+
+                while (p->name && !streq(p->name, name))
+                        p++;
+                if (p->name) {
+                        r = read_property(m, p, (uint8_t *) userdata + p->offset);
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to read property %s of %s: %m",
+                                                       name, path);
+                } else {
+                        r = sd_bus_message_skip(m, "v");
+                        if (r < 0)
+                                goto parse_error;
+                }
+
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        goto parse_error;
+        }
+        if (r < 0)
+                goto parse_error;
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                goto parse_error;
+        return 0;
+
+parse_error:
+        return log_error_errno(r, "Failed to parse properties of %s: %m", path);
+}
+
 int ctl_get_properties(sd_bus *bus, const char *path, const char *interface, const CtlProperty *map,
                        void *userdata, bool gone_ok) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
@@ -259,48 +323,16 @@ int ctl_get_properties(sd_bus *bus, const char *path, const char *interface, con
         if (r < 0) {
                 if (gone_ok && sd_bus_error_has_names(&error, DBUS_ERROR_PREFIX "UnknownObject",
                                                       VFIOMIG_ERROR_NO_SUCH_DEVICE,
-                                                      VFIOMIG_ERROR_NO_SUCH_ADDRESS_SPACE))
+                                                      VFIOMIG_ERROR_NO_SUCH_ADDRESS_SPACE,
+                                                      VFIOMIG_ERROR_NO_SUCH_MIGRATION))
                         return 0;
                 return ctl_log_call_error(bus, "GetAll", &error, r);
         }
 
-        r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_ARRAY, "{sv}");
+        r = ctl_read_properties(reply, map, userdata, path);
         if (r < 0)
-                goto parse_error;
-        while ((r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_DICT_ENTRY, "sv")) > 0) {
-                const CtlProperty *p = map;
-                const char *name;
-
-                r = sd_bus_message_read_basic(reply, 's', &name);
-                if (r < 0)
-                        goto parse_error;
-
-                while (p->name && !streq(p->name, name))
-                        p++;
-                if (p->name) {
-                        r = read_property(reply, p, (uint8_t *) userdata + p->offset);
-                        if (r < 0)
-                                return log_error_errno(r, "Failed to read property %s of %s: %m",
-                                                       name, path);
-                } else {
-                        r = sd_bus_message_skip(reply, "v");
-                        if (r < 0)
-                                goto parse_error;
-                }
-
-                r = sd_bus_message_exit_container(reply);
-                if (r < 0)
-                        goto parse_error;
-        }
-        if (r < 0)
-                goto parse_error;
-        r = sd_bus_message_exit_container(reply);
-        if (r < 0)
-                goto parse_error;
+                return r;
         return 1;
-
-parse_error:
-        return log_error_errno(r, "Failed to parse properties of %s: %m", path);
 }
 
 void manager_info_done(ManagerInfo *i) {
@@ -308,6 +340,7 @@ void manager_info_done(ManagerInfo *i) {
                 return;
         free(i->version);
         strv_free(i->kernel_features);
+        strv_free(i->stream_addresses);
         *i = (ManagerInfo) {};
 }
 
@@ -322,6 +355,8 @@ int ctl_get_manager_info(sd_bus *bus, ManagerInfo *ret) {
                 { "MaxMappings", "u", offsetof(ManagerInfo, max_mappings) },
                 { "MaxPinnedBytes", "t", offsetof(ManagerInfo, max_pinned_bytes) },
                 { "FileDescriptorStore", "b", offsetof(ManagerInfo, file_descriptor_store) },
+                { "MaxMigrations", "u", offsetof(ManagerInfo, max_migrations) },
+                { "StreamAddresses", "as", offsetof(ManagerInfo, stream_addresses) },
                 {},
         };
         _cleanup_(manager_info_done) ManagerInfo i = {};
@@ -350,6 +385,7 @@ void device_info_done(DeviceInfo *i) {
         free(i->state);
         free(i->last_transition);
         free(i->address_space);
+        free(i->migration);
         *i = (DeviceInfo) {};
 }
 
@@ -367,6 +403,7 @@ int ctl_get_device_info(sd_bus *bus, const char *path, bool gone_ok, DeviceInfo 
                 { "LastTransition", "s", offsetof(DeviceInfo, last_transition) },
                 { "AddressSpace", "o", offsetof(DeviceInfo, address_space) },
                 { "Clients", "u", offsetof(DeviceInfo, clients) },
+                { "Migration", "o", offsetof(DeviceInfo, migration) },
                 {},
         };
         _cleanup_(device_info_done) DeviceInfo i = {};
@@ -658,4 +695,123 @@ int ctl_get_spaces(sd_bus *bus, SpaceList *ret) {
 
 parse_error:
         return log_error_errno(r, "Failed to parse ListAddressSpaces reply: %m");
+}
+
+/* ---- migrations ---- */
+
+const CtlProperty ctl_migration_properties[] = {
+        { "Id", "u", offsetof(MigrationInfo, id) },
+        { "Direction", "s", offsetof(MigrationInfo, direction) },
+        { "Devices", "ao", offsetof(MigrationInfo, devices) },
+        { "Channels", "u", offsetof(MigrationInfo, channels) },
+        { "Precopy", "b", offsetof(MigrationInfo, precopy) },
+        { "SwitchoverMode", "s", offsetof(MigrationInfo, switchover_mode) },
+        { "DowntimeLimit", "t", offsetof(MigrationInfo, downtime_limit) },
+        { "Phase", "s", offsetof(MigrationInfo, phase) },
+        { "Peer", "s", offsetof(MigrationInfo, peer) },
+        { "BytesTransferred", "t", offsetof(MigrationInfo, bytes_transferred) },
+        { "BytesExpected", "t", offsetof(MigrationInfo, bytes_expected) },
+        { "Rate", "t", offsetof(MigrationInfo, rate) },
+        { "InitialDataLoaded", "b", offsetof(MigrationInfo, initial_data_loaded) },
+        { "SwitchoverRequested", "b", offsetof(MigrationInfo, switchover_requested) },
+        { "Downtime", "t", offsetof(MigrationInfo, downtime) },
+        { "Error", "s", offsetof(MigrationInfo, error) },
+        { "ErrorName", "s", offsetof(MigrationInfo, error_name) },
+        {},
+};
+
+void migration_info_done(MigrationInfo *i) {
+        if (!i)
+                return;
+        free(i->object);
+        free(i->direction);
+        strv_free(i->devices);
+        free(i->switchover_mode);
+        free(i->phase);
+        free(i->peer);
+        free(i->error);
+        free(i->error_name);
+        *i = (MigrationInfo) {};
+}
+
+int ctl_get_migration_info(sd_bus *bus, const char *path, bool gone_ok, MigrationInfo *ret) {
+        _cleanup_(migration_info_done) MigrationInfo i = {};
+        int r;
+
+        i.object = strdup(path);
+        if (!i.object)
+                return log_error_errno(ENOMEM, "Out of memory.");
+
+        r = ctl_get_properties(bus, path, VFIOMIG_MIGRATION_INTERFACE, ctl_migration_properties, &i, gone_ok);
+        if (r <= 0)
+                return r;
+
+        /* Replaces what ret held: a watcher refreshes the same struct. */
+        migration_info_done(ret);
+        *ret = i;
+        i = (MigrationInfo) {};
+        return 1;
+}
+
+void migration_list_done(MigrationList *l) {
+        if (!l)
+                return;
+        for (size_t i = 0; i < l->n_entries; i++) {
+                free(l->entries[i].direction);
+                free(l->entries[i].phase);
+                free(l->entries[i].object);
+        }
+        free(l->entries);
+        *l = (MigrationList) {};
+}
+
+int ctl_get_migrations(sd_bus *bus, MigrationList *ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(migration_list_done) MigrationList l = {};
+        const char *direction, *phase, *path;
+        uint64_t bytes;
+        uint32_t id;
+        int r;
+
+        r = ctl_new_method_call(bus, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE, "ListMigrations", &m);
+        if (r < 0)
+                return r;
+        r = ctl_call(bus, m, &reply);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_enter_container(reply, SD_BUS_TYPE_ARRAY, "(ussto)");
+        if (r < 0)
+                goto parse_error;
+        while ((r = sd_bus_message_read(reply, "(ussto)", &id, &direction, &phase, &bytes, &path)) > 0) {
+                MigrationListEntry *grown;
+
+                grown = reallocarray(l.entries, l.n_entries + 1, sizeof(MigrationListEntry));
+                if (!grown)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                l.entries = grown;
+                l.entries[l.n_entries] = (MigrationListEntry) {
+                        .id = id,
+                        .direction = strdup(direction),
+                        .phase = strdup(phase),
+                        .bytes_transferred = bytes,
+                        .object = strdup(path),
+                };
+                l.n_entries++;
+                if (!l.entries[l.n_entries - 1].direction || !l.entries[l.n_entries - 1].phase ||
+                    !l.entries[l.n_entries - 1].object)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+        }
+        if (r < 0)
+                goto parse_error;
+        r = sd_bus_message_exit_container(reply);
+        if (r < 0)
+                goto parse_error;
+
+        *ret = l;
+        l = (MigrationList) {};
+        return 0;
+
+parse_error:
+        return log_error_errno(r, "Failed to parse ListMigrations reply: %m");
 }

@@ -45,6 +45,9 @@ typedef struct CtlProperty {
  * NoSuchAddressSpace); otherwise 1 once read. */
 int ctl_get_properties(sd_bus *bus, const char *path, const char *interface, const CtlProperty *map,
                        void *userdata, bool gone_ok);
+/* The a{sv} at the read position of m (a GetAll reply, or the changed properties of
+ * PropertiesChanged) into userdata by map; path is for messages. 0, or a logged negative errno. */
+int ctl_read_properties(sd_bus_message *m, const CtlProperty *map, void *userdata, const char *path);
 
 typedef struct ManagerInfo {
         char *version;
@@ -56,6 +59,8 @@ typedef struct ManagerInfo {
         uint32_t max_mappings;
         uint64_t max_pinned_bytes;
         bool file_descriptor_store;
+        uint32_t max_migrations;
+        char **stream_addresses;        /* "host:port" the daemon listens on for incoming streams */
 } ManagerInfo;
 
 void manager_info_done(ManagerInfo *i);
@@ -75,6 +80,7 @@ typedef struct DeviceInfo {
         char *last_transition;
         char *address_space;    /* object path; "/" when the device is in no address space */
         uint32_t clients;
+        char *migration;        /* object path of the job that owns the device; "/" when none */
 } DeviceInfo;
 
 void device_info_done(DeviceInfo *i);
@@ -127,3 +133,49 @@ void space_list_done(SpaceList *l);
 /* ListAddressSpaces and each space's properties, in the daemon's order (creation order). Spaces
  * destroyed while we read are left out. */
 int ctl_get_spaces(sd_bus *bus, SpaceList *ret);
+
+typedef struct MigrationInfo {
+        char *object;
+        uint32_t id;
+        char *direction;        /* "outgoing", "incoming" */
+        char **devices;         /* object paths */
+        uint32_t channels;
+        bool precopy;
+        char *switchover_mode;  /* "auto", "manual" */
+        uint64_t downtime_limit;        /* ms */
+        char *phase;
+        char *peer;
+        uint64_t bytes_transferred;
+        uint64_t bytes_expected;        /* 0: unknown */
+        uint64_t rate;                  /* bytes per second */
+        bool initial_data_loaded;
+        bool switchover_requested;
+        uint64_t downtime;              /* ms, 0: unknown */
+        char *error;
+        char *error_name;
+} MigrationInfo;
+
+/* The property map of org.vfiomig1.Migration into MigrationInfo, for ctl_read_properties(). */
+extern const CtlProperty ctl_migration_properties[];
+
+void migration_info_done(MigrationInfo *i);
+/* Every property of the job at path into ret, replacing what it held (so a watcher can refresh
+ * one struct). With gone_ok, returns 0 when the job no longer exists (ret untouched); else 1. */
+int ctl_get_migration_info(sd_bus *bus, const char *path, bool gone_ok, MigrationInfo *ret);
+
+typedef struct MigrationListEntry {
+        uint32_t id;
+        char *direction;
+        char *phase;
+        uint64_t bytes_transferred;
+        char *object;
+} MigrationListEntry;
+
+typedef struct MigrationList {
+        MigrationListEntry *entries;
+        size_t n_entries;
+} MigrationList;
+
+void migration_list_done(MigrationList *l);
+/* ListMigrations, in the daemon's order. */
+int ctl_get_migrations(sd_bus *bus, MigrationList *ret);

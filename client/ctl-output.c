@@ -281,3 +281,148 @@ int table_print(const Table *t, FILE *f) {
         }
         return 0;
 }
+
+/* ---- migrations ---- */
+
+#define USEC_PER_MSEC UINT64_C(1000)
+#define USEC_PER_SEC UINT64_C(1000000)
+
+char *format_duration(char *buf, size_t size, uint64_t usec) {
+        uint64_t sec = usec / USEC_PER_SEC;
+
+        if (usec < USEC_PER_SEC)
+                (void) snprintf(buf, size, "%" PRIu64 "ms", usec / USEC_PER_MSEC);
+        else if (sec < 60)
+                (void) snprintf(buf, size, "%" PRIu64 ".%" PRIu64 "s", sec, usec % USEC_PER_SEC / 100000);
+        else if (sec < 3600)
+                (void) snprintf(buf, size, "%" PRIu64 "m%02" PRIu64 "s", sec / 60, sec % 60);
+        else
+                (void) snprintf(buf, size, "%" PRIu64 "h%02" PRIu64 "m", sec / 3600, sec % 3600 / 60);
+        return buf;
+}
+
+char *format_rate(char *buf, size_t size, uint64_t bytes_per_second) {
+        char b[FORMAT_BYTES_MAX];
+
+        (void) snprintf(buf, size, "%s/s", format_bytes(b, sizeof(b), bytes_per_second));
+        return buf;
+}
+
+int migration_eta_usec(uint64_t transferred, uint64_t expected, uint64_t rate, uint64_t *ret) {
+        double eta;
+
+        if (!ret)
+                return -EINVAL;
+        if (expected == 0 || rate == 0 || transferred >= expected)
+                return -ENODATA;
+
+        /* In floating point: (expected - transferred) * 10^6 need not fit in 64 bits, and an
+         * estimate needs no more than its first digits anyway. */
+        eta = (double) (expected - transferred) * (double) USEC_PER_SEC / (double) rate;
+        *ret = eta >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t) eta;
+        return 0;
+}
+
+int migration_percent(uint64_t transferred, uint64_t expected) {
+        if (expected == 0)
+                return -ENODATA;
+        if (transferred >= expected)
+                return 100;
+        /* transferred < expected, so never 100 yet. Past 2^64/100 bytes, dividing expected first
+         * keeps this in 64 bits; it may then round up, hence the cap. */
+        if (transferred <= UINT64_MAX / 100)
+                return (int) (transferred * 100 / expected);
+        return (int) MIN(transferred / (expected / 100), (uint64_t) 99);
+}
+
+char *format_migration_progress(const MigrationProgress *p) {
+        char done[FORMAT_BYTES_MAX], total[FORMAT_BYTES_MAX], rate[FORMAT_RATE_MAX], eta[FORMAT_DURATION_MAX];
+        char of[FORMAT_BYTES_MAX + 16] = "", eta_text[FORMAT_DURATION_MAX + 8] = "", ready[48] = "";
+        uint64_t eta_usec;
+        char *s;
+        int pct;
+
+        if (!p)
+                return NULL;
+
+        pct = migration_percent(p->transferred, p->expected);
+        if (pct >= 0)
+                (void) snprintf(of, sizeof(of), " of %s (%d%%)", format_bytes(total, sizeof(total), p->expected),
+                                pct);
+        /* Waiting for a manual switchover, the rest moves only once it is asked for: no ETA. */
+        if (!p->ready_for_switchover && migration_eta_usec(p->transferred, p->expected, p->rate, &eta_usec) >= 0)
+                (void) snprintf(eta_text, sizeof(eta_text), ", ETA %s",
+                                eta_usec == UINT64_MAX ? "never" : format_duration(eta, sizeof(eta), eta_usec));
+        if (p->ready_for_switchover)
+                (void) snprintf(ready, sizeof(ready), ", ready: vfiomigctl switchover %" PRIu32, p->id);
+
+        if (asprintf(&s, "%s: %s%s, %s%s%s", p->phase && *p->phase ? p->phase : "unknown",
+                     format_bytes(done, sizeof(done), p->transferred), of,
+                     format_rate(rate, sizeof(rate), p->rate), eta_text, ready) < 0)
+                return NULL;
+        return s;
+}
+
+char *format_migration_summary(const MigrationSummary *m) {
+        char bytes[FORMAT_BYTES_MAX], duration[FORMAT_DURATION_MAX], rate[FORMAT_RATE_MAX],
+                downtime[FORMAT_DURATION_MAX];
+        char in[FORMAT_DURATION_MAX + FORMAT_RATE_MAX + 8] = "", down[FORMAT_DURATION_MAX + 16] = "";
+        char *s;
+
+        if (!m)
+                return NULL;
+
+        if (m->duration_usec > 0) {
+                /* The average over the whole job, in floating point: bytes times 10^6 would not
+                 * fit in 64 bits, and the display needs no more than three digits. */
+                double avg = (double) m->bytes * (double) USEC_PER_SEC / (double) m->duration_usec;
+
+                (void) snprintf(in, sizeof(in), " in %s (%s)", format_duration(duration, sizeof(duration),
+                                                                                m->duration_usec),
+                                format_rate(rate, sizeof(rate), avg >= 18446744073709551615.0 ? UINT64_MAX
+                                                                                              : (uint64_t) avg));
+        }
+        if (streq_ptr(m->result, "completed")) {
+                if (m->downtime_ms > 0)
+                        (void) snprintf(down, sizeof(down), ", downtime %s",
+                                        format_duration(downtime, sizeof(downtime),
+                                                        m->downtime_ms > UINT64_MAX / USEC_PER_MSEC
+                                                                ? UINT64_MAX
+                                                                : m->downtime_ms * USEC_PER_MSEC));
+                else
+                        (void) snprintf(down, sizeof(down), ", downtime unknown");
+        }
+
+        if (asprintf(&s, "Migration %" PRIu32 "%s%s%s %s: %s%s%s", m->id, m->direction ? " (" : "",
+                     m->direction ?: "", m->direction ? ")" : "", m->result ?: "unknown",
+                     format_bytes(bytes, sizeof(bytes), m->bytes), in, down) < 0)
+                return NULL;
+        return s;
+}
+
+char *shell_quote(const char *s) {
+        static const char safe[] =
+                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_@%+=:,./-";
+        size_t len = 3;
+        char *q, *p;
+
+        if (!s)
+                return NULL;
+        if (*s && strspn(s, safe) == strlen(s))
+                return strdup(s);
+
+        for (const char *i = s; *i; i++)
+                len += *i == '\'' ? 4 : 1;
+        q = p = malloc(len);
+        if (!q)
+                return NULL;
+        *p++ = '\'';
+        for (const char *i = s; *i; i++)
+                if (*i == '\'')
+                        p = stpcpy(p, "'\\''");
+                else
+                        *p++ = *i;
+        *p++ = '\'';
+        *p = 0;
+        return q;
+}

@@ -63,3 +63,54 @@ int table_add_row(Table *t, const char *const *cells);
 size_t table_n_rows(const Table *t);
 /* Columns are separated by two spaces; the last one is not padded. */
 int table_print(const Table *t, FILE *f);
+
+/* ---- migrations ---- */
+
+/* "0ms", "850ms", "12.3s" (below a minute, one decimal, rounded down), "2m05s", "1h02m". */
+#define FORMAT_DURATION_MAX 32
+char *format_duration(char *buf, size_t size, uint64_t usec);
+
+/* format_bytes() per second: "512.0 MiB/s". */
+#define FORMAT_RATE_MAX (FORMAT_BYTES_MAX + 2)
+char *format_rate(char *buf, size_t size, uint64_t bytes_per_second);
+
+/* The time left to move expected bytes at rate, in µs. -ENODATA when it cannot be known: nothing expected (0 means unknown), no rate, or
+ * already past what was expected (pre-copy data was sent again). Saturates at UINT64_MAX. */
+int migration_eta_usec(uint64_t transferred, uint64_t expected, uint64_t rate, uint64_t *ret);
+
+/* transferred as a percentage of expected, rounded down and at most 100; -ENODATA when expected
+ * is 0 (unknown). */
+int migration_percent(uint64_t transferred, uint64_t expected);
+
+typedef struct MigrationProgress {
+        const char *phase;
+        uint64_t transferred;
+        uint64_t expected;              /* 0: unknown */
+        uint64_t rate;                  /* bytes per second */
+        bool ready_for_switchover;      /* manual switchover, initial data loaded, still in pre-copy */
+        uint32_t id;                    /* for the switchover command shown when ready */
+} MigrationProgress;
+
+/* The one-line progress display, as "precopy: 1.2 GiB of 4.0 GiB (30%), 512.0 MiB/s, ETA 6s".
+ * Without a known expected size, only what was moved and the rate; no ETA unless
+ * migration_eta_usec() knows it, and none while the job waits for a manual switchover (the rest
+ * does not move until then), which the line says instead. NULL on OOM. */
+char *format_migration_progress(const MigrationProgress *p);
+
+typedef struct MigrationSummary {
+        uint32_t id;
+        const char *direction;          /* "outgoing", "incoming" */
+        const char *result;             /* "completed", "failed", "cancelled" */
+        uint64_t bytes;
+        uint64_t duration_usec;         /* 0: not known (the job was not watched from its start) */
+        uint64_t downtime_ms;           /* 0: unknown */
+} MigrationSummary;
+
+/* "Migration 3 (outgoing) completed: 4.0 GiB in 12.3s (333.3 MiB/s), downtime 120ms". The
+ * downtime is told only for a completed job (a failed one never stopped the guest for good), as
+ * "downtime unknown" when the daemon did not measure it. NULL on OOM. */
+char *format_migration_summary(const MigrationSummary *s);
+
+/* s as one shell word: as it is when it holds only characters no shell treats specially
+ * ([A-Za-z0-9_@%+=:,./-], not empty), else in single quotes (a quote becoming '\''). NULL on OOM. */
+char *shell_quote(const char *s);

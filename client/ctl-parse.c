@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <strings.h>
 #include <systemd/sd-bus.h>
 
 #include "ctl-parse.h"
 #include "macro.h"
+#include "stream-wire.h"
 #include "vfiomig1.h"
 
 static const char *const json_format_table[_JSON_FORMAT_MAX] = {
@@ -17,6 +20,8 @@ static const char *const json_format_table[_JSON_FORMAT_MAX] = {
 static const char *const state_names[] = VFIOMIG_STATE_NAMES;
 
 static const CtlSimOption sim_options[] = VFIOMIG_SIM_OPTIONS;
+
+static const char *const phase_names[] = VFIOMIG_PHASE_NAMES;
 
 JsonFormat json_format_from_string(const char *s) {
         if (!s)
@@ -435,4 +440,342 @@ int ctl_option_value_parse(const CtlSimOption *option, const char *value, CtlOpt
 
         *ret = v;
         return 0;
+}
+
+/* ---- migrations ---- */
+
+static bool is_digit(char c) {
+        return c >= '0' && c <= '9';
+}
+
+/* Leading decimal digits of *p into *ret, advancing *p. -EINVAL when there is no digit, -ERANGE
+ * when they do not fit under max (after consuming them all, so the caller checks syntax first). */
+static int scan_decimal(const char **p, uint64_t max, uint64_t *ret) {
+        bool overflow = false;
+        uint64_t v = 0;
+
+        if (!is_digit(**p))
+                return -EINVAL;
+        for (; is_digit(**p); (*p)++) {
+                uint64_t d = (uint64_t) (**p - '0');
+
+                if (overflow || v > (max - d) / 10)
+                        overflow = true;
+                else
+                        v = v * 10 + d;
+        }
+        *ret = v;
+        return overflow ? -ERANGE : 0;
+}
+
+int ctl_parse_bytes(const char *s, bool rate, uint64_t *ret) {
+        static const struct {
+                char unit;
+                unsigned shift;
+        } units[] = {
+                { 'K', 10 }, { 'M', 20 }, { 'G', 30 }, { 'T', 40 },
+        };
+        uint64_t v = 0, frac = 0, scale = 1, f;
+        const char *p = s;
+        unsigned shift = 0, n_frac = 0;
+        bool has_unit = false;
+        int range;
+
+        if (!s || !ret)
+                return -EINVAL;
+
+        range = scan_decimal(&p, UINT64_MAX, &v);
+        if (range == -EINVAL)
+                return -EINVAL;
+        if (*p == '.') {
+                p++;
+                if (!is_digit(*p))
+                        return -EINVAL;
+                for (; is_digit(*p); p++) {
+                        /* Six decimals of a TiB are below a byte already; more is a typo. */
+                        if (++n_frac > 6)
+                                return -EINVAL;
+                        frac = frac * 10 + (uint64_t) (*p - '0');
+                        scale *= 10;
+                }
+        }
+
+        for (size_t i = 0; i < ELEMENTSOF(units); i++)
+                if (*p == units[i].unit) {
+                        shift = units[i].shift;
+                        has_unit = true;
+                        p++;
+                        break;
+                }
+        if (has_unit && p[0] == 'i' && p[1] == 'B')
+                p += 2;
+        else if (*p == 'B')
+                p++;
+        if (rate && p[0] == '/' && p[1] == 's')
+                p += 2;
+        if (*p)
+                return -EINVAL;
+        /* A fraction of a byte is no amount of data. */
+        if (n_frac > 0 && !has_unit)
+                return -EINVAL;
+
+        if (range < 0 || v > (UINT64_MAX >> shift))
+                return -ERANGE;
+        v <<= shift;
+        /* frac < 10^6 < 2^20 and shift ≤ 40, so this cannot overflow. */
+        f = (frac << shift) / scale;
+        if (v > UINT64_MAX - f)
+                return -ERANGE;
+
+        *ret = v + f;
+        return 0;
+}
+
+int ctl_parse_msec(const char *s, uint64_t *ret) {
+        const char *p = s;
+        uint64_t v;
+        int range;
+
+        if (!s || !ret)
+                return -EINVAL;
+
+        range = scan_decimal(&p, UINT64_MAX, &v);
+        if (range == -EINVAL)
+                return -EINVAL;
+        if (streq(p, "s")) {
+                if (range < 0 || v > UINT64_MAX / 1000)
+                        return -ERANGE;
+                v *= 1000;
+        } else if (*p && !streq(p, "ms"))
+                return -EINVAL;
+        else if (range < 0)
+                return -ERANGE;
+
+        *ret = v;
+        return 0;
+}
+
+int ctl_parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret) {
+        const char *p = s;
+        uint64_t v;
+        int r;
+
+        if (!s || !ret)
+                return -EINVAL;
+
+        r = scan_decimal(&p, UINT32_MAX, &v);
+        if (r == -EINVAL || *p)
+                return -EINVAL;
+        if (r < 0 || v < min || v > max)
+                return -ERANGE;
+
+        *ret = (unsigned) v;
+        return 0;
+}
+
+/* An IPv6 address as inet_pton() takes it, optionally with a "%zone" (an interface name or index). */
+static bool ipv6_address_is_valid(const char *s) {
+        _cleanup_free_ char *copy = NULL;
+        struct in6_addr a;
+        char *zone;
+
+        copy = strdup(s);
+        if (!copy)
+                return false;
+        zone = strchr(copy, '%');
+        if (zone) {
+                *zone++ = 0;
+                if (!*zone)
+                        return false;
+                for (const char *z = zone; *z; z++)
+                        if (!((*z >= 'a' && *z <= 'z') || (*z >= 'A' && *z <= 'Z') || is_digit(*z) ||
+                              *z == '_' || *z == '-' || *z == '.'))
+                                return false;
+        }
+        return inet_pton(AF_INET6, copy, &a) == 1;
+}
+
+/* An IPv4 address or a DNS name, by syntax only: which of them resolves is the daemon's business. */
+static bool host_name_is_valid(const char *s, size_t n) {
+        if (n == 0 || n > 253)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || is_digit(s[i]) ||
+                      s[i] == '-' || s[i] == '.' || s[i] == '_'))
+                        return false;
+        return true;
+}
+
+static int parse_port(const char *s, uint16_t *ret) {
+        unsigned port;
+        int r;
+
+        r = ctl_parse_unsigned(s, 1, UINT16_MAX, &port);
+        if (r < 0)
+                return r;
+        *ret = (uint16_t) port;
+        return 0;
+}
+
+int ctl_parse_host_port(const char *s, uint16_t default_port, char **ret_host, uint16_t *ret_port) {
+        _cleanup_free_ char *host = NULL;
+        uint16_t port = default_port;
+        const char *colon;
+        int r;
+
+        if (!s || !ret_host || !ret_port)
+                return -EINVAL;
+
+        if (s[0] == '[') {
+                const char *end = strchr(s, ']');
+
+                if (!end)
+                        return -EINVAL;
+                host = strndup(s + 1, (size_t) (end - s - 1));
+                if (!host)
+                        return -ENOMEM;
+                if (!ipv6_address_is_valid(host))
+                        return -EINVAL;
+                if (end[1] == ':') {
+                        r = parse_port(end + 2, &port);
+                        if (r < 0)
+                                return r;
+                } else if (end[1])
+                        return -EINVAL;
+        } else if ((colon = strchr(s, ':')) && strchr(colon + 1, ':')) {
+                /* Two colons or more: an IPv6 address, which has no room for a port without brackets. */
+                if (!ipv6_address_is_valid(s))
+                        return -EINVAL;
+                host = strdup(s);
+                if (!host)
+                        return -ENOMEM;
+        } else {
+                size_t n = colon ? (size_t) (colon - s) : strlen(s);
+
+                if (!host_name_is_valid(s, n))
+                        return -EINVAL;
+                if (colon) {
+                        r = parse_port(colon + 1, &port);
+                        if (r < 0)
+                                return r;
+                }
+                host = strndup(s, n);
+                if (!host)
+                        return -ENOMEM;
+        }
+
+        if (port == 0)
+                return -ERANGE;
+
+        *ret_host = TAKE_PTR(host);
+        *ret_port = port;
+        return 0;
+}
+
+char *ctl_peer_format(const char *host, uint16_t port) {
+        char *s;
+
+        if (!host)
+                return NULL;
+        if (asprintf(&s, strchr(host, ':') ? "[%s]:%" PRIu16 : "%s:%" PRIu16, host, port) < 0)
+                return NULL;
+        return s;
+}
+
+bool ctl_token_is_valid(const char *s) {
+        size_t n = 0;
+
+        if (!s)
+                return false;
+        for (; s[n]; n++)
+                if (!(is_digit(s[n]) || (s[n] >= 'a' && s[n] <= 'f') || (s[n] >= 'A' && s[n] <= 'F')))
+                        return false;
+        return n == 2 * STREAM_TOKEN_SIZE;
+}
+
+/* "N" or "_N" → N. */
+static int parse_migration_element(const char *s, bool underscore_required, uint32_t *ret) {
+        const char *p = s;
+        uint64_t v;
+        int r;
+
+        if (*p == '_')
+                p++;
+        else if (underscore_required)
+                return -EINVAL;
+
+        r = scan_decimal(&p, UINT32_MAX, &v);
+        if (r == -EINVAL || *p)
+                return -EINVAL;
+        if (r < 0)
+                return r;
+        *ret = (uint32_t) v;
+        return 0;
+}
+
+int ctl_migration_id_from_path(const char *path, uint32_t *ret) {
+        const size_t n = strlen(VFIOMIG_MIGRATION_PATH_PREFIX);
+
+        if (!path || !ret)
+                return -EINVAL;
+        if (strncmp(path, VFIOMIG_MIGRATION_PATH_PREFIX, n) != 0 || path[n] != '/')
+                return -EINVAL;
+        return parse_migration_element(path + n + 1, /* underscore_required= */ true, ret);
+}
+
+int ctl_migration_path(const char *job, char **ret) {
+        uint32_t id;
+        char *p;
+        int r;
+
+        if (!job || !ret)
+                return -EINVAL;
+
+        if (job[0] == '/')
+                r = ctl_migration_id_from_path(job, &id);
+        else
+                r = parse_migration_element(job, /* underscore_required= */ false, &id);
+        if (r < 0)
+                return r;
+
+        if (asprintf(&p, VFIOMIG_MIGRATION_PATH_PREFIX "/_%" PRIu32, id) < 0)
+                return -ENOMEM;
+        *ret = p;
+        return 0;
+}
+
+bool ctl_phase_is_known(const char *phase) {
+        if (!phase)
+                return false;
+        for (size_t i = 0; i < ELEMENTSOF(phase_names); i++)
+                if (streq(phase, phase_names[i]))
+                        return true;
+        return false;
+}
+
+bool ctl_phase_is_final(const char *phase) {
+        return streq_ptr(phase, "completed") || streq_ptr(phase, "failed") || streq_ptr(phase, "cancelled");
+}
+
+bool ctl_switchover_mode_is_valid(const char *s) {
+        return streq_ptr(s, "auto") || streq_ptr(s, "manual");
+}
+
+static bool peer_is_local_or_any(const char *address) {
+        _cleanup_free_ char *host = NULL;
+        uint16_t port;
+
+        if (ctl_parse_host_port(address, 1, &host, &port) < 0)
+                return true; /* not something a source can connect to either */
+        return strncmp(host, "127.", 4) == 0 || streq(host, "::1") || streq(host, "localhost") ||
+               streq(host, "0.0.0.0") || streq(host, "::");
+}
+
+const char *ctl_pick_peer_address(char *const *addresses) {
+        if (!addresses || !addresses[0])
+                return NULL;
+        for (char *const *a = addresses; *a; a++)
+                if (!peer_is_local_or_any(*a))
+                        return *a;
+        return addresses[0];
 }

@@ -108,3 +108,53 @@ int ctl_split_assignment(const char *assignment, char **ret_key, const char **re
 /* Converts value by option->signature. -EINVAL/-ERANGE from the parsers above, -EOPNOTSUPP for a
  * signature this client cannot build from text. ret is untouched on failure. */
 int ctl_option_value_parse(const CtlSimOption *option, const char *value, CtlOptionValue *ret);
+
+/* ---- migrations ---- */
+
+/* SIZE and RATE of the migration commands: a decimal number and an optional unit K, M, G or T
+ * (powers of 1024), each optionally followed by "B" or "iB" ("4G", "4GB", "4GiB"); "B" alone is
+ * bytes. Up to six decimals are allowed before a unit ("1.5G"), and the result is rounded down to
+ * whole bytes. With rate, an optional "/s" may end the text ("100MiB/s"). Upper case as written.
+ * -EINVAL for anything else (signs, spaces, hex, "1.5" without a unit), -ERANGE past UINT64_MAX. */
+int ctl_parse_bytes(const char *s, bool rate, uint64_t *ret);
+
+/* Milliseconds: a decimal number with an optional unit "ms" or "s" ("300", "300ms", "30s").
+ * -EINVAL for anything else, -ERANGE past UINT64_MAX milliseconds. */
+int ctl_parse_msec(const char *s, uint64_t *ret);
+
+/* A decimal number in [min, max] (no sign, no hex, no suffix): -EINVAL for bad syntax, -ERANGE
+ * outside the range. */
+int ctl_parse_unsigned(const char *s, unsigned min, unsigned max, unsigned *ret);
+
+/* A stream peer as the user types it: HOST, HOST:PORT, [IPV6] or [IPV6]:PORT, or a bare IPv6
+ * address (which cannot carry a port: "fe80::1"). HOST is an IPv4 address or a host name (letters,
+ * digits, '-', '.', '_'). A missing port is default_port. -EINVAL for bad syntax (an empty host or
+ * port, an unbracketed IPv6 address with something that looks like a port, junk after ']'),
+ * -ERANGE for a port outside 1..65535. ret_host is the host without brackets. */
+int ctl_parse_host_port(const char *s, uint16_t default_port, char **ret_host, uint16_t *ret_port);
+/* "host:port", with the host in brackets when it is an IPv6 address: the peer string
+ * StartMigration takes. NULL on OOM. */
+char *ctl_peer_format(const char *host, uint16_t port);
+
+/* A migration token: exactly 2 * STREAM_TOKEN_SIZE hex digits, in either case. */
+bool ctl_token_is_valid(const char *s);
+
+/* JOB names a migration job: its id N ("3"), the last element of its object path ("_3"), or the
+ * object path (VFIOMIG_MIGRATION_PATH_PREFIX "/_3"). N is decimal and fits in 32 bits (the Id
+ * property is "u"). Returns the normalized object path; -EINVAL for anything else, -ERANGE past
+ * UINT32_MAX. Whether the job exists only vfiomigd knows. */
+int ctl_migration_path(const char *job, char **ret);
+/* The N of a job's object path, or -EINVAL. */
+int ctl_migration_id_from_path(const char *path, uint32_t *ret);
+
+/* Whether a Phase value is one of VFIOMIG_PHASE_NAMES, and whether it is one a job ends in
+ * ("completed", "failed", "cancelled", which are also the results of Completed). */
+bool ctl_phase_is_known(const char *phase);
+bool ctl_phase_is_final(const char *phase);
+
+/* "auto" or "manual". */
+bool ctl_switchover_mode_is_valid(const char *s);
+
+/* The address of PrepareIncoming's list a source should be told to connect to: the first that is
+ * neither loopback nor unspecified (0.0.0.0, [::]), else the first. NULL for an empty list. */
+const char *ctl_pick_peer_address(char *const *addresses);

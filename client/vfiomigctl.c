@@ -16,6 +16,8 @@
 #include "ctl-bus.h"
 #include "ctl-output.h"
 #include "ctl-parse.h"
+#include "ctl-wait.h"
+#include "stream-wire.h"
 #include "vfiomig1.h"
 
 /* Failures exit 1; a command line we cannot act on exits 2, so that a script can tell its own
@@ -40,6 +42,19 @@ static const char *arg_output = NULL;
 static uint64_t arg_offset = 0, arg_length = 0, arg_iova = 0;
 static bool arg_offset_set = false, arg_length_set = false, arg_iova_set = false;
 static int arg_access = -1; /* CTL_ACCESS_* bits; unset means read and write */
+static bool arg_run = false;
+static uint64_t arg_reassembly_budget = 0, arg_stall_timeout = 0;
+static bool arg_reassembly_budget_set = false, arg_stall_timeout_set = false;
+static const char *arg_to = NULL;
+static const char *arg_token = NULL;
+static unsigned arg_channels = 0;
+static bool arg_channels_set = false;
+static bool arg_no_precopy = false;
+static uint64_t arg_bandwidth = 0, arg_downtime = 0;
+static bool arg_bandwidth_set = false, arg_downtime_set = false;
+static const char *arg_switchover = NULL;
+static bool arg_no_io_uring = false;
+static bool arg_no_wait = false;
 
 /* sim-dma write --file reads the whole file into one message; the daemon's own limit per DMA
  * is far lower and it says so, but nothing larger than this is worth reading into memory. */
@@ -135,6 +150,9 @@ static int device_to_json(const DeviceInfo *d, bool full, json_object **ret) {
                                     d->address_space && !streq(d->address_space, "/") ? d->address_space : NULL);
         if (r >= 0 && full)
                 r = json_add_uint64(j, "clients", d->clients);
+        if (r >= 0 && full)
+                r = json_add_string(j, "migration",
+                                    d->migration && !streq(d->migration, "/") ? d->migration : NULL);
         if (r < 0)
                 return r;
 
@@ -236,7 +254,7 @@ static int status_manager(void) {
         _cleanup_(manager_info_done) ManagerInfo m = {};
         _cleanup_(device_list_done) DeviceList l = {};
         _cleanup_(table_freep) Table *t = NULL;
-        _cleanup_free_ char *features = NULL;
+        _cleanup_free_ char *features = NULL, *addresses = NULL;
         char pinned[FORMAT_BYTES_MAX];
         int r;
 
@@ -272,6 +290,10 @@ static int status_manager(void) {
                 if (r >= 0)
                         r = json_add_bool(j, "file_descriptor_store", m.file_descriptor_store);
                 if (r >= 0)
+                        r = json_add_uint64(j, "max_migrations", m.max_migrations);
+                if (r >= 0)
+                        r = json_add_strv(j, "stream_addresses", m.stream_addresses);
+                if (r >= 0)
                         r = devices_to_json(&l, &devices);
                 if (r >= 0)
                         r = json_add(j, "devices", TAKE_PTR(devices));
@@ -281,7 +303,8 @@ static int status_manager(void) {
         }
 
         features = strv_join_spaces(m.kernel_features);
-        if (!features)
+        addresses = strv_join_spaces(m.stream_addresses);
+        if (!features || !addresses)
                 return log_error_errno(ENOMEM, "Out of memory.");
         r = devices_to_table(&l, &t);
         if (r < 0)
@@ -298,10 +321,12 @@ static int status_manager(void) {
                "MaxAddressSpaces: %" PRIu32 "\n"
                "MaxMappings: %" PRIu32 "\n"
                "MaxPinnedBytes: %" PRIu64 " (%s)\n"
+               "MaxMigrations: %" PRIu32 "\n"
+               "StreamAddresses: %s\n"
                "\n",
                na(m.version), na(features), yes_no(m.simulation_allowed), yes_no(m.file_descriptor_store),
                m.device_count, m.max_devices, m.max_address_spaces, m.max_mappings, m.max_pinned_bytes,
-               format_bytes(pinned, sizeof(pinned), m.max_pinned_bytes));
+               format_bytes(pinned, sizeof(pinned), m.max_pinned_bytes), m.max_migrations, na(addresses));
         if (l.n_devices == 0) {
                 puts("No devices attached.");
                 return 0;
@@ -358,9 +383,10 @@ static int status_device(const char *dev) {
                 printf("StopCopySize: %" PRIu64 "\n", d.stop_copy_size);
         printf("LastTransition: %s\n"
                "AddressSpace: %s\n"
-               "Clients: %" PRIu32 "\n",
+               "Clients: %" PRIu32 "\n"
+               "Migration: %s\n",
                na(d.last_transition), d.address_space && !streq(d.address_space, "/") ? d.address_space : "n/a",
-               d.clients);
+               d.clients, d.migration && !streq(d.migration, "/") ? d.migration : "n/a");
         return 0;
 }
 
@@ -1186,14 +1212,12 @@ static int resolve_sim_device(sd_bus *bus, const char *dev, char **ret_path) {
         return 0;
 }
 
-static int read_whole_file(const char *path, uint64_t max, void **ret, size_t *ret_size) {
-        _cleanup_close_ int fd = -EBADF;
+/* All of fd, at most max bytes. -EFBIG past max, for the caller to word; other failures are logged
+ * naming name. */
+static int read_whole_fd(int fd, const char *name, uint64_t max, void **ret, size_t *ret_size) {
         _cleanup_free_ uint8_t *buf = NULL;
         size_t size = 0, allocated = 0;
 
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0)
-                return log_error_errno(errno, "Failed to open %s: %m", path);
         for (;;) {
                 ssize_t n;
 
@@ -1201,7 +1225,7 @@ static int read_whole_file(const char *path, uint64_t max, void **ret, size_t *r
                         uint8_t *grown;
 
                         if (allocated > max)
-                                return log_error_errno(EFBIG, "%s is larger than %" PRIu64 " bytes.", path, max);
+                                return -EFBIG;
                         allocated = allocated ? allocated * 2 : 65536;
                         grown = realloc(buf, allocated);
                         if (!grown)
@@ -1212,18 +1236,31 @@ static int read_whole_file(const char *path, uint64_t max, void **ret, size_t *r
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
-                        return log_error_errno(errno, "Failed to read %s: %m", path);
+                        return log_error_errno(errno, "Failed to read %s: %m", name);
                 }
                 if (n == 0)
                         break;
                 size += (size_t) n;
         }
         if (size > max)
-                return log_error_errno(EFBIG, "%s is larger than %" PRIu64 " bytes.", path, max);
+                return -EFBIG;
 
         *ret = TAKE_PTR(buf);
         *ret_size = size;
         return 0;
+}
+
+static int read_whole_file(const char *path, uint64_t max, void **ret, size_t *ret_size) {
+        _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return log_error_errno(errno, "Failed to open %s: %m", path);
+        r = read_whole_fd(fd, path, max, ret, ret_size);
+        if (r == -EFBIG)
+                return log_error_errno(r, "%s is larger than %" PRIu64 " bytes.", path, max);
+        return r;
 }
 
 static int write_all(int fd, const void *data, size_t size) {
@@ -1458,6 +1495,718 @@ static int verb_revoke_clients(int argc, char *argv[]) {
         return call_device_method(argv[1], "RevokeClients", NULL);
 }
 
+/* ---- migrations ---- */
+
+static int check_job_name(const char *job, char **ret_path) {
+        int r;
+
+        r = ctl_migration_path(job, ret_path);
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Out of memory.");
+        if (r == -ERANGE)
+                return usage_error("Invalid migration '%s': the id is past 2^32-1.", job);
+        if (r < 0)
+                return usage_error("Invalid migration '%s': expected its id N (3), _N or the object path %s/_N.",
+                                   job, VFIOMIG_MIGRATION_PATH_PREFIX);
+        return 0;
+}
+
+/* The object paths of DEV... in the order given. */
+static int resolve_devices(sd_bus *bus, char **devs, size_t n, char ***ret) {
+        _cleanup_strv_free_ char **paths = NULL;
+
+        paths = new0(char *, n + 1);
+        if (!paths)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        for (size_t i = 0; i < n; i++) {
+                int r = ctl_resolve_device(bus, devs[i], &paths[i]);
+                if (r < 0)
+                        return r;
+        }
+        *ret = TAKE_PTR(paths);
+        return 0;
+}
+
+static int append_object_paths(sd_bus_message *m, char **paths) {
+        int r;
+
+        r = sd_bus_message_open_container(m, SD_BUS_TYPE_ARRAY, "o");
+        for (char **p = paths; r >= 0 && *p; p++)
+                r = sd_bus_message_append_basic(m, 'o', *p);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        return r;
+}
+
+static int append_option_bool(sd_bus_message *m, const char *key, bool b) {
+        return sd_bus_message_append(m, "{sv}", key, "b", (int) b);
+}
+
+static int append_option_u64(sd_bus_message *m, const char *key, uint64_t t) {
+        return sd_bus_message_append(m, "{sv}", key, "t", t);
+}
+
+static const char *job_error_text(const MigrationInfo *i, const char *fallback) {
+        if (i->error && *i->error)
+                return i->error;
+        if (fallback && *fallback)
+                return fallback;
+        return "no reason given";
+}
+
+static int migration_to_json(const MigrationInfo *i, json_object **ret) {
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        int r;
+
+        j = json_object_new_object();
+        if (!j)
+                return -ENOMEM;
+
+        r = json_add_uint64(j, "id", i->id);
+        if (r >= 0)
+                r = json_add_string(j, "object", i->object);
+        if (r >= 0)
+                r = json_add_string(j, "direction", i->direction);
+        if (r >= 0)
+                r = json_add_string(j, "phase", i->phase);
+        if (r >= 0)
+                r = json_add_string(j, "peer", i->peer);
+        if (r >= 0)
+                r = json_add_strv(j, "devices", i->devices);
+        if (r >= 0)
+                r = json_add_uint64(j, "channels", i->channels);
+        if (r >= 0)
+                r = json_add_bool(j, "precopy", i->precopy);
+        if (r >= 0)
+                r = json_add_string(j, "switchover_mode", i->switchover_mode);
+        if (r >= 0)
+                r = json_add_uint64(j, "downtime_limit", i->downtime_limit);
+        if (r >= 0)
+                r = json_add_uint64(j, "bytes_transferred", i->bytes_transferred);
+        if (r >= 0)
+                r = json_add_uint64(j, "bytes_expected", i->bytes_expected);
+        if (r >= 0)
+                r = json_add_uint64(j, "rate", i->rate);
+        if (r >= 0)
+                r = json_add_bool(j, "initial_data_loaded", i->initial_data_loaded);
+        if (r >= 0)
+                r = json_add_bool(j, "switchover_requested", i->switchover_requested);
+        if (r >= 0)
+                r = json_add_uint64(j, "downtime", i->downtime);
+        if (r >= 0)
+                r = json_add_string(j, "error_name", i->error_name);
+        if (r >= 0)
+                r = json_add_string(j, "error", i->error);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(j);
+        return 0;
+}
+
+/* How a waited-for job ended: the job's properties as JSON, or a summary line, on stdout in every
+ * case (it is what was waited for), and for a job that did not complete, why, on stderr. */
+static int print_wait_result(const CtlWaitResult *res) {
+        const MigrationInfo *i = &res->info;
+        bool completed = streq(res->result, "completed");
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        _cleanup_free_ char *summary = NULL;
+        const char *hint;
+        int r;
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                r = migration_to_json(i, &j);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build JSON: %m");
+                r = print_json(j);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to write output: %m");
+        } else if (!arg_quiet) {
+                summary = format_migration_summary(&(MigrationSummary) {
+                        .id = i->id,
+                        .direction = i->direction,
+                        .result = res->result,
+                        .bytes = i->bytes_transferred,
+                        .duration_usec = res->duration_usec,
+                        .downtime_ms = i->downtime,
+                });
+                if (!summary)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                puts(summary);
+        }
+
+        if (completed)
+                return 0;
+
+        (void) fflush(stdout);
+        if (i->error_name && *i->error_name)
+                log_error("Migration %" PRIu32 " %s: %s (%s)", i->id, res->result, job_error_text(i, res->error),
+                          i->error_name);
+        else
+                log_error("Migration %" PRIu32 " %s: %s", i->id, res->result, job_error_text(i, res->error));
+        hint = ctl_bus_error_hint(i->error_name);
+        if (hint)
+                log_hint("%s", hint);
+        return -EIO;
+}
+
+/* Follows the job at path to its end through watch, which was subscribed before the job could end. */
+static int wait_for_job(CtlMigrationWatch *watch, const char *path, uint64_t start_usec) {
+        _cleanup_(ctl_wait_result_done) CtlWaitResult res = {};
+        uint32_t id = 0;
+        int r;
+
+        r = ctl_migration_watch_wait(watch, path, isatty(STDERR_FILENO) && !arg_quiet, start_usec, &res);
+        if (r == -ECANCELED) {
+                (void) ctl_migration_id_from_path(path, &id);
+                log_error("Stopped waiting for migration %" PRIu32 ", which is being cancelled.", id);
+                log_hint("'vfiomigctl wait %" PRIu32 "' follows it to its end", id);
+                return r;
+        }
+        if (r < 0)
+                return r;
+
+        return print_wait_result(&res);
+}
+
+/* The source's half, ready to paste: the same device names (a group is usually named alike on both
+ * hosts), the address to connect to (a placeholder when there is none), the token. */
+static int fput_quoted(FILE *f, const char *prefix, const char *word) {
+        _cleanup_free_ char *q = shell_quote(word);
+
+        if (!q)
+                return -ENOMEM;
+        fputs(prefix, f);
+        fputs(q, f);
+        return 0;
+}
+
+static int source_command(char **devs, size_t n, const char *address, const char *token, char **ret) {
+        _cleanup_free_ char *buf = NULL;
+        size_t size = 0;
+        FILE *f;
+        int r = 0;
+
+        f = open_memstream(&buf, &size);
+        if (!f)
+                return -ENOMEM;
+        fputs(PROGRAM_NAME " migrate", f);
+        for (size_t i = 0; i < n && r >= 0; i++)
+                r = fput_quoted(f, " ", devs[i]);
+        if (r >= 0 && address)
+                r = fput_quoted(f, " --to ", address);
+        else if (r >= 0)
+                fputs(" --to HOST", f);
+        if (r >= 0)
+                r = fput_quoted(f, " --token ", token);
+        if (fclose(f) != 0 && r >= 0)
+                r = -ENOMEM;
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(buf);
+        return 0;
+}
+
+static int verb_incoming(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        _cleanup_strv_free_ char **paths = NULL, **addresses = NULL;
+        _cleanup_free_ char *joined = NULL, *command = NULL;
+        const char *path, *token, *address;
+        bool have_id;
+        uint32_t id;
+        int r;
+
+        for (int i = 1; i < argc; i++) {
+                r = check_device_name(argv[i]);
+                if (r != 0)
+                        return r;
+        }
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = resolve_devices(bus, argv + 1, (size_t) argc - 1, &paths);
+        if (r < 0)
+                return r;
+
+        r = ctl_new_method_call(bus, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE, "PrepareIncoming", &m);
+        if (r < 0)
+                return r;
+        r = append_object_paths(m, paths);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, SD_BUS_TYPE_ARRAY, "{sv}");
+        if (r >= 0 && arg_run)
+                r = append_option_bool(m, VFIOMIG_OPTION_RUN, true);
+        if (r >= 0 && arg_reassembly_budget_set)
+                r = append_option_u64(m, VFIOMIG_OPTION_REASSEMBLY_BUDGET, arg_reassembly_budget);
+        if (r >= 0 && arg_stall_timeout_set)
+                r = append_option_u64(m, VFIOMIG_OPTION_STALL_TIMEOUT, arg_stall_timeout);
+        if (r >= 0 && arg_force_without_p2p)
+                r = append_option_bool(m, VFIOMIG_OPTION_FORCE_WITHOUT_P2P, true);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append PrepareIncoming arguments: %m");
+
+        r = ctl_call(bus, m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "os", &path, &token);
+        if (r >= 0)
+                r = sd_bus_message_read_strv(reply, &addresses);
+        if (r < 0)
+                return log_error_errno(r, "Failed to parse PrepareIncoming reply: %m");
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                j = json_object_new_object();
+                if (!j)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                r = json_add_string(j, "migration", path);
+                if (r >= 0)
+                        r = json_add_string(j, "token", token);
+                if (r >= 0)
+                        r = json_add_strv(j, "addresses", addresses);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build JSON: %m");
+                return print_json(j);
+        }
+
+        joined = strv_join_spaces(addresses);
+        if (!joined)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        address = ctl_pick_peer_address(addresses);
+        r = source_command(argv + 1, (size_t) argc - 1, address, token, &command);
+        if (r < 0)
+                return log_error_errno(r, "Out of memory.");
+
+        if (arg_quiet)
+                return 0;
+        have_id = ctl_migration_id_from_path(path, &id) >= 0;
+        if (have_id)
+                printf("Prepared incoming migration %" PRIu32 " (%s)\n", id, path);
+        else
+                printf("Prepared incoming migration %s\n", path);
+        printf("Token: %s\n"
+               "Addresses: %s\n",
+               token, na(joined));
+        (void) fflush(stdout);
+        log_hint("on the source host, run: %s", command);
+        if (!address)
+                log_hint("vfiomigd reported no address: HOST is this host's name or address (port %d)",
+                         VFIOMIG_STREAM_PORT);
+        if (have_id)
+                log_hint("'%s wait %" PRIu32 "' follows the migration here", PROGRAM_NAME, id);
+        else
+                log_hint("'%s wait %s' follows the migration here", PROGRAM_NAME, path);
+        return 0;
+}
+
+static int verb_migrate(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(ctl_migration_watch_freep) CtlMigrationWatch *watch = NULL;
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        _cleanup_strv_free_ char **paths = NULL;
+        _cleanup_free_ char *host = NULL, *peer = NULL, *token = NULL;
+        const char *path;
+        uint64_t start;
+        uint16_t port;
+        int r;
+
+        for (int i = 1; i < argc; i++) {
+                r = check_device_name(argv[i]);
+                if (r != 0)
+                        return r;
+        }
+        r = require_option("migrate", arg_to, "--to=HOST[:PORT]");
+        if (r == 0)
+                r = require_option("migrate", arg_token, "--token=TOKEN (printed by 'vfiomigctl incoming' on the "
+                                   "destination)");
+        if (r != 0)
+                return r;
+
+        r = ctl_parse_host_port(arg_to, VFIOMIG_STREAM_PORT, &host, &port);
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Out of memory.");
+        if (r == -ERANGE)
+                return usage_error("Invalid --to= '%s': the port must be between 1 and 65535.", arg_to);
+        if (r < 0)
+                return usage_error("Invalid --to= '%s': expected HOST, HOST:PORT or [IPV6]:PORT.", arg_to);
+        peer = ctl_peer_format(host, port);
+        if (!peer)
+                return log_error_errno(ENOMEM, "Out of memory.");
+
+        if (!ctl_token_is_valid(arg_token))
+                return usage_error("Invalid --token= '%s': expected the %d hex digits 'vfiomigctl incoming' printed.",
+                                   arg_token, 2 * STREAM_TOKEN_SIZE);
+        token = strdup(arg_token);
+        if (!token)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        for (char *c = token; *c; c++)
+                if (*c >= 'A' && *c <= 'F')
+                        *c = (char) (*c - 'A' + 'a');
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = resolve_devices(bus, argv + 1, (size_t) argc - 1, &paths);
+        if (r < 0)
+                return r;
+
+        /* Before the job exists, so that not even a job that ends at once slips past. */
+        if (!arg_no_wait) {
+                r = ctl_migration_watch_new(bus, &watch);
+                if (r < 0)
+                        return r;
+        }
+
+        r = ctl_new_method_call(bus, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE, "StartMigration", &m);
+        if (r < 0)
+                return r;
+        r = append_object_paths(m, paths);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "ss", peer, token);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, SD_BUS_TYPE_ARRAY, "{sv}");
+        if (r >= 0 && arg_channels_set)
+                r = sd_bus_message_append(m, "{sv}", VFIOMIG_OPTION_CHANNELS, "u", (uint32_t) arg_channels);
+        if (r >= 0 && arg_no_precopy)
+                r = append_option_bool(m, VFIOMIG_OPTION_PRECOPY, false);
+        if (r >= 0 && arg_bandwidth_set)
+                r = append_option_u64(m, VFIOMIG_OPTION_BANDWIDTH_LIMIT, arg_bandwidth);
+        if (r >= 0 && arg_switchover)
+                r = sd_bus_message_append(m, "{sv}", VFIOMIG_OPTION_SWITCHOVER, "s", arg_switchover);
+        if (r >= 0 && arg_downtime_set)
+                r = append_option_u64(m, VFIOMIG_OPTION_DOWNTIME_LIMIT, arg_downtime);
+        if (r >= 0 && arg_no_io_uring)
+                r = append_option_bool(m, VFIOMIG_OPTION_IO_URING, false);
+        if (r >= 0 && arg_force_without_p2p)
+                r = append_option_bool(m, VFIOMIG_OPTION_FORCE_WITHOUT_P2P, true);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append StartMigration arguments: %m");
+
+        start = ctl_now_usec();
+        r = ctl_call(bus, m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "o", &path);
+        if (r < 0)
+                return log_error_errno(r, "Failed to parse StartMigration reply: %m");
+
+        if (arg_no_wait) {
+                if (arg_json != JSON_FORMAT_OFF) {
+                        j = json_object_new_object();
+                        if (!j)
+                                return log_error_errno(ENOMEM, "Out of memory.");
+                        r = json_add_string(j, "migration", path);
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to build JSON: %m");
+                        return print_json(j);
+                }
+                if (!arg_quiet)
+                        puts(path);
+                return 0;
+        }
+
+        return wait_for_job(watch, path, start);
+}
+
+static int verb_jobs(int argc, char *argv[]) {
+        static const char *const headers[] = { "ID", "DIRECTION", "PHASE", "BYTES", "OBJECT" };
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(json_object_putp) json_object *array = NULL;
+        _cleanup_(migration_list_done) MigrationList l = {};
+        _cleanup_(table_freep) Table *t = NULL;
+        int r;
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_get_migrations(bus, &l);
+        if (r < 0)
+                return r;
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                array = json_object_new_array();
+                if (!array)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                for (size_t i = 0; i < l.n_entries; i++) {
+                        const MigrationListEntry *e = &l.entries[i];
+                        _cleanup_(json_object_putp) json_object *j = json_object_new_object();
+
+                        r = j ? 0 : -ENOMEM;
+                        if (r >= 0)
+                                r = json_add_uint64(j, "id", e->id);
+                        if (r >= 0)
+                                r = json_add_string(j, "object", e->object);
+                        if (r >= 0)
+                                r = json_add_string(j, "direction", e->direction);
+                        if (r >= 0)
+                                r = json_add_string(j, "phase", e->phase);
+                        if (r >= 0)
+                                r = json_add_uint64(j, "bytes_transferred", e->bytes_transferred);
+                        if (r >= 0)
+                                r = json_append(array, TAKE_PTR(j));
+                        if (r < 0)
+                                return log_error_errno(r, "Failed to build JSON: %m");
+                }
+                return print_json(array);
+        }
+
+        t = table_new(headers, ELEMENTSOF(headers));
+        if (!t)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        for (size_t i = 0; i < l.n_entries; i++) {
+                const MigrationListEntry *e = &l.entries[i];
+                char id[16], bytes[FORMAT_BYTES_MAX];
+
+                (void) snprintf(id, sizeof(id), "%" PRIu32, e->id);
+                r = table_add_row(t, (const char *const[]) {
+                        id, e->direction, e->phase, format_bytes(bytes, sizeof(bytes), e->bytes_transferred),
+                        e->object });
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build table: %m");
+        }
+        if (arg_quiet)
+                return 0;
+        if (l.n_entries == 0) {
+                puts("No migrations.");
+                return 0;
+        }
+        return table_print(t, stdout);
+}
+
+static int verb_job(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        _cleanup_(migration_info_done) MigrationInfo i = {};
+        _cleanup_free_ char *path = NULL, *devices = NULL;
+        char b1[FORMAT_BYTES_MAX], b2[FORMAT_BYTES_MAX], rate[FORMAT_RATE_MAX];
+        int r;
+
+        r = check_job_name(argv[1], &path);
+        if (r != 0)
+                return r;
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_get_migration_info(bus, path, /* gone_ok= */ false, &i);
+        if (r < 0)
+                return r;
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                r = migration_to_json(&i, &j);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build JSON: %m");
+                return print_json(j);
+        }
+
+        devices = strv_join_spaces(i.devices);
+        if (!devices)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        if (arg_quiet)
+                return 0;
+
+        printf("Id: %" PRIu32 "\n"
+               "Object: %s\n"
+               "Direction: %s\n"
+               "Phase: %s\n"
+               "Peer: %s\n"
+               "Devices: %s\n"
+               "Channels: %" PRIu32 "\n"
+               "Precopy: %s\n"
+               "SwitchoverMode: %s\n"
+               "DowntimeLimit: %" PRIu64 "ms\n"
+               "BytesTransferred: %" PRIu64 " (%s)\n",
+               i.id, i.object, na(i.direction), na(i.phase), na(i.peer), na(devices), i.channels,
+               yes_no(i.precopy), na(i.switchover_mode), i.downtime_limit, i.bytes_transferred,
+               format_bytes(b1, sizeof(b1), i.bytes_transferred));
+        if (i.bytes_expected > 0)
+                printf("BytesExpected: %" PRIu64 " (%s)\n", i.bytes_expected,
+                       format_bytes(b2, sizeof(b2), i.bytes_expected));
+        else
+                printf("BytesExpected: 0 (unknown)\n");
+        printf("Rate: %" PRIu64 " (%s)\n"
+               "InitialDataLoaded: %s\n"
+               "SwitchoverRequested: %s\n",
+               i.rate, format_rate(rate, sizeof(rate), i.rate), yes_no(i.initial_data_loaded),
+               yes_no(i.switchover_requested));
+        if (i.downtime > 0)
+                printf("Downtime: %" PRIu64 "ms\n", i.downtime);
+        else
+                printf("Downtime: n/a\n");
+        printf("ErrorName: %s\n"
+               "Error: %s\n",
+               na(i.error_name), na(i.error));
+        return 0;
+}
+
+static int verb_wait(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(ctl_migration_watch_freep) CtlMigrationWatch *watch = NULL;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        r = check_job_name(argv[1], &path);
+        if (r != 0)
+                return r;
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_migration_watch_new(bus, &watch);
+        if (r < 0)
+                return r;
+        /* How long the job ran before we came is not known: no duration in the summary. */
+        return wait_for_job(watch, path, /* start_usec= */ 0);
+}
+
+static int call_migration_method(const char *job, const char *member) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        r = check_job_name(job, &path);
+        if (r != 0)
+                return r;
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, path, VFIOMIG_MIGRATION_INTERFACE, member, &m);
+        if (r < 0)
+                return r;
+        return ctl_call(bus, m, NULL);
+}
+
+static int verb_switchover(int argc, char *argv[]) {
+        return call_migration_method(argv[1], "Switchover");
+}
+
+static int verb_cancel(int argc, char *argv[]) {
+        return call_migration_method(argv[1], "Cancel");
+}
+
+static int verb_blob_set(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *path = NULL;
+        _cleanup_free_ void *data = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *file = argv[2], *name;
+        size_t size = 0;
+        int r;
+
+        r = check_device_name(argv[1]);
+        if (r != 0)
+                return r;
+
+        if (streq(file, "-")) {
+                name = "standard input";
+                r = read_whole_fd(STDIN_FILENO, name, STREAM_BLOB_MAX, &data, &size);
+        } else {
+                name = file;
+                fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+                if (fd < 0)
+                        return log_error_errno(errno, "Failed to open %s: %m", file);
+                r = read_whole_fd(fd, name, STREAM_BLOB_MAX, &data, &size);
+        }
+        if (r == -EFBIG)
+                return log_error_errno(r, "%s holds more than %u bytes (1 MiB), the most a migration blob may hold.",
+                                       name, STREAM_BLOB_MAX);
+        if (r < 0)
+                return r;
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_resolve_device(bus, argv[1], &path);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, path, VFIOMIG_DEVICE_INTERFACE, "SetMigrationBlob", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append_array(m, 'y', data ?: "", size);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append SetMigrationBlob arguments: %m");
+        return ctl_call(bus, m, NULL);
+}
+
+static int verb_blob_get(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        _cleanup_free_ char *path = NULL, *encoded = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        const char *file = argc > 2 ? argv[2] : NULL;
+        const void *data;
+        size_t size;
+        int r;
+
+        r = check_device_name(argv[1]);
+        if (r != 0)
+                return r;
+        if (file && !*file)
+                return usage_error("Empty file name: give a path, or '-' for standard output.");
+        if (file && !streq(file, "-") && arg_json != JSON_FORMAT_OFF)
+                return usage_error("'blob get DEV FILE' writes the blob to FILE; --json= prints it instead: "
+                                   "use one of them.");
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_resolve_device(bus, argv[1], &path);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, path, VFIOMIG_DEVICE_INTERFACE, "GetMigrationBlob", &m);
+        if (r < 0)
+                return r;
+        r = ctl_call(bus, m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read_array(reply, 'y', &data, &size);
+        if (r < 0)
+                return log_error_errno(r, "Failed to parse GetMigrationBlob reply: %m");
+
+        if (arg_json != JSON_FORMAT_OFF) {
+                encoded = base64_encode(data, size);
+                j = json_object_new_object();
+                if (!encoded || !j)
+                        return log_error_errno(ENOMEM, "Out of memory.");
+                r = json_add_uint64(j, "length", size);
+                if (r >= 0)
+                        r = json_add_string(j, "data", encoded);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to build JSON: %m");
+                return print_json(j);
+        }
+
+        if (!file || streq(file, "-")) {
+                if (arg_quiet || size == 0)
+                        return 0;
+                if (fwrite(data, 1, size, stdout) != size)
+                        return log_error_errno(EIO, "Failed to write output: %m");
+                return 0;
+        }
+
+        fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0600);
+        if (fd < 0)
+                return log_error_errno(errno, "Failed to open %s: %m", file);
+        r = write_all(fd, data, size);
+        if (r < 0)
+                return log_error_errno(r, "Failed to write %s: %m", file);
+        if (close(TAKE_FD(fd)) < 0)
+                return log_error_errno(errno, "Failed to write %s: %m", file);
+        return 0;
+}
+
 /* Which verb-specific options a verb accepts. */
 enum {
         VERB_TAKES_OPTION = 1 << 0,
@@ -1472,6 +2221,18 @@ enum {
         VERB_TAKES_ACCESS = 1 << 9,
         VERB_TAKES_DATA = 1 << 10,
         VERB_TAKES_OUTPUT = 1 << 11,
+        VERB_TAKES_RUN = 1 << 12,
+        VERB_TAKES_REASSEMBLY_BUDGET = 1 << 13,
+        VERB_TAKES_STALL_TIMEOUT = 1 << 14,
+        VERB_TAKES_TO = 1 << 15,
+        VERB_TAKES_TOKEN = 1 << 16,
+        VERB_TAKES_CHANNELS = 1 << 17,
+        VERB_TAKES_NO_PRECOPY = 1 << 18,
+        VERB_TAKES_BANDWIDTH = 1 << 19,
+        VERB_TAKES_DOWNTIME = 1 << 20,
+        VERB_TAKES_SWITCHOVER = 1 << 21,
+        VERB_TAKES_NO_IO_URING = 1 << 22,
+        VERB_TAKES_NO_WAIT = 1 << 23,
 };
 
 #define VERB_ANY ((unsigned) -1)
@@ -1498,6 +2259,18 @@ static const Verb sim_dma_verbs[] = {
         { "read",  2, 2, VERB_TAKES_IOVA | VERB_TAKES_LENGTH | VERB_TAKES_OUTPUT, verb_sim_dma_read },
 };
 
+static const Verb blob_verbs[] = {
+        { "set", 3, 3, 0, verb_blob_set },
+        { "get", 2, 3, 0, verb_blob_get },
+};
+
+#define INCOMING_FLAGS                                                                                   \
+        (VERB_TAKES_RUN | VERB_TAKES_REASSEMBLY_BUDGET | VERB_TAKES_STALL_TIMEOUT | VERB_TAKES_FORCE_WITHOUT_P2P)
+#define MIGRATE_FLAGS                                                                                    \
+        (VERB_TAKES_TO | VERB_TAKES_TOKEN | VERB_TAKES_CHANNELS | VERB_TAKES_NO_PRECOPY | VERB_TAKES_BANDWIDTH | \
+         VERB_TAKES_DOWNTIME | VERB_TAKES_SWITCHOVER | VERB_TAKES_NO_IO_URING | VERB_TAKES_FORCE_WITHOUT_P2P |   \
+         VERB_TAKES_NO_WAIT)
+
 #define MAP_FLAGS (VERB_TAKES_FILE | VERB_TAKES_OFFSET | VERB_TAKES_LENGTH | VERB_TAKES_IOVA | VERB_TAKES_ACCESS)
 
 static const Verb verbs[] = {
@@ -1517,6 +2290,14 @@ static const Verb verbs[] = {
         { "save-state",     3, 3,        0,                            verb_save_state },
         { "load-state",     3, 3,        0,                            verb_load_state },
         { "sim-dma",        2, VERB_ANY, 0, NULL, sim_dma_verbs, ELEMENTSOF(sim_dma_verbs) },
+        { "incoming",       2, VERB_ANY, INCOMING_FLAGS,               verb_incoming },
+        { "migrate",        2, VERB_ANY, MIGRATE_FLAGS,                verb_migrate },
+        { "jobs",           1, 1,        0,                            verb_jobs },
+        { "job",            2, 2,        0,                            verb_job },
+        { "wait",           2, 2,        0,                            verb_wait },
+        { "switchover",     2, 2,        0,                            verb_switchover },
+        { "cancel",         2, 2,        0,                            verb_cancel },
+        { "blob",           2, VERB_ANY, 0, NULL, blob_verbs, ELEMENTSOF(blob_verbs) },
 };
 
 static int help(void) {
@@ -1559,6 +2340,22 @@ static int help(void) {
                "  sim-dma read DEV --iova=N --length=N [--output=PATH]\n"
                "                             DMA out of memory by a simulated device\n"
                "\n"
+               "Migrations:\n"
+               "  incoming DEV... [--run] [--reassembly-budget=SIZE] [--stall-timeout=MS]\n"
+               "                             Prepare this host to receive devices; prints the job,\n"
+               "                             its token and the addresses to migrate to\n"
+               "  migrate DEV... --to=HOST[:PORT] --token=TOKEN [--channels=N] [--no-precopy]\n"
+               "          [--bandwidth=RATE] [--downtime=MS] [--switchover=auto|manual]\n"
+               "          [--no-io-uring] [--no-wait]\n"
+               "                             Send devices to a prepared host and wait for the end\n"
+               "  jobs                       List migration jobs\n"
+               "  job JOB                    Show a migration job\n"
+               "  wait JOB                   Wait for a migration job to end, showing progress\n"
+               "  switchover JOB             Stop the source devices now and send the rest\n"
+               "  cancel JOB                 Cancel a migration job\n"
+               "  blob set DEV FILE          Set the blob sent after the device's data ('-': stdin)\n"
+               "  blob get DEV [FILE]        Write the blob set or received to FILE or stdout\n"
+               "\n"
                "Options:\n"
                "  -h --help                  Show this help\n"
                "     --version               Show package version\n"
@@ -1568,7 +2365,7 @@ static int help(void) {
                "  -q --quiet                 Print nothing on success\n"
                "     --option KEY=VALUE      attach: set an option of a simulated device\n"
                "     --recover=STATE         set-state: state to return to if the move fails\n"
-               "     --force-without-p2p     set-states: move devices lacking P2P support too\n"
+               "     --force-without-p2p     set-states, incoming, migrate: allow devices lacking P2P\n"
                "     --backend=iommufd|legacy|sim\n"
                "                             space create: the IOMMU backend (default: the host's)\n"
                "     --sim-mapping=by-file|by-address\n"
@@ -1580,15 +2377,32 @@ static int help(void) {
                "     --access=rw|r|w         map: what the device may do (default rw)\n"
                "     --data=STRING           sim-dma write: the bytes to write\n"
                "     --output=PATH           sim-dma read: write the raw bytes there ('-': stdout)\n"
+               "     --run                   incoming: run the devices once they are loaded\n"
+               "     --reassembly-budget=SIZE\n"
+               "                             incoming: bytes held for reordering (default 256M)\n"
+               "     --stall-timeout=MS      incoming: fail after this long without progress\n"
+               "     --to=HOST[:PORT]        migrate: the destination (port default %5$d)\n"
+               "     --token=TOKEN           migrate: the token 'incoming' printed there\n"
+               "     --channels=N            migrate: TCP connections, 1-%6$d (default 2)\n"
+               "     --no-precopy            migrate: stop the devices first, copy no data live\n"
+               "     --bandwidth=RATE        migrate: limit the rate (default unlimited)\n"
+               "     --downtime=MS           migrate: the downtime switchover aims for (default 300)\n"
+               "     --switchover=auto|manual\n"
+               "                             migrate: switch over by itself, or on 'switchover JOB'\n"
+               "     --no-io-uring           migrate: plain socket I/O rather than io_uring\n"
+               "     --no-wait               migrate: print the job and return at once\n"
                "\n"
                "DEV is a device id (sim_gpu0), an address (sim:gpu0, 0000:3b:00.1) or an object path.\n"
                "SPACE is an address space id (s0) or object path (%4$s/s0).\n"
                "N is a number, decimal or 0x hex, with an optional K, M, G or T suffix.\n"
+               "SIZE, RATE: 512M, 1.5G, 4GiB; RATE also 100MB/s. MS: 300, 300ms or 30s.\n"
+               "JOB is a migration id (3), _3 or object path (%7$s/_3).\n"
                "STATE is one of: %2$s.\n"
                "KEY is one of: %3$s.\n"
                "\n"
                "See the vfiomigctl(1) man page for details.\n",
-               PROGRAM_NAME, states, keys, VFIOMIG_SPACE_PATH_PREFIX);
+               PROGRAM_NAME, states, keys, VFIOMIG_SPACE_PATH_PREFIX, VFIOMIG_STREAM_PORT, STREAM_CHANNELS_MAX,
+               VFIOMIG_MIGRATION_PATH_PREFIX);
         return 0;
 }
 
@@ -1659,6 +2473,18 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 ARG_ACCESS,
                 ARG_DATA,
                 ARG_OUTPUT,
+                ARG_RUN,
+                ARG_REASSEMBLY_BUDGET,
+                ARG_STALL_TIMEOUT,
+                ARG_TO,
+                ARG_TOKEN,
+                ARG_CHANNELS,
+                ARG_NO_PRECOPY,
+                ARG_BANDWIDTH,
+                ARG_DOWNTIME,
+                ARG_SWITCHOVER,
+                ARG_NO_IO_URING,
+                ARG_NO_WAIT,
         };
         static const struct option options[] = {
                 { "help",              no_argument,       NULL, 'h'                   },
@@ -1679,6 +2505,18 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 { "access",            required_argument, NULL, ARG_ACCESS            },
                 { "data",              required_argument, NULL, ARG_DATA              },
                 { "output",            required_argument, NULL, ARG_OUTPUT            },
+                { "run",               no_argument,       NULL, ARG_RUN               },
+                { "reassembly-budget", required_argument, NULL, ARG_REASSEMBLY_BUDGET },
+                { "stall-timeout",     required_argument, NULL, ARG_STALL_TIMEOUT     },
+                { "to",                required_argument, NULL, ARG_TO                },
+                { "token",             required_argument, NULL, ARG_TOKEN             },
+                { "channels",          required_argument, NULL, ARG_CHANNELS          },
+                { "no-precopy",        no_argument,       NULL, ARG_NO_PRECOPY        },
+                { "bandwidth",         required_argument, NULL, ARG_BANDWIDTH         },
+                { "downtime",          required_argument, NULL, ARG_DOWNTIME          },
+                { "switchover",        required_argument, NULL, ARG_SWITCHOVER        },
+                { "no-io-uring",       no_argument,       NULL, ARG_NO_IO_URING       },
+                { "no-wait",           no_argument,       NULL, ARG_NO_WAIT           },
                 {}
         };
         _cleanup_free_ char **args = NULL;
@@ -1804,6 +2642,87 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                                                    "reads only) or w (device writes only).", optarg);
                         break;
 
+                case ARG_RUN:
+                        arg_run = true;
+                        break;
+
+                case ARG_REASSEMBLY_BUDGET:
+                        r = ctl_parse_bytes(optarg, /* rate= */ false, &arg_reassembly_budget);
+                        if (r == -ERANGE)
+                                return usage_error("Invalid --reassembly-budget= '%s': past 2^64-1 bytes.", optarg);
+                        if (r < 0)
+                                return usage_error("Invalid --reassembly-budget= '%s': expected a size such as "
+                                                   "256M, 1.5G or 512MiB.", optarg);
+                        /* 0 would mean "the default" on the bus, which is not what anyone typing it wants. */
+                        if (arg_reassembly_budget == 0)
+                                return usage_error("Invalid --reassembly-budget= '%s': must be more than 0.", optarg);
+                        arg_reassembly_budget_set = true;
+                        break;
+
+                case ARG_STALL_TIMEOUT:
+                case ARG_DOWNTIME: {
+                        const char *name = c == ARG_STALL_TIMEOUT ? "--stall-timeout=" : "--downtime=";
+                        uint64_t *v = c == ARG_STALL_TIMEOUT ? &arg_stall_timeout : &arg_downtime;
+
+                        r = ctl_parse_msec(optarg, v);
+                        if (r == -ERANGE)
+                                return usage_error("Invalid %s '%s': past 2^64-1 milliseconds.", name, optarg);
+                        if (r < 0)
+                                return usage_error("Invalid %s '%s': expected milliseconds such as 300, 300ms or 30s.",
+                                                   name, optarg);
+                        if (*v == 0)
+                                return usage_error("Invalid %s '%s': must be more than 0.", name, optarg);
+                        if (c == ARG_STALL_TIMEOUT)
+                                arg_stall_timeout_set = true;
+                        else
+                                arg_downtime_set = true;
+                        break;
+                }
+
+                case ARG_TO:
+                        arg_to = optarg;
+                        break;
+
+                case ARG_TOKEN:
+                        arg_token = optarg;
+                        break;
+
+                case ARG_CHANNELS:
+                        r = ctl_parse_unsigned(optarg, 1, STREAM_CHANNELS_MAX, &arg_channels);
+                        if (r < 0)
+                                return usage_error("Invalid --channels= '%s': expected a number from 1 to %d.", optarg,
+                                                   STREAM_CHANNELS_MAX);
+                        arg_channels_set = true;
+                        break;
+
+                case ARG_NO_PRECOPY:
+                        arg_no_precopy = true;
+                        break;
+
+                case ARG_BANDWIDTH:
+                        r = ctl_parse_bytes(optarg, /* rate= */ true, &arg_bandwidth);
+                        if (r == -ERANGE)
+                                return usage_error("Invalid --bandwidth= '%s': past 2^64-1 bytes per second.", optarg);
+                        if (r < 0)
+                                return usage_error("Invalid --bandwidth= '%s': expected bytes per second such as "
+                                                   "100M, 1.5G or 500MiB/s (0 for no limit).", optarg);
+                        arg_bandwidth_set = true;
+                        break;
+
+                case ARG_SWITCHOVER:
+                        if (!ctl_switchover_mode_is_valid(optarg))
+                                return usage_error("Invalid --switchover= '%s': expected auto or manual.", optarg);
+                        arg_switchover = optarg;
+                        break;
+
+                case ARG_NO_IO_URING:
+                        arg_no_io_uring = true;
+                        break;
+
+                case ARG_NO_WAIT:
+                        arg_no_wait = true;
+                        break;
+
                 case '?':
                         /* getopt_long() has said what is wrong. */
                         return EXIT_USAGE;
@@ -1872,6 +2791,18 @@ static int check_verb_options(const Verb *verb) {
                 { VERB_TAKES_ACCESS,            "--access=",           arg_access >= 0       },
                 { VERB_TAKES_DATA,              "--data=",             arg_data              },
                 { VERB_TAKES_OUTPUT,            "--output=",           arg_output            },
+                { VERB_TAKES_RUN,               "--run",               arg_run               },
+                { VERB_TAKES_REASSEMBLY_BUDGET, "--reassembly-budget=", arg_reassembly_budget_set },
+                { VERB_TAKES_STALL_TIMEOUT,     "--stall-timeout=",    arg_stall_timeout_set },
+                { VERB_TAKES_TO,                "--to=",               arg_to                },
+                { VERB_TAKES_TOKEN,             "--token=",            arg_token             },
+                { VERB_TAKES_CHANNELS,          "--channels=",         arg_channels_set      },
+                { VERB_TAKES_NO_PRECOPY,        "--no-precopy",        arg_no_precopy        },
+                { VERB_TAKES_BANDWIDTH,         "--bandwidth=",        arg_bandwidth_set     },
+                { VERB_TAKES_DOWNTIME,          "--downtime=",         arg_downtime_set      },
+                { VERB_TAKES_SWITCHOVER,        "--switchover=",       arg_switchover        },
+                { VERB_TAKES_NO_IO_URING,       "--no-io-uring",       arg_no_io_uring       },
+                { VERB_TAKES_NO_WAIT,           "--no-wait",           arg_no_wait           },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(options); i++) {

@@ -134,7 +134,9 @@ Test(ctl_output, every_named_error_has_a_hint) {
                 VFIOMIG_ERROR_BUSY, VFIOMIG_ERROR_LIMIT_EXCEEDED, VFIOMIG_ERROR_NOT_SUPPORTED,
                 VFIOMIG_ERROR_DEVICE_FAILED, VFIOMIG_ERROR_NO_PRECOPY_SESSION,
                 VFIOMIG_ERROR_NO_SUCH_ADDRESS_SPACE, VFIOMIG_ERROR_MAPPING_CONFLICT, VFIOMIG_ERROR_NO_SUCH_MAPPING,
-                VFIOMIG_ERROR_DMA_FAULT,
+                VFIOMIG_ERROR_DMA_FAULT, VFIOMIG_ERROR_NO_SUCH_MIGRATION, VFIOMIG_ERROR_PEER_UNREACHABLE,
+                VFIOMIG_ERROR_PEER_REJECTED, VFIOMIG_ERROR_PEER_VIOLATION, VFIOMIG_ERROR_PEER_ABORTED,
+                VFIOMIG_ERROR_PEER_LOST, VFIOMIG_ERROR_CANCELLED,
                 "org.freedesktop.DBus.Error.AccessDenied", "org.freedesktop.DBus.Error.ServiceUnknown",
                 "org.freedesktop.DBus.Error.NameHasNoOwner", "org.freedesktop.DBus.Error.InvalidArgs",
         };
@@ -221,4 +223,224 @@ Test(ctl_output, system_bus_address_follows_the_environment) {
         cr_assert_str_eq(ctl_system_bus_address(), "unix:path=/tmp/x");
         cr_assert_eq(setenv("DBUS_SYSTEM_BUS_ADDRESS", "", 1), 0);
         cr_assert_str_eq(ctl_system_bus_address(), "unix:path=/run/dbus/system_bus_socket");
+}
+
+/* ---- migrations ---- */
+
+static void assert_duration(uint64_t usec, const char *expected) {
+        char buf[FORMAT_DURATION_MAX];
+
+        cr_assert_str_eq(format_duration(buf, sizeof(buf), usec), expected, "%" PRIu64 " µs", usec);
+}
+
+Test(ctl_output, format_duration) {
+        assert_duration(0, "0ms");
+        assert_duration(999, "0ms");
+        assert_duration(120 * 1000, "120ms");
+        assert_duration(999999, "999ms");
+        assert_duration(1000000, "1.0s");
+        assert_duration(12345678, "12.3s");
+        assert_duration(59999999, "59.9s");   /* rounded down: never "60.0s" */
+        assert_duration(60000000, "1m00s");
+        assert_duration(125 * UINT64_C(1000000), "2m05s");
+        assert_duration(3599 * UINT64_C(1000000), "59m59s");
+        assert_duration(3600 * UINT64_C(1000000), "1h00m");
+        assert_duration((3600 + 125) * UINT64_C(1000000), "1h02m");
+        assert_duration(UINT64_MAX, "5124095576h01m");
+}
+
+Test(ctl_output, format_rate) {
+        char buf[FORMAT_RATE_MAX];
+
+        cr_assert_str_eq(format_rate(buf, sizeof(buf), 0), "0 B/s");
+        cr_assert_str_eq(format_rate(buf, sizeof(buf), 1000), "1000 B/s");
+        cr_assert_str_eq(format_rate(buf, sizeof(buf), UINT64_C(512) << 20), "512.0 MiB/s");
+        cr_assert_str_eq(format_rate(buf, sizeof(buf), UINT64_MAX), "15.9 EiB/s");
+}
+
+Test(ctl_output, eta) {
+        uint64_t eta = 1234;
+
+        /* 3 GiB left at 1 GiB/s. */
+        cr_assert_eq(migration_eta_usec(UINT64_C(1) << 30, UINT64_C(4) << 30, UINT64_C(1) << 30, &eta), 0);
+        cr_assert_eq(eta, 3 * UINT64_C(1000000));
+        cr_assert_eq(migration_eta_usec(0, 2500, 1000, &eta), 0);
+        cr_assert_eq(eta, 2500000);
+        /* Below a second, milliseconds. */
+        cr_assert_eq(migration_eta_usec(0, 250, 1000, &eta), 0);
+        cr_assert_eq(eta, 250000);
+        cr_assert_eq(migration_eta_usec(999, 1000, 1000, &eta), 0);
+        cr_assert_eq(eta, 1000);
+        /* Absurdly slow: saturates rather than wraps. */
+        cr_assert_eq(migration_eta_usec(0, UINT64_MAX, 1, &eta), 0);
+        cr_assert_eq(eta, UINT64_MAX);
+        /* Absurdly fast: no overflow on the way. */
+        cr_assert_eq(migration_eta_usec(0, UINT64_MAX - 1, UINT64_MAX, &eta), 0);
+        cr_assert_leq(eta, UINT64_C(1000000));
+        cr_assert_geq(eta, UINT64_C(999999));
+
+        eta = 1234;
+        cr_assert_eq(migration_eta_usec(100, 0, 1000, &eta), -ENODATA, "expected unknown");
+        cr_assert_eq(migration_eta_usec(100, 1000, 0, &eta), -ENODATA, "no rate");
+        cr_assert_eq(migration_eta_usec(1000, 1000, 10, &eta), -ENODATA, "all sent");
+        cr_assert_eq(migration_eta_usec(2000, 1000, 10, &eta), -ENODATA, "more sent than expected");
+        cr_assert_eq(eta, 1234, "a failure wrote the result");
+        cr_assert_eq(migration_eta_usec(0, 1000, 10, NULL), -EINVAL);
+}
+
+Test(ctl_output, percent) {
+        cr_assert_eq(migration_percent(0, 1000), 0);
+        cr_assert_eq(migration_percent(299, 1000), 29);
+        cr_assert_eq(migration_percent(999, 1000), 99);
+        cr_assert_eq(migration_percent(1000, 1000), 100);
+        cr_assert_eq(migration_percent(5000, 1000), 100);
+        cr_assert_eq(migration_percent(UINT64_MAX - 1, UINT64_MAX), 99);
+        cr_assert_eq(migration_percent(UINT64_MAX / 2, UINT64_MAX), 50);
+        cr_assert_eq(migration_percent(5, 0), -ENODATA);
+}
+
+static void assert_progress(const MigrationProgress *p, const char *expected) {
+        _cleanup_free_ char *s = format_migration_progress(p);
+
+        cr_assert_not_null(s);
+        cr_assert_str_eq(s, expected);
+}
+
+Test(ctl_output, progress_line) {
+        assert_progress(&(MigrationProgress) {
+                .phase = "precopy",
+                .transferred = (UINT64_C(12) << 30) / 10,
+                .expected = UINT64_C(4) << 30,
+                .rate = UINT64_C(512) << 20,
+        }, "precopy: 1.1 GiB of 4.0 GiB (29%), 512.0 MiB/s, ETA 5.6s");
+
+        /* Nothing known about the total: no percentage, no ETA. */
+        assert_progress(&(MigrationProgress) {
+                .phase = "stop-copy",
+                .transferred = UINT64_C(3) << 20,
+                .expected = 0,
+                .rate = UINT64_C(100) << 20,
+        }, "stop-copy: 3.0 MiB, 100.0 MiB/s");
+
+        /* No rate yet: the percentage, but no ETA. */
+        assert_progress(&(MigrationProgress) {
+                .phase = "setup",
+                .transferred = 0,
+                .expected = UINT64_C(1) << 30,
+                .rate = 0,
+        }, "setup: 0 B of 1.0 GiB (0%), 0 B/s");
+
+        /* Pre-copy sent more than was expected (dirty data again): 100%, and no ETA of 0. */
+        assert_progress(&(MigrationProgress) {
+                .phase = "precopy",
+                .transferred = UINT64_C(5) << 30,
+                .expected = UINT64_C(4) << 30,
+                .rate = UINT64_C(1) << 30,
+        }, "precopy: 5.0 GiB of 4.0 GiB (100%), 1.0 GiB/s");
+
+        /* Manual switchover, ready for it: say so, with the command, and no ETA (nothing moves
+         * until the switchover). */
+        assert_progress(&(MigrationProgress) {
+                .phase = "precopy",
+                .transferred = 2048,
+                .expected = 4096,
+                .rate = 1024,
+                .ready_for_switchover = true,
+                .id = 7,
+        }, "precopy: 2.0 KiB of 4.0 KiB (50%), 1.0 KiB/s, ready: vfiomigctl switchover 7");
+
+        /* Below a second, the ETA is in milliseconds. */
+        assert_progress(&(MigrationProgress) {
+                .phase = "stop-copy",
+                .transferred = 900,
+                .expected = 1000,
+                .rate = 1000,
+        }, "stop-copy: 900 B of 1000 B (90%), 1000 B/s, ETA 100ms");
+
+        /* A daemon that has not said the phase yet. */
+        assert_progress(&(MigrationProgress) { .phase = NULL }, "unknown: 0 B, 0 B/s");
+        assert_progress(&(MigrationProgress) { .phase = "" }, "unknown: 0 B, 0 B/s");
+        cr_assert_null(format_migration_progress(NULL));
+}
+
+static void assert_summary(const MigrationSummary *m, const char *expected) {
+        _cleanup_free_ char *s = format_migration_summary(m);
+
+        cr_assert_not_null(s);
+        cr_assert_str_eq(s, expected);
+}
+
+Test(ctl_output, summary_line) {
+        assert_summary(&(MigrationSummary) {
+                .id = 3,
+                .direction = "outgoing",
+                .result = "completed",
+                .bytes = UINT64_C(4) << 30,
+                .duration_usec = 8 * UINT64_C(1000000),
+                .downtime_ms = 120,
+        }, "Migration 3 (outgoing) completed: 4.0 GiB in 8.0s (512.0 MiB/s), downtime 120ms");
+
+        /* Duration not known (wait on a job already running); downtime not measured. */
+        assert_summary(&(MigrationSummary) {
+                .id = 4,
+                .direction = "incoming",
+                .result = "completed",
+                .bytes = 1536,
+        }, "Migration 4 (incoming) completed: 1.5 KiB, downtime unknown");
+
+        /* A job that did not complete never had its downtime. */
+        assert_summary(&(MigrationSummary) {
+                .id = 5,
+                .direction = "outgoing",
+                .result = "failed",
+                .bytes = UINT64_C(1) << 20,
+                .duration_usec = 500000,
+                .downtime_ms = 40,
+        }, "Migration 5 (outgoing) failed: 1.0 MiB in 500ms (2.0 MiB/s)");
+
+        assert_summary(&(MigrationSummary) {
+                .id = 6,
+                .result = "cancelled",
+                .duration_usec = 61 * UINT64_C(1000000),
+        }, "Migration 6 cancelled: 0 B in 1m01s (0 B/s)");
+
+        /* Downtimes of seconds read as seconds; a huge rate does not overflow. */
+        assert_summary(&(MigrationSummary) {
+                .id = 7,
+                .direction = "outgoing",
+                .result = "completed",
+                .bytes = UINT64_MAX,
+                .duration_usec = 1,
+                .downtime_ms = 2500,
+        }, "Migration 7 (outgoing) completed: 15.9 EiB in 0ms (15.9 EiB/s), downtime 2.5s");
+
+        cr_assert_null(format_migration_summary(NULL));
+}
+
+static void assert_quoted(const char *s, const char *expected) {
+        _cleanup_free_ char *q = shell_quote(s);
+
+        cr_assert_not_null(q);
+        cr_assert_str_eq(q, expected, "'%s'", s);
+}
+
+Test(ctl_output, shell_quote) {
+        assert_quoted("sim:gpu0", "sim:gpu0");
+        assert_quoted("0000:3b:00.1", "0000:3b:00.1");
+        assert_quoted("/org/vfiomig1/device/sim_a", "/org/vfiomig1/device/sim_a");
+        assert_quoted("192.0.2.7:7179", "192.0.2.7:7179");
+        /* Brackets are globs to a shell. */
+        assert_quoted("[2001:db8::1]:7179", "'[2001:db8::1]:7179'");
+        assert_quoted("a b", "'a b'");
+        assert_quoted("it's", "'it'\\''s'");
+        assert_quoted("$HOME", "'$HOME'");
+        assert_quoted("", "''");
+        cr_assert_null(shell_quote(NULL));
+}
+
+Test(ctl_output, migration_hints) {
+        cr_assert_not_null(strstr(ctl_bus_error_hint(VFIOMIG_ERROR_PEER_UNREACHABLE), "7179"));
+        cr_assert_not_null(strstr(ctl_bus_error_hint(VFIOMIG_ERROR_PEER_UNREACHABLE), "vfiomigctl incoming"));
+        cr_assert_not_null(strstr(ctl_bus_error_hint(VFIOMIG_ERROR_NO_SUCH_MIGRATION), "vfiomigctl jobs"));
+        cr_assert_not_null(strstr(ctl_bus_error_hint(VFIOMIG_ERROR_CANCELLED), "keep running"));
 }

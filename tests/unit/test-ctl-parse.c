@@ -421,3 +421,291 @@ Test(ctl_parse, create_space_options) {
         cr_assert_not(ctl_sim_mapping_is_valid(""));
         cr_assert_not(ctl_sim_mapping_is_valid(NULL));
 }
+
+/* ---- migrations ---- */
+
+static void assert_bytes(const char *s, bool rate, uint64_t expected) {
+        uint64_t v = SENTINEL;
+
+        cr_assert_eq(ctl_parse_bytes(s, rate, &v), 0, "'%s' (rate=%d) should parse", s, rate);
+        cr_assert_eq(v, expected, "'%s' gave %" PRIu64 ", expected %" PRIu64, s, v, expected);
+}
+
+static void assert_bytes_fail(const char *s, bool rate, int error) {
+        uint64_t v = SENTINEL;
+
+        cr_assert_eq(ctl_parse_bytes(s, rate, &v), error, "'%s' (rate=%d) should fail with %d", s, rate, error);
+        cr_assert_eq(v, SENTINEL, "'%s' wrote the result on failure", s);
+}
+
+Test(ctl_parse, bytes_units) {
+        assert_bytes("0", false, 0);
+        assert_bytes("512", false, 512);
+        assert_bytes("512B", false, 512);
+        assert_bytes("4K", false, 4096);
+        assert_bytes("4KB", false, 4096);
+        assert_bytes("4KiB", false, 4096);
+        assert_bytes("256M", false, UINT64_C(256) << 20);
+        assert_bytes("256MB", false, UINT64_C(256) << 20);
+        assert_bytes("3GiB", false, UINT64_C(3) << 30);
+        assert_bytes("2T", false, UINT64_C(2) << 40);
+        assert_bytes("2TB", false, UINT64_C(2) << 40);
+        assert_bytes("007M", false, UINT64_C(7) << 20);
+        assert_bytes("18446744073709551615", false, UINT64_MAX);
+        assert_bytes("16777215T", false, UINT64_C(16777215) << 40);
+        /* The largest fraction below 2^64 still fits: the fraction is always less than one unit. */
+        assert_bytes("16777215.999999T", false, (UINT64_C(16777215) << 40) + (UINT64_C(999999) << 40) / 1000000);
+}
+
+Test(ctl_parse, bytes_decimals_round_down) {
+        assert_bytes("1.5G", false, UINT64_C(3) << 29);
+        assert_bytes("1.5GiB", false, UINT64_C(3) << 29);
+        assert_bytes("0.5K", false, 512);
+        assert_bytes("0.25M", false, UINT64_C(1) << 18);
+        assert_bytes("1.0M", false, UINT64_C(1) << 20);
+        /* 0.001 KiB is 1.024 bytes: whole bytes, rounded down. */
+        assert_bytes("0.001K", false, 1);
+        assert_bytes("0.0001K", false, 0);
+        /* Six decimals at most; every one of them counts. */
+        assert_bytes("1.000001T", false, (UINT64_C(1) << 40) + UINT64_C(1099511));
+        assert_bytes_fail("1.0000001T", false, -EINVAL);
+}
+
+Test(ctl_parse, bytes_rates) {
+        assert_bytes("100M/s", true, UINT64_C(100) << 20);
+        assert_bytes("100MB/s", true, UINT64_C(100) << 20);
+        assert_bytes("100MiB/s", true, UINT64_C(100) << 20);
+        assert_bytes("1.5G/s", true, UINT64_C(3) << 29);
+        assert_bytes("4096B/s", true, 4096);
+        assert_bytes("4096/s", true, 4096);
+        assert_bytes("0", true, 0);
+        assert_bytes("10G", true, UINT64_C(10) << 30);
+        /* A rate suffix on a size is a mistake, not a size. */
+        assert_bytes_fail("100M/s", false, -EINVAL);
+}
+
+Test(ctl_parse, bytes_rejects_garbage) {
+        static const char *const bad[] = {
+                "", " 1M", "1M ", "1 M", "-1M", "+1M", "M", "KB", ".5G", "1.G", "1.5", "1.5B", "0x10M",
+                "1m", "1k", "1KIB", "1Ki", "1iB", "1MBB", "1MiBs", "1E", "1P", "1e3", "1,5G", "1M/", "1M/h",
+                "1M/s/s", "1/ s", "99999999999999999999999xyz",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                assert_bytes_fail(bad[i], true, -EINVAL);
+        assert_bytes_fail(NULL, false, -EINVAL);
+}
+
+Test(ctl_parse, bytes_rejects_overflow) {
+        assert_bytes_fail("18446744073709551616", false, -ERANGE);
+        assert_bytes_fail("99999999999999999999999", false, -ERANGE);
+        assert_bytes_fail("16777216T", false, -ERANGE);     /* exactly 2^64 */
+        assert_bytes_fail("17179869184G/s", true, -ERANGE);
+        assert_bytes_fail("99999999999999999999999M", false, -ERANGE);
+}
+
+static void assert_msec(const char *s, uint64_t expected) {
+        uint64_t v = SENTINEL;
+
+        cr_assert_eq(ctl_parse_msec(s, &v), 0, "'%s' should parse", s);
+        cr_assert_eq(v, expected, "'%s' gave %" PRIu64 ", expected %" PRIu64, s, v, expected);
+}
+
+Test(ctl_parse, msec) {
+        uint64_t v = SENTINEL;
+
+        assert_msec("0", 0);
+        assert_msec("300", 300);
+        assert_msec("300ms", 300);
+        assert_msec("30s", 30000);
+        assert_msec("18446744073709551615", UINT64_MAX);
+        assert_msec("18446744073709551s", UINT64_C(18446744073709551000));
+
+        static const char *const bad[] = { "", "s", "ms", "1.5s", "-1", " 1", "1 ms", "1m", "1min", "1S", "0x10", "1h" };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                cr_assert_eq(ctl_parse_msec(bad[i], &v), -EINVAL, "'%s'", bad[i]);
+        cr_assert_eq(ctl_parse_msec("18446744073709551616", &v), -ERANGE);
+        cr_assert_eq(ctl_parse_msec("18446744073709552s", &v), -ERANGE);
+        cr_assert_eq(v, SENTINEL, "a failure wrote the result");
+}
+
+Test(ctl_parse, unsigned_in_range) {
+        unsigned v = 12345;
+
+        cr_assert_eq(ctl_parse_unsigned("1", 1, 64, &v), 0);
+        cr_assert_eq(v, 1);
+        cr_assert_eq(ctl_parse_unsigned("64", 1, 64, &v), 0);
+        cr_assert_eq(v, 64);
+        cr_assert_eq(ctl_parse_unsigned("08", 1, 64, &v), 0);
+        cr_assert_eq(v, 8);
+
+        v = 12345;
+        cr_assert_eq(ctl_parse_unsigned("0", 1, 64, &v), -ERANGE);
+        cr_assert_eq(ctl_parse_unsigned("65", 1, 64, &v), -ERANGE);
+        cr_assert_eq(ctl_parse_unsigned("4294967296", 0, UINT32_MAX, &v), -ERANGE);
+        cr_assert_eq(ctl_parse_unsigned("", 1, 64, &v), -EINVAL);
+        cr_assert_eq(ctl_parse_unsigned("-1", 1, 64, &v), -EINVAL);
+        cr_assert_eq(ctl_parse_unsigned("2K", 1, 64, &v), -EINVAL);
+        cr_assert_eq(ctl_parse_unsigned("0x2", 1, 64, &v), -EINVAL);
+        cr_assert_eq(ctl_parse_unsigned("99999999999999999999x", 1, 64, &v), -EINVAL);
+        cr_assert_eq(v, 12345, "a failure wrote the result");
+}
+
+static void assert_peer(const char *s, const char *host, uint16_t port, const char *formatted) {
+        _cleanup_free_ char *h = NULL, *f = NULL;
+        uint16_t p = 0;
+
+        cr_assert_eq(ctl_parse_host_port(s, 7179, &h, &p), 0, "'%s' should parse", s);
+        cr_assert_str_eq(h, host, "'%s'", s);
+        cr_assert_eq(p, port, "'%s' gave port %u", s, p);
+        f = ctl_peer_format(h, p);
+        cr_assert_str_eq(f, formatted, "'%s'", s);
+}
+
+static void assert_peer_fails(const char *s, int error) {
+        char *h = (char *) &h;
+        uint16_t p = 4242;
+
+        cr_assert_eq(ctl_parse_host_port(s, 7179, &h, &p), error, "'%s' should fail with %d", s, error);
+        cr_assert_eq(h, (char *) &h, "'%s' wrote the host on failure", s);
+        cr_assert_eq(p, 4242, "'%s' wrote the port on failure", s);
+}
+
+Test(ctl_parse, host_port) {
+        assert_peer("dst.example.com", "dst.example.com", 7179, "dst.example.com:7179");
+        assert_peer("dst.example.com:9000", "dst.example.com", 9000, "dst.example.com:9000");
+        assert_peer("192.0.2.7", "192.0.2.7", 7179, "192.0.2.7:7179");
+        assert_peer("192.0.2.7:1", "192.0.2.7", 1, "192.0.2.7:1");
+        assert_peer("192.0.2.7:65535", "192.0.2.7", 65535, "192.0.2.7:65535");
+        assert_peer("host_1", "host_1", 7179, "host_1:7179");
+        /* IPv6: brackets for a port, and the peer string always has them. */
+        assert_peer("[2001:db8::1]:7200", "2001:db8::1", 7200, "[2001:db8::1]:7200");
+        assert_peer("[2001:db8::1]", "2001:db8::1", 7179, "[2001:db8::1]:7179");
+        assert_peer("[::1]:80", "::1", 80, "[::1]:80");
+        assert_peer("[fe80::1%eth0]:7179", "fe80::1%eth0", 7179, "[fe80::1%eth0]:7179");
+        assert_peer("[::ffff:192.0.2.7]", "::ffff:192.0.2.7", 7179, "[::ffff:192.0.2.7]:7179");
+        /* Unbracketed, an IPv6 address is all address: the last group is not a port. */
+        assert_peer("2001:db8::1", "2001:db8::1", 7179, "[2001:db8::1]:7179");
+        assert_peer("::1:7200", "::1:7200", 7179, "[::1:7200]:7179");
+}
+
+Test(ctl_parse, host_port_rejects) {
+        static const char *const bad[] = {
+                "", ":7179", "host:", "host:port", "host:+80", "host:-1", "host: 80", "host:80 ", " host",
+                "ho st", "host/x", "user@host", "host:80:90", "[::1", "[::1]x", "[::1]:", "[::1]:x", "[]",
+                "[]:80", "[host]:80", "[192.0.2.7]:80", "[fe80::1%]:80", "[fe80::1%e th]:80", "2001:db8::1:7179x",
+                "2001:db8:::1", "[::1]]:80", "host:0x50",
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                assert_peer_fails(bad[i], -EINVAL);
+        assert_peer_fails(NULL, -EINVAL);
+
+        assert_peer_fails("host:0", -ERANGE);
+        assert_peer_fails("host:65536", -ERANGE);
+        assert_peer_fails("[::1]:0", -ERANGE);
+        assert_peer_fails("[::1]:65536", -ERANGE);
+        assert_peer_fails("host:99999999999999999999999", -ERANGE);
+}
+
+Test(ctl_parse, host_port_default_port_zero_is_no_port) {
+        char *h = NULL;
+        uint16_t p = 0;
+
+        /* A caller without a default cannot get port 0 past us. */
+        cr_assert_eq(ctl_parse_host_port("host", 0, &h, &p), -ERANGE);
+        cr_assert_null(h);
+        cr_assert_eq(ctl_parse_host_port("host:1", 0, &h, &p), 0);
+        cr_assert_eq(p, 1);
+        free(h);
+}
+
+Test(ctl_parse, token) {
+        cr_assert(ctl_token_is_valid("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
+        cr_assert(ctl_token_is_valid("0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"));
+        cr_assert_not(ctl_token_is_valid("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"));
+        cr_assert_not(ctl_token_is_valid("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0"));
+        cr_assert_not(ctl_token_is_valid("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeg"));
+        cr_assert_not(ctl_token_is_valid(" 123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
+        cr_assert_not(ctl_token_is_valid(""));
+        cr_assert_not(ctl_token_is_valid(NULL));
+}
+
+static void assert_job(const char *job, const char *path) {
+        _cleanup_free_ char *p = NULL;
+
+        cr_assert_eq(ctl_migration_path(job, &p), 0, "'%s' should name a job", job);
+        cr_assert_str_eq(p, path, "'%s'", job);
+}
+
+Test(ctl_parse, migration_names) {
+        char *p = (char *) &p;
+        uint32_t id = 77;
+
+        assert_job("3", "/org/vfiomig1/migration/_3");
+        assert_job("_3", "/org/vfiomig1/migration/_3");
+        assert_job("/org/vfiomig1/migration/_3", "/org/vfiomig1/migration/_3");
+        assert_job("0", "/org/vfiomig1/migration/_0");
+        assert_job("007", "/org/vfiomig1/migration/_7");
+        assert_job("_4294967295", "/org/vfiomig1/migration/_4294967295");
+
+        static const char *const bad[] = {
+                "", "_", "-3", "+3", "3a", "x", "__3", "_3_", " 3", "0x3", "/org/vfiomig1/migration/3",
+                "/org/vfiomig1/migration/_", "/org/vfiomig1/migration/_3/x", "/org/vfiomig1/migration",
+                "/org/vfiomig1/migrationx/_3", "/org/vfiomig1/space/_3", "/_3", "migration/_3",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++)
+                cr_assert_eq(ctl_migration_path(bad[i], &p), -EINVAL, "'%s'", bad[i]);
+        cr_assert_eq(ctl_migration_path("4294967296", &p), -ERANGE);
+        cr_assert_eq(ctl_migration_path("/org/vfiomig1/migration/_99999999999", &p), -ERANGE);
+        cr_assert_eq(p, (char *) &p, "a failure wrote the result");
+
+        cr_assert_eq(ctl_migration_id_from_path("/org/vfiomig1/migration/_12", &id), 0);
+        cr_assert_eq(id, 12);
+        cr_assert_eq(ctl_migration_id_from_path("12", &id), -EINVAL);
+        cr_assert_eq(ctl_migration_id_from_path("/org/vfiomig1/migration/12", &id), -EINVAL);
+        cr_assert_eq(ctl_migration_id_from_path(NULL, &id), -EINVAL);
+        cr_assert_eq(id, 12);
+}
+
+Test(ctl_parse, phases) {
+        static const char *const all[] = { "setup", "precopy", "stop-copy", "resuming", "completed", "failed",
+                                           "cancelled" };
+
+        for (size_t i = 0; i < ELEMENTSOF(all); i++)
+                cr_assert(ctl_phase_is_known(all[i]), "%s", all[i]);
+        cr_assert_not(ctl_phase_is_known("pre-copy"));
+        cr_assert_not(ctl_phase_is_known("canceled"));
+        cr_assert_not(ctl_phase_is_known(""));
+        cr_assert_not(ctl_phase_is_known(NULL));
+
+        cr_assert(ctl_phase_is_final("completed"));
+        cr_assert(ctl_phase_is_final("failed"));
+        cr_assert(ctl_phase_is_final("cancelled"));
+        cr_assert_not(ctl_phase_is_final("setup"));
+        cr_assert_not(ctl_phase_is_final("precopy"));
+        cr_assert_not(ctl_phase_is_final("stop-copy"));
+        cr_assert_not(ctl_phase_is_final("resuming"));
+        cr_assert_not(ctl_phase_is_final(NULL));
+
+        cr_assert(ctl_switchover_mode_is_valid("auto"));
+        cr_assert(ctl_switchover_mode_is_valid("manual"));
+        cr_assert_not(ctl_switchover_mode_is_valid("Auto"));
+        cr_assert_not(ctl_switchover_mode_is_valid(""));
+        cr_assert_not(ctl_switchover_mode_is_valid(NULL));
+}
+
+Test(ctl_parse, pick_peer_address) {
+        char *remote_last[] = { "127.0.0.1:7179", "[::1]:7179", "192.0.2.7:7179", "[2001:db8::7]:7179", NULL };
+        char *only_local[] = { "[::1]:7179", "127.0.0.1:7179", NULL };
+        char *any_first[] = { "0.0.0.0:7179", "[::]:7179", "[2001:db8::7]:7179", NULL };
+        char *junk_first[] = { "not an address", "10.1.2.3:7179", NULL };
+        char *empty[] = { NULL };
+
+        cr_assert_str_eq(ctl_pick_peer_address(remote_last), "192.0.2.7:7179");
+        cr_assert_str_eq(ctl_pick_peer_address(only_local), "[::1]:7179");
+        cr_assert_str_eq(ctl_pick_peer_address(any_first), "[2001:db8::7]:7179");
+        cr_assert_str_eq(ctl_pick_peer_address(junk_first), "10.1.2.3:7179");
+        cr_assert_null(ctl_pick_peer_address(empty));
+        cr_assert_null(ctl_pick_peer_address(NULL));
+}
