@@ -105,9 +105,9 @@ static void set_received_bit(Reassembly *r, uint64_t seq, bool on) {
                 r->received[i / 8] &= (uint8_t) ~(1u << (i % 8));
 }
 
-int reassembly_admit(Reassembly *r, uint32_t channel, const StreamHeader *h, const char **why) {
+/* The rules that make a packet a violation, whatever the budget. */
+static int check_sequence(const Reassembly *r, uint32_t channel, const StreamHeader *h, const char **why) {
         const ReasmDevice *d;
-        uint64_t need;
 
         if (channel >= r->channel_count)
                 return violation(why, "channel index out of range");
@@ -125,6 +125,16 @@ int reassembly_admit(Reassembly *r, uint32_t channel, const StreamHeader *h, con
                 return violation(why, "device sequence number already applied");
         if (d->ended && (h->type != STREAM_PACKET_BLOB || d->blob_done))
                 return violation(why, "a packet for a device after its end");
+        return 0;
+}
+
+int reassembly_admit(Reassembly *r, uint32_t channel, const StreamHeader *h, const char **why) {
+        uint64_t need;
+        int k;
+
+        k = check_sequence(r, channel, h, why);
+        if (k < 0)
+                return k;
 
         /* Back-pressure, not violations: too far ahead, or no room outside the reserve. */
         if (h->stream_seq - r->frontier >= REASSEMBLY_WINDOW)
@@ -182,14 +192,26 @@ static ReasmPacket *heap_pop(Heap *h) {
         return top;
 }
 
-int reassembly_add(Reassembly *r, uint32_t channel, const StreamHeader *h, uint8_t *payload, const char **why) {
+static int add(Reassembly *r, uint32_t channel, const StreamHeader *h, uint8_t *payload, bool admitted,
+               const char **why) {
         ReasmPacket *p;
         int k;
 
-        k = reassembly_admit(r, channel, h, why);
-        if (k != REASM_ADMIT) {
-                free(payload);
-                return k < 0 ? k : violation(why, "a packet added without being admitted");
+        if (admitted) {
+                /* within the window at admission, and the frontier only moves up */
+                k = check_sequence(r, channel, h, why);
+                if (k >= 0 && (h->stream_seq - r->frontier >= REASSEMBLY_WINDOW || received_bit(r, h->stream_seq)))
+                        k = violation(why, "stream sequence number repeated");
+                if (k < 0) {
+                        free(payload);
+                        return k;
+                }
+        } else {
+                k = reassembly_admit(r, channel, h, why);
+                if (k != REASM_ADMIT) {
+                        free(payload);
+                        return k < 0 ? k : violation(why, "a packet added without being admitted");
+                }
         }
         p = new0(ReasmPacket, 1);
         if (!p) {
@@ -212,6 +234,15 @@ int reassembly_add(Reassembly *r, uint32_t channel, const StreamHeader *h, uint8
                 r->frontier++;
         }
         return 0;
+}
+
+int reassembly_add(Reassembly *r, uint32_t channel, const StreamHeader *h, uint8_t *payload, const char **why) {
+        return add(r, channel, h, payload, false, why);
+}
+
+int reassembly_add_admitted(Reassembly *r, uint32_t channel, const StreamHeader *h, uint8_t *payload,
+                            const char **why) {
+        return add(r, channel, h, payload, true, why);
 }
 
 int reassembly_next(Reassembly *r, uint16_t device, ReasmPacket **ret, const char **why) {

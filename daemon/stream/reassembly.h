@@ -47,6 +47,13 @@ int reassembly_admit(Reassembly *r, uint32_t channel, const StreamHeader *h, con
 /* Takes payload (h->length bytes, malloc'd, CRC checked by the caller) into the buffer. Call only
  * after REASM_ADMIT for this header. */
 int reassembly_add(Reassembly *r, uint32_t channel, const StreamHeader *h, uint8_t *payload, const char **why);
+/* Like reassembly_add(), for a caller that receives payloads concurrently: it admitted the header
+ * earlier (REASM_ADMIT), counted the payload against the budget itself from then on, and other
+ * packets may have been added since. Only the sequence rules are checked again (a duplicate may
+ * have arrived meanwhile on another channel); the budget decision made at admission stands, as
+ * the frontier may have moved past other admitted packets in between. */
+int reassembly_add_admitted(Reassembly *r, uint32_t channel, const StreamHeader *h, uint8_t *payload,
+                            const char **why);
 /* The device's next packet in device order: 1 with *ret, 0 when it has not arrived, -EBADMSG on
  * a violation only visible now (a repeated device sequence number, packets after END). */
 int reassembly_next(Reassembly *r, uint16_t device, ReasmPacket **ret, const char **why);

@@ -38,3 +38,22 @@ Test(crc32c, hardware_and_portable_agree_and_stream) {
                 cr_assert_eq(crc32c_update(crc32c(buf, split), buf + split, sizeof buf - split), whole);
         cr_log_info("crc32c hardware: %s", crc32c_hardware() ? "yes" : "no");
 }
+
+/* The hardware path splits long buffers into three lanes and joins them: every length around
+ * the lane multiples, misaligned, must agree with the table-driven implementation. */
+Test(crc32c, long_buffers_agree) {
+        static uint8_t buf[3 * 3 * 2048 + 64];
+        uint64_t x = 0xabcdef;
+        static const size_t lengths[] = { 6143, 6144, 6145, 6151, 12288, 12289, 18431, 18432, 18433, 18440 };
+
+        for (size_t i = 0; i < sizeof buf; i++) {
+                x = x * 6364136223846793005u + 1442695040888963407u;
+                buf[i] = (uint8_t) (x >> 56);
+        }
+        for (size_t off = 0; off < 9; off++)
+                for (size_t k = 0; k < sizeof lengths / sizeof lengths[0]; k++)
+                        cr_assert_eq(crc32c_update(0x5a5a, buf + off, lengths[k]),
+                                     crc32c_update_portable(0x5a5a, buf + off, lengths[k]), "offset %zu length %zu", off,
+                                     lengths[k]);
+        cr_assert_eq(crc32c(buf, sizeof buf), crc32c_update_portable(0, buf, sizeof buf));
+}

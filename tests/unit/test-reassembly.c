@@ -242,3 +242,34 @@ Test(reassembly, a_hostile_source_cannot_grow_memory) {
         cr_assert_eq(reassembly_admit(r, 0, &frontier, &why), REASM_ADMIT);
         reassembly_free(r);
 }
+
+/* A destination receives payloads concurrently: it admits a header, counts the payload against
+ * the budget itself, receives it, then adds it. Meanwhile another channel's frontier packet may
+ * be admitted (into the reserve) and added, after which the first packet no longer passes the
+ * budget rule, although memory never exceeded the budget: reassembly_add_admitted() keeps the
+ * decision made at admission and checks only the sequence rules. */
+Test(reassembly, concurrent_receivers_keep_their_admission) {
+        const uint64_t c = MAX_PAYLOAD + REASSEMBLY_PACKET_OVERHEAD;
+        Reassembly *r = NULL;
+        const char *why;
+        StreamHeader x = data(0, 2, 1, MAX_PAYLOAD), f = data(1, 0, 0, MAX_PAYLOAD), dup = data(1, 2, 1, 10);
+        ReasmPacket *p;
+
+        cr_assert_eq(reassembly_new(2, 2, 2 * c, MAX_PAYLOAD, &r), 0);
+        /* the caller's view: x (not the frontier) fits outside the reserve, with nothing held */
+        cr_assert_eq(reassembly_admit(r, 0, &x, &why), REASM_ADMIT);
+        /* with x held by the caller, the frontier packet still fits the whole budget */
+        cr_assert_eq(reassembly_admit(r, 1, &f, &why), REASM_ADMIT);
+        cr_assert_eq(reassembly_add(r, 1, &f, payload_of(&f), &why), 0);
+        /* x would no longer be admitted now... */
+        cr_assert_eq(reassembly_admit(r, 0, &x, &why), REASM_WAIT);
+        /* ...but it was, and is taken */
+        cr_assert_eq(reassembly_add_admitted(r, 0, &x, payload_of(&x), &why), 0, "%s", why);
+        cr_assert_eq(reassembly_buffered_bytes(r), 2 * c);
+        /* sequence rules still hold */
+        cr_assert_eq(reassembly_add_admitted(r, 1, &dup, payload_of(&dup), &why), -EBADMSG);
+        cr_assert(strstr(why, "repeated") || strstr(why, "does not increase"), "%s", why);
+        cr_assert_eq(reassembly_next(r, 1, &p, &why), 1);
+        reassembly_release(r, p);
+        reassembly_free(r);
+}

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * What the engine's three parts (stream-out.c, stream-in.c, stream-listener.c) share and nobody
+ * else needs: the event queue, deadline-bounded socket I/O, io_uring setup, and the hand-over of
+ * an accepted channel from the listener to its StreamIn.
+ */
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "stream-engine.h"
+
+#define USEC_PER_SEC UINT64_C(1000000)
+#define USEC_PER_MSEC UINT64_C(1000)
+
+#define STREAM_CONNECT_TIMEOUT_USEC (10 * USEC_PER_SEC)    /* TCP connect of one channel */
+#define STREAM_HANDSHAKE_TIMEOUT_USEC (10 * USEC_PER_SEC)  /* HELLO sent → WELCOME read */
+#define STREAM_HELLO_TIMEOUT_USEC (5 * USEC_PER_SEC)       /* accepted → HELLO read */
+#define STREAM_PENDING_MAX 64u                              /* unauthenticated connections held */
+#define STREAM_ABORT_GRACE_USEC (1 * USEC_PER_SEC)         /* how long a best-effort ABORT may take */
+#define STREAM_PEER_ABORT_WAIT_USEC (200 * USEC_PER_MSEC)  /* a broken connection: does an ABORT explain it? */
+#define STREAM_CONTROL_SEND_TIMEOUT_USEC (5 * USEC_PER_SEC) /* a destination's 40-byte control packet */
+#define STREAM_HELLO_MAX_SIZE (STREAM_HELLO_FIXED_SIZE + STREAM_DEVICES_MAX * STREAM_HELLO_DEVICE_SIZE + STREAM_HELLO_CRC_SIZE)
+#define STREAM_CONTROL_PAYLOAD_MAX (4 + STREAM_ABORT_TEXT_MAX)
+
+/* Events: at most a few per device and per job (repeats of SWITCHOVER and INITIAL_LOADED are
+ * dropped), so a fixed capacity bounds what a peer can make us queue. */
+#define STREAM_KEEPALIVE_IDLE_SEC 10
+#define STREAM_KEEPALIVE_INTERVAL_SEC 5
+#define STREAM_KEEPALIVE_COUNT 3
+
+#define STREAM_EVENT_QUEUE_MAX (4 * STREAM_DEVICES_MAX + 16)
+
+uint64_t stream_now_usec(void);
+/* Names the calling thread "vfm-WHAT[N]" (n < 0: no number), for top -H and perf. */
+void stream_thread_name(const char *what, int n);
+/* For pthread_cond_timedwait() on a CLOCK_MONOTONIC condition variable. */
+struct timespec stream_timespec_of(uint64_t usec);
+int stream_cond_init(pthread_cond_t *c);
+/* Waits until signalled or the monotonic deadline (0: forever). */
+void stream_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, uint64_t deadline_usec);
+
+typedef struct EventQueue {
+        pthread_mutex_t lock;
+        StreamEvent *items;
+        size_t head, n;
+        int fd;                     /* eventfd, readable while events are queued */
+        bool closed;                /* no more events are accepted */
+        bool terminal;              /* a FAILED, PEER_ABORT or COMPLETE went out */
+} EventQueue;
+
+int event_queue_init(EventQueue *q);
+void event_queue_done(EventQueue *q);
+/* Queues e (taking its blob); drops it when closed. */
+void event_queue_push(EventQueue *q, const StreamEvent *e);
+/* Queues a simple event. */
+void event_queue_pushf(EventQueue *q, StreamEventType type, int device, int error, uint32_t reason,
+                       const char *format, ...) _printf_(6, 7);
+int event_queue_pop(EventQueue *q, StreamEvent *ret);
+void event_queue_close(EventQueue *q);
+
+/* Sends all n bytes (MSG_NOSIGNAL), waiting for room until the monotonic deadline (0: forever).
+ * wake_fd, when ≥ 0, interrupts the wait with -ECANCELED once readable. */
+int stream_send_all(int fd, const void *buf, size_t n, uint64_t deadline_usec, int wake_fd);
+/* Receives exactly n bytes; -ECONNRESET at an end of stream, -ETIMEDOUT past the deadline. */
+int stream_recv_all(int fd, void *buf, size_t n, uint64_t deadline_usec, int wake_fd);
+int stream_fd_set_nonblock(int fd, bool nonblock);
+/* SO_KEEPALIVE with short probes (a dead peer host is noticed in about 25 s). */
+void stream_socket_set_keepalive(int fd);
+
+/* A ring for one thread: SINGLE_ISSUER|DEFER_TASKRUN when the kernel has them. Call it from
+ * the thread that will submit. */
+int stream_ring_init(struct io_uring *ring, unsigned entries);
+
+/* Formats a socket address as "host:port" ("[v6]:port"). */
+int stream_format_address(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);
+
+/* Builds a packet header into out (payload CRC over payload). */
+void stream_encode_packet(uint8_t out[static STREAM_HEADER_SIZE], uint8_t type, uint8_t flags, uint16_t device,
+                          uint64_t stream_seq, uint64_t device_seq, const void *payload, uint32_t length);
+
+/* The listener's hand-over, called on the listener's thread with the listener's lock held
+ * (so in cannot go away). Accepts and adopts fd (returns 0, fd taken, WELCOME sent), or
+ * returns a refusal code with reason filled (fd untouched: the listener refuses and closes). */
+uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *hello, char reason[static STREAM_REASON_TEXT_SIZE + 1]);
+/* The job token, for the listener's lookup. */
+const uint8_t *stream_in_token(StreamIn *in);
+/* Registration bookkeeping, under the listener's lock. */
+void stream_in_set_listener(StreamIn *in, StreamListener *l);
+StreamListener *stream_in_get_listener(StreamIn *in);

@@ -1,0 +1,598 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+
+/*
+ * The destination's front door. One thread polls the listening socket and the accepted but not
+ * yet identified connections. A connection must send its HELLO within a few seconds; at most a
+ * bounded number wait at once (the oldest is dropped for a newer one), so a flood of idle or slow
+ * connections costs a constant amount of memory and cannot keep an honest source out for long.
+ * A complete HELLO is matched to a registered StreamIn by its token (compared in constant time)
+ * and handed over; anything else gets a refusing WELCOME and is closed once the peer stops
+ * sending (closing with unread bytes would reset the connection and could lose the WELCOME).
+ */
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "stream-internal.h"
+#include "stream-testing.h"
+
+#define PENDING_ABS_MAX 1024u
+#define REFUSED_LINGER_USEC (1 * USEC_PER_SEC)
+
+typedef struct Pending {
+        int fd;
+        uint64_t deadline;
+        bool closing;            /* refused: draining until the peer closes or the deadline */
+        size_t got, need;
+        uint8_t buf[STREAM_HELLO_MAX_SIZE];
+} Pending;
+
+struct StreamListener {
+        int fd;
+        int wake_fd;
+        pthread_t thread;
+        bool thread_started;
+        char **addresses;
+
+        pthread_mutex_t lock;
+        StreamIn **ins;          /* under lock */
+        size_t n_ins;
+        bool stop;
+
+        /* the thread's own */
+        Pending *pending[PENDING_ABS_MAX]; /* oldest first */
+        unsigned n_pending;
+
+        _Atomic uint64_t hello_timeout_usec;
+        _Atomic unsigned max_pending;
+        _Atomic unsigned stat_pending;
+};
+
+static bool token_equal(const uint8_t *a, const uint8_t *b) {
+        volatile uint8_t x = 0;
+
+        for (size_t k = 0; k < STREAM_TOKEN_SIZE; k++)
+                x |= a[k] ^ b[k];
+        return x == 0;
+}
+
+static void pending_remove(StreamListener *l, unsigned k, bool close_fd) {
+        Pending *p = l->pending[k];
+
+        if (close_fd)
+                safe_close(p->fd);
+        free(p);
+        memmove(l->pending + k, l->pending + k + 1, (l->n_pending - k - 1) * sizeof l->pending[0]);
+        l->n_pending--;
+        atomic_store(&l->stat_pending, l->n_pending);
+}
+
+/* Answers with a refusing WELCOME and lets the connection drain. */
+static void refuse(Pending *p, uint32_t status, uint16_t channel_index, const char *reason) {
+        StreamWelcome w = {
+                .major = STREAM_PROTOCOL_MAJOR,
+                .minor = STREAM_PROTOCOL_MINOR,
+                .status = status,
+                .channel_index = channel_index,
+        };
+        uint8_t out[STREAM_WELCOME_SIZE];
+
+        log_debug("stream listener: refusing a connection: %s: %s", stream_refusal_to_string(status), reason);
+        (void) snprintf(w.reason, sizeof w.reason, "%s", reason);
+        stream_welcome_encode(&w, out);
+        (void) !send(p->fd, out, sizeof out, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void) shutdown(p->fd, SHUT_WR);
+        p->closing = true;
+        p->deadline = stream_now_usec() + REFUSED_LINGER_USEC;
+}
+
+/* A complete HELLO: refuse, or hand over. Returns true when the fd was handed over. */
+static bool dispatch(StreamListener *l, Pending *p) {
+        StreamHello *h;
+        StreamIn *match = NULL;
+        char reason[STREAM_REASON_TEXT_SIZE + 1] = "";
+        const char *why = NULL;
+        uint32_t status;
+        int r;
+
+        h = new0(StreamHello, 1);
+        if (!h) {
+                refuse(p, STREAM_REFUSE_BUSY, 0, "out of memory");
+                return false;
+        }
+        r = stream_hello_decode(p->buf, p->got, h, &why);
+        if (r == -EPROTONOSUPPORT) {
+                (void) snprintf(reason, sizeof reason, "version %u.%u; this destination speaks %u.%u", h->major, h->minor,
+                                STREAM_PROTOCOL_MAJOR, STREAM_PROTOCOL_MINOR);
+                refuse(p, STREAM_REFUSE_VERSION, 0, reason);
+                free(h);
+                return false;
+        }
+        if (r < 0) {
+                refuse(p, STREAM_REFUSE_BAD_HELLO, 0, why);
+                free(h);
+                return false;
+        }
+
+        pthread_mutex_lock(&l->lock);
+        for (size_t k = 0; k < l->n_ins; k++)
+                if (token_equal(stream_in_token(l->ins[k]), h->token))
+                        match = l->ins[k];
+        if (!match) {
+                pthread_mutex_unlock(&l->lock);
+                refuse(p, STREAM_REFUSE_TOKEN, h->channel_index, "no prepared job has this token");
+                free(h);
+                return false;
+        }
+        status = stream_in_adopt(match, p->fd, h, reason);
+        pthread_mutex_unlock(&l->lock);
+        if (status != STREAM_ACCEPTED) {
+                refuse(p, status, h->channel_index, reason);
+                free(h);
+                return false;
+        }
+        free(h);
+        return true;
+}
+
+/* Reads what arrived. Returns false when the entry is finished (removed by the caller). */
+static bool pending_read(StreamListener *l, Pending *p, bool *handed_over) {
+        for (;;) {
+                ssize_t k;
+
+                if (p->closing) {
+                        uint8_t scratch[4096];
+                        k = recv(p->fd, scratch, sizeof scratch, MSG_DONTWAIT);
+                        if (k > 0)
+                                continue;
+                        return k < 0 && (errno == EAGAIN || errno == EINTR);
+                }
+                k = recv(p->fd, p->buf + p->got, p->need - p->got, MSG_DONTWAIT);
+                if (k == 0)
+                        return false;
+                if (k < 0)
+                        return errno == EAGAIN || errno == EINTR;
+                p->got += (size_t) k;
+                if (p->got < p->need)
+                        continue;
+                if (p->need == STREAM_HELLO_FIXED_SIZE) {
+                        const char *why = NULL;
+                        size_t total = 0;
+                        if (stream_hello_peek_size(p->buf, p->got, &total, &why) < 0) {
+                                refuse(p, STREAM_REFUSE_BAD_HELLO, 0, why);
+                                continue;
+                        }
+                        p->need = total;
+                        continue;
+                }
+                if (dispatch(l, p)) {
+                        *handed_over = true;
+                        return false;
+                }
+        }
+}
+
+static void accept_some(StreamListener *l) {
+        unsigned max = MIN(atomic_load(&l->max_pending), PENDING_ABS_MAX);
+
+        for (unsigned n = 0; n < 256; n++) {
+                Pending *p;
+                int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+                if (fd < 0) {
+                        if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                                log_debug("stream listener: accept: %m");
+                        return;
+                }
+                p = new0(Pending, 1);
+                if (!p) {
+                        safe_close(fd);
+                        continue;
+                }
+                p->fd = fd;
+                p->need = STREAM_HELLO_FIXED_SIZE;
+                p->deadline = stream_now_usec() + atomic_load(&l->hello_timeout_usec);
+                while (l->n_pending >= MAX(max, 1u)) {
+                        log_debug("stream listener: too many connections without a HELLO, dropping the oldest");
+                        pending_remove(l, 0, true);
+                }
+                l->pending[l->n_pending++] = p;
+                atomic_store(&l->stat_pending, l->n_pending);
+        }
+}
+
+static void *listener_thread(void *arg) {
+        StreamListener *l = arg;
+        struct pollfd *fds;
+
+        stream_thread_name("listener", -1);
+        fds = new0(struct pollfd, PENDING_ABS_MAX + 2);
+        if (!fds) {
+                log_error("stream listener: out of memory, not accepting connections");
+                return NULL;
+        }
+        for (;;) {
+                uint64_t now, next = 0;
+                unsigned n;
+                int timeout = -1, r;
+                bool stop;
+
+                pthread_mutex_lock(&l->lock);
+                stop = l->stop;
+                pthread_mutex_unlock(&l->lock);
+                if (stop)
+                        break;
+
+                now = stream_now_usec();
+                for (unsigned k = 0; k < l->n_pending;) {
+                        Pending *p = l->pending[k];
+                        if (now >= p->deadline) {
+                                if (!p->closing)
+                                        log_debug("stream listener: no HELLO in time, closing the connection");
+                                pending_remove(l, k, true);
+                                continue;
+                        }
+                        next = next ? MIN(next, p->deadline) : p->deadline;
+                        k++;
+                }
+                if (next)
+                        timeout = (int) MIN((next - now + 999) / 1000, (uint64_t) INT32_MAX);
+
+                fds[0] = (struct pollfd) { .fd = l->wake_fd, .events = POLLIN };
+                fds[1] = (struct pollfd) { .fd = l->fd, .events = POLLIN };
+                n = l->n_pending;
+                for (unsigned k = 0; k < n; k++)
+                        fds[2 + k] = (struct pollfd) { .fd = l->pending[k]->fd, .events = POLLIN };
+                r = poll(fds, 2 + n, timeout);
+                if (r < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        log_error("stream listener: poll: %m");
+                        break;
+                }
+                if (fds[0].revents & POLLIN) {
+                        uint64_t v;
+                        (void) !read(l->wake_fd, &v, sizeof v);
+                }
+                /* Connections that sent something first (an honest source sends its HELLO at
+                 * once), then new ones; walk backwards so removals keep indices valid. */
+                for (unsigned k = n; k-- > 0;) {
+                        bool handed_over = false;
+                        if (!fds[2 + k].revents)
+                                continue;
+                        if (!pending_read(l, l->pending[k], &handed_over))
+                                pending_remove(l, k, !handed_over);
+                }
+                if (fds[1].revents & POLLIN)
+                        accept_some(l);
+        }
+        free(fds);
+        return NULL;
+}
+
+/* ---- setup ---- */
+
+static int parse_address(const char *address, char **ret_host, char **ret_port) {
+        _cleanup_free_ char *host = NULL, *port = NULL;
+        const char *colon;
+
+        if (!address)
+                return -EINVAL;
+        if (address[0] == '[') {
+                const char *end = strchr(address, ']');
+                if (!end || end[1] != ':')
+                        return -EINVAL;
+                host = strndup(address + 1, (size_t) (end - address - 1));
+                port = strdup(end + 2);
+        } else {
+                colon = strrchr(address, ':');
+                if (!colon)
+                        return -EINVAL;
+                host = strndup(address, (size_t) (colon - address));
+                port = strdup(colon + 1);
+        }
+        if (!host || !port)
+                return -ENOMEM;
+        if (!port[0] || strspn(port, "0123456789") != strlen(port))
+                return -EINVAL;
+        *ret_host = TAKE_PTR(host);
+        *ret_port = TAKE_PTR(port);
+        return 0;
+}
+
+static int listen_on(const char *address, int *ret_fd, ErrorMessage *err) {
+        _cleanup_free_ char *host = NULL, *port = NULL;
+        struct addrinfo hints = {
+                .ai_flags = AI_PASSIVE | AI_NUMERICSERV,
+                .ai_socktype = SOCK_STREAM,
+                .ai_protocol = IPPROTO_TCP,
+        }, *res = NULL;
+        int r, last = -EADDRNOTAVAIL;
+
+        r = parse_address(address, &host, &port);
+        if (r < 0)
+                return error_setf(err, r, "invalid listen address '%s': expected HOST:PORT or [IPV6]:PORT", address ?: "");
+        r = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+        if (r != 0)
+                return error_setf(err, -EADDRNOTAVAIL, "cannot resolve '%s': %s", address, gai_strerror(r));
+
+        for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+                _cleanup_close_ int fd = -EBADF;
+                int one = 1, zero = 0;
+
+                fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, IPPROTO_TCP);
+                if (fd < 0) {
+                        last = -errno;
+                        continue;
+                }
+                (void) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+                if (ai->ai_family == AF_INET6)
+                        (void) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+                if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+                        last = -errno;
+                        continue;
+                }
+                *ret_fd = TAKE_FD(fd);
+                freeaddrinfo(res);
+                return 0;
+        }
+        freeaddrinfo(res);
+        return error_setf(err, last, "cannot listen on %s: %m", address);
+}
+
+static int strv_push(char ***l, size_t *n, char *s) {
+        char **m;
+
+        if (!s)
+                return -ENOMEM;
+        m = reallocarray(*l, *n + 2, sizeof(char *));
+        if (!m) {
+                free(s);
+                return -ENOMEM;
+        }
+        m[(*n)++] = s;
+        m[*n] = NULL;
+        *l = m;
+        return 0;
+}
+
+static bool is_wildcard(const struct sockaddr_storage *ss) {
+        if (ss->ss_family == AF_INET)
+                return ((const struct sockaddr_in *) ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+        if (ss->ss_family == AF_INET6)
+                return IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *) ss)->sin6_addr);
+        return false;
+}
+
+/* Where sources can reach us: the bound address, or for a wildcard every address of every
+ * interface that is up (loopback last; IPv6 link-local addresses need a scope and are left out). */
+static int compute_addresses(StreamListener *l) {
+        struct sockaddr_storage ss = {};
+        socklen_t len = sizeof ss;
+        char text[INET6_ADDRSTRLEN + 16];
+        char **list = NULL;
+        size_t n = 0;
+        uint16_t port;
+        bool v4 = false, v6 = false;
+        int r;
+
+        if (getsockname(l->fd, (struct sockaddr *) &ss, &len) < 0)
+                return -errno;
+        if (ss.ss_family == AF_INET) {
+                port = ((struct sockaddr_in *) &ss)->sin_port;
+                v4 = true;
+        } else if (ss.ss_family == AF_INET6) {
+                int only = 0;
+                socklen_t olen = sizeof only;
+                port = ((struct sockaddr_in6 *) &ss)->sin6_port;
+                v6 = true;
+                v4 = getsockopt(l->fd, IPPROTO_IPV6, IPV6_V6ONLY, &only, &olen) >= 0 && !only;
+        } else
+                return -EAFNOSUPPORT;
+
+        if (is_wildcard(&ss)) {
+                struct ifaddrs *ifs = NULL;
+                if (getifaddrs(&ifs) >= 0) {
+                        for (int pass = 0; pass < 2; pass++)
+                                for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+                                        struct sockaddr_storage a = {};
+                                        bool loopback = i->ifa_flags & IFF_LOOPBACK;
+                                        if (!i->ifa_addr || !(i->ifa_flags & IFF_UP) || loopback != (pass == 1))
+                                                continue;
+                                        if (i->ifa_addr->sa_family == AF_INET && v4) {
+                                                memcpy(&a, i->ifa_addr, sizeof(struct sockaddr_in));
+                                                ((struct sockaddr_in *) &a)->sin_port = port;
+                                                len = sizeof(struct sockaddr_in);
+                                        } else if (i->ifa_addr->sa_family == AF_INET6 && v6) {
+                                                memcpy(&a, i->ifa_addr, sizeof(struct sockaddr_in6));
+                                                if (IN6_IS_ADDR_LINKLOCAL(&((struct sockaddr_in6 *) &a)->sin6_addr))
+                                                        continue;
+                                                ((struct sockaddr_in6 *) &a)->sin6_port = port;
+                                                len = sizeof(struct sockaddr_in6);
+                                        } else
+                                                continue;
+                                        if (stream_format_address((struct sockaddr *) &a, len, text, sizeof text) < 0)
+                                                continue;
+                                        r = strv_push(&list, &n, strdup(text));
+                                        if (r < 0) {
+                                                freeifaddrs(ifs);
+                                                strv_free(list);
+                                                return r;
+                                        }
+                                }
+                        freeifaddrs(ifs);
+                }
+        }
+        if (n == 0) {
+                r = stream_format_address((struct sockaddr *) &ss, sizeof ss, text, sizeof text);
+                if (r < 0)
+                        return r;
+                r = strv_push(&list, &n, strdup(text));
+                if (r < 0)
+                        return r;
+        }
+        l->addresses = list;
+        return 0;
+}
+
+StreamListener *stream_listener_free(StreamListener *l) {
+        if (!l)
+                return NULL;
+        if (l->thread_started) {
+                uint64_t one = 1;
+                pthread_mutex_lock(&l->lock);
+                l->stop = true;
+                pthread_mutex_unlock(&l->lock);
+                (void) !write(l->wake_fd, &one, sizeof one);
+                (void) pthread_join(l->thread, NULL);
+        }
+        while (l->n_pending > 0)
+                pending_remove(l, l->n_pending - 1, true);
+        for (size_t k = 0; k < l->n_ins; k++)
+                stream_in_set_listener(l->ins[k], NULL);
+        free(l->ins);
+        strv_free(l->addresses);
+        safe_close(l->fd);
+        safe_close(l->wake_fd);
+        (void) pthread_mutex_destroy(&l->lock);
+        free(l);
+        return NULL;
+}
+
+int stream_listener_new(int listen_fd, const char *address, StreamListener **ret, ErrorMessage *err) {
+        StreamListener *l;
+        int r;
+
+        l = new0(StreamListener, 1);
+        if (!l)
+                return -ENOMEM;
+        l->fd = l->wake_fd = -EBADF;
+        (void) pthread_mutex_init(&l->lock, NULL);
+        atomic_store(&l->hello_timeout_usec, STREAM_HELLO_TIMEOUT_USEC);
+        atomic_store(&l->max_pending, STREAM_PENDING_MAX);
+
+        if (listen_fd >= 0) {
+                int accepting = 0;
+                socklen_t len = sizeof accepting;
+
+                if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &len) < 0 || !accepting) {
+                        stream_listener_free(l);
+                        return error_setf(err, -ENOTSOCK, "the stream socket passed in is not a listening socket");
+                }
+                /* Borrowed: we work on a duplicate (O_NONBLOCK is shared with the original). */
+                l->fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 3);
+                if (l->fd < 0 || stream_fd_set_nonblock(l->fd, true) < 0) {
+                        r = -errno;
+                        stream_listener_free(l);
+                        return error_setf(err, r, "cannot use the stream socket passed in: %m");
+                }
+        } else {
+                r = listen_on(address, &l->fd, err);
+                if (r < 0) {
+                        stream_listener_free(l);
+                        return r;
+                }
+        }
+        r = compute_addresses(l);
+        if (r < 0) {
+                stream_listener_free(l);
+                return error_setf(err, r, "cannot tell the listening addresses: %m");
+        }
+        l->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (l->wake_fd < 0) {
+                r = -errno;
+                stream_listener_free(l);
+                return error_setf(err, r, "eventfd: %m");
+        }
+        r = -pthread_create(&l->thread, NULL, listener_thread, l);
+        if (r < 0) {
+                stream_listener_free(l);
+                return error_setf(err, r, "cannot start the listener thread: %m");
+        }
+        l->thread_started = true;
+        log_debug("stream listener: accepting on %s%s", l->addresses[0], l->addresses[1] ? " and more" : "");
+        *ret = l;
+        return 0;
+}
+
+int stream_listener_addresses(StreamListener *l, char ***ret) {
+        size_t n = 0;
+        char **copy;
+
+        while (l->addresses[n])
+                n++;
+        copy = new0(char *, n + 1);
+        if (!copy)
+                return -ENOMEM;
+        for (size_t k = 0; k < n; k++) {
+                copy[k] = strdup(l->addresses[k]);
+                if (!copy[k]) {
+                        strv_free(copy);
+                        return -ENOMEM;
+                }
+        }
+        *ret = copy;
+        return 0;
+}
+
+int stream_listener_register(StreamListener *l, StreamIn *in) {
+        StreamIn **m;
+        int r = 0;
+
+        pthread_mutex_lock(&l->lock);
+        for (size_t k = 0; k < l->n_ins; k++)
+                if (l->ins[k] == in || token_equal(stream_in_token(l->ins[k]), stream_in_token(in))) {
+                        r = -EEXIST;
+                        goto out;
+                }
+        if (stream_in_get_listener(in)) {
+                r = -EBUSY;
+                goto out;
+        }
+        m = reallocarray(l->ins, l->n_ins + 1, sizeof *m);
+        if (!m) {
+                r = -ENOMEM;
+                goto out;
+        }
+        l->ins = m;
+        l->ins[l->n_ins++] = in;
+        stream_in_set_listener(in, l);
+out:
+        pthread_mutex_unlock(&l->lock);
+        return r;
+}
+
+void stream_listener_unregister(StreamListener *l, StreamIn *in) {
+        if (!l || !in)
+                return;
+        pthread_mutex_lock(&l->lock);
+        for (size_t k = 0; k < l->n_ins; k++)
+                if (l->ins[k] == in) {
+                        memmove(l->ins + k, l->ins + k + 1, (l->n_ins - k - 1) * sizeof l->ins[0]);
+                        l->n_ins--;
+                        stream_in_set_listener(in, NULL);
+                        break;
+                }
+        pthread_mutex_unlock(&l->lock);
+}
+
+void stream_listener_test_set_limits(StreamListener *l, uint64_t hello_timeout_usec, unsigned max_pending) {
+        uint64_t one = 1;
+
+        atomic_store(&l->hello_timeout_usec, hello_timeout_usec ?: STREAM_HELLO_TIMEOUT_USEC);
+        atomic_store(&l->max_pending, MIN(max_pending ?: STREAM_PENDING_MAX, PENDING_ABS_MAX));
+        (void) !write(l->wake_fd, &one, sizeof one);
+}
+
+unsigned stream_listener_test_pending(StreamListener *l) {
+        return atomic_load(&l->stat_pending);
+}

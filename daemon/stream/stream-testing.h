@@ -1,0 +1,22 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+#pragma once
+
+/*
+ * Knobs for tests and benchmarks only; the daemon never calls these. They let a test make one
+ * channel slow (to exercise reassembly back-pressure), shorten the listener's timeouts, and try
+ * socket buffer sizes.
+ */
+
+#include "stream-engine.h"
+
+/* Limits the channel's sending rate (bytes per second, 0 = none). Any time. */
+void stream_out_test_set_channel_rate(StreamOut *o, unsigned channel, uint64_t bytes_per_second);
+/* How long an accepted connection may take to send its HELLO, and how many unauthenticated
+ * connections the listener holds at most (the oldest is dropped for a newer one). */
+void stream_listener_test_set_limits(StreamListener *l, uint64_t hello_timeout_usec, unsigned max_pending);
+/* How many unauthenticated connections the listener holds now. */
+unsigned stream_listener_test_pending(StreamListener *l);
+/* SO_SNDBUF/SO_RCVBUF for new channels (0: the kernel's autotuning, the default). */
+void stream_test_set_socket_buffers(int sndbuf, int rcvbuf);
+int stream_test_get_sndbuf(void);
+int stream_test_get_rcvbuf(void);
