@@ -16,6 +16,8 @@
 #include "daemon-config.h"
 #include "log.h"
 #include "manager.h"
+#include "migration.h"
+#include "stream-engine.h"
 #include "named-fds.h"
 #include "persist.h"
 #include "strv.h"
@@ -23,6 +25,7 @@
 static bool arg_allow_simulated;
 static const char *arg_config_path = DAEMON_CONFIG_DEFAULT_PATH;
 static bool arg_config_required;
+static const char *arg_stream_listen;
 
 static void help(void) {
         printf("%s [OPTIONS...]\n\n"
@@ -31,6 +34,8 @@ static void help(void) {
                "     --version              Show the version\n"
                "     --allow-simulated      Allow simulated devices (sim:NAME)\n"
                "     --config=PATH          Configuration file (default: %s)\n"
+               "     --stream-listen=HOST:PORT\n"
+               "                            Where incoming migrations connect (default: [::]:7179)\n"
                "     --log-level=LEVEL      err, warning, notice, info or debug (default: info)\n"
                "     --log-target=TARGET    auto, stderr or journal (default: auto)\n"
                "\nSee vfiomigd(8).\n",
@@ -45,6 +50,7 @@ static int parse_argv(int argc, char *argv[]) {
                 ARG_CONFIG,
                 ARG_LOG_LEVEL,
                 ARG_LOG_TARGET,
+                ARG_STREAM_LISTEN,
         };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
@@ -53,6 +59,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "config", required_argument, NULL, ARG_CONFIG },
                 { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
                 { "log-target", required_argument, NULL, ARG_LOG_TARGET },
+                { "stream-listen", required_argument, NULL, ARG_STREAM_LISTEN },
                 {},
         };
         int c, level;
@@ -88,6 +95,15 @@ static int parse_argv(int argc, char *argv[]) {
                         else
                                 return log_error_errno(SYNTHETIC_ERRNO(EINVAL), "Unknown log target '%s'.", optarg);
                         break;
+                case ARG_STREAM_LISTEN: {
+                        struct sockaddr_storage sa;
+                        ErrorMessage err = {};
+                        socklen_t len;
+                        if (migration_parse_address(optarg, true, &sa, &len, &err) < 0)
+                                return log_error_errno(SYNTHETIC_ERRNO(EINVAL), "--stream-listen: %s", err.text);
+                        arg_stream_listen = optarg;
+                        break;
+                }
                 case '?':
                         return -EINVAL;
                 default:
@@ -114,8 +130,9 @@ static void attach_configured_devices(Manager *m, const DaemonConfig *config) {
         }
 }
 
-/* Adopts what the service manager kept for us across a restart. */
-static int restore_state(Persist *persist) {
+/* Adopts what the service manager kept for us across a restart, and the stream socket of
+ * vfiomigd-stream.socket (FileDescriptorName=stream), which is not ours to store. */
+static int restore_state(Persist *persist, Manager *manager) {
         _cleanup_(named_fds_done) NamedFds received = {};
         _cleanup_strv_free_ char **names = NULL;
         ErrorMessage err = {};
@@ -136,6 +153,9 @@ static int restore_state(Persist *persist) {
                         safe_close(SD_LISTEN_FDS_START + i);
                 }
         }
+        r = named_fds_take(&received, "stream");
+        if (r >= 0)
+                manager_adopt_stream_socket(manager, r);
         if (received.n == 0) {
                 if (getenv("NOTIFY_SOCKET"))
                         log_info("The service manager handed back no descriptors: starting with no devices, address "
@@ -156,6 +176,7 @@ static int restore_state(Persist *persist) {
  * (DMA continues), save, then exit. If no successor comes, the store is released and the
  * kernel tears everything down as it would have anyway. */
 typedef struct Daemon {
+        Manager *manager;
         Persist *persist;
         BusService *service;
 } Daemon;
@@ -167,6 +188,9 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         log_info("Stopping on %s.", si->ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
         if (daemon->service)
                 daemon->service->stopping = true; /* state transfers in flight give up */
+        /* Migration data sessions do not survive a restart: end the jobs while their clients can
+         * still hear it, and before the state is saved, so it records where the devices are. */
+        manager_stop_migrations(daemon->manager, "the daemon is stopping");
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Preparing the mappings for a successor.");
         (void) persist_prepare_stop(persist);
         return sd_event_exit(sd_event_source_get_event(s), 0);
@@ -205,6 +229,7 @@ static int run(int argc, char *argv[]) {
         options.max_spaces = config.max_spaces;
         options.max_mappings = config.max_mappings;
         options.max_pinned_bytes = config.max_pinned_bytes;
+        options.stream_listen = arg_stream_listen ?: config.stream_listen;
         r = manager_new(&options, &manager);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up: %m");
@@ -223,7 +248,7 @@ static int run(int argc, char *argv[]) {
         r = persist_new(manager, &persist);
         if (r < 0)
                 return log_oom();
-        r = restore_state(persist);
+        r = restore_state(persist, manager);
         if (r < 0)
                 return r;
 
@@ -237,6 +262,21 @@ static int run(int argc, char *argv[]) {
         sigaddset(&mask, SIGINT);
         if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
                 return log_error_errno(errno, "Failed to block signals: %m");
+
+        /* A socket systemd passed may have a connection waiting (it may even be why we were
+         * started): answer it now, with a refusal if no job is prepared, not at the first
+         * PrepareIncoming. Without one, the port is bound only when a migration needs it. Only
+         * now that the signals are blocked: the listener's thread inherits the mask, and SIGTERM
+         * must reach the event loop rather than end the process in another thread. */
+        if (manager->stream_socket_fd >= 0) {
+                StreamListener *listener;
+                r = manager_get_stream_listener(manager, &listener, &err);
+                if (r < 0)
+                        log_error_errno(r, "Failed to take incoming migrations on the socket the service manager "
+                                        "passed, ignoring: %s", err.text);
+        }
+
+        daemon.manager = manager;
         daemon.persist = persist;
         r = sd_event_add_signal(event, NULL, SIGTERM, on_stop_signal, &daemon);
         if (r >= 0)

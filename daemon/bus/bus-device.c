@@ -425,6 +425,75 @@ static int property_get_address_space(sd_bus *bus, const char *path, const char 
         return sd_bus_message_append(reply, "o", p);
 }
 
+static int property_get_migration(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                  sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        _cleanup_free_ char *p = NULL;
+        Device *d = userdata;
+        int r;
+
+        if (!d->migration)
+                return sd_bus_message_append(reply, "o", "/");
+        r = bus_migration_path(d->migration->id, &p);
+        if (r < 0)
+                return r;
+        return sd_bus_message_append(reply, "o", p);
+}
+
+/* The blob travels with the next outgoing migration; on a destination it is what the last
+ * incoming one brought. Both ways need the migrate action: it may hold a VMM's device state. */
+static int method_set_migration_blob(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        ErrorMessage err = {};
+        const void *data;
+        size_t size;
+        int r;
+
+        r = sd_bus_message_read_array(m, 'y', &data, &size);
+        if (r < 0)
+                return r;
+        if (size > MIGRATION_BLOB_MAX)
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_LIMIT_EXCEEDED,
+                                         "a migration blob holds at most %u bytes, not %zu", MIGRATION_BLOB_MAX, size);
+        r = device_check_idle(d, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+
+        const char *details[] = { "device", d->id, NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, details, &service_of(d)->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = device_set_blob(d, data, size, &err);
+        if (r == -EBUSY)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_LIMIT_EXCEEDED, r, &err);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_get_migration_blob(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Device *d = userdata;
+        int r;
+
+        const char *details[] = { "device", d->id, NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, details, &service_of(d)->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append_array(reply, 'y', d->blob ?: (const void *) "", d->blob_size);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
 static int property_get_clients(sd_bus *bus, const char *path, const char *interface, const char *property,
                                 sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Device *d = userdata;
@@ -515,6 +584,7 @@ const sd_bus_vtable bus_device_vtable[] = {
         SD_BUS_PROPERTY("LastTransition", "s", property_get_last_transition, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("AddressSpace", "o", property_get_address_space, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Clients", "u", property_get_clients, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Migration", "o", property_get_migration, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_METHOD_WITH_ARGS("SetState",
                                 SD_BUS_ARGS("s", target, "a{sv}", options),
                                 SD_BUS_RESULT("s", reached),
@@ -554,6 +624,16 @@ const sd_bus_vtable bus_device_vtable[] = {
                                 SD_BUS_NO_ARGS,
                                 SD_BUS_NO_RESULT,
                                 method_revoke_clients,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("SetMigrationBlob",
+                                SD_BUS_ARGS("ay", blob),
+                                SD_BUS_NO_RESULT,
+                                method_set_migration_blob,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetMigrationBlob",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("ay", blob),
+                                method_get_migration_blob,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };

@@ -9,6 +9,8 @@
 #include "bus-util.h"
 #include "config.h" /* PACKAGE_VERSION */
 #include "log.h"
+#include "migration.h"
+#include <inttypes.h>
 #include "vfiomig1.h"
 
 static int attach_error(sd_bus_error *error, int r, const ErrorMessage *err) {
@@ -212,6 +214,37 @@ static int group_error(sd_bus_error *error, GroupOutcome outcome, int r, const E
         }
 }
 
+/* Resolving is validation too: unknown or repeated devices fail before polkit is asked. After
+ * polkit answers the handler runs again, so a device detached meanwhile is caught. */
+static int resolve_devices(BusService *s, char **paths, size_t max, Device ***ret, size_t *ret_n,
+                           sd_bus_error *error) {
+        _cleanup_free_ Device **devices = NULL;
+        size_t n = 0;
+
+        for (char **p = paths; p && *p; p++)
+                n++;
+        if (n == 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "no devices given");
+        if (n > max)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%zu devices given, more than the %zu allowed",
+                                         n, max);
+        devices = new0(Device *, n);
+        if (!devices)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                devices[i] = bus_device_from_path(s, paths[i], error);
+                if (!devices[i])
+                        return -EINVAL;
+                for (size_t j = 0; j < i; j++)
+                        if (devices[j] == devices[i])
+                                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%s is listed twice",
+                                                         paths[i]);
+        }
+        *ret = TAKE_PTR(devices);
+        *ret_n = n;
+        return 0;
+}
+
 static int method_set_states(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_strv_free_ char **paths = NULL;
@@ -242,29 +275,12 @@ static int method_set_states(sd_bus_message *m, void *userdata, sd_bus_error *er
         target = mig_state_from_string(target_name);
         if (target < 0)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "'%s' is not a migration state", target_name);
-        for (char **p = paths; p && *p; p++)
-                n++;
-        if (n == 0)
-                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "no devices given");
-        if (n > s->manager->options.max_devices)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%zu devices given, more than can be attached",
-                                         n);
-        devices = new0(Device *, n);
+        r = resolve_devices(s, paths, s->manager->options.max_devices, &devices, &n, error);
+        if (r < 0)
+                return r;
         results = new0(int, n);
-        if (!devices || !results)
+        if (!results)
                 return -ENOMEM;
-
-        /* Resolving is validation too: unknown or repeated devices fail before polkit is asked.
-         * After polkit answers this runs again, so a device detached meanwhile is caught. */
-        for (size_t i = 0; i < n; i++) {
-                devices[i] = bus_device_from_path(s, paths[i], error);
-                if (!devices[i])
-                        return -EINVAL;
-                for (size_t j = 0; j < i; j++)
-                        if (devices[j] == devices[i])
-                                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%s is listed twice",
-                                                         paths[i]);
-        }
 
         r = bus_verify_polkit_async(m, VFIOMIG_ACTION_SET_STATE, (const char *const[]) { "target", target_name, NULL },
                                     &s->polkit, error);
@@ -418,6 +434,226 @@ static int property_get_max_spaces(sd_bus *bus, const char *path, const char *in
         return sd_bus_message_append(reply, "u", (uint32_t) s->manager->options.max_spaces);
 }
 
+/* ---- migrations ---- */
+
+static int migration_error(sd_bus_error *error, int r, const ErrorMessage *err) {
+        switch (r) {
+        case -EINVAL:
+                return bus_error_from_message(error, SD_BUS_ERROR_INVALID_ARGS, r, err);
+        case -EOPNOTSUPP:
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_MIGRATABLE, r, err);
+        case -EXDEV:
+                return bus_error_from_message(error, VFIOMIG_ERROR_P2P_REQUIRED, r, err);
+        case -EBUSY:
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, err);
+        case -E2BIG:
+                return bus_error_from_message(error, VFIOMIG_ERROR_LIMIT_EXCEEDED, r, err);
+        case -EBADMSG:
+        case -EIO:
+                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
+        case -ENOMEM:
+                return r;
+        default:
+                return bus_error_from_message(error, VFIOMIG_ERROR_TRANSFER_FAILED, r, err);
+        }
+}
+
+static int reply_job(sd_bus_message *m, Migration *j) {
+        _cleanup_free_ char *path = NULL;
+        int r = bus_migration_path(j->id, &path);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(m, "o", path);
+}
+
+static int method_start_migration(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_strv_free_ char **paths = NULL;
+        _cleanup_free_ Device **devices = NULL;
+        BusService *s = userdata;
+        MigrationOptions o;
+        uint32_t channels = MIGRATION_CHANNELS_DEFAULT;
+        const char *peer, *token, *switchover = NULL;
+        bool precopy = false, precopy_seen = false;
+        const BusOption options[] = {
+                { VFIOMIG_OPTION_CHANNELS, "u", &channels },
+                { VFIOMIG_OPTION_PRECOPY, "b", &precopy, &precopy_seen },
+                { VFIOMIG_OPTION_BANDWIDTH_LIMIT, "t", &o.bandwidth_limit },
+                { VFIOMIG_OPTION_SWITCHOVER, "s", &switchover },
+                { VFIOMIG_OPTION_DOWNTIME_LIMIT, "t", &o.downtime_limit_ms },
+                { VFIOMIG_OPTION_FORCE_WITHOUT_P2P, "b", &o.force_without_p2p },
+                { VFIOMIG_OPTION_IO_URING, "b", &o.io_uring },
+                {},
+        };
+        struct sockaddr_storage sa;
+        socklen_t sa_len;
+        uint8_t token_bytes[STREAM_TOKEN_SIZE];
+        ErrorMessage err = {};
+        Migration *j = NULL;
+        size_t n = 0;
+        int r;
+
+        migration_options_init(&o);
+        r = sd_bus_message_read_strv(m, &paths);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(m, "ss", &peer, &token);
+        if (r < 0)
+                return r;
+        r = bus_read_options(m, options, error);
+        if (r < 0)
+                return r;
+        o.channels = channels;
+        if (precopy_seen)
+                o.precopy = precopy;
+        if (switchover && !streq(switchover, "auto") && !streq(switchover, "manual"))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "switchover must be \"auto\" or \"manual\", not \"%s\"", switchover);
+        o.switchover_manual = switchover && streq(switchover, "manual");
+        r = migration_parse_peer(peer, &sa, &sa_len, &err);
+        if (r >= 0)
+                r = migration_parse_token(token, token_bytes, &err);
+        if (r < 0)
+                return bus_error_from_message(error, SD_BUS_ERROR_INVALID_ARGS, r, &err);
+        r = resolve_devices(s, paths, STREAM_DEVICES_MAX, &devices, &n, error);
+        if (r < 0)
+                return r;
+        r = migration_check(s->manager, devices, n, MIGRATION_OUTGOING, &o, &err);
+        if (r < 0)
+                return migration_error(error, r, &err);
+
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, (const char *const[]) { "peer", peer, NULL },
+                                    &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = migration_start(s->manager, devices, n, peer, token, &o, &j, &err);
+        if (r < 0)
+                return migration_error(error, r, &err);
+        return reply_job(m, j);
+}
+
+static int method_prepare_incoming(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_strv_free_ char **paths = NULL, **addresses = NULL;
+        _cleanup_free_ Device **devices = NULL;
+        _cleanup_free_ char *path = NULL;
+        BusService *s = userdata;
+        MigrationOptions o;
+        const BusOption options[] = {
+                { VFIOMIG_OPTION_RUN, "b", &o.run },
+                { VFIOMIG_OPTION_REASSEMBLY_BUDGET, "t", &o.budget },
+                { VFIOMIG_OPTION_STALL_TIMEOUT, "t", &o.stall_timeout_ms },
+                { VFIOMIG_OPTION_FORCE_WITHOUT_P2P, "b", &o.force_without_p2p },
+                { VFIOMIG_OPTION_IO_URING, "b", &o.io_uring },
+                {},
+        };
+        StreamListener *listener;
+        ErrorMessage err = {};
+        Migration *j = NULL;
+        size_t n = 0;
+        int r;
+
+        migration_options_init(&o);
+        r = sd_bus_message_read_strv(m, &paths);
+        if (r < 0)
+                return r;
+        r = bus_read_options(m, options, error);
+        if (r < 0)
+                return r;
+        if (o.stall_timeout_ms > UINT64_C(24) * 3600 * 1000)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "the stall timeout is at most a day, not %" PRIu64 " ms", o.stall_timeout_ms);
+        r = resolve_devices(s, paths, STREAM_DEVICES_MAX, &devices, &n, error);
+        if (r < 0)
+                return r;
+        r = migration_check(s->manager, devices, n, MIGRATION_INCOMING, &o, &err);
+        if (r < 0)
+                return migration_error(error, r, &err);
+
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, NULL, &s->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        r = migration_prepare_incoming(s->manager, devices, n, &o, &j, &err);
+        if (r < 0 && !j && error_is_set(&err) && (r == -EADDRINUSE || r == -EACCES || r == -EADDRNOTAVAIL))
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_SUPPORTED, r, &err);
+        if (r < 0)
+                return migration_error(error, r, &err);
+
+        r = manager_get_stream_listener(s->manager, &listener, &err);
+        if (r >= 0)
+                r = stream_listener_addresses(listener, &addresses);
+        if (r < 0)
+                return r;
+        r = bus_migration_path(j->id, &path);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(reply, "os", path, j->token_hex);
+        if (r >= 0)
+                r = sd_bus_message_append_strv(reply, addresses);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_list_migrations(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        BusService *s = userdata;
+        int r;
+
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(ussto)");
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < s->manager->n_migrations; i++) {
+                Migration *j = s->manager->migrations[i];
+                _cleanup_free_ char *path = NULL;
+
+                r = bus_migration_path(j->id, &path);
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_append(reply, "(ussto)", j->id, migration_direction_to_string(j->direction),
+                                          migration_phase_to_string(j->phase), migration_bytes_transferred(j), path);
+                if (r < 0)
+                        return r;
+        }
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int property_get_max_migrations(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                       sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        return sd_bus_message_append(reply, "u", (uint32_t) MIGRATIONS_RUNNING_MAX);
+}
+
+/* Empty until the first PrepareIncoming makes the listener: binding a port nobody asked for is
+ * not a side effect of reading a property. */
+static int property_get_stream_addresses(sd_bus *bus, const char *path, const char *interface,
+                                         const char *property, sd_bus_message *reply, void *userdata,
+                                         sd_bus_error *error) {
+        BusService *s = userdata;
+        _cleanup_strv_free_ char **addresses = NULL;
+        int r;
+
+        if (s->manager->listener) {
+                r = stream_listener_addresses(s->manager->listener, &addresses);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_message_append_strv(reply, addresses);
+}
+
 static int property_get_max_mappings(sd_bus *bus, const char *path, const char *interface, const char *property,
                                      sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         BusService *s = userdata;
@@ -484,6 +720,8 @@ const sd_bus_vtable bus_manager_vtable[] = {
         SD_BUS_PROPERTY("MaxAddressSpaces", "u", property_get_max_spaces, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxMappings", "u", property_get_max_mappings, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MaxPinnedBytes", "t", property_get_max_pinned_bytes, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("MaxMigrations", "u", property_get_max_migrations, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("StreamAddresses", "as", property_get_stream_addresses, 0, 0),
         SD_BUS_PROPERTY("FileDescriptorStore", "b", property_get_fd_store, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_METHOD_WITH_ARGS("AttachDevice",
                                 SD_BUS_ARGS("s", address, "a{sv}", options),
@@ -524,6 +762,21 @@ const sd_bus_vtable bus_manager_vtable[] = {
                                 SD_BUS_NO_ARGS,
                                 SD_BUS_RESULT("a(so)", spaces),
                                 method_list_address_spaces,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("PrepareIncoming",
+                                SD_BUS_ARGS("ao", devices, "a{sv}", options),
+                                SD_BUS_RESULT("o", migration, "s", token, "as", addresses),
+                                method_prepare_incoming,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("StartMigration",
+                                SD_BUS_ARGS("ao", devices, "s", peer, "s", token, "a{sv}", options),
+                                SD_BUS_RESULT("o", migration),
+                                method_start_migration,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListMigrations",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("a(ussto)", migrations),
+                                method_list_migrations,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("DeviceAttached", SD_BUS_ARGS("s", id, "o", device), 0),
         SD_BUS_SIGNAL_WITH_ARGS("DeviceDetached", SD_BUS_ARGS("s", id, "o", device), 0),

@@ -17,7 +17,7 @@ static int emit_pending(sd_event_source *source, void *userdata) {
                 if (bus_device_path(s->changed[i]->id, &path) < 0)
                         continue;
                 r = sd_bus_emit_properties_changed(s->bus, path, VFIOMIG_DEVICE_INTERFACE, "State", "LastTransition",
-                                                   "AddressSpace", "Clients", NULL);
+                                                   "AddressSpace", "Clients", "Migration", NULL);
                 if (r < 0)
                         log_warning_errno(r, "Failed to emit PropertiesChanged for %s, ignoring: %m", path);
         }
@@ -33,6 +33,19 @@ static int emit_pending(sd_event_source *source, void *userdata) {
                         log_warning_errno(r, "Failed to emit PropertiesChanged for %s, ignoring: %m", path);
         }
         s->n_changed_spaces = 0;
+
+        for (size_t i = 0; i < s->n_changed_migrations; i++) {
+                _cleanup_free_ char *path = NULL;
+                if (bus_migration_path(s->changed_migrations[i]->id, &path) < 0)
+                        continue;
+                r = sd_bus_emit_properties_changed(s->bus, path, VFIOMIG_MIGRATION_INTERFACE, "Phase", "Peer",
+                                                   "Channels", "BytesTransferred", "BytesExpected", "Rate",
+                                                   "InitialDataLoaded", "SwitchoverRequested", "EstimatedDowntime",
+                                                   "Downtime", "Duration", "Error", "ErrorName", NULL);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to emit PropertiesChanged for %s, ignoring: %m", path);
+        }
+        s->n_changed_migrations = 0;
 
         if (s->device_count_changed) {
                 s->device_count_changed = false;
@@ -122,6 +135,61 @@ static void on_space_removed(Manager *m, AddressSpace *space, void *userdata) {
 
         remove_item((void **) s->changed_spaces, &s->n_changed_spaces, space);
         if (bus_space_path(space->id, &path) < 0)
+                return;
+        r = sd_bus_emit_object_removed(s->bus, path);
+        if (r < 0)
+                log_warning_errno(r, "Failed to emit InterfacesRemoved for %s, ignoring: %m", path);
+}
+
+/* Progress arrives at most every MIGRATION_TICK_USEC per job; phases in between. Both go out
+ * coalesced from the idle event, so a burst of changes is one signal. */
+static void on_migration_changed(Manager *m, Migration *j, void *userdata) {
+        BusService *s = userdata;
+
+        if (add_unique((void ***) &s->changed_migrations, &s->n_changed_migrations, j) > 0)
+                schedule_emit(s);
+}
+
+static void on_migration_added(Manager *m, Migration *j, void *userdata) {
+        BusService *s = userdata;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (bus_migration_path(j->id, &path) < 0)
+                return;
+        r = sd_bus_emit_object_added(s->bus, path);
+        if (r < 0)
+                log_warning_errno(r, "Failed to emit InterfacesAdded for %s, ignoring: %m", path);
+}
+
+static void on_migration_finished(Manager *m, Migration *j, void *userdata) {
+        BusService *s = userdata;
+        int r;
+
+        /* The final properties first, so that a client reacting to Completed reads them. */
+        remove_item((void **) s->changed_migrations, &s->n_changed_migrations, j);
+        {
+                _cleanup_free_ char *path = NULL;
+                if (bus_migration_path(j->id, &path) >= 0) {
+                        r = sd_bus_emit_properties_changed(s->bus, path, VFIOMIG_MIGRATION_INTERFACE, "Phase",
+                                                           "BytesTransferred", "BytesExpected", "Rate", "EstimatedDowntime",
+                                                           "Downtime", "Duration", "Error", "ErrorName", NULL);
+                        if (r < 0)
+                                log_warning_errno(r, "Failed to emit PropertiesChanged for %s, ignoring: %m", path);
+                }
+        }
+        r = bus_migration_emit_completed(s, j);
+        if (r < 0)
+                log_warning_errno(r, "Failed to emit Completed for migration %u, ignoring: %m", j->id);
+}
+
+static void on_migration_removed(Manager *m, Migration *j, void *userdata) {
+        BusService *s = userdata;
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        remove_item((void **) s->changed_migrations, &s->n_changed_migrations, j);
+        if (bus_migration_path(j->id, &path) < 0)
                 return;
         r = sd_bus_emit_object_removed(s->bus, path);
         if (r < 0)
@@ -265,6 +333,7 @@ int bus_service_new(sd_event *event, Manager *manager, Persist *persist, BusServ
                 return log_oom();
         s->event = sd_event_ref(event);
         s->manager = manager;
+        manager_set_event(manager, event);
         s->persist = persist;
 
         r = sd_bus_open_system_with_description(&s->bus, "vfiomigd");
@@ -294,6 +363,13 @@ int bus_service_new(sd_event *event, Manager *manager, Persist *persist, BusServ
         r = sd_bus_add_node_enumerator(s->bus, NULL, VFIOMIG_SPACE_PATH_PREFIX, bus_space_node_enumerator, s);
         if (r < 0)
                 return log_error_errno(r, "Failed to register the address space enumerator: %m");
+        r = sd_bus_add_fallback_vtable(s->bus, NULL, VFIOMIG_MIGRATION_PATH_PREFIX, VFIOMIG_MIGRATION_INTERFACE,
+                                       bus_migration_vtable, bus_migration_object_find, s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register the migration objects: %m");
+        r = sd_bus_add_node_enumerator(s->bus, NULL, VFIOMIG_MIGRATION_PATH_PREFIX, bus_migration_node_enumerator, s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register the migration enumerator: %m");
         r = sd_bus_add_object_manager(s->bus, NULL, VFIOMIG_MANAGER_PATH);
         if (r < 0)
                 return log_error_errno(r, "Failed to register the object manager: %m");
@@ -312,6 +388,10 @@ int bus_service_new(sd_event *event, Manager *manager, Persist *persist, BusServ
                 .space_removed = on_space_removed,
                 .space_changed = on_space_changed,
                 .state_changed = on_state_changed,
+                .migration_added = on_migration_added,
+                .migration_changed = on_migration_changed,
+                .migration_finished = on_migration_finished,
+                .migration_removed = on_migration_removed,
                 .userdata = s,
         };
         manager_set_hooks(manager, &hooks);
@@ -346,6 +426,7 @@ BusService *bus_service_free(BusService *s) {
                 track_free(&s->tracks[i]);
         free(s->tracks);
         free(s->changed_spaces);
+        free(s->changed_migrations);
         polkit_registry_free(s->polkit);
         sd_bus_flush_close_unref(s->bus);
         sd_event_unref(s->event);

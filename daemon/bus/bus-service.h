@@ -13,6 +13,7 @@
 
 #include "bus-polkit.h"
 #include "manager.h"
+#include "migration.h"
 #include "persist.h"
 
 /* A peer holding a copy of a device fd, watched so that its disconnection is noticed. */
@@ -38,6 +39,8 @@ typedef struct BusService {
         size_t n_changed;
         AddressSpace **changed_spaces;
         size_t n_changed_spaces;
+        Migration **changed_migrations;
+        size_t n_changed_migrations;
         bool device_count_changed;
 
         bool name_acquired;
@@ -76,6 +79,17 @@ AddressSpace *bus_space_from_path(BusService *s, const char *path, sd_bus_error 
 extern const sd_bus_vtable bus_sim_device_vtable[];
 int bus_sim_device_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
                                void **ret_found, sd_bus_error *error);
+
+/* bus-migration.c */
+extern const sd_bus_vtable bus_migration_vtable[];
+int bus_migration_path(unsigned id, char **ret);
+int bus_migration_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata,
+                              void **ret_found, sd_bus_error *error);
+int bus_migration_node_enumerator(sd_bus *bus, const char *path, void *userdata, char ***ret_nodes,
+                                  sd_bus_error *error);
+/* NULL with error set (NoSuchMigration). */
+Migration *bus_migration_from_path(BusService *s, const char *path, sd_bus_error *error);
+int bus_migration_emit_completed(BusService *s, Migration *j);
 
 /* Watches client (a unique name) as a holder of d's fd, forgetting it when it disconnects. */
 int bus_service_track_client(BusService *s, Device *d, const char *client);

@@ -91,6 +91,9 @@ int bus_read_options(sd_bus_message *m, const BusOption *options, sd_bus_error *
                 case 't':
                         r = sd_bus_message_read_basic(m, 't', o->storage);
                         break;
+                case 'u':
+                        r = sd_bus_message_read_basic(m, 'u', o->storage);
+                        break;
                 case 'b': {
                         int b;
                         r = sd_bus_message_read_basic(m, 'b', &b);

@@ -8,7 +8,7 @@
 
 /* Reads one a{sv} option table: every key must be listed, with the variant signature given.
  * Unknown keys and wrong variant types are InvalidArgs. Storage by signature: "s" → char ** (a
- * borrowed string, valid while the message lives), "b" → bool *, "t" → uint64_t *. */
+ * borrowed string, valid while the message lives), "b" → bool *, "t" → uint64_t *, "u" → uint32_t *. */
 typedef struct BusOption {
         const char *key;
         const char *signature;

@@ -8,6 +8,7 @@
 #include "config.h" /* SYSCONFDIR */
 #include "daemon-config.h"
 #include "device-options.h"
+#include "migration.h"
 
 static void json_putp(json_object **o) {
         if (*o)
@@ -23,6 +24,7 @@ void daemon_config_done(DaemonConfig *c) {
         for (size_t i = 0; i < c->n_devices; i++)
                 free(c->devices[i].address);
         free(c->devices);
+        free(c->stream_listen);
         *c = (DaemonConfig) {};
 }
 
@@ -123,6 +125,7 @@ int daemon_config_parse(const char *text, DaemonConfig *ret, ErrorMessage *err) 
         _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
         DaemonConfig c = {};
         json_object *devices = NULL;
+        const char *stream_listen = NULL;
         int r;
 
         tok = json_tokener_new();
@@ -163,6 +166,16 @@ int daemon_config_parse(const char *text, DaemonConfig *ret, ErrorMessage *err) 
                         if (!json_object_is_type(val, json_type_int) || json_object_get_int64(val) < 4096)
                                 return error_setf(err, -EINVAL, "max-pinned-bytes must be an integer of at least 4096");
                         c.max_pinned_bytes = json_object_get_uint64(val);
+                } else if (streq(key, "stream-listen")) {
+                        struct sockaddr_storage sa;
+                        ErrorMessage why = {};
+                        socklen_t len;
+                        if (!json_object_is_type(val, json_type_string))
+                                return error_setf(err, -EINVAL, "stream-listen must be a string, HOST:PORT");
+                        r = migration_parse_address(json_object_get_string(val), true, &sa, &len, &why);
+                        if (r < 0)
+                                return error_setf(err, r, "stream-listen: %s", why.text);
+                        stream_listen = json_object_get_string(val);
                 } else if (streq(key, "devices")) {
                         if (!json_object_is_type(val, json_type_array))
                                 return error_setf(err, -EINVAL, "devices must be an array");
@@ -171,6 +184,11 @@ int daemon_config_parse(const char *text, DaemonConfig *ret, ErrorMessage *err) 
                         return error_setf(err, -EINVAL, "unknown key '%s'", key);
         }
 
+        if (stream_listen) {
+                c.stream_listen = strdup(stream_listen);
+                if (!c.stream_listen)
+                        return -ENOMEM;
+        }
         if (devices) {
                 size_t n = json_object_array_length(devices);
                 c.devices = new0(ConfigDevice, MAX(n, 1u));

@@ -8,6 +8,7 @@
 #include "kernel-device.h"
 #include "log.h"
 #include "manager.h"
+#include "migration.h"
 #include "sim-device.h"
 #include "strv.h"
 
@@ -93,6 +94,7 @@ Device *device_free(Device *d) {
         vfio_dev_free(d->dev);
         free(d->id);
         free(d->last_transition);
+        free(d->blob);
         free(d);
         return NULL;
 }
@@ -150,10 +152,46 @@ void device_note_outcome(Device *d, int reached, int data_fd, const char *summar
         manager_notify_state_changed(d->manager);
 }
 
-int device_check_idle(Device *d, ErrorMessage *err) {
+static int check_idle_for(Device *d, const Migration *owner, ErrorMessage *err) {
         if (d->busy)
                 return error_setf(err, -EBUSY, "%s is busy %s; try again when that is done", d->id, d->busy);
+        if (d->migration && d->migration != owner)
+                return error_setf(err, -EBUSY, "%s is being migrated (migration %u); wait for it or cancel it",
+                                  d->id, d->migration->id);
         return 0;
+}
+
+int device_check_idle(Device *d, ErrorMessage *err) {
+        return check_idle_for(d, NULL, err);
+}
+
+int device_set_blob(Device *d, const void *data, size_t size, ErrorMessage *err) {
+        uint8_t *copy = NULL;
+        int r;
+
+        if (size > MIGRATION_BLOB_MAX)
+                return error_setf(err, -E2BIG, "a migration blob holds at most %u bytes, not %zu", MIGRATION_BLOB_MAX,
+                                  size);
+        r = device_check_idle(d, err);
+        if (r < 0)
+                return r;
+        if (size > 0) {
+                copy = memdup(data, size);
+                if (!copy)
+                        return -ENOMEM;
+        }
+        free(d->blob);
+        d->blob = copy;
+        d->blob_size = size;
+        return 0;
+}
+
+void device_adopt_blob(Device *d, uint8_t *data, size_t size) {
+        free(d->blob);
+        d->blob = size > 0 ? data : NULL;
+        d->blob_size = size > 0 ? size : 0;
+        if (size == 0)
+                free(data);
 }
 
 void device_note_refused_load(Device *d, bool reset, int final_state) {
@@ -164,10 +202,14 @@ void device_note_refused_load(Device *d, bool reset, int final_state) {
 }
 
 int device_check_state_change(Device *d, ErrorMessage *err) {
+        return device_check_state_change_for(d, NULL, err);
+}
+
+int device_check_state_change_for(Device *d, const Migration *owner, ErrorMessage *err) {
         MigState s;
         int r;
 
-        r = device_check_idle(d, err);
+        r = check_idle_for(d, owner, err);
         if (r < 0)
                 return r;
         if (!d->holds_refused_data)

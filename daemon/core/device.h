@@ -14,6 +14,7 @@
 
 typedef struct Manager Manager;
 typedef struct AddressSpace AddressSpace;
+typedef struct Migration Migration;
 
 /* Handed-out device fds, one client (a D-Bus peer) each, are capped per device. */
 #define DEVICE_CLIENTS_MAX 16u
@@ -32,6 +33,9 @@ typedef struct Device {
         /* A refused LoadState left its bytes in the device (still RESUMING) and no reset cleared
          * them: any move out of RESUMING would commit them, so only a reset may follow. */
         bool holds_refused_data;
+        Migration *migration;   /* the job that owns the device while it migrates, or NULL */
+        uint8_t *blob;          /* opaque per-device data travelling with a migration (≤ 1 MiB) */
+        size_t blob_size;
 } Device;
 
 /* The bus id of a device: "sim_NAME", "pci_DDDD_BB_DD_F", "mdev_<uuid with _>", else "dev_<escaped>". */
@@ -49,6 +53,14 @@ int device_check_idle(Device *d, ErrorMessage *err);
 
 /* device_check_idle, and -EBADMSG while the device holds refused migration data. */
 int device_check_state_change(Device *d, ErrorMessage *err);
+/* The same on behalf of a migration job: the job's own devices are not busy for it. */
+int device_check_state_change_for(Device *d, const Migration *owner, ErrorMessage *err);
+
+/* Replaces the blob (copied; size 0 clears it). -E2BIG over MIGRATION_BLOB_MAX, -EBUSY while
+ * the device migrates. */
+int device_set_blob(Device *d, const void *data, size_t size, ErrorMessage *err);
+/* Takes ownership of data (received with a migration). */
+void device_adopt_blob(Device *d, uint8_t *data, size_t size);
 /* After a failed LoadState: remembers whether the device still holds the bytes it refused. */
 void device_note_refused_load(Device *d, bool reset, int final_state);
 

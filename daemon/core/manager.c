@@ -7,6 +7,8 @@
 #include "kernel-iommu.h"
 #include "log.h"
 #include "manager.h"
+#include "migration.h"
+#include "stream-engine.h"
 #include "vfiomig1.h"
 
 void attach_options_init(AttachOptions *o) {
@@ -22,6 +24,8 @@ int manager_new(const ManagerOptions *options, Manager **ret) {
         if (!m)
                 return -ENOMEM;
         m->options = *options;
+        m->stream_socket_fd = -EBADF;
+        m->next_migration_id = 1;
         if (m->options.max_devices == 0)
                 m->options.max_devices = MANAGER_MAX_DEVICES_DEFAULT;
         if (m->options.max_spaces == 0)
@@ -54,6 +58,14 @@ Manager *manager_free(Manager *m) {
          * successor adopts the kernel objects as they are. The descriptors close; what nobody
          * else (the fd store) holds, the kernel tears down. */
         m->hooks = (ManagerHooks) {};
+        /* Jobs first: a running one gives its devices back (source: running again; destination:
+         * reset) before they close. */
+        for (size_t i = 0; i < m->n_migrations; i++)
+                migration_free(m->migrations[i]);
+        free(m->migrations);
+        stream_listener_free(m->listener);
+        safe_close(m->stream_socket_fd);
+        sd_event_unref(m->event);
         for (size_t i = 0; i < m->n_devices; i++)
                 device_free(m->devices[i]);
         free(m->devices);
@@ -67,6 +79,49 @@ Manager *manager_free(Manager *m) {
 
 void manager_set_hooks(Manager *m, const ManagerHooks *hooks) {
         m->hooks = *hooks;
+}
+
+void manager_set_event(Manager *m, sd_event *e) {
+        sd_event_unref(m->event);
+        m->event = sd_event_ref(e);
+}
+
+void manager_adopt_stream_socket(Manager *m, int fd) {
+        safe_close(m->stream_socket_fd);
+        m->stream_socket_fd = fd;
+}
+
+int manager_get_stream_listener(Manager *m, StreamListener **ret, ErrorMessage *err) {
+        const char *address = m->options.stream_listen;
+        int r;
+
+        if (m->listener) {
+                *ret = m->listener;
+                return 0;
+        }
+        if (m->stream_socket_fd >= 0) {
+                r = stream_listener_new(m->stream_socket_fd, NULL, &m->listener, err);
+                if (r < 0)
+                        return r;
+                m->stream_socket_fd = -EBADF; /* the listener owns it now */
+                log_info("Taking incoming migrations on the socket the service manager passed.");
+        } else {
+                char fallback[32];
+
+                (void) snprintf(fallback, sizeof fallback, "[::]:%u", VFIOMIG_STREAM_PORT);
+                r = stream_listener_new(-EBADF, address ?: fallback, &m->listener, err);
+                if (r == -EAFNOSUPPORT && !address) {
+                        /* A host without IPv6: the IPv4 wildcard. */
+                        (void) snprintf(fallback, sizeof fallback, "0.0.0.0:%u", VFIOMIG_STREAM_PORT);
+                        *err = (ErrorMessage) {};
+                        r = stream_listener_new(-EBADF, fallback, &m->listener, err);
+                }
+                if (r < 0)
+                        return r;
+                log_info("Taking incoming migrations on %s.", address ?: fallback);
+        }
+        *ret = m->listener;
+        return 0;
 }
 
 void manager_notify_device_changed(Manager *m, Device *d) {
@@ -237,6 +292,7 @@ int manager_detach(Manager *m, Device *d, ErrorMessage *err) {
                 if (m->hooks.device_removed)
                         m->hooks.device_removed(m, d, m->hooks.userdata);
                 device_leave_space(d);
+                manager_forget_migrated_device(m, d);
                 memmove(m->devices + i, m->devices + i + 1, (m->n_devices - i - 1) * sizeof *m->devices);
                 m->n_devices--;
                 log_info("Detached %s.", d->id);
@@ -267,12 +323,17 @@ static GroupOutcome outcome_of_refusal(const GroupMember *members, size_t n, int
 
 int manager_set_states(Manager *m, Device **devices, size_t n, MigState target, bool force_without_p2p,
                        int *results, GroupOutcome *ret_outcome, ErrorMessage *err) {
+        return manager_set_states_for(m, NULL, devices, n, target, force_without_p2p, results, ret_outcome, err);
+}
+
+int manager_set_states_for(Manager *m, const Migration *owner, Device **devices, size_t n, MigState target,
+                           bool force_without_p2p, int *results, GroupOutcome *ret_outcome, ErrorMessage *err) {
         _cleanup_free_ GroupMember *members = NULL;
         bool moved = false;
         int r;
 
         for (size_t i = 0; i < n; i++) {
-                r = device_check_state_change(devices[i], err);
+                r = device_check_state_change_for(devices[i], owner, err);
                 if (r < 0) {
                         *ret_outcome = r == -EBADMSG ? GROUP_REFUSED_REFUSED_DATA : GROUP_REFUSED_BUSY;
                         return r;

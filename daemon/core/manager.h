@@ -7,6 +7,8 @@
  * Every resource a client can create here is capped (max_devices).
  */
 
+#include <systemd/sd-event.h>
+
 #include "address-space.h"
 #include "device.h"
 #include "kernel-device.h"
@@ -21,8 +23,11 @@
 #define MANAGER_MAX_MAPPINGS_DEFAULT 1024u
 #define MANAGER_MAX_MAPPINGS_LIMIT IOMMU_MAPPINGS_KERNEL_MAX
 
+typedef struct StreamListener StreamListener;
+
 typedef struct ManagerOptions {
         bool allow_simulated;
+        const char *stream_listen;  /* "host:port" incoming migrations are taken on; NULL = [::]:7179 */
         unsigned max_devices;      /* 0 = default */
         unsigned max_spaces;       /* 0 = default */
         unsigned max_mappings;     /* per space; 0 = default */
@@ -39,6 +44,10 @@ typedef struct ManagerHooks {
         void (*space_changed)(Manager *m, AddressSpace *s, void *userdata);
         /* something persistent changed: the state must be saved (core/persist.c) */
         void (*state_changed)(Manager *m, void *userdata);
+        void (*migration_added)(Manager *m, Migration *j, void *userdata);
+        void (*migration_changed)(Manager *m, Migration *j, void *userdata);  /* progress, phase */
+        void (*migration_finished)(Manager *m, Migration *j, void *userdata); /* completed, failed or cancelled */
+        void (*migration_removed)(Manager *m, Migration *j, void *userdata);  /* before it is freed */
         void *userdata;
 } ManagerHooks;
 
@@ -53,6 +62,12 @@ struct Manager {
         unsigned next_space_number;
         bool fd_store;             /* a service manager keeps our fds across restarts */
         ManagerHooks hooks;
+        sd_event *event;           /* migration jobs run on it (manager_set_event()) */
+        Migration **migrations;    /* running and recently finished jobs, oldest first */
+        size_t n_migrations;
+        unsigned next_migration_id;
+        StreamListener *listener;  /* made on the first PrepareIncoming */
+        int stream_socket_fd;      /* a listening socket systemd passed ("stream"), or -EBADF */
 };
 
 /* What AttachDevice was given besides the address. */
@@ -68,6 +83,11 @@ Manager *manager_free(Manager *m);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free);
 
 void manager_set_hooks(Manager *m, const ManagerHooks *hooks);
+void manager_set_event(Manager *m, sd_event *e);
+/* A listening socket to take incoming migrations on, instead of binding stream_listen. */
+void manager_adopt_stream_socket(Manager *m, int fd);
+/* The listener, made on first use. */
+int manager_get_stream_listener(Manager *m, StreamListener **ret, ErrorMessage *err);
 void manager_notify_device_changed(Manager *m, Device *d);
 void manager_notify_space_changed(Manager *m, AddressSpace *s);
 void manager_notify_state_changed(Manager *m);
@@ -128,6 +148,9 @@ typedef enum GroupOutcome {
  * every device. results[i] receives each device's final state (-1 unknown). */
 int manager_set_states(Manager *m, Device **devices, size_t n, MigState target, bool force_without_p2p,
                        int *results, GroupOutcome *ret_outcome, ErrorMessage *err);
+/* The same on behalf of the migration job that owns the devices. */
+int manager_set_states_for(Manager *m, const Migration *owner, Device **devices, size_t n, MigState target,
+                           bool force_without_p2p, int *results, GroupOutcome *ret_outcome, ErrorMessage *err);
 
 /* "3 devices attached (2 simulated)" for STATUS= */
 int manager_status_text(Manager *m, char **ret);

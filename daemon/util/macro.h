@@ -56,6 +56,13 @@ static inline void *mfree(void *p) {
         return NULL;
 }
 
+static inline void *memdup(const void *p, size_t n) {
+        void *q = malloc(n ?: 1);
+        if (q && n > 0)
+                memcpy(q, p, n);
+        return q;
+}
+
 static inline void freep(void *p) {
         free(*(void **) p);
 }

@@ -156,7 +156,8 @@ else:
             ("org.freedesktop.DBus.Properties", "Get"), ("org.freedesktop.DBus.Properties", "GetAll"),
             ("org.freedesktop.DBus.ObjectManager", "GetManagedObjects"),
             ("org.vfiomig1.Manager", None), ("org.vfiomig1.Device", None),
-            ("org.vfiomig1.AddressSpace", None), ("org.vfiomig1.SimDevice", None)}
+            ("org.vfiomig1.AddressSpace", None), ("org.vfiomig1.SimDevice", None),
+            ("org.vfiomig1.Migration", None)}
     if allowed != want:
         fail(f"the default policy allows {sorted(allowed, key=str)}, expected {sorted(want, key=str)}")
     if any(i is None for i, _ in allowed):

@@ -41,7 +41,18 @@ Test(daemon_config, full_example) {
 
         cr_assert_eq(parse("{}", &c, &err), 0);
         cr_assert(!c.allow_simulated && c.max_devices == 0 && c.n_devices == 0);
+        cr_assert_null(c.stream_listen);
         daemon_config_done(&c);
+
+        static const char *const listen[] = { "0.0.0.0:0", "[::]:7179", "192.0.2.10:7179", "[::1]:65535" };
+        for (size_t i = 0; i < sizeof listen / sizeof listen[0]; i++) {
+                char text[128];
+                snprintf(text, sizeof text, "{ \"stream-listen\": \"%s\" }", listen[i]);
+                cr_assert_eq(parse(text, &c, &err), 0, "%s: %s", listen[i], err.text);
+                cr_assert_str_eq(c.stream_listen, listen[i]);
+                daemon_config_done(&c);
+                cr_assert_null(c.stream_listen);
+        }
 }
 
 Test(daemon_config, errors_name_the_offending_member) {
@@ -74,6 +85,13 @@ Test(daemon_config, errors_name_the_offending_member) {
                   "error-arcs: 'stop' is not an arc" },
                 { "{ \"devices\": [ { \"address\": \"sim:a\", \"options\": { \"mtty-quirks\": 1 } } ] }",
                   "'mtty-quirks' must be true or false" },
+                { "{ \"stream-listen\": 7179 }", "stream-listen must be a string" },
+                { "{ \"stream-listen\": \"7179\" }", "stream-listen: '7179' is not HOST:PORT" },
+                { "{ \"stream-listen\": \"[::]:7179:1\" }", "stream-listen: '[::]:7179:1' has no valid port" },
+                { "{ \"stream-listen\": \"::1:7179\" }", "write IPv6 addresses as [ADDRESS]:PORT" },
+                { "{ \"stream-listen\": \"0.0.0.0:65536\" }", "has no valid port (0-65535)" },
+                { "{ \"stream-listen\": \"migration.example:7179\" }", "does not resolve names" },
+                { "{ \"stream-listen\": \"[fe80::1%eth0]:7179\" }", "is not an IPv6 address" },
         };
 
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
