@@ -689,13 +689,19 @@ class PrivateBus:
 class Daemon:
     """The real vfiomigd on a private bus, stderr (its log) captured to a file."""
 
-    def __init__(self, bus, allow_simulated=True, config=None, log_level="debug", args=(), user=None):
+    def __init__(self, bus, allow_simulated=True, config=None, log_level="debug", args=(), user=None,
+                 wrapper=(), env=None, pass_fds=()):
+        """wrapper: a command line the daemon runs under (e.g. systemd-socket-activate ...);
+        env: extra environment variables; pass_fds: descriptors the child inherits."""
         self.bus = bus
         self.allow_simulated = allow_simulated
         self.config = config
         self.log_level = log_level
         self.args = list(args)
         self.user = user
+        self.wrapper = list(wrapper)
+        self.env = dict(env or {})
+        self.pass_fds = tuple(pass_fds)
         self.proc = None
         self.dir = None
         self.returncode = None
@@ -725,12 +731,12 @@ class Daemon:
         track(self)
         self.dir = TempDir("vfm-daemon-", tracked=False)
         self.log_path = self.dir / "vfiomigd.log"
-        cmd = self.command()
+        cmd = self.wrapper + self.command()
         logf = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(user_cmd(self.user, cmd), stdin=subprocess.DEVNULL, stdout=logf,
-                                         stderr=subprocess.STDOUT,
-                                         env=clean_env(DBUS_SYSTEM_BUS_ADDRESS=self.bus.address))
+                                         stderr=subprocess.STDOUT, pass_fds=self.pass_fds,
+                                         env=clean_env(DBUS_SYSTEM_BUS_ADDRESS=self.bus.address, **self.env))
         finally:
             logf.close()
         log(f"vfiomigd pid={self.proc.pid}: {' '.join(cmd)}")

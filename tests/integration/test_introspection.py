@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """The running daemon's introspection equals the contract in proto/*.xml.
 
-For org.vfiomig1.Manager at /org/vfiomig1 and org.vfiomig1.Device on a device object: method
+For org.vfiomig1.Manager at /org/vfiomig1, org.vfiomig1.Device on a device object and
+org.vfiomig1.Migration on a live migration job (a prepared incoming migration): method
 names, argument names, types and directions (in order), signal arguments, property names, types,
 access and the org.freedesktop.DBus.Property.EmitsChangedSignal annotation (absent means "true").
 Other annotations and whitespace are ignored. A mismatch prints a precise, line-per-difference diff.
@@ -139,6 +140,56 @@ class Introspection(h.DaemonTestCase):
                 with self.subTest(interface=iface, property=name):
                     self.assertIn(name, props)
                     self.assertEqual(props[name][0], spec["type"])
+
+
+class MigrationIntrospection(h.DaemonTestCase):
+    """A live org.vfiomig1.Migration object: one prepared incoming job for the class (the daemon
+    listens on an ephemeral loopback port, so nothing binds the default stream port). Its device
+    stays attached until the daemon stops: a finished job must not outlive its devices here (see
+    test_migration.py, test_job_outlives_detached_device)."""
+
+    daemon_kwargs = {"args": ["--stream-listen=127.0.0.1:0"]}
+    MIGRATION_IFACE = "org.vfiomig1.Migration"
+
+    compare = Introspection.compare
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.dev = cls.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "AttachDevice", "sa{sv}", "sim:intro", {})
+        cls.job, cls.token, cls.addresses = cls.client.call(h.MANAGER_PATH, h.MANAGER_IFACE, "PrepareIncoming",
+                                                            "aoa{sv}", [cls.dev], {})
+
+    def tearDown(self):
+        pass  # keep the device and its job for the next test
+
+    def test_prepared(self):
+        self.assertRegex(self.job, r"^/org/vfiomig1/migration/_[1-9][0-9]*$")
+        self.assertRegex(self.token, "^[0-9a-f]{64}$")
+        self.assertTrue(self.addresses)
+        self.assertEqual(self.client.get_property(self.job, self.MIGRATION_IFACE, "Phase"), "setup")
+        self.assertEqual(self.client.dev_prop(self.dev, "Migration"), self.job)
+
+    def test_migration(self):
+        self.compare(self.job, self.MIGRATION_IFACE)
+
+    def test_migration_node_listed(self):
+        root = ET.fromstring(self.client.introspect_xml("/org/vfiomig1/migration"))
+        self.assertIn(self.job.rsplit("/", 1)[1], [n.get("name") for n in root.findall("node")])
+
+    def test_migration_property_types(self):
+        props = self.client.get_all(self.job, self.MIGRATION_IFACE)
+        for name, spec in proto_interface(self.MIGRATION_IFACE)["property"].items():
+            with self.subTest(property=name):
+                self.assertIn(name, props)
+                self.assertEqual(props[name][0], spec["type"])
+        self.assertEqual(sorted(props), sorted(proto_interface(self.MIGRATION_IFACE)["property"]))
+
+    def test_migration_managed_object(self):
+        objects = self.client.call1(h.MANAGER_PATH, h.OM_IFACE, "GetManagedObjects")
+        self.assertEqual(sorted(objects), sorted([self.dev, self.job]))
+        self.assertEqual(sorted(objects[self.job][self.MIGRATION_IFACE]),
+                         sorted(proto_interface(self.MIGRATION_IFACE)["property"]))
 
 
 class SelfCheck(h.unittest.TestCase):
