@@ -13,6 +13,11 @@ integration tier's harness.py: PrivateBus, Daemon, SystemdUserManager), against 
             (ftrace) proving that refused pairs never reached the kernel; pre-copy info,
             stop-copy size, reset from every state; SaveState/LoadState between the two
             devices, and a truncated and a corrupted stream refused with the device reset.
+* migration A to B through two vfiomigd instances, each on a private bus of its own, streaming
+            over loopback TCP (io_uring): distinctive UART registers and FIFO contents written
+            into A through its VMM's fd arrive on B, with pre-copy and without (precopy=false),
+            with run=false and run=true; and a destination that cancels during pre-copy: B is
+            reset (its own UART state intact, running), A runs again with its state intact.
 * edu       QEMU's edu DMA device on vfio-pci behind an emulated VT-d IOMMU, owned by vfiomigd
             running as a Type=notify service of a systemd --user manager (the project's unit,
             adapted as tests/integration/test_systemd.py does): a tmpfs file mapped into a
@@ -591,6 +596,245 @@ def mtty_state_transfer(m, good):
 
 
 # --------------------------------------------------------------------------------------------
+# mtty: device state streamed between two vfiomigd instances
+
+
+MIGRATION_IFACE = "org.vfiomig1.Migration"
+E_CANCELLED = "org.vfiomig1.Error.Cancelled"
+E_PEER_ABORTED = "org.vfiomig1.Error.PeerAborted"
+FINAL_PHASES = ("completed", "failed", "cancelled")
+UART_RX, UART_FCR, UART_LCR, UART_MCR, UART_LSR = 0, 2, 3, 4, 5
+LSR_DR, LSR_OE, LSR_THRE, LSR_TEMT = 0x01, 0x02, 0x20, 0x40
+FCR_FIFO_ON, FCR_FIFO_OFF = 0xC7, 0x06   # both clear the FIFO; on: 16 bytes (trigger 14), off: 1 byte
+
+
+class UartState:
+    """Distinctive UART state for both ports of an mtty-2, made from a seed, written through a
+    VMM's fd and read back: LCR, MCR and SCR, and the loop-back FIFO. Port 0 has its FIFO on and
+    holds 15 bytes (mtty's 16-byte ring cannot show a 16th: full looks empty); port 1 has it off
+    (FCR: one byte deep) and got two, so it holds the first and the overrun flag (LSR.OE) is set.
+    Reading it back drains the FIFOs."""
+
+    def __init__(self, seed):
+        self.seed = seed
+        self.ports = []
+        for port in range(2):
+            self.ports.append({
+                "fcr": FCR_FIFO_ON if port == 0 else FCR_FIFO_OFF,
+                "lcr": 0x03 | port << 2 | (seed % 4) << 3,   # word length, stop bits, parity; never DLAB
+                "mcr": (0x01 + 3 * seed + 5 * port) & 0x1f,
+                "scr": (0x5A + 0x11 * seed + 0x40 * port) & 0xff,
+                "fifo": [(0x30 + 0x20 * port + 7 * seed + 3 * i) & 0xff for i in range(15 if port == 0 else 2)],
+            })
+
+    def write(self, vmm):
+        for port, p in enumerate(self.ports):
+            for off, value in ((UART_FCR, p["fcr"]), (UART_LCR, p["lcr"]), (UART_MCR, p["mcr"]),
+                               (MTTY_SCR, p["scr"])):
+                vmm.value(f"reg-write {port} {off} {value:#x}")
+            for byte in p["fifo"]:
+                vmm.value(f"reg-write {port} {UART_RX} {byte:#x}")
+
+    def expected(self):
+        out = []
+        for p in self.ports:
+            depth = 16 if p["fcr"] == FCR_FIFO_ON else 1
+            overrun = LSR_OE if len(p["fifo"]) > depth else 0
+            out.append({"lcr": p["lcr"], "mcr": p["mcr"], "scr": p["scr"], "lsr": LSR_DR | overrun,
+                        "fifo": p["fifo"][:depth], "lsr-drained": LSR_THRE | LSR_TEMT | overrun})
+        return out
+
+    @staticmethod
+    def read(vmm):
+        out = []
+        for port in range(2):
+            got = {name: vmm.value(f"reg-read {port} {off}")
+                   for name, off in (("lcr", UART_LCR), ("mcr", UART_MCR), ("scr", MTTY_SCR), ("lsr", UART_LSR))}
+            fifo = []
+            while len(fifo) < 16 and vmm.value(f"reg-read {port} {UART_LSR}") & LSR_DR:
+                fifo.append(vmm.value(f"reg-read {port} {UART_RX}"))
+            got["fifo"] = fifo
+            got["lsr-drained"] = vmm.value(f"reg-read {port} {UART_LSR}")
+            out.append(got)
+        return out
+
+
+class MttyPair:
+    """mtty A attached to the source vfiomigd, B to the destination's, each daemon on a private
+    bus of its own (the bus name is fixed), each device with a VMM stand-in holding its fd."""
+
+    def __init__(self, src_bus, dst_bus, src_daemon, dst_daemon, a, b):
+        self.src_daemon, self.dst_daemon = src_daemon, dst_daemon
+        self.src = WireClient(src_bus.address)
+        self.dst = WireClient(dst_bus.address)
+        self.a, self.b = a, b
+        self.vmm_a = Vmm(src_bus, a, "mtty")
+        self.vmm_b = Vmm(dst_bus, b, "mtty")
+
+    def stop(self):
+        for v in (self.vmm_a, self.vmm_b):
+            v.stop()
+        self.src.close()
+        self.dst.close()
+
+    def fresh(self, seed_a, seed_b):
+        """Both devices reset (running) and holding distinctive state of their own."""
+        for client, dev in ((self.src, self.a), (self.dst, self.b)):
+            client.device(dev, "Reset")
+        state_a, state_b = UartState(seed_a), UartState(seed_b)
+        state_a.write(self.vmm_a)
+        state_b.write(self.vmm_b)
+        return state_a, state_b
+
+    def prepare(self, options):
+        """PrepareIncoming(B): (job, token, addresses)."""
+        return self.dst.call(h.MANAGER_PATH, h.MANAGER_IFACE, "PrepareIncoming", "aoa{sv}", [self.b], options)
+
+    def start(self, address, token, options):
+        return self.src.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "StartMigration", "aossa{sv}", [self.a], address,
+                              token, options)
+
+    @staticmethod
+    def job(client, path):
+        return {k: v for k, (_, v) in client.call1(path, h.PROPS_IFACE, "GetAll", "s", MIGRATION_IFACE).items()}
+
+    def wait(self, out_job, in_job, timeout=60):
+        """Both jobs' properties once both have ended, and the source phases seen on the way."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            out, inc = self.job(self.src, out_job), self.job(self.dst, in_job)
+            if not seen or seen[-1] != out["Phase"]:
+                seen.append(out["Phase"])
+            if out["Phase"] in FINAL_PHASES and inc["Phase"] in FINAL_PHASES:
+                return out, inc, seen
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the jobs did not end within {timeout}s: source {out['Phase']}, "
+                                   f"destination {inc['Phase']}")
+            time.sleep(0.05)
+
+
+def reset_calls():
+    """How often mtty's VFIO_DEVICE_RESET handler ran (it logs "mtty_reset: called")."""
+    return dmesg().count("mtty_reset: called")
+
+
+def run_mtty_migration():
+    src_bus = h.PrivateBus().start()
+    dst_bus = h.PrivateBus().start()
+    src = h.Daemon(src_bus, allow_simulated=False)
+    dst = h.Daemon(dst_bus, allow_simulated=False, args=["--stream-listen=127.0.0.1:0"])
+    pair = None
+    try:
+        with section("mtty migration: two vfiomigd instances on two private buses, A on one, B on the other"):
+            src.start()
+            dst.start()
+            paths = {}
+            for bus, uuid in ((src_bus, MDEV_A), (dst_bus, MDEV_B)):
+                out = ctl_json(bus, "attach", uuid)
+                paths[uuid] = out.get("object") or bus.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice",
+                                                                    "s", uuid)
+            C.check(len(paths) == 2, "A attached to the source daemon, B to the destination daemon", str(paths))
+            pair = MttyPair(src_bus, dst_bus, src, dst, paths[MDEV_A], paths[MDEV_B])
+        if pair is None:
+            return
+        mtty_migration_cancelled(pair)
+        mtty_migration(pair, precopy=True, run=False, seeds=(1, 2))
+        mtty_migration(pair, precopy=False, run=True, seeds=(3, 4))
+        with section("mtty migration: the devices back as they were found"):
+            # A migrated away is left stopped, and mtty keeps that across a close of its fd.
+            for client, dev in ((pair.src, pair.a), (pair.dst, pair.b)):
+                client.device(dev, "Reset")
+            for bus, uuid in ((src_bus, MDEV_A), (dst_bus, MDEV_B)):
+                r = ctl(bus, "detach", uuid, check=False)
+                C.equal(r.returncode, 0, f"reset, vfiomigctl detach {uuid}", r.stderr.strip())
+    finally:
+        if pair is not None:
+            pair.stop()
+        for name, daemon in (("source", src), ("destination", dst)):
+            if daemon.alive():
+                C.equal(daemon.terminate(), 0, f"the {name} vfiomigd exits 0 on SIGTERM")
+            (WORK / f"vfiomigd-migration-{name}.log").write_text(daemon.log())
+            daemon.stop(expect=None)
+        src_bus.stop()
+        dst_bus.stop()
+
+
+def mtty_migration(pair, precopy, run, seeds):
+    src, dst, a, b = pair.src, pair.dst, pair.a, pair.b
+    how = "with pre-copy" if precopy else "without pre-copy (precopy=false)"
+    with section(f"mtty migration: A -> B over loopback TCP {how}, run={str(run).lower()}"):
+        state_a, state_b = pair.fresh(*seeds)
+        blob = f"config space of A, run {seeds[0]}".encode()
+        if precopy:
+            src.device(a, "SetMigrationBlob", "ay", blob)
+        in_job, token, addresses = pair.prepare({"run": ("b", run)})
+        C.check(len(addresses) == 1 and re.fullmatch(r"127\.0\.0\.1:[1-9]\d*", addresses[0]),
+                "PrepareIncoming(B) on the destination: a job, a token and the listener's real address",
+                f"{in_job} token={token[:8]}... addresses={addresses}")
+        C.equal(dst.dev_prop(b, "State"), "resuming", "B waits in resuming")
+        options = {} if precopy else {"precopy": ("b", False)}
+        t = time.monotonic()
+        out_job = pair.start(addresses[0], token, options)
+        out, inc, seen = pair.wait(out_job, in_job)
+        C.note(f"source phases seen: {' -> '.join(seen)}; {time.monotonic() - t:.2f}s")
+        C.equal((out["Phase"], inc["Phase"]), ("completed", "completed"), "both jobs completed",
+                f"source error {out['Error']!r}, destination error {inc['Error']!r}")
+        C.equal(out["Precopy"], precopy, "source job: Precopy" + ("" if precopy else " (as asked)"))
+        if precopy:
+            C.equal((out["InitialDataLoaded"], inc["InitialDataLoaded"]), (True, True),
+                    "InitialDataLoaded on both sides: B took mtty's pre-copy header before the switchover")
+        C.check(out["BytesTransferred"] >= MTTY2_STREAM and inc["BytesTransferred"] >= MTTY2_STREAM,
+                "BytesTransferred on both sides covers mtty's 96-byte stream",
+                f"source {out['BytesTransferred']}, destination {inc['BytesTransferred']}, "
+                f"downtime {out['Downtime']} ms (source), {inc['Downtime']} ms (destination)")
+        C.equal((out["ErrorName"], inc["ErrorName"]), ("", ""), "no ErrorName on either job")
+        ups = [[line for line in d.log().splitlines() if "channels up" in line][-1:] or ["no 'channels up' line"]
+               for d in (pair.src_daemon, pair.dst_daemon)]
+        C.check(all("(io_uring" in up[0] for up in ups), "both sides streamed through io_uring (the daemons' logs)",
+                " / ".join(up[0] for up in ups))
+        C.equal(src.dev_prop(a, "State"), "stop", "A is stopped")
+        C.equal(dst.dev_prop(b, "State"), "running" if run else "stop",
+                "B is running (run=true)" if run else "B is stopped (run=false)")
+        C.equal((src.dev_prop(a, "Migration"), dst.dev_prop(b, "Migration")), ("/", "/"),
+                "neither device belongs to a job any more")
+        C.equal(UartState.read(pair.vmm_b), state_a.expected(),
+                "B's UART registers (LCR, MCR, SCR, LSR) and FIFOs on both ports are A's, in order, overrun included")
+        if precopy:
+            got = dst.device(b, "GetMigrationBlob")[0]
+            C.equal(bytes(got), blob, "the blob set on A arrived on B (GetMigrationBlob)")
+
+
+def mtty_migration_cancelled(pair):
+    src, dst, a, b = pair.src, pair.dst, pair.a, pair.b
+    with section("mtty migration: the destination cancels during pre-copy"):
+        state_a, state_b = pair.fresh(5, 6)
+        in_job, token, addresses = pair.prepare({})
+        # Manual switchover: the source stays in pre-copy until the cancel comes.
+        out_job = pair.start(addresses[0], token, {"switchover": ("s", "manual")})
+        h.wait_until(lambda: pair.job(dst, in_job)["InitialDataLoaded"] and pair.job(src, out_job)["Phase"] ==
+                     "precopy", 30, 0.05, "B to load the pre-copy data")
+        C.equal((src.dev_prop(a, "State"), dst.dev_prop(b, "State")), ("pre-copy", "resuming"),
+                "in pre-copy: A in pre-copy, B in resuming holding A's header")
+        resets = reset_calls()
+        dst.call(in_job, MIGRATION_IFACE, "Cancel")
+        out, inc, seen = pair.wait(out_job, in_job)
+        C.equal((inc["Phase"], inc["ErrorName"]), ("cancelled", E_CANCELLED), "destination job: cancelled",
+                inc["Error"])
+        C.equal((out["Phase"], out["ErrorName"]), ("failed", E_PEER_ABORTED), "source job: failed, the peer aborted",
+                out["Error"])
+        C.check(reset_calls() > resets, "B was reset: mtty's VFIO_DEVICE_RESET handler ran",
+                f"{reset_calls() - resets} reset(s)")
+        C.equal(dst.dev_prop(b, "State"), "running", "B is running")
+        C.equal(src.dev_prop(a, "State"), "running", "A runs again")
+        C.equal((src.dev_prop(a, "Migration"), dst.dev_prop(b, "Migration")), ("/", "/"),
+                "neither device belongs to a job any more")
+        C.equal(UartState.read(pair.vmm_b), state_b.expected(),
+                "B's UART registers and FIFOs are its own: nothing of A's was loaded")
+        C.equal(UartState.read(pair.vmm_a), state_a.expected(), "A's UART registers and FIFOs are intact")
+
+
+# --------------------------------------------------------------------------------------------
 # edu: DMA through the IOMMU, across daemon restarts
 
 
@@ -748,7 +992,8 @@ def edu_tests():
             r = ctl(bus, "unmap", space2, "--length=65536", "--iova=0x100000", check=False)
             C.equal(r.returncode, 0, "vfiomigctl unmap", r.stderr.strip())
             for uuid in (MDEV_A, MDEV_B):
-                C.equal(ctl(bus, "detach", uuid, check=False).returncode, 0, f"vfiomigctl detach {uuid}")
+                r = ctl(bus, "detach", uuid, check=False)
+                C.equal(r.returncode, 0, f"vfiomigctl detach {uuid}", r.stderr.strip())
             mem2.unlink()
     finally:
         if vmm is not None:
@@ -845,10 +1090,12 @@ def restart_under_dma(manager, bus, vmm, dev, space, what, planned):
 
 def main():
     print(f"vfiomigd VM tier: kernel {os.uname().release}, guest tests in {SOURCE_ROOT}", flush=True)
-    only = set(filter(None, os.environ.get("VM_ONLY", "").split(",")))   # VFIOMIGD_VM_ONLY=mtty,edu
+    only = set(filter(None, os.environ.get("VM_ONLY", "").split(",")))   # VFIOMIGD_VM_ONLY=mtty,migration,edu
     test_kernel()
     if not only or "mtty" in only:
         run_mtty()
+    if not only or "mtty" in only or "migration" in only:
+        run_mtty_migration()
     if not only or "edu" in only:
         edu_tests()
     h.run_all_cleanups()

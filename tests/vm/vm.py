@@ -28,9 +28,9 @@ not installed, 99 when the guest produced no result, 2 when the set-up on the ho
 
 Environment: SOURCE_ROOT, BUILD_ROOT (meson sets both); VFIOMIGD_VM_CACHE; VFIOMIGD_VM_TIMEOUT
 (seconds the VM may run, default 900); VFIOMIGD_VM_MEMORY (default 512M); VFIOMIGD_VM_STRICT_PIN=1
-(a vanished pin is an error, not a fallback); VFIOMIGD_VM_ONLY=mtty or edu (one part of the
-guest tests); VFIOMIGD_VM_SHELL=1 (interactive: a shell on the console instead of the tests;
-/run/vmtest/run-tests in it runs them).
+(a vanished pin is an error, not a fallback); VFIOMIGD_VM_ONLY=mtty, migration or edu (one part
+of the guest tests; mtty includes migration); VFIOMIGD_VM_SHELL=1 (interactive: a shell on the
+console instead of the tests; /run/vmtest/run-tests in it runs them).
 """
 
 import argparse
