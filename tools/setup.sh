@@ -18,6 +18,8 @@ PACKAGES=(
         # VM tier (tests/vm/vm.py): QEMU (TCG) and a static busybox for the guest's initramfs; make,
         # xz and zstd to unpack Debian's kernel packages and build the mtty sample module
         qemu-system-x86 busybox-static make xz-utils zstd
+        # the demo (tools/demo.sh): ip, for two network namespaces joined by a veth pair
+        iproute2
 )
 
 missing=()
