@@ -9,6 +9,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 
+#include "hexdecoct.h"
 #include "kernel-internal.h"
 #include "log.h"
 #include "vfio-uapi.h"
@@ -91,23 +92,13 @@ static int readlink_basename_at(const char *dir, const char *name, char **ret) {
         return readlink_basename(p, ret);
 }
 
-static int hex_value(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -EINVAL;
-}
-
 /* Between min and max hex digits at *p; advances *p past them. */
 static bool parse_hex_field(const char **p, size_t min, size_t max, unsigned *ret) {
         unsigned v = 0;
         size_t n = 0;
 
-        while (n < max && hex_value((*p)[n]) >= 0) {
-                v = v * 16 + (unsigned) hex_value((*p)[n]);
+        while (n < max && unhexchar((*p)[n]) >= 0) {
+                v = v * 16 + (unsigned) unhexchar((*p)[n]);
                 n++;
         }
         if (n < min)
@@ -147,7 +138,7 @@ static bool uuid_parse(const char *s, char ret[static DEVICE_NAME_MAX]) {
                 if (i == 8 || i == 13 || i == 18 || i == 23) {
                         if (s[i] != '-')
                                 return false;
-                } else if (hex_value(s[i]) < 0)
+                } else if (unhexchar(s[i]) < 0)
                         return false;
                 ret[i] = (char) tolower((unsigned char) s[i]);
         }

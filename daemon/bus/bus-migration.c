@@ -214,22 +214,26 @@ static int property_get_error_name(sd_bus *bus, const char *path, const char *in
         return sd_bus_message_append(reply, "s", j->error_name ?: "");
 }
 
+/* polkit for the migrate action, with the job's number as a detail rules can match. */
+static int verify_migrate(sd_bus_message *m, Migration *j, sd_bus_error *error) {
+        char id[16];
+
+        (void) snprintf(id, sizeof id, "%u", j->id);
+        return bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, (const char *const[]) { "migration", id, NULL },
+                                       &service_of(j)->polkit, error);
+}
+
 static int method_switchover(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Migration *j = userdata;
         ErrorMessage err = {};
-        char id[16];
         int r;
 
         if (j->direction != MIGRATION_OUTGOING)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                          "migration %u is incoming: the source decides when to switch over", j->id);
-        (void) snprintf(id, sizeof id, "%u", j->id);
-        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, (const char *const[]) { "migration", id, NULL },
-                                    &service_of(j)->polkit, error);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return 1;
+        r = verify_migrate(m, j, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         r = migration_switchover(j, &err);
         if (r == -EBUSY)
@@ -242,19 +246,14 @@ static int method_switchover(sd_bus_message *m, void *userdata, sd_bus_error *er
 static int method_cancel(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Migration *j = userdata;
         ErrorMessage err = {};
-        char id[16];
         int r;
 
         if (migration_phase_is_final(j->phase))
                 return sd_bus_error_setf(error, VFIOMIG_ERROR_BUSY, "migration %u has ended (%s)", j->id,
                                          migration_phase_to_string(j->phase));
-        (void) snprintf(id, sizeof id, "%u", j->id);
-        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, (const char *const[]) { "migration", id, NULL },
-                                    &service_of(j)->polkit, error);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return 1;
+        r = verify_migrate(m, j, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         r = migration_cancel(j, &err);
         if (r < 0)

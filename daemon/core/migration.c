@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hexdecoct.h"
 #include "log.h"
 #include "manager.h"
 #include "migration.h"
@@ -135,16 +136,6 @@ int migration_parse_address(const char *peer, bool port_zero_ok, struct sockaddr
         return 0;
 }
 
-static int hex_digit(char c) {
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 int migration_parse_token(const char *hex, uint8_t ret[static STREAM_TOKEN_SIZE], ErrorMessage *err) {
         uint8_t token[STREAM_TOKEN_SIZE];
 
@@ -152,7 +143,7 @@ int migration_parse_token(const char *hex, uint8_t ret[static STREAM_TOKEN_SIZE]
                 return error_setf(err, -EINVAL, "a migration token is %u hexadecimal digits (as PrepareIncoming "
                                   "returned it)", 2 * STREAM_TOKEN_SIZE);
         for (size_t i = 0; i < STREAM_TOKEN_SIZE; i++) {
-                int hi = hex_digit(hex[2 * i]), lo = hex_digit(hex[2 * i + 1]);
+                int hi = unhexchar(hex[2 * i]), lo = unhexchar(hex[2 * i + 1]);
                 if (hi < 0 || lo < 0)
                         return error_setf(err, -EINVAL, "the migration token has a character that is not a "
                                           "hexadecimal digit at position %zu", 2 * i + (hi < 0 ? 0 : 1));
@@ -512,6 +503,22 @@ static const char *device_name(Migration *j, int index) {
         return index >= 0 && (size_t) index < j->n_devices ? j->devices[index]->id : "the job";
 }
 
+/* What both directions do with the events that end the engine's part, and the rest. */
+static void engine_event_common(Migration *j, const StreamEvent *e) {
+        switch (e->type) {
+        case STREAM_EVENT_PEER_ABORT:
+                return fail(j, MIGRATION_FAILED, 0, VFIOMIG_ERROR_PEER_ABORTED, "the %s aborted: %s",
+                            j->direction == MIGRATION_OUTGOING ? "destination" : "source",
+                            e->text[0] ? e->text : "no reason given");
+        case STREAM_EVENT_FAILED:
+                return fail(j, MIGRATION_FAILED, 0, engine_error_name(j, e), "%s",
+                            e->text[0] ? e->text : strerror(-e->error));
+        default:
+                log_debug("Migration %u: ignoring engine event %d.", j->id, e->type);
+                return;
+        }
+}
+
 /* ---- outgoing ---- */
 
 static bool all_initial_loaded(Migration *j) {
@@ -750,14 +757,8 @@ static void outgoing_event(Migration *j, const StreamEvent *e) {
                                     "leave stop-copy: %s", j->id, err.text);
                 j->bytes_expected = j->stats.bytes;
                 return finish(j, MIGRATION_COMPLETED);
-        case STREAM_EVENT_PEER_ABORT:
-                return fail(j, MIGRATION_FAILED, 0, VFIOMIG_ERROR_PEER_ABORTED, "the destination aborted: %s",
-                            e->text[0] ? e->text : "no reason given");
-        case STREAM_EVENT_FAILED:
-                return fail(j, MIGRATION_FAILED, 0, engine_error_name(j, e), "%s", e->text[0] ? e->text : strerror(-e->error));
         default:
-                log_debug("Migration %u: ignoring engine event %d.", j->id, e->type);
-                return;
+                return engine_event_common(j, e);
         }
 }
 
@@ -837,14 +838,8 @@ static void incoming_event(Migration *j, StreamEvent *e) {
                         if (!j->device_done[i])
                                 return;
                 return commit(j);
-        case STREAM_EVENT_PEER_ABORT:
-                return fail(j, MIGRATION_FAILED, 0, VFIOMIG_ERROR_PEER_ABORTED, "the source aborted: %s",
-                            e->text[0] ? e->text : "no reason given");
-        case STREAM_EVENT_FAILED:
-                return fail(j, MIGRATION_FAILED, 0, engine_error_name(j, e), "%s", e->text[0] ? e->text : strerror(-e->error));
         default:
-                log_debug("Migration %u: ignoring engine event %d.", j->id, e->type);
-                return;
+                return engine_event_common(j, e);
         }
 }
 

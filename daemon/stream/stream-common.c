@@ -227,6 +227,18 @@ int stream_recv_all(int fd, void *buf, size_t n, uint64_t deadline_usec, int wak
         return 0;
 }
 
+void stream_counters_read(StreamCounters *c, unsigned device_count, bool io_uring, StreamStats *ret) {
+        *ret = (StreamStats) {
+                .bytes = atomic_load(&c->bytes),
+                .packets = atomic_load(&c->packets),
+                .buffered_peak = atomic_load(&c->peak),
+                .channels_up = atomic_load(&c->channels_up),
+                .io_uring = io_uring,
+        };
+        for (unsigned d = 0; d < device_count && d < STREAM_DEVICES_MAX; d++)
+                ret->device_bytes[d] = atomic_load(&c->device_bytes[d]);
+}
+
 void stream_socket_set_keepalive(int fd) {
         int one = 1, idle = STREAM_KEEPALIVE_IDLE_SEC, interval = STREAM_KEEPALIVE_INTERVAL_SEC,
             count = STREAM_KEEPALIVE_COUNT;

@@ -140,9 +140,7 @@ struct StreamIn {
         pthread_t sup_thread;
         bool sup_started;
 
-        _Atomic uint64_t stat_bytes, stat_packets, stat_peak;
-        _Atomic uint64_t stat_device_bytes[STREAM_DEVICES_MAX];
-        _Atomic unsigned stat_channels_up;
+        StreamCounters counters;
 };
 
 enum {
@@ -297,8 +295,8 @@ static void buffer_put_locked(StreamIn *in, uint8_t *buf, uint32_t length) {
 
 static void update_peak_locked(StreamIn *in) {
         uint64_t held = reassembly_buffered_bytes(in->reasm) + in->inflight;
-        if (held > atomic_load(&in->stat_peak))
-                atomic_store(&in->stat_peak, held);
+        if (held > atomic_load(&in->counters.peak))
+                atomic_store(&in->counters.peak, held);
 }
 
 /* The reassembly's verdict, made stricter by what is still being received: payloads in flight
@@ -582,9 +580,9 @@ static int apply_data(StreamIn *in, InDevice *d, const ReasmPacket *p) {
         }
         d->bytes += n;
         d->packets++;
-        atomic_fetch_add(&in->stat_bytes, n);
-        atomic_fetch_add(&in->stat_packets, 1);
-        atomic_fetch_add(&in->stat_device_bytes[d->index], n);
+        atomic_fetch_add(&in->counters.bytes, n);
+        atomic_fetch_add(&in->counters.packets, 1);
+        atomic_fetch_add(&in->counters.device_bytes[d->index], n);
         return 0;
 }
 
@@ -1250,7 +1248,7 @@ uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *h, char reason
         ch->fd = fd;
         ch->adopted = true;
         in->n_adopted++;
-        atomic_store(&in->stat_channels_up, in->n_adopted);
+        atomic_store(&in->counters.channels_up, in->n_adopted);
         in->last_progress_usec = stream_now_usec();
         pthread_cond_broadcast(&in->sup_cond);
         if (in->use_uring) {
@@ -1462,15 +1460,7 @@ void stream_in_abort(StreamIn *in, uint32_t reason, const char *text) {
 }
 
 void stream_in_stats(StreamIn *in, StreamStats *ret) {
-        *ret = (StreamStats) {
-                .bytes = atomic_load(&in->stat_bytes),
-                .packets = atomic_load(&in->stat_packets),
-                .buffered_peak = atomic_load(&in->stat_peak),
-                .channels_up = atomic_load(&in->stat_channels_up),
-                .io_uring = in->use_uring,
-        };
-        for (unsigned d = 0; d < in->cfg.device_count; d++)
-                ret->device_bytes[d] = atomic_load(&in->stat_device_bytes[d]);
+        stream_counters_read(&in->counters, in->cfg.device_count, in->use_uring, ret);
         pthread_mutex_lock(&in->lock);
         if (in->reasm)
                 ret->buffered = reassembly_buffered_bytes(in->reasm) + in->inflight;

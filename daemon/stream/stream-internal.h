@@ -34,6 +34,16 @@
 
 #define STREAM_EVENT_QUEUE_MAX (4 * STREAM_DEVICES_MAX + 16)
 
+/* What StreamOut and StreamIn count for stream_*_stats(), updated by their threads. */
+typedef struct StreamCounters {
+        _Atomic uint64_t bytes, packets, peak;
+        _Atomic uint64_t device_bytes[STREAM_DEVICES_MAX];
+        _Atomic unsigned channels_up;
+} StreamCounters;
+
+/* Fills ret from the counters (buffered is left 0: each side knows its own). */
+void stream_counters_read(StreamCounters *c, unsigned device_count, bool io_uring, StreamStats *ret);
+
 uint64_t stream_now_usec(void);
 /* Names the calling thread "vfm-WHAT[N]" (n < 0: no number), for top -H and perf. */
 void stream_thread_name(const char *what, int n);

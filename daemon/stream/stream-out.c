@@ -161,9 +161,7 @@ struct StreamOut {
         pthread_t setup_thread, sup_thread, rx_thread;
         bool setup_started, sup_started, rx_started;
 
-        _Atomic uint64_t stat_bytes, stat_packets, stat_peak;
-        _Atomic uint64_t stat_device_bytes[STREAM_DEVICES_MAX];
-        _Atomic unsigned stat_channels_up;
+        StreamCounters counters;
 };
 
 enum {
@@ -294,9 +292,9 @@ static void channel_push_locked(StreamOut *o, OutChannel *ch, OutPacket *p, bool
         }
         ch->queued += p->size;
         o->queued_total += p->size;
-        peak = atomic_load(&o->stat_peak);
+        peak = atomic_load(&o->counters.peak);
         if (o->queued_total > peak)
-                atomic_store(&o->stat_peak, o->queued_total);
+                atomic_store(&o->counters.peak, o->queued_total);
         if (ch->idle) {
                 ch->idle = false;
                 if (o->use_uring) {
@@ -330,9 +328,9 @@ static OutPacket *channel_pop_locked(StreamOut *o, OutChannel *ch) {
                 ch->tail = NULL;
         if (p->type == STREAM_PACKET_DATA) {
                 /* counted as it is handed to the socket: exact once the destination confirms */
-                atomic_fetch_add(&o->stat_bytes, p->payload);
-                atomic_fetch_add(&o->stat_packets, 1);
-                atomic_fetch_add(&o->stat_device_bytes[p->device], p->payload);
+                atomic_fetch_add(&o->counters.bytes, p->payload);
+                atomic_fetch_add(&o->counters.packets, 1);
+                atomic_fetch_add(&o->counters.device_bytes[p->device], p->payload);
         }
         return p;
 }
@@ -1299,7 +1297,7 @@ static void *setup_thread(void *arg) {
                 o->channels[c].fd = fds[c];
         o->chunk = MIN(o->cfg.chunk, max_payload);
         o->connected = true;
-        atomic_store(&o->stat_channels_up, o->n_channels);
+        atomic_store(&o->counters.channels_up, o->n_channels);
         if (o->use_uring)
                 log_info("stream out: %u channel%s up (io_uring, %u ring thread%s), %u-byte packets", o->n_channels,
                          o->n_channels == 1 ? "" : "s", o->n_rings, o->n_rings == 1 ? "" : "s", o->chunk);
@@ -1706,15 +1704,7 @@ void stream_out_abort(StreamOut *o, uint32_t reason, const char *text) {
 }
 
 void stream_out_stats(StreamOut *o, StreamStats *ret) {
-        *ret = (StreamStats) {
-                .bytes = atomic_load(&o->stat_bytes),
-                .packets = atomic_load(&o->stat_packets),
-                .buffered_peak = atomic_load(&o->stat_peak),
-                .channels_up = atomic_load(&o->stat_channels_up),
-                .io_uring = o->use_uring,
-        };
-        for (unsigned d = 0; d < o->cfg.device_count; d++)
-                ret->device_bytes[d] = atomic_load(&o->stat_device_bytes[d]);
+        stream_counters_read(&o->counters, o->cfg.device_count, o->use_uring, ret);
         pthread_mutex_lock(&o->lock);
         ret->buffered = o->queued_total;
         pthread_mutex_unlock(&o->lock);
