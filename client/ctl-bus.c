@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 
 #include "ctl-bus.h"
+#include "strv.h"
 #include "ctl-output.h"
 #include "vfiomig1.h"
 
@@ -458,15 +459,7 @@ int ctl_get_devices(sd_bus *bus, DeviceList *ret) {
         if (r < 0)
                 goto parse_error;
         while ((r = sd_bus_message_read(reply, "(sso)", NULL, NULL, &path)) > 0) {
-                char **grown;
-
-                grown = reallocarray(paths, n_paths + 2, sizeof(char *));
-                if (!grown)
-                        return log_error_errno(ENOMEM, "Out of memory.");
-                paths = grown;
-                paths[n_paths] = strdup(path);
-                paths[n_paths + 1] = NULL;
-                if (!paths[n_paths])
+                if (strv_extend(&paths, path) < 0)
                         return log_error_errno(ENOMEM, "Out of memory.");
                 n_paths++;
         }
@@ -657,15 +650,7 @@ int ctl_get_spaces(sd_bus *bus, SpaceList *ret) {
         if (r < 0)
                 goto parse_error;
         while ((r = sd_bus_message_read(reply, "(so)", NULL, &path)) > 0) {
-                char **grown;
-
-                grown = reallocarray(paths, n_paths + 2, sizeof(char *));
-                if (!grown)
-                        return log_error_errno(ENOMEM, "Out of memory.");
-                paths = grown;
-                paths[n_paths] = strdup(path);
-                paths[n_paths + 1] = NULL;
-                if (!paths[n_paths])
+                if (strv_extend(&paths, path) < 0)
                         return log_error_errno(ENOMEM, "Out of memory.");
                 n_paths++;
         }

@@ -209,6 +209,17 @@ static int print_json(json_object *j) {
         return json_print(j, arg_json, stdout);
 }
 
+/* A listing's table, or the empty message when it has no rows; nothing with --quiet. */
+static int print_table(Table *t, size_t n_rows, const char *empty) {
+        if (arg_quiet)
+                return 0;
+        if (n_rows == 0) {
+                puts(empty);
+                return 0;
+        }
+        return table_print(t, stdout);
+}
+
 static int print_devices(const DeviceList *l) {
         _cleanup_(json_object_putp) json_object *j = NULL;
         _cleanup_(table_freep) Table *t = NULL;
@@ -224,13 +235,7 @@ static int print_devices(const DeviceList *l) {
         r = devices_to_table(l, &t);
         if (r < 0)
                 return log_error_errno(r, "Failed to build table: %m");
-        if (arg_quiet)
-                return 0;
-        if (l->n_devices == 0) {
-                puts("No devices attached.");
-                return 0;
-        }
-        return table_print(t, stdout);
+        return print_table(t, l->n_devices, "No devices attached.");
 }
 
 static int verb_list(int argc, char *argv[]) {
@@ -966,13 +971,7 @@ static int verb_space_list(int argc, char *argv[]) {
                 if (r < 0)
                         return log_error_errno(r, "Failed to build table: %m");
         }
-        if (arg_quiet)
-                return 0;
-        if (l.n_spaces == 0) {
-                puts("No address spaces.");
-                return 0;
-        }
-        return table_print(t, stdout);
+        return print_table(t, l.n_spaces, "No address spaces.");
 }
 
 static int verb_space_show(int argc, char *argv[]) {
@@ -1972,13 +1971,7 @@ static int verb_jobs(int argc, char *argv[]) {
                 if (r < 0)
                         return log_error_errno(r, "Failed to build table: %m");
         }
-        if (arg_quiet)
-                return 0;
-        if (l.n_entries == 0) {
-                puts("No migrations.");
-                return 0;
-        }
-        return table_print(t, stdout);
+        return print_table(t, l.n_entries, "No migrations.");
 }
 
 static int verb_job(int argc, char *argv[]) {

@@ -451,6 +451,11 @@ static int migration_error(sd_bus_error *error, int r, const ErrorMessage *err) 
         case -EBADMSG:
         case -EIO:
                 return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
+        case -EADDRINUSE:
+        case -EADDRNOTAVAIL:
+        case -EACCES:
+                /* the stream port cannot be bound (PrepareIncoming) */
+                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_SUPPORTED, r, err);
         case -ENOMEM:
                 return r;
         default:
@@ -579,8 +584,6 @@ static int method_prepare_incoming(sd_bus_message *m, void *userdata, sd_bus_err
                 return 1;
 
         r = migration_prepare_incoming(s->manager, devices, n, &o, &j, &err);
-        if (r < 0 && !j && error_is_set(&err) && (r == -EADDRINUSE || r == -EACCES || r == -EADDRNOTAVAIL))
-                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_SUPPORTED, r, &err);
         if (r < 0)
                 return migration_error(error, r, &err);
 

@@ -258,9 +258,13 @@ int device_set_state(Device *d, MigState target, int recover_state, TransitionRe
 }
 
 int device_reset(Device *d, ErrorMessage *err) {
+        return device_reset_for(d, NULL, err);
+}
+
+int device_reset_for(Device *d, const Migration *owner, ErrorMessage *err) {
         int r;
 
-        r = device_check_idle(d, err);
+        r = check_idle_for(d, owner, err);
         if (r < 0)
                 return r;
         r = vfio_dev_reset(d->dev);
@@ -352,10 +356,7 @@ void device_leave_space(Device *d) {
 }
 
 bool device_has_client(Device *d, const char *client) {
-        for (char **c = d->clients; c && *c; c++)
-                if (streq(*c, client))
-                        return true;
-        return false;
+        return strv_contains(d->clients, client);
 }
 
 size_t device_client_count(Device *d) {
@@ -365,7 +366,6 @@ size_t device_client_count(Device *d) {
 int device_open_fd(Device *d, const char *client, int *ret_fd, ErrorMessage *err) {
         _cleanup_close_ int fd = -EBADF;
         size_t n = strv_length(d->clients);
-        char **clients;
 
         if (d->dev->device_fd < 0)
                 return error_setf(err, -EOPNOTSUPP, "%s has no device file descriptor to hand out", d->id);
@@ -377,15 +377,8 @@ int device_open_fd(Device *d, const char *client, int *ret_fd, ErrorMessage *err
                 return error_setf(err, -errno, "Cannot duplicate the descriptor of %s: %m", d->id);
 
         if (!device_has_client(d, client)) {
-                char *copy = strdup(client);
-                clients = copy ? reallocarray(d->clients, n + 2, sizeof *clients) : NULL;
-                if (!clients) {
-                        free(copy);
+                if (strv_extend(&d->clients, client) < 0)
                         return -ENOMEM;
-                }
-                clients[n] = copy;
-                clients[n + 1] = NULL;
-                d->clients = clients;
                 log_info("%s: handed its descriptor to %s.", d->id, client);
                 manager_notify_device_changed(d->manager, d);
                 manager_notify_state_changed(d->manager);

@@ -68,6 +68,8 @@ void device_note_refused_load(Device *d, bool reset, int final_state);
  * state and LastTransition up to date. *ret_report is always filled. */
 int device_set_state(Device *d, MigState target, int recover_state, TransitionReport *ret_report, ErrorMessage *err);
 int device_reset(Device *d, ErrorMessage *err);
+/* The same on behalf of the migration job that owns the device. */
+int device_reset_for(Device *d, const Migration *owner, ErrorMessage *err);
 /* -ENOMSG when the device has no open pre-copy session. */
 int device_precopy_info(Device *d, uint64_t *ret_initial, uint64_t *ret_dirty, ErrorMessage *err);
 int device_stop_copy_size(Device *d, uint64_t *ret, ErrorMessage *err);

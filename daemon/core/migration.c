@@ -388,16 +388,13 @@ static void give_devices_back(Migration *j) {
         }
         for (size_t i = 0; i < j->n_devices; i++) {
                 Device *d = j->devices[i];
-                d->migration = NULL; /* device_reset() takes idle devices only */
                 err = (ErrorMessage) {};
-                r = device_reset(d, &err);
-                d->migration = j;
+                r = device_reset_for(d, j, &err);
                 if (r < 0) {
                         log_error_errno(r, "Migration %u: failed to reset %s: %s", j->id, d->id, err.text);
                         /* Whatever it holds must not commit: refuse state changes until a reset. */
                         device_note_refused_load(d, false, VFIO_DEVICE_STATE_RESUMING);
-                } else
-                        device_note_refused_load(d, true, -1);
+                }
         }
 }
 
@@ -962,10 +959,7 @@ int migration_prepare_incoming(Manager *m, Device **devices, size_t n, const Mig
                 return r;
         r = move_group(j, VFIO_DEVICE_STATE_RESUMING, err);
         if (r < 0) {
-                j->error = strdup(err->text);
-                j->error_name = VFIOMIG_ERROR_TRANSITION_FAILED;
-                give_devices_back(j);
-                finish(j, MIGRATION_FAILED);
+                fail(j, MIGRATION_FAILED, 0, VFIOMIG_ERROR_TRANSITION_FAILED, "%s", err->text);
                 TAKE_PTR(j); /* the manager keeps the failed job */
                 return r;
         }

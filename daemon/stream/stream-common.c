@@ -227,6 +227,24 @@ int stream_recv_all(int fd, void *buf, size_t n, uint64_t deadline_usec, int wak
         return 0;
 }
 
+int stream_recv_exact(int fd, void *buf, size_t n) {
+        uint8_t *p = buf;
+
+        while (n > 0) {
+                ssize_t k = recv(fd, p, n, MSG_WAITALL);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        return -ECONNRESET;
+                p += k;
+                n -= (size_t) k;
+        }
+        return 0;
+}
+
 void stream_counters_read(StreamCounters *c, unsigned device_count, bool io_uring, StreamStats *ret) {
         *ret = (StreamStats) {
                 .bytes = atomic_load(&c->bytes),

@@ -930,22 +930,6 @@ static void *in_ring_thread(void *arg) {
 
 /* ---- receivers: blocking ---- */
 
-static int recv_blocking(int fd, uint8_t *p, size_t n) {
-        while (n > 0) {
-                ssize_t k = recv(fd, p, n, MSG_WAITALL);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -ECONNRESET;
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
 static void *in_receiver_thread(void *arg) {
         InChannel *ch = arg;
         StreamIn *in = ch->in;
@@ -956,7 +940,7 @@ static void *in_receiver_thread(void *arg) {
         while (st != RX_DONE) {
                 switch (st) {
                 case RX_HDR:
-                        r = recv_blocking(ch->fd, ch->hdr, STREAM_HEADER_SIZE);
+                        r = stream_recv_exact(ch->fd, ch->hdr, STREAM_HEADER_SIZE);
                         if (r < 0) {
                                 channel_closed(in, ch, r);
                                 st = RX_DONE;
@@ -985,7 +969,7 @@ static void *in_receiver_thread(void *arg) {
                                 st = RX_DONE;
                                 break;
                         }
-                        r = recv_blocking(ch->fd, ch->payload, ch->h.length);
+                        r = stream_recv_exact(ch->fd, ch->payload, ch->h.length);
                         if (r < 0) {
                                 channel_closed(in, ch, r);
                                 st = RX_DONE;
@@ -994,7 +978,7 @@ static void *in_receiver_thread(void *arg) {
                         st = on_payload(in, ch);
                         break;
                 case RX_CTL:
-                        r = recv_blocking(ch->fd, ch->ctl, ch->h.length);
+                        r = stream_recv_exact(ch->fd, ch->ctl, ch->h.length);
                         if (r < 0) {
                                 channel_closed(in, ch, r);
                                 st = RX_DONE;

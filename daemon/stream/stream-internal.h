@@ -77,6 +77,8 @@ void event_queue_close(EventQueue *q);
 int stream_send_all(int fd, const void *buf, size_t n, uint64_t deadline_usec, int wake_fd);
 /* Receives exactly n bytes; -ECONNRESET at an end of stream, -ETIMEDOUT past the deadline. */
 int stream_recv_all(int fd, void *buf, size_t n, uint64_t deadline_usec, int wake_fd);
+/* Receives exactly n bytes on a blocking socket: -ECONNRESET at an end of stream. */
+int stream_recv_exact(int fd, void *buf, size_t n);
 int stream_fd_set_nonblock(int fd, bool nonblock);
 /* SO_KEEPALIVE with short probes (a dead peer host is noticed in about 25 s). */
 void stream_socket_set_keepalive(int fd);

@@ -1015,22 +1015,6 @@ static int send_blocking(int fd, const uint8_t *p, size_t n) {
         return 0;
 }
 
-static int recv_blocking(int fd, uint8_t *p, size_t n) {
-        while (n > 0) {
-                ssize_t k = recv(fd, p, n, MSG_WAITALL);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -ECONNRESET;
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
 static void *out_sender_thread(void *arg) {
         OutChannel *ch = arg;
         StreamOut *o = ch->o;
@@ -1097,7 +1081,7 @@ static void *out_receiver_thread(void *arg) {
         }
 
         for (;;) {
-                r = recv_blocking(fd, rx->hdr, STREAM_HEADER_SIZE);
+                r = stream_recv_exact(fd, rx->hdr, STREAM_HEADER_SIZE);
                 if (r < 0) {
                         out_rx_end(o, r);
                         break;
@@ -1106,7 +1090,7 @@ static void *out_receiver_thread(void *arg) {
                 if (r < 0)
                         break;
                 if (r > 0) {
-                        r = recv_blocking(fd, rx->payload, rx->h.length);
+                        r = stream_recv_exact(fd, rx->payload, rx->h.length);
                         if (r < 0) {
                                 out_rx_end(o, r);
                                 break;

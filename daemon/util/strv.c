@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,4 +30,29 @@ char *strv_join(char *const *l, const char *sep) {
         }
         *p = '\0';
         return out;
+}
+
+bool strv_contains(char *const *l, const char *s) {
+        for (size_t i = 0; l && l[i]; i++)
+                if (strcmp(l[i], s) == 0)
+                        return true;
+        return false;
+}
+
+int strv_extend(char ***l, const char *value) {
+        size_t n = strv_length(*l);
+        char *copy, **grown;
+
+        copy = strdup(value);
+        if (!copy)
+                return -ENOMEM;
+        grown = reallocarray(*l, n + 2, sizeof *grown);
+        if (!grown) {
+                free(copy);
+                return -ENOMEM;
+        }
+        grown[n] = copy;
+        grown[n + 1] = NULL;
+        *l = grown;
+        return 0;
 }

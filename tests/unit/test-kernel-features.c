@@ -12,21 +12,8 @@
 
 #include "kernel-features.h"
 #include "macro.h"
+#include "strv.h"
 #include "vfiomig1.h"
-
-static bool strv_contains(char **l, const char *s) {
-        for (char **i = l; *i; i++)
-                if (streq(*i, s))
-                        return true;
-        return false;
-}
-
-static size_t strv_length(char **l) {
-        size_t n = 0;
-        while (l[n])
-                n++;
-        return n;
-}
 
 static void expect_strv_matches(const KernelFeatures *f) {
         _cleanup_strv_free_ char **l = NULL;
