@@ -260,13 +260,29 @@ void stream_counters_read(StreamCounters *c, unsigned device_count, bool io_urin
 void stream_socket_set_keepalive(int fd) {
         int one = 1, idle = STREAM_KEEPALIVE_IDLE_SEC, interval = STREAM_KEEPALIVE_INTERVAL_SEC,
             count = STREAM_KEEPALIVE_COUNT;
+        unsigned user_timeout = STREAM_USER_TIMEOUT_MSEC;
 
         /* A peer host that dies or drops off the network sends no FIN: during an idle pre-copy
-         * only keepalive probes notice. Best effort: the stall timer still covers the rest. */
+         * only keepalive probes notice. Keepalive never probes while data is unacknowledged,
+         * though (the retransmission timer runs instead, for about 15 minutes by default):
+         * TCP_USER_TIMEOUT bounds that case, and with it set the kernel also ends an idle
+         * connection once probes went unanswered for that long. Best effort: the stall timers
+         * of both sides cover a peer that is alive but does not move. */
         (void) setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
         (void) setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
         (void) setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval);
         (void) setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count);
+        (void) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+}
+
+int stream_channel_binding(int fd, uint8_t ret[static STREAM_BINDING_SIZE]) {
+        /* Cleartext: nothing binds the proofs to this connection but the nonces. The TLS layer
+         * replaces this with the channel's exporter (gnutls_prf_rfc5705(session,
+         * "EXPORTER-vfiomigd-channel-binding", ...)), so a proof cannot be relayed into another
+         * TLS session. */
+        (void) fd;
+        memset(ret, 0, STREAM_BINDING_SIZE);
+        return 0;
 }
 
 int stream_fd_set_nonblock(int fd, bool nonblock) {

@@ -35,7 +35,7 @@ typedef enum StreamEventType {
         STREAM_EVENT_SWITCHOVER,     /* in: the source is stopping its devices */
         STREAM_EVENT_DEVICE_DONE,    /* in: the device's END arrived and matched; its data fd got everything */
         STREAM_EVENT_BLOB,           /* in: the device's blob (event.blob, event.blob_size; the receiver owns it) */
-        STREAM_EVENT_COMPLETE,       /* out: the peer committed every device */
+        STREAM_EVENT_COMPLETE,       /* out: the peer committed every device, and proved it received everything */
         STREAM_EVENT_PEER_ABORT,     /* the peer sent ABORT: event.reason, event.text */
         STREAM_EVENT_FAILED,         /* this side failed: event.error, event.text; the engine has stopped */
         _STREAM_EVENT_MAX,
@@ -74,6 +74,7 @@ typedef struct StreamOutConfig {
         bool precopy;
         uint64_t bandwidth_limit;       /* bytes per second, 0 = none */
         uint32_t chunk;                 /* 0 = STREAM_CHUNK_DEFAULT */
+        uint64_t stall_timeout_usec;    /* 0 = STREAM_STALL_TIMEOUT_USEC_DEFAULT */
         unsigned device_count;
         VfioDev *devices[STREAM_DEVICES_MAX];
         StreamDeviceInfo infos[STREAM_DEVICES_MAX];
@@ -102,6 +103,10 @@ int stream_out_switchover(StreamOut *o);
 int stream_out_start_stopcopy(StreamOut *o, unsigned device, int data_fd);
 /* Sends ABORT (best effort) and stops everything. */
 void stream_out_abort(StreamOut *o, uint32_t reason, const char *text);
+/* SWITCHOVER and every packet of every device went to the senders: from here on the destination
+ * may hold everything and commit, so a failure without COMPLETE or ABORT leaves the outcome
+ * unknown (proto/stream-protocol.md §3.2). */
+bool stream_out_handed_all(StreamOut *o);
 void stream_out_stats(StreamOut *o, StreamStats *ret);
 /* Stops the threads and closes everything. */
 StreamOut *stream_out_free(StreamOut *o);
@@ -131,9 +136,11 @@ StreamIn *stream_in_free(StreamIn *i);
 /*
  * Where the destination takes connections: a listening socket (its own, or one systemd passed
  * in, FileDescriptorName=stream). Accepted connections are read up to their HELLO (with a
- * timeout) and handed to the StreamIn registered under the HELLO's token, which checks it,
- * answers the WELCOME and adopts the channel; an unknown token, a bad HELLO or a job that takes
- * no more channels gets a refusing WELCOME. Runs in a thread of its own.
+ * timeout); the StreamIn registered under the HELLO's job identifier checks it, the listener
+ * answers with a WELCOME carrying the destination's proof, waits (with a timeout) for the
+ * source's PROOF and verifies it, and only then hands the channel over. An unknown job, a bad
+ * HELLO or a job that takes no more channels gets a refusing WELCOME; a wrong or missing PROOF
+ * gets the connection closed, and the job never hears of it. Runs in a thread of its own.
  */
 typedef struct StreamListener StreamListener;
 

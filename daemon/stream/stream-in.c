@@ -30,6 +30,7 @@
 #include "crc32c.h"
 #include "log.h"
 #include "reassembly.h"
+#include "stream-auth.h"
 #include "stream-internal.h"
 #include "stream-testing.h"
 
@@ -53,6 +54,7 @@ typedef struct InChannel {
         /* under in->lock */
         bool adopted;
         bool parked;
+        uint8_t binding[STREAM_BINDING_SIZE];  /* stream_channel_binding() of the connection */
         /* the receiving thread's own (h also read under the lock while parked) */
         RxState state;
         bool posted;
@@ -81,6 +83,7 @@ typedef struct InDevice {
         bool initial_done;
         bool ended;                      /* END applied and matched; DEVICE_DONE follows its BLOB */
         uint64_t bytes, packets;
+        StreamDigest digest;             /* over the ordered packets applied, for COMPLETE */
 } InDevice;
 
 struct InRing {
@@ -100,6 +103,7 @@ struct InRing {
 struct StreamIn {
         StreamInConfig cfg;
         EventQueue events;
+        uint8_t job_id[STREAM_JOB_ID_SIZE];
         uint64_t budget;
         uint32_t max_payload;
         uint64_t stall_usec;
@@ -424,6 +428,10 @@ static RxState on_header(StreamIn *in, InChannel *ch) {
                 return RX_DONE;
         }
         if (!stream_packet_is_ordered(ch->h.type)) {
+                if (ch->index != 0 && (ch->h.type == STREAM_PACKET_SWITCHOVER || ch->h.type == STREAM_PACKET_ABORT)) {
+                        violation(in, ch, &ch->h, "a control packet on a channel other than 0");
+                        return RX_DONE;
+                }
                 switch (ch->h.type) {
                 case STREAM_PACKET_SWITCHOVER:
                         pthread_mutex_lock(&in->lock);
@@ -534,10 +542,10 @@ static RxState on_control_payload(StreamIn *in, InChannel *ch) {
 
 static int send_control(StreamIn *in, uint8_t type, uint16_t device, const void *payload, uint32_t length,
                         uint64_t timeout_usec) {
-        uint8_t buf[STREAM_HEADER_SIZE + STREAM_CONTROL_PAYLOAD_MAX];
+        uint8_t buf[STREAM_HEADER_SIZE + STREAM_DST_PAYLOAD_MAX];
         int fd, r;
 
-        assert(length <= STREAM_CONTROL_PAYLOAD_MAX);
+        assert(length <= STREAM_DST_PAYLOAD_MAX);
         if (length > 0)
                 memcpy(buf + STREAM_HEADER_SIZE, payload, length);
         stream_encode_packet(buf, type, 0, device, 0, 0, buf + STREAM_HEADER_SIZE, length);
@@ -707,6 +715,9 @@ static void *writer_thread(void *arg) {
                 d->waiting = false;
                 pthread_mutex_unlock(&in->lock);
 
+                /* Before applying: the BLOB's DEVICE_DONE may make the job send COMPLETE at once.
+                 * The packet passed its CRC check on arrival; should applying fail, the job fails. */
+                stream_digest_add(&d->digest, &p->header);
                 k = apply(in, d, p);
 
                 pthread_mutex_lock(&in->lock);
@@ -1077,6 +1088,14 @@ const uint8_t *stream_in_token(StreamIn *in) {
         return in->cfg.token;
 }
 
+const uint8_t *stream_in_job_id(StreamIn *in) {
+        return in->job_id;
+}
+
+uint32_t stream_in_max_payload(StreamIn *in) {
+        return in->max_payload;
+}
+
 void stream_in_set_listener(StreamIn *in, StreamListener *l) {
         in->listener = l;
 }
@@ -1153,20 +1172,10 @@ static uint32_t check_device(const StreamDeviceInfo *want, const StreamDeviceInf
         return STREAM_REFUSE_INCOMPATIBLE;
 }
 
-uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *h, char reason[static STREAM_REASON_TEXT_SIZE + 1]) {
-        StreamWelcome w = {
-                .major = STREAM_PROTOCOL_MAJOR,
-                .minor = STREAM_PROTOCOL_MINOR,
-                .channel_index = h->channel_index,
-                .max_payload = in->max_payload,
-        };
-        uint8_t out[STREAM_WELCOME_SIZE];
-        InChannel *ch;
+static uint32_t check_hello_locked(StreamIn *in, const StreamHello *h, char reason[static STREAM_REASON_TEXT_SIZE + 1]) {
         uint32_t status = STREAM_ACCEPTED;
-        int r;
 
         reason[0] = '\0';
-        pthread_mutex_lock(&in->lock);
         if (in->teardown || in->connected || in->completed) {
                 (void) snprintf(reason, STREAM_REASON_TEXT_SIZE + 1, "the job takes no more channels");
                 status = STREAM_REFUSE_BUSY;
@@ -1200,15 +1209,31 @@ uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *h, char reason
                 status = STREAM_REFUSE_CHANNELS;
                 goto out;
         }
+out:
+        return status;
+}
 
-        stream_welcome_encode(&w, out);
-        r = stream_send_all(fd, out, sizeof out, stream_now_usec() + USEC_PER_SEC, -1);
-        if (r < 0) {
-                (void) snprintf(reason, STREAM_REASON_TEXT_SIZE + 1, "cannot answer: %s", strerror(-r));
-                status = STREAM_REFUSE_BUSY;
+uint32_t stream_in_check_hello(StreamIn *in, const StreamHello *h, char reason[static STREAM_REASON_TEXT_SIZE + 1]) {
+        uint32_t status;
+
+        pthread_mutex_lock(&in->lock);
+        status = check_hello_locked(in, h, reason);
+        pthread_mutex_unlock(&in->lock);
+        return status;
+}
+
+uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *h, const uint8_t binding[static STREAM_BINDING_SIZE],
+                         char reason[static STREAM_REASON_TEXT_SIZE + 1]) {
+        InChannel *ch;
+        uint32_t status;
+        int r;
+
+        pthread_mutex_lock(&in->lock);
+        /* Checked again: another channel may have been adopted since the WELCOME went out. */
+        status = check_hello_locked(in, h, reason);
+        if (status != STREAM_ACCEPTED)
                 goto out;
-        }
-        /* From here on the channel is ours: no refusal can follow an accepting WELCOME. */
+        /* From here on the channel is ours: the source proved the token on it. */
         if (in->n_channels == 0) {
                 in->hello_flags = h->flags;
                 in->peer_max_payload = h->max_payload;
@@ -1231,6 +1256,7 @@ uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *h, char reason
         ch = &in->channels[h->channel_index];
         ch->fd = fd;
         ch->adopted = true;
+        memcpy(ch->binding, binding, STREAM_BINDING_SIZE);
         in->n_adopted++;
         atomic_store(&in->counters.channels_up, in->n_adopted);
         in->last_progress_usec = stream_now_usec();
@@ -1320,8 +1346,10 @@ StreamIn *stream_in_free(StreamIn *in) {
                 free(buf);
         }
         reassembly_free(in->reasm);
-        for (unsigned d = 0; d < in->cfg.device_count; d++)
+        for (unsigned d = 0; d < in->cfg.device_count; d++) {
+                stream_digest_done(&in->devices[d].digest);
                 (void) pthread_cond_destroy(&in->devices[d].cond);
+        }
         (void) pthread_cond_destroy(&in->progress_cond);
         (void) pthread_cond_destroy(&in->sup_cond);
         (void) pthread_mutex_destroy(&in->send_lock);
@@ -1376,9 +1404,13 @@ int stream_in_new(const StreamInConfig *c, StreamIn **ret, ErrorMessage *err) {
         for (unsigned d = 0; r >= 0 && d < c->device_count; d++) {
                 in->devices[d] = (InDevice) { .in = in, .index = d, .dev = c->devices[d], .fd = c->data_fds[d] };
                 r = stream_cond_init(&in->devices[d].cond);
+                if (r >= 0)
+                        r = stream_digest_init(&in->devices[d].digest);
         }
         if (r >= 0)
                 r = event_queue_init(&in->events);
+        if (r >= 0)
+                r = stream_job_id(c->token, in->job_id);
         if (r < 0) {
                 stream_in_free(in);
                 return error_setf(err, r, "cannot set up the stream: %m");
@@ -1410,6 +1442,8 @@ int stream_in_next_event(StreamIn *in, StreamEvent *ret) {
 }
 
 int stream_in_complete(StreamIn *in) {
+        StreamCompleteRecord records[STREAM_DEVICES_MAX];
+        uint8_t payload[STREAM_DEVICES_MAX * STREAM_COMPLETE_RECORD_SIZE];
         int r = 0;
 
         pthread_mutex_lock(&in->lock);
@@ -1417,12 +1451,22 @@ int stream_in_complete(StreamIn *in) {
                 r = -ESHUTDOWN;
         else if (!in->connected)
                 r = -ENOTCONN;
+        else if (in->devices_done < in->cfg.device_count)
+                r = -EINPROGRESS;
         else
                 in->completed = true; /* before sending: the source may close at once */
         pthread_mutex_unlock(&in->lock);
         if (r < 0)
                 return r;
-        r = send_control(in, STREAM_PACKET_COMPLETE, STREAM_JOB_DEVICE, NULL, 0, STREAM_CONTROL_SEND_TIMEOUT_USEC);
+        /* Every device's BLOB was applied (its writer is idle from here on): what it counted is final. */
+        for (unsigned d = 0; d < in->cfg.device_count; d++) {
+                records[d].data_bytes = in->devices[d].bytes;
+                records[d].data_packets = in->devices[d].packets;
+                stream_digest_peek(&in->devices[d].digest, records[d].digest);
+        }
+        stream_complete_encode(records, in->cfg.device_count, payload);
+        r = send_control(in, STREAM_PACKET_COMPLETE, STREAM_JOB_DEVICE, payload,
+                         in->cfg.device_count * STREAM_COMPLETE_RECORD_SIZE, STREAM_CONTROL_SEND_TIMEOUT_USEC);
         if (r < 0) {
                 pthread_mutex_lock(&in->lock);
                 in->completed = false;

@@ -25,12 +25,16 @@
 #define STREAM_CONTROL_SEND_TIMEOUT_USEC (5 * USEC_PER_SEC) /* a destination's 40-byte control packet */
 #define STREAM_HELLO_MAX_SIZE (STREAM_HELLO_FIXED_SIZE + STREAM_DEVICES_MAX * STREAM_HELLO_DEVICE_SIZE + STREAM_HELLO_CRC_SIZE)
 #define STREAM_CONTROL_PAYLOAD_MAX (4 + STREAM_ABORT_TEXT_MAX)
+/* What a destination may send in one packet: an ABORT or a COMPLETE for every device. */
+#define STREAM_DST_PAYLOAD_MAX MAX((size_t) STREAM_CONTROL_PAYLOAD_MAX, (size_t) STREAM_DEVICES_MAX * STREAM_COMPLETE_RECORD_SIZE)
 
 /* Events: at most a few per device and per job (repeats of SWITCHOVER and INITIAL_LOADED are
  * dropped), so a fixed capacity bounds what a peer can make us queue. */
 #define STREAM_KEEPALIVE_IDLE_SEC 10
 #define STREAM_KEEPALIVE_INTERVAL_SEC 5
 #define STREAM_KEEPALIVE_COUNT 3
+/* Unacknowledged data (or unanswered probes) for this long ends a connection (TCP_USER_TIMEOUT). */
+#define STREAM_USER_TIMEOUT_MSEC 30000u
 
 #define STREAM_EVENT_QUEUE_MAX (4 * STREAM_DEVICES_MAX + 16)
 
@@ -80,8 +84,12 @@ int stream_recv_all(int fd, void *buf, size_t n, uint64_t deadline_usec, int wak
 /* Receives exactly n bytes on a blocking socket: -ECONNRESET at an end of stream. */
 int stream_recv_exact(int fd, void *buf, size_t n);
 int stream_fd_set_nonblock(int fd, bool nonblock);
-/* SO_KEEPALIVE with short probes (a dead peer host is noticed in about 25 s). */
+/* SO_KEEPALIVE with short probes and TCP_USER_TIMEOUT: a dead peer host is noticed within
+ * about 30 s, whether the connection is idle or has data in flight. */
 void stream_socket_set_keepalive(int fd);
+/* The channel binding of a connected channel (proto/stream-protocol.md §1.4): the TLS exporter
+ * once TLS runs on the channel, 32 zero bytes in cleartext. */
+int stream_channel_binding(int fd, uint8_t ret[static STREAM_BINDING_SIZE]);
 
 /* A ring for one thread: SINGLE_ISSUER|DEFER_TASKRUN when the kernel has them. Call it from
  * the thread that will submit. */
@@ -95,11 +103,19 @@ void stream_encode_packet(uint8_t out[static STREAM_HEADER_SIZE], uint8_t type, 
                           uint64_t stream_seq, uint64_t device_seq, const void *payload, uint32_t length);
 
 /* The listener's hand-over, called on the listener's thread with the listener's lock held
- * (so in cannot go away). Accepts and adopts fd (returns 0, fd taken, WELCOME sent), or
- * returns a refusal code with reason filled (fd untouched: the listener refuses and closes). */
-uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *hello, char reason[static STREAM_REASON_TEXT_SIZE + 1]);
-/* The job token, for the listener's lookup. */
+ * (so in cannot go away), once the source's PROOF was verified: adopts fd (returns 0, fd
+ * taken), or returns a refusal code with reason filled (fd untouched: the listener closes it).
+ * binding is the channel's (stream_channel_binding()). */
+uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *hello, const uint8_t binding[static STREAM_BINDING_SIZE],
+                         char reason[static STREAM_REASON_TEXT_SIZE + 1]);
+/* The job token, for the listener's proofs, and the job identifier HELLOs name it by. */
 const uint8_t *stream_in_token(StreamIn *in);
+const uint8_t *stream_in_job_id(StreamIn *in);
+/* The checks of stream_in_adopt() that change nothing, made before the WELCOME is sent; the
+ * same refusal codes. Called with the listener's lock held. */
+uint32_t stream_in_check_hello(StreamIn *in, const StreamHello *hello, char reason[static STREAM_REASON_TEXT_SIZE + 1]);
+/* The largest payload this destination accepts (announced in the WELCOME). */
+uint32_t stream_in_max_payload(StreamIn *in);
 /* Registration bookkeeping, under the listener's lock. */
 void stream_in_set_listener(StreamIn *in, StreamListener *l);
 StreamListener *stream_in_get_listener(StreamIn *in);

@@ -5,12 +5,16 @@
  * yet identified connections. A connection must send its HELLO within a few seconds; at most a
  * bounded number wait at once (the oldest is dropped for a newer one), so a flood of idle or slow
  * connections costs a constant amount of memory and cannot keep an honest source out for long.
- * A complete HELLO is matched to a registered StreamIn by its token (compared in constant time)
- * and handed over; anything else gets a refusing WELCOME and is closed once the peer stops
- * sending (closing with unread bytes would reset the connection and could lose the WELCOME).
+ * A complete HELLO is matched to a registered StreamIn by its job identifier and checked by it;
+ * the WELCOME carries the destination's proof of the token, and the connection stays here until
+ * the source's PROOF arrived and verified (protocol version 2, proto/stream-protocol.md §1).
+ * Only then is it handed over: a connection that cannot prove the token never touches the job.
+ * Anything else gets a refusing WELCOME and is closed once the peer stops sending (closing with
+ * unread bytes would reset the connection and could lose the WELCOME).
  */
 
 #include <arpa/inet.h>
+#include <endian.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
 #include <net/if.h>
@@ -22,6 +26,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "stream-auth.h"
 #include "stream-internal.h"
 #include "stream-testing.h"
 
@@ -33,7 +38,14 @@ typedef struct Pending {
         uint64_t deadline;
         bool closing;            /* refused: draining until the peer closes or the deadline */
         size_t got, need;
-        uint8_t buf[STREAM_HELLO_MAX_SIZE];
+        uint8_t buf[STREAM_HELLO_MAX_SIZE];      /* the HELLO as received: part of the proofs */
+        /* accepted, waiting for the PROOF */
+        StreamHello *hello;
+        uint8_t welcome[STREAM_WELCOME_SIZE];
+        uint8_t nonce_dst[STREAM_NONCE_SIZE];
+        uint8_t binding[STREAM_BINDING_SIZE];
+        uint8_t proof[STREAM_PROOF_SIZE];
+        size_t proof_got;
 } Pending;
 
 struct StreamListener {
@@ -58,11 +70,15 @@ struct StreamListener {
 };
 
 static bool token_equal(const uint8_t *a, const uint8_t *b) {
-        volatile uint8_t x = 0;
+        return stream_equal_ct(a, b, STREAM_TOKEN_SIZE);
+}
 
-        for (size_t k = 0; k < STREAM_TOKEN_SIZE; k++)
-                x |= a[k] ^ b[k];
-        return x == 0;
+/* Under l->lock. */
+static StreamIn *find_job_locked(StreamListener *l, const uint8_t job_id[static STREAM_JOB_ID_SIZE]) {
+        for (size_t k = 0; k < l->n_ins; k++)
+                if (stream_equal_ct(stream_in_job_id(l->ins[k]), job_id, STREAM_JOB_ID_SIZE))
+                        return l->ins[k];
+        return NULL;
 }
 
 static void pending_remove(StreamListener *l, unsigned k, bool close_fd) {
@@ -70,6 +86,7 @@ static void pending_remove(StreamListener *l, unsigned k, bool close_fd) {
 
         if (close_fd)
                 safe_close(p->fd);
+        free(p->hello);
         free(p);
         memmove(l->pending + k, l->pending + k + 1, (l->n_pending - k - 1) * sizeof l->pending[0]);
         l->n_pending--;
@@ -95,52 +112,149 @@ static void refuse(Pending *p, uint32_t status, uint16_t channel_index, const ch
         p->deadline = stream_now_usec() + REFUSED_LINGER_USEC;
 }
 
-/* A complete HELLO: refuse, or hand over. Returns true when the fd was handed over. */
-static bool dispatch(StreamListener *l, Pending *p) {
-        StreamHello *h;
-        StreamIn *match = NULL;
+/* Gives up on an accepted connection whose PROOF failed or that the job no longer takes: an
+ * ABORT says why (the source reads channel 0), then the connection drains and closes. */
+static void drop_after_welcome(Pending *p, const char *text) {
+        uint8_t buf[STREAM_HEADER_SIZE + STREAM_CONTROL_PAYLOAD_MAX];
+        uint32_t reason = htole32(STREAM_ABORT_PROTOCOL);
+        size_t n = strnlen(text, STREAM_ABORT_TEXT_MAX);
+
+        log_warning("stream listener: dropping a connection after its WELCOME: %s", text);
+        memcpy(buf + STREAM_HEADER_SIZE, &reason, 4);
+        memcpy(buf + STREAM_HEADER_SIZE + 4, text, n);
+        stream_encode_packet(buf, STREAM_PACKET_ABORT, 0, STREAM_JOB_DEVICE, 0, 0, buf + STREAM_HEADER_SIZE,
+                             (uint32_t) (4 + n));
+        (void) !send(p->fd, buf, STREAM_HEADER_SIZE + 4 + n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void) shutdown(p->fd, SHUT_WR);
+        p->closing = true;
+        p->deadline = stream_now_usec() + REFUSED_LINGER_USEC;
+}
+
+/* A complete HELLO: refuse, or answer with an accepting WELCOME and its proof and wait for the
+ * source's PROOF. */
+static void dispatch(StreamListener *l, Pending *p) {
+        _cleanup_free_ StreamHello *h = NULL;
+        uint8_t out[STREAM_WELCOME_SIZE + STREAM_WELCOME_PROOF_SIZE];
+        StreamWelcome w = {
+                .major = STREAM_PROTOCOL_MAJOR,
+                .minor = STREAM_PROTOCOL_MINOR,
+        };
+        StreamIn *match;
         char reason[STREAM_REASON_TEXT_SIZE + 1] = "";
         const char *why = NULL;
         uint32_t status;
+        size_t n;
+        ssize_t k;
         int r;
 
         h = new0(StreamHello, 1);
-        if (!h) {
-                refuse(p, STREAM_REFUSE_BUSY, 0, "out of memory");
-                return false;
-        }
+        if (!h)
+                return refuse(p, STREAM_REFUSE_BUSY, 0, "out of memory");
         r = stream_hello_decode(p->buf, p->got, h, &why);
         if (r == -EPROTONOSUPPORT) {
                 (void) snprintf(reason, sizeof reason, "version %u.%u; this destination speaks %u.%u", h->major, h->minor,
                                 STREAM_PROTOCOL_MAJOR, STREAM_PROTOCOL_MINOR);
-                refuse(p, STREAM_REFUSE_VERSION, 0, reason);
-                free(h);
-                return false;
+                return refuse(p, STREAM_REFUSE_VERSION, 0, reason);
         }
-        if (r < 0) {
-                refuse(p, STREAM_REFUSE_BAD_HELLO, 0, why);
-                free(h);
-                return false;
-        }
+        if (r < 0)
+                return refuse(p, STREAM_REFUSE_BAD_HELLO, 0, why);
+        if (stream_random(w.nonce, sizeof w.nonce) < 0 || stream_channel_binding(p->fd, p->binding) < 0)
+                return refuse(p, STREAM_REFUSE_BUSY, h->channel_index, "cannot make a nonce");
 
         pthread_mutex_lock(&l->lock);
-        for (size_t k = 0; k < l->n_ins; k++)
-                if (token_equal(stream_in_token(l->ins[k]), h->token))
-                        match = l->ins[k];
+        match = find_job_locked(l, h->job_id);
         if (!match) {
                 pthread_mutex_unlock(&l->lock);
-                refuse(p, STREAM_REFUSE_TOKEN, h->channel_index, "no prepared job has this token");
-                free(h);
+                return refuse(p, STREAM_REFUSE_TOKEN, h->channel_index, "no prepared job has this token");
+        }
+        status = stream_in_check_hello(match, h, reason);
+        if (status == STREAM_ACCEPTED) {
+                StreamTranscript t = {
+                        .hello = p->buf,
+                        .hello_size = p->got,
+                        .welcome = out,
+                        .nonce_src = h->nonce,
+                        .nonce_dst = w.nonce,
+                        .channel_index = h->channel_index,
+                        .channel_count = h->channel_count,
+                        .binding = p->binding,
+                };
+                w.channel_index = h->channel_index;
+                w.max_payload = stream_in_max_payload(match);
+                stream_welcome_encode(&w, out); /* the MAC covers these bytes */
+                if (stream_proof_mac(stream_in_token(match), STREAM_PROOF_DST, &t, w.mac) < 0)
+                        status = STREAM_REFUSE_BUSY;
+        }
+        pthread_mutex_unlock(&l->lock);
+        if (status != STREAM_ACCEPTED)
+                return refuse(p, status, h->channel_index, reason[0] ? reason : "cannot prove the token");
+
+        n = stream_welcome_encode_full(&w, out);
+        /* A fresh connection's send buffer takes 160 bytes at once; one that does not is no
+         * honest source's. */
+        k = send(p->fd, out, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (k != (ssize_t) n) {
+                log_debug("stream listener: cannot send the WELCOME at once, closing the connection");
+                p->closing = true;
+                p->deadline = 0;
+                return;
+        }
+        memcpy(p->welcome, out, STREAM_WELCOME_SIZE);
+        memcpy(p->nonce_dst, w.nonce, STREAM_NONCE_SIZE);
+        p->hello = TAKE_PTR(h);
+        p->proof_got = 0;
+        p->deadline = stream_now_usec() + atomic_load(&l->hello_timeout_usec);
+}
+
+/* The PROOF is complete: verify it and hand the channel over. Returns true when handed over. */
+static bool prove(StreamListener *l, Pending *p) {
+        const StreamHello *h = p->hello;
+        char reason[STREAM_REASON_TEXT_SIZE + 1] = "", text[STREAM_ABORT_TEXT_MAX + 1];
+        const char *why = NULL;
+        StreamProof proof;
+        StreamIn *match;
+        uint32_t status;
+
+        if (stream_proof_decode(p->proof, &proof, &why) < 0) {
+                (void) snprintf(text, sizeof text, "bad PROOF on channel %u: %s", h->channel_index, why);
+                drop_after_welcome(p, text);
                 return false;
         }
-        status = stream_in_adopt(match, p->fd, h, reason);
+        pthread_mutex_lock(&l->lock);
+        match = find_job_locked(l, h->job_id);
+        if (!match) {
+                pthread_mutex_unlock(&l->lock);
+                drop_after_welcome(p, "the job went away during the handshake");
+                return false;
+        }
+        {
+                StreamTranscript t = {
+                        .hello = p->buf,
+                        .hello_size = p->got,
+                        .welcome = p->welcome,
+                        .nonce_src = h->nonce,
+                        .nonce_dst = p->nonce_dst,
+                        .channel_index = h->channel_index,
+                        .channel_count = h->channel_count,
+                        .binding = p->binding,
+                };
+                if (!stream_proof_verify(stream_in_token(match), STREAM_PROOF_SRC, &t, proof.mac)) {
+                        pthread_mutex_unlock(&l->lock);
+                        (void) snprintf(text, sizeof text,
+                                        "the source's proof on channel %u is wrong: it does not know the job's token",
+                                        h->channel_index);
+                        drop_after_welcome(p, text);
+                        return false;
+                }
+        }
+        status = stream_in_adopt(match, p->fd, h, p->binding, reason);
         pthread_mutex_unlock(&l->lock);
         if (status != STREAM_ACCEPTED) {
-                refuse(p, status, h->channel_index, reason);
-                free(h);
+                (void) snprintf(text, sizeof text, "channel %u: %s: %s", h->channel_index,
+                                stream_refusal_to_string(status), reason);
+                drop_after_welcome(p, text);
                 return false;
         }
-        free(h);
         return true;
 }
 
@@ -156,6 +270,22 @@ static bool pending_read(StreamListener *l, Pending *p, bool *handed_over) {
                                 continue;
                         return k < 0 && (errno == EAGAIN || errno == EINTR);
                 }
+                if (p->hello) {
+                        /* exactly the PROOF: what follows it belongs to the job */
+                        k = recv(p->fd, p->proof + p->proof_got, sizeof p->proof - p->proof_got, MSG_DONTWAIT);
+                        if (k == 0)
+                                return false;
+                        if (k < 0)
+                                return errno == EAGAIN || errno == EINTR;
+                        p->proof_got += (size_t) k;
+                        if (p->proof_got < sizeof p->proof)
+                                continue;
+                        if (prove(l, p)) {
+                                *handed_over = true;
+                                return false;
+                        }
+                        continue;
+                }
                 k = recv(p->fd, p->buf + p->got, p->need - p->got, MSG_DONTWAIT);
                 if (k == 0)
                         return false;
@@ -166,18 +296,24 @@ static bool pending_read(StreamListener *l, Pending *p, bool *handed_over) {
                         continue;
                 if (p->need == STREAM_HELLO_FIXED_SIZE) {
                         const char *why = NULL;
+                        uint16_t major = 0, minor = 0;
                         size_t total = 0;
-                        if (stream_hello_peek_size(p->buf, p->got, &total, &why) < 0) {
+                        int r = stream_hello_peek_size(p->buf, p->got, &total, &major, &minor, &why);
+                        if (r == -EPROTONOSUPPORT) {
+                                char reason[STREAM_REASON_TEXT_SIZE + 1];
+                                (void) snprintf(reason, sizeof reason, "version %u.%u; this destination speaks %u.%u",
+                                                major, minor, STREAM_PROTOCOL_MAJOR, STREAM_PROTOCOL_MINOR);
+                                refuse(p, STREAM_REFUSE_VERSION, 0, reason);
+                                continue;
+                        }
+                        if (r < 0) {
                                 refuse(p, STREAM_REFUSE_BAD_HELLO, 0, why);
                                 continue;
                         }
                         p->need = total;
                         continue;
                 }
-                if (dispatch(l, p)) {
-                        *handed_over = true;
-                        return false;
-                }
+                dispatch(l, p);
         }
 }
 

@@ -7,10 +7,11 @@
  *              the header and queues the packet on a channel — sequence numbers are assigned and
  *              the packet queued under one lock, so every channel's queue is in stream order;
  *   ring       io_uring threads, each owning channels c ≡ ring (mod rings): one send in flight per
- *              channel; ring 0 also receives channel 0 (INITIAL_LOADED, COMPLETE, ABORT);
- *     or, without io_uring, one blocking sender thread per channel and one receiver for channel 0;
- *   supervisor tears everything down on failure, abort or free: a best-effort ABORT, then
- *              shutdown(2) of every socket, which ends every blocked send and receive.
+ *              channel; ring 0 also receives channel 0 (INITIAL_LOADED, COMPLETE, ABORT), and
+ *              every ring watches its other channels, where a destination sends nothing;
+ *     or, without io_uring, one blocking sender thread per channel and one receiver polling all;
+ *   supervisor the stall timer; tears everything down on failure, abort or free: a best-effort
+ *              ABORT, then shutdown(2) of every socket, which ends every blocked send and receive.
  * One mutex (o->lock) covers queues, the pool, sequence numbers and the states below.
  */
 
@@ -24,6 +25,7 @@
 
 #include "crc32c.h"
 #include "log.h"
+#include "stream-auth.h"
 #include "stream-internal.h"
 #include "stream-testing.h"
 
@@ -52,6 +54,10 @@ typedef struct OutChannel {
         uint64_t queued;                     /* bytes queued or in flight */
         bool idle;                           /* the sender found nothing: wake it on enqueue */
         bool broken;
+        uint8_t binding[STREAM_BINDING_SIZE]; /* stream_channel_binding() of the connection */
+        /* channels ≥ 1: the destination sends nothing there; one byte is a violation */
+        bool side_posted, side_done;
+        uint8_t side_byte;
         pthread_cond_t cond;                 /* blocking sender */
         /* the sender's own */
         OutPacket *inflight;
@@ -85,6 +91,8 @@ typedef struct OutDevice {
         uint64_t data_bytes, data_packets;
         bool initial_loaded;     /* INITIAL_LOADED arrived */
         bool sent_reported;      /* DEVICE_SENT went out */
+        bool last_out;           /* its BLOB was handed to a sender */
+        StreamDigest digest;     /* over its ordered packets, as COMPLETE must echo it */
         /* the reader's own (also read under o->lock by the receiver, after it was set) */
         bool initial_done_sent;
         bool initial_known;
@@ -110,7 +118,7 @@ struct OutRing {
 /* Receive state of channel 0, owned by whichever thread receives it. */
 typedef struct OutRx {
         uint8_t hdr[STREAM_HEADER_SIZE];
-        uint8_t payload[STREAM_CONTROL_PAYLOAD_MAX];
+        uint8_t payload[STREAM_DST_PAYLOAD_MAX];
         StreamHeader h;
         size_t got;
         bool in_payload;
@@ -135,7 +143,13 @@ struct StreamOut {
         bool dead;                      /* sockets shut down: every thread leaves */
         bool torn_down;
         bool exiting;
-        bool completed;                 /* COMPLETE arrived */
+        bool completed;                 /* COMPLETE arrived and matched */
+        bool switchover_queued, switchover_out;  /* SWITCHOVER queued; handed to the sender */
+        unsigned devices_out;           /* devices whose BLOB was handed to a sender */
+        bool handed_all;                /* every byte of the migration was handed to a sender */
+        uint64_t stall_usec;
+        uint64_t last_progress_usec;    /* a send completed or a packet arrived */
+        uint8_t job_id[STREAM_JOB_ID_SIZE];
         bool peer_aborted;
         bool abort_done;                /* our ABORT went out */
         bool deferred;                  /* a connection failed: reported unless an ABORT explains it */
@@ -277,6 +291,8 @@ static void channel_push_locked(StreamOut *o, OutChannel *ch, OutPacket *p, bool
         uint64_t peak;
 
         p->next = NULL;
+        if (o->queued_total == 0)
+                o->last_progress_usec = stream_now_usec(); /* the stall clock runs from here */
         if (urgent) {
                 if (ch->urgent_tail)
                         ch->urgent_tail->next = p;
@@ -309,6 +325,22 @@ static void channel_push_locked(StreamOut *o, OutChannel *ch, OutPacket *p, bool
         }
 }
 
+/* Latches handed_all once SWITCHOVER and every packet of every device went to the senders:
+ * from then on the destination may have everything and commit, so a failure without an answer
+ * leaves the outcome unknown (proto/stream-protocol.md §3.2). Handed, not sent, so that the
+ * latch is never late: early only widens the window in which the source keeps its devices
+ * stopped. */
+static void note_handed_locked(StreamOut *o) {
+        if (o->handed_all || !o->switchover_out || o->devices_out < o->cfg.device_count || o->teardown)
+                return;
+        for (unsigned c = 0; c < o->n_channels; c++)
+                if (o->channels[c].head)
+                        return;
+        o->handed_all = true;
+        o->last_progress_usec = stream_now_usec(); /* the wait for COMPLETE starts */
+        pthread_cond_broadcast(&o->sup_cond);
+}
+
 /* The next packet to send on ch: control packets first; ordered ones only while running. */
 static OutPacket *channel_pop_locked(StreamOut *o, OutChannel *ch) {
         OutPacket *p;
@@ -318,6 +350,10 @@ static OutPacket *channel_pop_locked(StreamOut *o, OutChannel *ch) {
                 ch->urgent_head = p->next;
                 if (!ch->urgent_head)
                         ch->urgent_tail = NULL;
+                if (p->type == STREAM_PACKET_SWITCHOVER) {
+                        o->switchover_out = true;
+                        note_handed_locked(o);
+                }
                 return p;
         }
         if (o->stopping || !ch->head)
@@ -326,6 +362,11 @@ static OutPacket *channel_pop_locked(StreamOut *o, OutChannel *ch) {
         ch->head = p->next;
         if (!ch->head)
                 ch->tail = NULL;
+        if (p->last_of_device && !o->devices[p->device].last_out) {
+                o->devices[p->device].last_out = true;
+                o->devices_out++;
+        }
+        note_handed_locked(o);
         if (p->type == STREAM_PACKET_DATA) {
                 /* counted as it is handed to the socket: exact once the destination confirms */
                 atomic_fetch_add(&o->counters.bytes, p->payload);
@@ -380,6 +421,7 @@ static void enqueue_ordered_locked(StreamOut *o, OutDevice *d, OutPacket *p, uin
         };
 
         stream_header_encode(&h, p->buf);
+        stream_digest_add(&d->digest, &h);
         channel_push_locked(o, pick_channel_locked(o), p, false);
 }
 
@@ -410,6 +452,7 @@ static int enqueue_control_locked(StreamOut *o, uint8_t type, const void *payloa
 
 /* A packet went out completely. */
 static void packet_sent_locked(StreamOut *o, OutChannel *ch, OutPacket *p) {
+        o->last_progress_usec = stream_now_usec();
         ch->queued -= p->size;
         o->queued_total -= p->size;
         if (p->last_of_device && !o->teardown && !o->devices[p->device].sent_reported) {
@@ -440,7 +483,7 @@ static int out_rx_header(StreamOut *o, OutRx *rx) {
         const char *why = NULL;
         int r;
 
-        r = stream_header_decode(rx->hdr, MAX(o->announced_payload, (uint32_t) STREAM_CONTROL_PAYLOAD_MAX),
+        r = stream_header_decode(rx->hdr, (uint32_t) MIN((size_t) o->announced_payload, sizeof rx->payload),
                                  o->cfg.device_count, &rx->h, &why);
         if (r < 0) {
                 pthread_mutex_lock(&o->lock);
@@ -461,10 +504,51 @@ static int out_rx_header(StreamOut *o, OutRx *rx) {
         return (int) rx->h.length;
 }
 
+/* The commit rule (proto/stream-protocol.md §3.1): COMPLETE counts only after SWITCHOVER and
+ * every device's END and BLOB went out, and only if it echoes, per device, what was sent. */
+static bool check_complete_locked(StreamOut *o, const OutRx *rx, char *why, size_t size) {
+        StreamCompleteRecord rec[STREAM_DEVICES_MAX];
+        const char *bad = NULL;
+
+        if (!o->switchover_out) {
+                (void) snprintf(why, size, "it came before SWITCHOVER was sent");
+                return false;
+        }
+        for (unsigned d = 0; d < o->cfg.device_count; d++)
+                if (!o->devices[d].finished || !o->devices[d].last_out) {
+                        (void) snprintf(why, size, "it came before the END and BLOB of device %u were sent", d);
+                        return false;
+                }
+        if (stream_complete_decode(rx->payload, rx->h.length, o->cfg.device_count, rec, &bad) < 0) {
+                (void) snprintf(why, size, "%s", bad);
+                return false;
+        }
+        for (unsigned d = 0; d < o->cfg.device_count; d++) {
+                OutDevice *dv = &o->devices[d];
+                uint8_t digest[STREAM_DIGEST_SIZE];
+
+                if (rec[d].data_bytes != dv->data_bytes || rec[d].data_packets != dv->data_packets) {
+                        (void) snprintf(why, size,
+                                        "device %u: it claims %llu bytes in %llu DATA packets, %llu bytes in %llu were sent",
+                                        d, (unsigned long long) rec[d].data_bytes, (unsigned long long) rec[d].data_packets,
+                                        (unsigned long long) dv->data_bytes, (unsigned long long) dv->data_packets);
+                        return false;
+                }
+                stream_digest_peek(&dv->digest, digest);
+                if (!stream_equal_ct(digest, rec[d].digest, sizeof digest)) {
+                        (void) snprintf(why, size, "device %u: the digest of what was received differs from what was sent",
+                                        d);
+                        return false;
+                }
+        }
+        return true;
+}
+
 static void out_rx_packet(StreamOut *o, OutRx *rx) {
         const StreamHeader *h = &rx->h;
 
         pthread_mutex_lock(&o->lock);
+        o->last_progress_usec = stream_now_usec();
         if (o->teardown) {
                 pthread_mutex_unlock(&o->lock);
                 return;
@@ -486,6 +570,13 @@ static void out_rx_packet(StreamOut *o, OutRx *rx) {
         }
         case STREAM_PACKET_COMPLETE:
                 if (!o->completed) {
+                        char why[200];
+
+                        if (!check_complete_locked(o, rx, why, sizeof why)) {
+                                out_fail_locked(o, -EBADMSG, STREAM_ABORT_PROTOCOL,
+                                                "the destination sent a COMPLETE that proves nothing: %s", why);
+                                break;
+                        }
                         /* The destination has everything, so every finished device went out,
                          * even if its sender has not said so yet: keep the events in order. */
                         for (unsigned d = 0; d < o->cfg.device_count; d++)
@@ -532,6 +623,22 @@ static void out_rx_end(StreamOut *o, int error) {
                 else
                         out_fail_locked(o, error, 0, "receiving on channel 0 failed: %s", strerror(-error));
         }
+        pthread_mutex_unlock(&o->lock);
+}
+
+/* Something arrived on channel c ≥ 1 (res > 0: a byte; 0: its end; < 0: an error). */
+static void out_side_end(StreamOut *o, OutChannel *ch, int res) {
+        pthread_mutex_lock(&o->lock);
+        ch->side_done = true;
+        if (!o->dead && !o->completed && !o->peer_aborted) {
+                if (res > 0)
+                        out_fail_locked(o, -EBADMSG, STREAM_ABORT_PROTOCOL,
+                                        "the destination sent data on channel %u; it sends only on channel 0", ch->index);
+                else
+                        out_conn_failed_locked(o, res < 0 ? res : -ECONNRESET, "the destination closed channel %u%s%s",
+                                               ch->index, res < 0 ? ": " : "", res < 0 ? strerror(-res) : "");
+        }
+        pthread_cond_broadcast(&o->sup_cond);
         pthread_mutex_unlock(&o->lock);
 }
 
@@ -772,6 +879,15 @@ static void ring_prep_recv(OutRing *rg, StreamOut *o) {
         rg->outstanding++;
 }
 
+static void ring_prep_side_recv(OutRing *rg, OutChannel *ch) {
+        struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
+
+        io_uring_prep_recv(sqe, ch->fd, &ch->side_byte, 1, 0);
+        io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, ch->index));
+        ch->side_posted = true;
+        rg->outstanding++;
+}
+
 static void ring_prep_wake(OutRing *rg) {
         struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
 
@@ -825,7 +941,7 @@ static void *out_ring_thread(void *arg) {
         OutRing *rg = arg;
         StreamOut *o = rg->o;
         SendDone done[STREAM_CHANNELS_MAX];
-        unsigned entries = 2 * (o->n_channels / o->n_rings + 1) + 8;
+        unsigned entries = 3 * (o->n_channels / o->n_rings + 1) + 8;
         int r;
 
         stream_thread_name("so-ring", (int) rg->index);
@@ -846,6 +962,10 @@ static void *out_ring_thread(void *arg) {
                 unsigned head, seen = 0, n_done = 0;
                 uint64_t timer = 0;
                 bool post_recv = false;
+                OutChannel *side[STREAM_CHANNELS_MAX];
+                unsigned n_side = 0;
+                int recv_res[STREAM_CHANNELS_MAX];
+                unsigned recv_ch[STREAM_CHANNELS_MAX], n_recv = 0;
 
                 pthread_mutex_lock(&o->lock);
                 if (o->dead) {
@@ -878,10 +998,15 @@ static void *out_ring_thread(void *arg) {
                                 ring_prep_send(rg, ch);
                         }
                         post_recv = rg->index == 0 && !o->rx.posted && !o->rx.done;
+                        for (unsigned c = rg->index; c < o->n_channels; c += o->n_rings)
+                                if (c > 0 && !o->channels[c].side_posted && !o->channels[c].side_done)
+                                        side[n_side++] = &o->channels[c];
                 }
                 pthread_mutex_unlock(&o->lock);
                 if (post_recv)
                         ring_prep_recv(rg, o);
+                for (unsigned k = 0; k < n_side; k++)
+                        ring_prep_side_recv(rg, side[k]);
 
                 if (timer) {
                         uint64_t now = stream_now_usec();
@@ -935,7 +1060,10 @@ static void *out_ring_thread(void *arg) {
                                 break;
                         }
                         case OP_RECV:
-                                ring_on_recv(rg, o, res);
+                                /* after this batch's sends: a reply must not overtake the
+                                 * completion of what it answers */
+                                recv_ch[n_recv] = c;
+                                recv_res[n_recv++] = res;
                                 break;
                         default:
                                 break;
@@ -954,6 +1082,16 @@ static void *out_ring_thread(void *arg) {
                                         packet_sent_locked(o, ch, p);
                         }
                         pthread_mutex_unlock(&o->lock);
+                }
+                for (unsigned k = 0; k < n_recv; k++) {
+                        if (recv_ch[k] == 0) {
+                                ring_on_recv(rg, o, recv_res[k]);
+                                continue;
+                        }
+                        o->channels[recv_ch[k]].side_posted = false;
+                        if (recv_res[k] == -EINTR || recv_res[k] == -EAGAIN)
+                                continue; /* posted again */
+                        out_side_end(o, &o->channels[recv_ch[k]], recv_res[k]);
                 }
         }
 
@@ -1064,6 +1202,42 @@ static void *out_sender_thread(void *arg) {
         return NULL;
 }
 
+/* Waits until channel 0 has something to read; meanwhile any byte or end on another channel is
+ * reported. false when the receiving is over. */
+static bool wait_channel0(StreamOut *o) {
+        for (;;) {
+                struct pollfd p[STREAM_CHANNELS_MAX];
+                unsigned map[STREAM_CHANNELS_MAX], n = 0;
+                bool dead;
+
+                pthread_mutex_lock(&o->lock);
+                dead = o->dead;
+                for (unsigned c = 0; c < o->n_channels && !dead; c++)
+                        if (c == 0 || !o->channels[c].side_done) {
+                                map[n] = c;
+                                p[n++] = (struct pollfd) { .fd = o->channels[c].fd, .events = POLLIN };
+                        }
+                pthread_mutex_unlock(&o->lock);
+                if (dead)
+                        return false;
+                if (poll(p, n, -1) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return true; /* let the blocking receive report it */
+                }
+                for (unsigned k = 1; k < n; k++)
+                        if (p[k].revents) {
+                                uint8_t b;
+                                ssize_t got = recv(p[k].fd, &b, 1, MSG_DONTWAIT);
+                                if (got < 0 && (errno == EAGAIN || errno == EINTR))
+                                        continue;
+                                out_side_end(o, &o->channels[map[k]], got > 0 ? 1 : got == 0 ? 0 : -errno);
+                        }
+                if (p[0].revents)
+                        return true;
+        }
+}
+
 static void *out_receiver_thread(void *arg) {
         StreamOut *o = arg;
         OutRx *rx = &o->rx;
@@ -1081,6 +1255,8 @@ static void *out_receiver_thread(void *arg) {
         }
 
         for (;;) {
+                if (!wait_channel0(o))
+                        break;
                 r = stream_recv_exact(fd, rx->hdr, STREAM_HEADER_SIZE);
                 if (r < 0) {
                         out_rx_end(o, r);
@@ -1174,9 +1350,14 @@ static int connect_all(StreamOut *o, int *fds, ErrorMessage *err) {
         return 0;
 }
 
+/*
+ * HELLO on every channel, then per channel: the WELCOME, whose proof must show the destination
+ * knows the token (MAC_dst over this channel's whole handshake), and our PROOF in return. No
+ * device state moves before every channel passed (proto/stream-protocol.md §1).
+ */
 static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, ErrorMessage *err) {
         uint64_t deadline = stream_now_usec() + STREAM_HANDSHAKE_TIMEOUT_USEC;
-        uint8_t *buf = NULL;
+        _cleanup_free_ uint8_t *hellos = NULL;
         StreamHello h = {
                 .major = STREAM_PROTOCOL_MAJOR,
                 .minor = STREAM_PROTOCOL_MINOR,
@@ -1185,36 +1366,38 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
                 .flags = o->cfg.precopy ? STREAM_HELLO_FLAG_PRECOPY : 0,
                 .max_payload = o->announced_payload,
         };
+        uint8_t nonces[STREAM_CHANNELS_MAX][STREAM_NONCE_SIZE];
         uint32_t max_payload = STREAM_PAYLOAD_MAX;
         size_t size = stream_hello_size(o->cfg.device_count);
         int r;
 
-        memcpy(h.token, o->cfg.token, STREAM_TOKEN_SIZE);
+        memcpy(h.job_id, o->job_id, STREAM_JOB_ID_SIZE);
         memcpy(h.devices, o->cfg.infos, sizeof(StreamDeviceInfo) * o->cfg.device_count);
-        buf = malloc(size);
-        if (!buf)
+        hellos = malloc(size * o->n_channels);
+        if (!hellos)
                 return -ENOMEM;
+        r = stream_random(&nonces[0][0], sizeof nonces[0] * o->n_channels);
+        if (r < 0)
+                return error_setf(err, r, "cannot make the handshake's nonces: %m");
         for (unsigned c = 0; c < o->n_channels; c++) {
                 h.channel_index = (uint16_t) c;
-                r = stream_hello_encode(&h, buf, size);
-                if (r < 0) {
-                        free(buf);
+                memcpy(h.nonce, nonces[c], STREAM_NONCE_SIZE);
+                r = stream_hello_encode(&h, hellos + c * size, size);
+                if (r < 0)
                         return error_setf(err, r, "cannot encode the HELLO (bad device information?)");
-                }
-                r = stream_send_all(fds[c], buf, size, deadline, o->setup_wake_fd);
-                if (r < 0) {
-                        free(buf);
+                r = stream_send_all(fds[c], hellos + c * size, size, deadline, o->setup_wake_fd);
+                if (r < 0)
                         return r == -ECANCELED ? r : error_setf(err, r, "sending the HELLO on channel %u failed: %m", c);
-                }
         }
-        free(buf);
 
         for (unsigned c = 0; c < o->n_channels; c++) {
-                uint8_t in[STREAM_WELCOME_SIZE];
+                uint8_t in[STREAM_WELCOME_SIZE + STREAM_WELCOME_PROOF_SIZE], out[STREAM_PROOF_SIZE];
                 StreamWelcome w;
+                StreamProof proof;
+                StreamTranscript t;
                 const char *why = NULL;
 
-                r = stream_recv_all(fds[c], in, sizeof in, deadline, o->setup_wake_fd);
+                r = stream_recv_all(fds[c], in, STREAM_WELCOME_SIZE, deadline, o->setup_wake_fd);
                 if (r == -ECANCELED)
                         return r;
                 if (r == -ETIMEDOUT)
@@ -1235,6 +1418,36 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
                 if (w.channel_index != c)
                         return error_setf(err, -EBADMSG, "the destination's WELCOME on channel %u names channel %u", c,
                                           w.channel_index);
+                r = stream_recv_all(fds[c], in + STREAM_WELCOME_SIZE, STREAM_WELCOME_PROOF_SIZE, deadline,
+                                    o->setup_wake_fd);
+                if (r == -ECANCELED)
+                        return r;
+                if (r < 0)
+                        return error_setf(err, -EBADMSG,
+                                          "the destination accepted channel %u without proving it knows the job's token (%s)",
+                                          c, r == -ETIMEDOUT ? "no proof in time" : "no proof before the connection ended");
+                stream_welcome_decode_proof(in + STREAM_WELCOME_SIZE, &w);
+                t = (StreamTranscript) {
+                        .hello = hellos + c * size,
+                        .hello_size = size,
+                        .welcome = in,
+                        .nonce_src = nonces[c],
+                        .nonce_dst = w.nonce,
+                        .channel_index = (uint16_t) c,
+                        .channel_count = (uint16_t) o->n_channels,
+                        .binding = o->channels[c].binding,
+                };
+                if (!stream_proof_verify(o->cfg.token, STREAM_PROOF_DST, &t, w.mac))
+                        return error_setf(err, -EBADMSG,
+                                          "the destination's proof on channel %u is wrong: it does not know the job's token "
+                                          "(or the handshake was tampered with); no device state was sent", c);
+                r = stream_proof_mac(o->cfg.token, STREAM_PROOF_SRC, &t, proof.mac);
+                if (r < 0)
+                        return error_setf(err, r, "cannot compute the proof for channel %u", c);
+                stream_proof_encode(&proof, out);
+                r = stream_send_all(fds[c], out, sizeof out, deadline, o->setup_wake_fd);
+                if (r < 0)
+                        return r == -ECANCELED ? r : error_setf(err, r, "sending the PROOF on channel %u failed: %m", c);
                 max_payload = MIN(max_payload, w.max_payload);
         }
         *ret_max_payload = max_payload;
@@ -1253,6 +1466,8 @@ static void *setup_thread(void *arg) {
                 fds[c] = -EBADF;
 
         r = connect_all(o, fds, &err);
+        for (unsigned c = 0; r >= 0 && c < o->n_channels; c++)
+                r = stream_channel_binding(fds[c], o->channels[c].binding);
         if (r >= 0)
                 r = handshake_all(o, fds, &max_payload, &err);
         if (r >= 0) {
@@ -1315,14 +1530,28 @@ static void *supervisor_thread(void *arg) {
         stream_thread_name("so-sup", -1);
         pthread_mutex_lock(&o->lock);
         while (!o->teardown) {
-                uint64_t deadline = 0;
+                uint64_t deadline = 0, now = stream_now_usec();
 
                 if (o->deferred) {
-                        if (stream_now_usec() >= o->deferred_deadline) {
+                        if (now >= o->deferred_deadline) {
                                 out_fail_locked(o, o->deferred_error, 0, "%s", o->deferred_text);
                                 break;
                         }
                         deadline = o->deferred_deadline;
+                }
+                /* Stalled: something waits to go out and no send completes, or everything went
+                 * out and the destination does not answer. A pre-copy with nothing to send is
+                 * not a stall. */
+                if (o->connected && !o->completed && (o->queued_total > 0 || o->handed_all)) {
+                        uint64_t stall = o->last_progress_usec + o->stall_usec;
+                        if (now >= stall) {
+                                out_fail_locked(o, -ETIMEDOUT, STREAM_ABORT_TIMEOUT,
+                                                o->handed_all ? "stalled: everything was sent, and the destination did not confirm the commit within %llu s"
+                                                              : "stalled: nothing could be sent for %llu s (the destination stopped reading)",
+                                                (unsigned long long) ((o->stall_usec + USEC_PER_SEC - 1) / USEC_PER_SEC));
+                                break;
+                        }
+                        deadline = deadline ? MIN(deadline, stall) : stall;
                 }
                 stream_cond_wait_until(&o->sup_cond, &o->lock, deadline);
         }
@@ -1422,6 +1651,7 @@ StreamOut *stream_out_free(StreamOut *o) {
         free(o->pool);
         for (unsigned d = 0; d < o->cfg.device_count; d++) {
                 free(o->devices[d].blob);
+                stream_digest_done(&o->devices[d].digest);
                 (void) pthread_cond_destroy(&o->devices[d].cond);
         }
         safe_close(o->setup_wake_fd);
@@ -1470,10 +1700,11 @@ int stream_out_new(const StreamOutConfig *c, StreamOut **ret, ErrorMessage *err)
         o->cfg = *c;
         o->cfg.chunk = c->chunk ?: STREAM_CHUNK_DEFAULT;
         o->n_channels = c->channels;
+        o->stall_usec = c->stall_timeout_usec ?: STREAM_STALL_TIMEOUT_USEC_DEFAULT;
         o->setup_wake_fd = -EBADF;
-        /* what we send (DATA, BLOB), and room for the destination's longest ABORT */
+        /* what we send (DATA, BLOB), and room for the destination's longest ABORT or COMPLETE */
         o->announced_payload = (uint32_t) MIN((size_t) STREAM_PAYLOAD_MAX,
-                                              MAX(MAX((size_t) o->cfg.chunk, blob_max), (size_t) STREAM_CONTROL_PAYLOAD_MAX));
+                                              MAX(MAX((size_t) o->cfg.chunk, blob_max), (size_t) STREAM_DST_PAYLOAD_MAX));
         (void) pthread_mutex_init(&o->lock, NULL);
         r = stream_cond_init(&o->pool_cond);
         if (r >= 0)
@@ -1486,6 +1717,8 @@ int stream_out_new(const StreamOutConfig *c, StreamOut **ret, ErrorMessage *err)
                 OutDevice *dv = &o->devices[d];
                 *dv = (OutDevice) { .o = o, .index = d, .dev = c->devices[d], .fd = -EBADF };
                 r = stream_cond_init(&dv->cond);
+                if (r >= 0)
+                        r = stream_digest_init(&dv->digest);
                 if (r >= 0 && c->blobs[d]) {
                         dv->has_blob = true;
                         dv->blob_size = c->blob_sizes[d];
@@ -1502,6 +1735,11 @@ int stream_out_new(const StreamOutConfig *c, StreamOut **ret, ErrorMessage *err)
                 o->cfg.device_count = c->device_count;
                 stream_out_free(o);
                 return error_setf(err, r, "cannot set up the stream: %m");
+        }
+        r = stream_job_id(o->cfg.token, o->job_id);
+        if (r < 0) {
+                stream_out_free(o);
+                return error_setf(err, r, "cannot derive the job identifier: %m");
         }
         o->pool_cap = MIN(4 * o->n_channels + 4, 64u);
         o->pool = new0(OutPacket, o->pool_cap);
@@ -1653,8 +1891,19 @@ int stream_out_switchover(StreamOut *o) {
                 r = -ENOTCONN;
         else
                 r = enqueue_control_locked(o, STREAM_PACKET_SWITCHOVER, NULL, 0);
+        if (r >= 0)
+                o->switchover_queued = true;
         pthread_mutex_unlock(&o->lock);
         return r;
+}
+
+bool stream_out_handed_all(StreamOut *o) {
+        bool b;
+
+        pthread_mutex_lock(&o->lock);
+        b = o->handed_all;
+        pthread_mutex_unlock(&o->lock);
+        return b;
 }
 
 int stream_out_start_stopcopy(StreamOut *o, unsigned device, int data_fd) {

@@ -78,10 +78,11 @@ int stream_hello_encode(const StreamHello *h, uint8_t *buf, size_t size) {
         put16(buf + 10, h->minor);
         put16(buf + 12, h->channel_index);
         put16(buf + 14, h->channel_count);
-        memcpy(buf + 16, h->token, STREAM_TOKEN_SIZE);
-        put32(buf + 48, h->device_count);
-        put32(buf + 52, h->flags);
-        put32(buf + 56, h->max_payload);
+        memcpy(buf + 16, h->job_id, STREAM_JOB_ID_SIZE);
+        memcpy(buf + 32, h->nonce, STREAM_NONCE_SIZE);
+        put32(buf + 64, h->device_count);
+        put32(buf + 68, h->flags);
+        put32(buf + 72, h->max_payload);
         for (uint32_t i = 0; i < h->device_count; i++) {
                 const StreamDeviceInfo *d = &h->devices[i];
                 uint8_t *r = buf + STREAM_HELLO_FIXED_SIZE + (size_t) i * STREAM_HELLO_DEVICE_SIZE;
@@ -101,14 +102,25 @@ int stream_hello_encode(const StreamHello *h, uint8_t *buf, size_t size) {
         return (int) total;
 }
 
-int stream_hello_peek_size(const uint8_t *buf, size_t size, size_t *ret_size, const char **why) {
+int stream_hello_peek_size(const uint8_t *buf, size_t size, size_t *ret_size, uint16_t *ret_major,
+                           uint16_t *ret_minor, const char **why) {
         uint32_t n;
 
         if (size < STREAM_HELLO_FIXED_SIZE)
                 return refuse(why, "short HELLO");
         if (memcmp(buf, STREAM_HELLO_MAGIC, 8) != 0)
                 return refuse(why, "not a HELLO (bad magic)");
-        n = get32(buf + 48);
+        if (get16(buf + 8) != STREAM_PROTOCOL_MAJOR) {
+                /* Nothing else of another version's layout can be trusted. */
+                if (ret_major)
+                        *ret_major = get16(buf + 8);
+                if (ret_minor)
+                        *ret_minor = get16(buf + 10);
+                if (why)
+                        *why = "unsupported protocol major version";
+                return -EPROTONOSUPPORT;
+        }
+        n = get32(buf + 64);
         if (n < 1 || n > STREAM_DEVICES_MAX)
                 return refuse(why, "device count out of range");
         *ret_size = stream_hello_size(n);
@@ -120,7 +132,11 @@ int stream_hello_decode(const uint8_t *buf, size_t size, StreamHello *ret, const
         size_t total;
         int r;
 
-        r = stream_hello_peek_size(buf, size, &total, why);
+        r = stream_hello_peek_size(buf, size, &total, &h.major, &h.minor, why);
+        if (r == -EPROTONOSUPPORT) {
+                *ret = h;
+                return r;
+        }
         if (r < 0)
                 return r;
         if (size != total)
@@ -130,25 +146,20 @@ int stream_hello_decode(const uint8_t *buf, size_t size, StreamHello *ret, const
 
         h.major = get16(buf + 8);
         h.minor = get16(buf + 10);
-        if (h.major != STREAM_PROTOCOL_MAJOR) {
-                *ret = h;
-                if (why)
-                        *why = "unsupported protocol major version";
-                return -EPROTONOSUPPORT;
-        }
         h.channel_index = get16(buf + 12);
         h.channel_count = get16(buf + 14);
-        memcpy(h.token, buf + 16, STREAM_TOKEN_SIZE);
-        h.device_count = get32(buf + 48);
-        h.flags = get32(buf + 52);
-        h.max_payload = get32(buf + 56);
+        memcpy(h.job_id, buf + 16, STREAM_JOB_ID_SIZE);
+        memcpy(h.nonce, buf + 32, STREAM_NONCE_SIZE);
+        h.device_count = get32(buf + 64);
+        h.flags = get32(buf + 68);
+        h.max_payload = get32(buf + 72);
         if (h.channel_count < 1 || h.channel_count > STREAM_CHANNELS_MAX || h.channel_index >= h.channel_count)
                 return refuse(why, "channel index or count out of range");
         if (h.flags & ~STREAM_HELLO_FLAG_PRECOPY)
                 return refuse(why, "unknown HELLO flags");
         if (h.max_payload < 1 || h.max_payload > STREAM_PAYLOAD_MAX)
                 return refuse(why, "maximum payload out of range");
-        if (!all_zero(buf + 60, 4))
+        if (!all_zero(buf + 76, 4))
                 return refuse(why, "reserved HELLO bytes are not zero");
         for (uint32_t i = 0; i < h.device_count; i++) {
                 const uint8_t *d = buf + STREAM_HELLO_FIXED_SIZE + (size_t) i * STREAM_HELLO_DEVICE_SIZE;
@@ -181,6 +192,71 @@ void stream_welcome_encode(const StreamWelcome *w, uint8_t out[static STREAM_WEL
         put32(out + 20, w->max_payload);
         memcpy(out + 24, w->reason, strnlen(w->reason, STREAM_REASON_TEXT_SIZE));
         put32(out + 92, crc32c(out, 92));
+}
+
+size_t stream_welcome_encode_full(const StreamWelcome *w,
+                                  uint8_t out[static STREAM_WELCOME_SIZE + STREAM_WELCOME_PROOF_SIZE]) {
+        stream_welcome_encode(w, out);
+        if (w->status != STREAM_ACCEPTED)
+                return STREAM_WELCOME_SIZE;
+        memcpy(out + STREAM_WELCOME_SIZE, w->nonce, STREAM_NONCE_SIZE);
+        memcpy(out + STREAM_WELCOME_SIZE + STREAM_NONCE_SIZE, w->mac, STREAM_MAC_SIZE);
+        return STREAM_WELCOME_SIZE + STREAM_WELCOME_PROOF_SIZE;
+}
+
+void stream_welcome_decode_proof(const uint8_t in[static STREAM_WELCOME_PROOF_SIZE], StreamWelcome *w) {
+        memcpy(w->nonce, in, STREAM_NONCE_SIZE);
+        memcpy(w->mac, in + STREAM_NONCE_SIZE, STREAM_MAC_SIZE);
+}
+
+void stream_proof_encode(const StreamProof *p, uint8_t out[static STREAM_PROOF_SIZE]) {
+        memset(out, 0, STREAM_PROOF_SIZE);
+        memcpy(out, STREAM_PROOF_MAGIC, 8);
+        memcpy(out + 8, p->mac, STREAM_MAC_SIZE);
+        put32(out + 44, crc32c(out, 44));
+}
+
+int stream_proof_decode(const uint8_t in[static STREAM_PROOF_SIZE], StreamProof *ret, const char **why) {
+        if (memcmp(in, STREAM_PROOF_MAGIC, 8) != 0)
+                return refuse(why, "not a PROOF (bad magic)");
+        if (get32(in + 44) != crc32c(in, 44))
+                return refuse(why, "PROOF checksum mismatch");
+        if (!all_zero(in + 40, 4))
+                return refuse(why, "reserved PROOF bytes are not zero");
+        memcpy(ret->mac, in + 8, STREAM_MAC_SIZE);
+        return 0;
+}
+
+void stream_complete_encode(const StreamCompleteRecord *records, uint32_t device_count, uint8_t *out) {
+        for (uint32_t i = 0; i < device_count; i++) {
+                uint8_t *r = out + (size_t) i * STREAM_COMPLETE_RECORD_SIZE;
+                put64(r, records[i].data_bytes);
+                put64(r + 8, records[i].data_packets);
+                memcpy(r + 16, records[i].digest, STREAM_DIGEST_SIZE);
+        }
+}
+
+int stream_complete_decode(const uint8_t *in, size_t size, uint32_t device_count, StreamCompleteRecord *ret,
+                           const char **why) {
+        if (device_count < 1 || device_count > STREAM_DEVICES_MAX ||
+            size != (size_t) device_count * STREAM_COMPLETE_RECORD_SIZE)
+                return refuse(why, "COMPLETE does not carry one record per device");
+        for (uint32_t i = 0; i < device_count; i++) {
+                const uint8_t *r = in + (size_t) i * STREAM_COMPLETE_RECORD_SIZE;
+                ret[i].data_bytes = get64(r);
+                ret[i].data_packets = get64(r + 8);
+                memcpy(ret[i].digest, r + 16, STREAM_DIGEST_SIZE);
+        }
+        return 0;
+}
+
+void stream_digest_record(const StreamHeader *h, uint8_t out[static STREAM_DIGEST_RECORD_SIZE]) {
+        memset(out, 0, STREAM_DIGEST_RECORD_SIZE);
+        put64(out, h->device_seq);
+        out[8] = h->type;
+        out[9] = h->flags;
+        put32(out + 12, h->length);
+        put32(out + 16, h->payload_crc);
 }
 
 int stream_welcome_decode(const uint8_t in[static STREAM_WELCOME_SIZE], StreamWelcome *ret, const char **why) {
@@ -272,9 +348,12 @@ int stream_header_decode(const uint8_t in[static STREAM_HEADER_SIZE], uint32_t m
                         return refuse(why, "BLOB larger than 1 MiB");
                 break;
         case STREAM_PACKET_SWITCHOVER:
-        case STREAM_PACKET_COMPLETE:
                 if (h.length != 0)
                         return refuse(why, "control packet with an unexpected payload");
+                break;
+        case STREAM_PACKET_COMPLETE:
+                if (h.length != device_count * STREAM_COMPLETE_RECORD_SIZE)
+                        return refuse(why, "COMPLETE does not carry one record per device");
                 break;
         case STREAM_PACKET_INITIAL_LOADED:
                 if (h.length != 0)

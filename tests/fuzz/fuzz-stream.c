@@ -25,7 +25,7 @@ static void fuzz_handshake(const uint8_t *data, size_t size) {
         const char *why;
         size_t total;
 
-        if (stream_hello_peek_size(data, size, &total, &why) == 0 && total <= size)
+        if (stream_hello_peek_size(data, size, &total, NULL, NULL, &why) == 0 && total <= size)
                 (void) stream_hello_decode(data, total, &hello, &why);
         (void) stream_hello_decode(data, size, &hello, &why);
         if (size >= STREAM_WELCOME_SIZE)

@@ -22,6 +22,7 @@
 #include "macro.h"
 #include "mig-state.h"
 #include "sim-device.h"
+#include "stream-auth.h"
 #include "stream-engine.h"
 #include "stream-testing.h"
 #include "wire.h"
@@ -204,6 +205,8 @@ static void run_migration(const Params *p, Run *ret) {
                         switch (e.type) {
                         case STREAM_EVENT_CONNECTED:
                                 out_connected = true;
+                                if (!p->precopy) /* as a job does: SWITCHOVER before stop-copy */
+                                        cr_assert_eq(stream_out_switchover(out), 0);
                                 for (unsigned d = 0; d < p->devices; d++) {
                                         if (p->precopy)
                                                 cr_assert_eq(stream_out_start_precopy(out, d, src_fd[d]), 0);
@@ -285,7 +288,7 @@ static void run_migration(const Params *p, Run *ret) {
         }
         cr_assert(in_connected && out_connected);
         cr_assert_eq(sent, p->devices);
-        cr_assert_eq(in_switchover, p->precopy);
+        cr_assert(in_switchover);
 
         for (unsigned d = 0; d < p->devices; d++) {
                 int fd = -1;
@@ -715,6 +718,7 @@ static bool recv_bytes(int fd, void *buf, size_t n) {
         return true;
 }
 
+/* A v2 handshake by hand: HELLO, WELCOME (its proof checked), PROOF. */
 static StreamWelcome raw_hello(Hostile *h, int fd, unsigned index, unsigned count, const uint8_t *token) {
         StreamHello hello = {
                 .major = STREAM_PROTOCOL_MAJOR,
@@ -723,21 +727,42 @@ static StreamWelcome raw_hello(Hostile *h, int fd, unsigned index, unsigned coun
                 .device_count = h->devices,
                 .max_payload = 1u << 20,
         };
-        uint8_t buf[4096], in[STREAM_WELCOME_SIZE];
+        uint8_t buf[4096], in[STREAM_WELCOME_SIZE + STREAM_WELCOME_PROOF_SIZE], out[STREAM_PROOF_SIZE];
+        uint8_t binding[STREAM_BINDING_SIZE] = {};
+        const uint8_t *key = token ?: h->token;
         StreamWelcome w;
+        StreamProof proof;
         const char *why = NULL;
         int n;
 
-        memcpy(hello.token, token ?: h->token, STREAM_TOKEN_SIZE);
+        cr_assert_eq(stream_job_id(key, hello.job_id), 0);
+        cr_assert_eq(stream_random(hello.nonce, sizeof hello.nonce), 0);
         for (unsigned d = 0; d < h->devices; d++)
                 hello.devices[d] = sim_info(h->dst[d], h->state_size);
         n = stream_hello_encode(&hello, buf, sizeof buf);
         cr_assert_gt(n, 0);
         send_bytes(fd, buf, (size_t) n);
-        cr_assert(recv_bytes(fd, in, sizeof in), "no WELCOME");
+        cr_assert(recv_bytes(fd, in, STREAM_WELCOME_SIZE), "no WELCOME");
         cr_assert_eq(stream_welcome_decode(in, &w, &why), 0, "%s", why);
-        if (w.status == STREAM_ACCEPTED)
+        if (w.status == STREAM_ACCEPTED) {
+                StreamTranscript t = {
+                        .hello = buf,
+                        .hello_size = (size_t) n,
+                        .welcome = in,
+                        .nonce_src = hello.nonce,
+                        .channel_index = (uint16_t) index,
+                        .channel_count = (uint16_t) count,
+                        .binding = binding,
+                };
+                cr_assert(recv_bytes(fd, in + STREAM_WELCOME_SIZE, STREAM_WELCOME_PROOF_SIZE), "no proof in the WELCOME");
+                stream_welcome_decode_proof(in + STREAM_WELCOME_SIZE, &w);
+                t.nonce_dst = w.nonce;
+                cr_assert(stream_proof_verify(key, STREAM_PROOF_DST, &t, w.mac), "the destination's proof is wrong");
+                cr_assert_eq(stream_proof_mac(key, STREAM_PROOF_SRC, &t, proof.mac), 0);
+                stream_proof_encode(&proof, out);
+                send_bytes(fd, out, sizeof out);
                 h->max_payload = w.max_payload;
+        }
         return w;
 }
 
@@ -962,7 +987,7 @@ Test(stream_engine, hostile_window_flood_and_gaps) {
 Test(stream_engine, hostile_device_order) {
         for (int uring = 0; uring < 2; uring++) {
                 Hostile h;
-                int fds[1];
+                int fds[2];
                 uint8_t end[16];
                 uint64_t v;
 
@@ -1013,10 +1038,28 @@ Test(stream_engine, hostile_device_order) {
                 /* a packet only a destination sends */
                 hostile_setup(&h, uring, HOSTILE_BUDGET, 0);
                 raw_channels(&h, fds, 1);
-                raw_packet(fds[0], STREAM_PACKET_COMPLETE, 0, STREAM_JOB_DEVICE, 0, 0, NULL, 0);
+                {
+                        uint8_t records[STREAM_DEVICES_MAX * STREAM_COMPLETE_RECORD_SIZE] = {};
+                        raw_packet(fds[0], STREAM_PACKET_COMPLETE, 0, STREAM_JOB_DEVICE, 0, 0, records,
+                                   h.devices * STREAM_COMPLETE_RECORD_SIZE);
+                }
                 expect_failure(&h, -EBADMSG, "a packet that only a destination sends (COMPLETE)");
                 close_all(fds, 1);
                 hostile_done(&h);
+
+                /* control packets travel on channel 0 only */
+                for (int type = 0; type < 2; type++) {
+                        uint8_t abort_payload[8] = { STREAM_ABORT_CANCELLED, 0, 0, 0, 'n', 'o' };
+                        hostile_setup(&h, uring, HOSTILE_BUDGET, 0);
+                        raw_channels(&h, fds, 2);
+                        if (type == 0)
+                                raw_packet(fds[1], STREAM_PACKET_SWITCHOVER, 0, STREAM_JOB_DEVICE, 0, 0, NULL, 0);
+                        else
+                                raw_packet(fds[1], STREAM_PACKET_ABORT, 0, STREAM_JOB_DEVICE, 0, 0, abort_payload, 6);
+                        expect_failure(&h, -EBADMSG, "a control packet on a channel other than 0");
+                        close_all(fds, 2);
+                        hostile_done(&h);
+                }
         }
 }
 
@@ -1142,25 +1185,47 @@ static void fake_dest_listen(FakeDest *f, StreamOutConfig *oc) {
         oc->peer_len = sizeof *in;
 }
 
-/* Accepts the source's channels and welcomes them all. */
-static void fake_dest_accept(FakeDest *f, unsigned channels, unsigned device_count) {
+/* Accepts the source's channels and welcomes them all, proving the token (unless proof is
+ * PROOF_NONE or PROOF_WRONG), and reads the source's PROOF, which must verify. */
+enum { PROOF_RIGHT, PROOF_NONE, PROOF_WRONG };
+static void fake_dest_accept_proof(FakeDest *f, const uint8_t *token, unsigned channels, unsigned device_count, int proof) {
         f->channels = channels;
         for (unsigned c = 0; c < channels; c++) {
-                uint8_t hello[4096], out[STREAM_WELCOME_SIZE];
-                size_t size = stream_hello_size(device_count);
+                uint8_t hello[4096], out[STREAM_WELCOME_SIZE + STREAM_WELCOME_PROOF_SIZE], pbuf[STREAM_PROOF_SIZE];
+                uint8_t binding[STREAM_BINDING_SIZE] = {};
+                size_t size = stream_hello_size(device_count), n;
                 StreamHello h;
+                StreamProof sp;
                 const char *why = NULL;
                 StreamWelcome w = { .major = STREAM_PROTOCOL_MAJOR, .max_payload = 1u << 20 };
+                StreamTranscript t;
                 int fd = accept4(f->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 
                 cr_assert_geq(fd, 0);
                 cr_assert(recv_bytes(fd, hello, size));
                 cr_assert_eq(stream_hello_decode(hello, size, &h, &why), 0, "%s", why);
                 w.channel_index = h.channel_index;
+                cr_assert_eq(stream_random(w.nonce, sizeof w.nonce), 0);
                 stream_welcome_encode(&w, out);
-                send_bytes(fd, out, sizeof out);
+                t = (StreamTranscript) { .hello = hello, .hello_size = size, .welcome = out, .nonce_src = h.nonce,
+                                         .nonce_dst = w.nonce, .channel_index = h.channel_index,
+                                         .channel_count = h.channel_count, .binding = binding };
+                cr_assert_eq(stream_proof_mac(token, STREAM_PROOF_DST, &t, w.mac), 0);
+                if (proof == PROOF_WRONG)
+                        w.mac[7] ^= 1;
+                n = stream_welcome_encode_full(&w, out);
+                send_bytes(fd, out, proof == PROOF_NONE ? STREAM_WELCOME_SIZE : n);
                 f->fds[h.channel_index] = fd;
+                if (proof != PROOF_RIGHT)
+                        continue;
+                cr_assert(recv_bytes(fd, pbuf, sizeof pbuf), "no PROOF from the source");
+                cr_assert_eq(stream_proof_decode(pbuf, &sp, &why), 0, "%s", why);
+                cr_assert(stream_proof_verify(token, STREAM_PROOF_SRC, &t, sp.mac), "the source's proof is wrong");
         }
+}
+
+static void fake_dest_accept(FakeDest *f, const uint8_t *token, unsigned channels, unsigned device_count) {
+        fake_dest_accept_proof(f, token, channels, device_count, PROOF_RIGHT);
 }
 
 static void fake_dest_close(FakeDest *f) {
@@ -1170,13 +1235,16 @@ static void fake_dest_close(FakeDest *f) {
 }
 
 Test(stream_engine, hostile_destinations) {
-        enum { SENDS_DATA, LOADED_TOO_EARLY, HANGS_UP, BAD_HEADER, _CASES };
+        enum { SENDS_DATA, LOADED_TOO_EARLY, HANGS_UP, BAD_HEADER, COMPLETE_EARLY, CONTROL_ON_CHANNEL_1, _CASES };
         static const char *const expect[_CASES] = {
                 [SENDS_DATA] = "the destination sent DATA on channel 0, which only a source sends",
                 [LOADED_TOO_EARLY] = "INITIAL_LOADED for device 0 before its INITIAL_DONE",
                 [HANGS_UP] = "the destination closed channel 0 before the migration completed",
                 [BAD_HEADER] = "the destination sent a bad packet header on channel 0: bad packet magic",
+                [COMPLETE_EARLY] = "COMPLETE that proves nothing: it came before SWITCHOVER was sent",
+                [CONTROL_ON_CHANNEL_1] = "the destination sent data on channel 1; it sends only on channel 0",
         };
+        uint8_t complete[STREAM_COMPLETE_RECORD_SIZE] = {};
 
         for (int uring = 0; uring < 2; uring++)
                 for (int k = 0; k < _CASES; k++) {
@@ -1194,7 +1262,7 @@ Test(stream_engine, hostile_destinations) {
                         oc.infos[0] = sim_info(src, 2 * MiB);
                         fake_dest_listen(&f, &oc);
                         cr_assert_eq(stream_out_new(&oc, &out, &err), 0, "%s", err.text);
-                        fake_dest_accept(&f, 2, 1);
+                        fake_dest_accept(&f, oc.token, 2, 1);
                         e = wait_out_event(out, 10000000);
                         cr_assert_eq(e.type, STREAM_EVENT_CONNECTED, "%s", e.text);
                         switch (k) {
@@ -1211,12 +1279,60 @@ Test(stream_engine, hostile_destinations) {
                         case BAD_HEADER:
                                 send_bytes(f.fds[0], junk, sizeof junk);
                                 break;
+                        case COMPLETE_EARLY:
+                                raw_packet(f.fds[0], STREAM_PACKET_COMPLETE, 0, STREAM_JOB_DEVICE, 0, 0, complete,
+                                           sizeof complete);
+                                break;
+                        case CONTROL_ON_CHANNEL_1:
+                                raw_packet(f.fds[1], STREAM_PACKET_COMPLETE, 0, STREAM_JOB_DEVICE, 0, 0, complete,
+                                           sizeof complete);
+                                break;
                         }
                         e = wait_out_event(out, 10000000);
                         cr_assert_eq(e.type, STREAM_EVENT_FAILED, "case %d: event %d %s", k, e.type, e.text);
                         cr_assert_eq(e.error, k == HANGS_UP ? -ECONNRESET : -EBADMSG, "case %d: %d %s", k, e.error, e.text);
                         cr_assert(strstr(e.text, expect[k]), "case %d: \"%s\"", k, e.text);
                         stream_out_free(out);
+                        fake_dest_close(&f);
+                        close(sfd);
+                        vfio_dev_free(src);
+                }
+}
+
+/* A WELCOME without the destination's proof, or with a wrong one: the source fails before any
+ * device state moves (no CONNECTED, nothing but HELLO and no PROOF on the wire). */
+Test(stream_engine, destination_must_prove_the_token) {
+        for (int uring = 0; uring < 2; uring++)
+                for (int proof = PROOF_NONE; proof <= PROOF_WRONG; proof++) {
+                        VfioDev *src = sim_new("s", 2 * MiB, ALL_FLAGS, MiB, 0, 1, false);
+                        int sfd = -1;
+                        StreamOutConfig oc = { .channels = 2, .io_uring = uring, .precopy = true, .device_count = 1,
+                                               .devices = { src } };
+                        StreamOut *out = NULL;
+                        ErrorMessage err = {};
+                        FakeDest f;
+                        StreamEvent e;
+                        uint8_t scratch[64];
+                        ssize_t k;
+
+                        cr_assert_eq(vfio_dev_set_state(src, VFIO_DEVICE_STATE_PRE_COPY, &sfd), 0);
+                        oc.infos[0] = sim_info(src, 2 * MiB);
+                        make_token(oc.token, 5);
+                        fake_dest_listen(&f, &oc);
+                        cr_assert_eq(stream_out_new(&oc, &out, &err), 0, "%s", err.text);
+                        fake_dest_accept_proof(&f, oc.token, 2, 1, proof);
+                        if (proof == PROOF_NONE)
+                                shutdown(f.fds[0], SHUT_WR); /* the WELCOME ends where its proof should be */
+                        e = wait_out_event(out, 15000000);
+                        cr_assert_eq(e.type, STREAM_EVENT_FAILED, "proof %d: event %d %s", proof, e.type, e.text);
+                        cr_assert_eq(e.error, -EBADMSG, "%d %s", e.error, e.text);
+                        cr_assert(strstr(e.text, proof == PROOF_NONE ? "without proving it knows the job's token"
+                                                                     : "proof on channel 0 is wrong"),
+                                  "\"%s\"", e.text);
+                        stream_out_free(out);
+                        /* the source sent its HELLO and nothing after it */
+                        k = recv(f.fds[0], scratch, sizeof scratch, MSG_DONTWAIT);
+                        cr_assert_leq(k, 0, "the source sent %zd bytes after the HELLO", k);
                         fake_dest_close(&f);
                         close(sfd);
                         vfio_dev_free(src);
