@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import dbus_wire  # noqa: E402
 import harness as h  # noqa: E402
+import stream_wire  # noqa: E402
 from harness import MANAGER_IFACE, MANAGER_PATH  # noqa: E402
 
 MIGRATION_IFACE = "org.vfiomig1.Migration"
@@ -93,176 +94,17 @@ def unwrap(v):
 # --------------------------------------------------------------------------------------------
 # CRC32C (Castagnoli, reflected polynomial 0x82F63B78, ~0 in and out), our own.
 
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-        table.append(c)
-    return tuple(table)
+# The wire protocol (proto/stream-protocol.md), for the hostile client: stream_wire.py.
+from stream_wire import (ABORT, ABORT_PROTOCOL, BLOB, COMPLETE, DATA, END, HEADER, HELLO_DEVICE,  # noqa: E402,F401
+                         HELLO_FIXED, INITIAL_DONE, INITIAL_LOADED, JOB_DEVICE, REFUSALS, SWITCHOVER, WELCOME,
+                         address_tuple, crc32c, hello, packet, parse_header, parse_welcome, recv_exact)
 
 
-_CRC_TABLE = _crc32c_table()
-_crc_cache = {}
-
-
-def crc32c(data):
-    data = bytes(data)
-    if len(data) >= 4096 and data in _crc_cache:
-        return _crc_cache[data]
-    crc, table = 0xFFFFFFFF, _CRC_TABLE
-    for b in data:
-        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
-    crc ^= 0xFFFFFFFF
-    if len(data) >= 4096:
-        _crc_cache[data] = crc
-    return crc
-
-
-# The standard check value. (stream-protocol.md's "initial value 0, final XOR" means the seed of an
-# API that inverts in and out, as the daemon's crc32c_update(0, ...); a register starting at 0
-# would give another CRC, which the daemon refuses.)
-assert crc32c(b"123456789") == 0xE3069283
-
-
-# --------------------------------------------------------------------------------------------
-# The wire protocol (proto/stream-protocol.md, proto/stream-wire.h), for the hostile client.
-
-HELLO_FIXED = struct.Struct("<8sHHHH32sIII4x")       # 64 bytes
-HELLO_DEVICE = struct.Struct("<IIHH4xQQ64s32x")      # 128 bytes
-WELCOME = struct.Struct("<8sHHIHHI68sI")             # 96 bytes
-HEADER = struct.Struct("<4sBBHQQIII")                # 36 bytes, then the header CRC
-assert HELLO_FIXED.size == 64 and HELLO_DEVICE.size == 128 and WELCOME.size == 96 and HEADER.size == 36
-
-DATA, INITIAL_DONE, END, BLOB, SWITCHOVER, INITIAL_LOADED, COMPLETE, ABORT = 1, 2, 3, 4, 16, 17, 18, 19
-REFUSALS = {1: "bad-hello", 2: "version", 3: "token", 4: "channels", 5: "devices", 6: "incompatible",
-            7: "busy", 8: "limit"}
-ABORT_PROTOCOL = 3
-JOB_DEVICE = 0xFFFF
-
-
-def hello(token, devices, channel_index=0, channel_count=1, flags=1, max_payload=1 * MiB, major=1, minor=0,
-          corrupt_crc=False):
-    """A HELLO for devices: a list of dicts with flags (int), state_size, driver."""
-    body = HELLO_FIXED.pack(b"VFMHELLO", major, minor, channel_index, channel_count, token, len(devices), flags,
-                            max_payload)
-    for d in devices:
-        body += HELLO_DEVICE.pack(d["flags"], 1, 0xFFFF, 0xFFFF, d.get("stop_copy_size", 0), d["state_size"],
-                                  d["driver"].encode())
-    crc = crc32c(body)
-    if corrupt_crc:
-        crc ^= 0x00010000
-    return body + struct.pack("<I", crc)
-
-
-def parse_welcome(data):
-    magic, major, minor, status, index, reserved, max_payload, reason, crc = WELCOME.unpack(data)
-    assert magic == b"VFMWELCM", f"not a WELCOME: {data[:8]!r}"
-    assert crc == crc32c(data[:92]), "WELCOME checksum mismatch"
-    return {"major": major, "minor": minor, "status": status, "channel_index": index, "max_payload": max_payload,
-            "reason": reason.rstrip(b"\0").decode(errors="replace")}
-
-
-def packet(ptype, device, stream_seq, device_seq, payload=b"", flags=0, length=None, payload_crc=None):
-    length = len(payload) if length is None else length
-    payload_crc = crc32c(payload) if payload_crc is None else payload_crc
-    head = HEADER.pack(b"VFPK", ptype, flags, device, stream_seq, device_seq, length, payload_crc, 0)
-    return head + struct.pack("<I", crc32c(head)) + payload
-
-
-def parse_header(data):
-    magic, ptype, flags, device, sseq, dseq, length, pcrc, reserved = HEADER.unpack(data[:36])
-    (hcrc,) = struct.unpack("<I", data[36:40])
-    assert magic == b"VFPK" and hcrc == crc32c(data[:36]), f"bad packet header from the daemon: {data!r}"
-    return {"type": ptype, "flags": flags, "device": device, "stream_seq": sseq, "device_seq": dseq,
-            "length": length, "payload_crc": pcrc}
-
-
-def recv_exact(sock, n):
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-def address_tuple(address):
-    """'127.0.0.1:PORT' or '[::1]:PORT' -> (family, (host, port))."""
-    if address.startswith("["):
-        host, _, port = address[1:].partition("]:")
-        return socket.AF_INET6, (host, int(port))
-    host, _, port = address.rpartition(":")
-    return socket.AF_INET, (host, int(port))
-
-
-class RawSource:
-    """One channel of a hostile (or just hand-written) source."""
+class RawSource(stream_wire.RawSource):
+    """One channel of a hostile source, closed by the harness if a test forgets."""
 
     def __init__(self, address, timeout=10.0):
-        family, sa = address_tuple(address)
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(sa)
-        h.track(self)
-
-    def __repr__(self):
-        return f"RawSource({self.sock})"
-
-    def handshake(self, data):
-        self.sock.sendall(data)
-        return parse_welcome(recv_exact(self.sock, WELCOME.size))
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def read_packet(self):
-        head = parse_header(recv_exact(self.sock, 40))
-        payload = recv_exact(self.sock, head["length"]) if head["length"] else b""
-        if head["length"]:
-            assert crc32c(payload) == head["payload_crc"], "bad payload CRC from the daemon"
-        head["payload"] = payload
-        return head
-
-    def read_until_closed(self, timeout=10.0):
-        """Packets the daemon sends until it closes the connection; raises if it does not."""
-        packets = []
-        deadline = time.monotonic() + timeout
-        buf = bytearray()
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"the daemon did not close the connection within {timeout}s "
-                                     f"(packets so far: {packets})")
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(65536)
-            except (ConnectionResetError, BrokenPipeError):
-                break
-            except socket.timeout:
-                continue
-            if not chunk:
-                break
-            buf += chunk
-            while len(buf) >= 40:
-                head = parse_header(bytes(buf[:40]))
-                if len(buf) < 40 + head["length"]:
-                    break
-                head["payload"] = bytes(buf[40:40 + head["length"]])
-                del buf[:40 + head["length"]]
-                packets.append(head)
-        return packets
-
-    def stop(self):
-        h.untrack(self)
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    close = stop
+        super().__init__(address, timeout, track=h.track, untrack=h.untrack)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1314,12 +1156,51 @@ class Hostile(PairCase):
         src, welcome = self.connect(address, token)
         self.assertEqual(welcome["status"], 0, welcome)
         self.assertGreaterEqual(welcome["max_payload"], 64 * KiB)
-        self.assertEqual(welcome["major"], 1)
+        self.assertEqual(welcome["major"], 2)
         self.dst.wait_phase(job, "precopy")
         self.dst.call(job, MIGRATION_IFACE, "Cancel")
         packets = src.read_until_closed(5)
         self.assertEqual([p["type"] for p in packets], [ABORT])
         self.assertDeviceReset()
+
+    def test_source_proof_checked(self):
+        """Protocol v2: a source that knows the job identifier but proves the token wrongly (or
+        not at all) never reaches the job; the right proof then still opens it."""
+        job, token, address = self.prepare(**{"stall-timeout": 20000})
+        src = RawSource(address)
+        self.addCleanup(src.close)
+        welcome = src.handshake(hello(token, [self.record]), prove="wrong")
+        self.assertEqual(welcome["status"], 0, welcome)
+        packets = src.read_until_closed(5)
+        self.assertEqual([p["type"] for p in packets], [ABORT], packets)
+        self.assertEqual(struct.unpack("<I", packets[0]["payload"][:4])[0], ABORT_PROTOCOL)
+        self.assertIn(b"proof on channel 0 is wrong", packets[0]["payload"])
+        self.assertEqual(self.dst.phase(job), "setup")
+        self.assertEqual(self.dst.state(self.dev), "resuming")
+        silent = RawSource(address)
+        self.addCleanup(silent.close)
+        welcome = silent.handshake(hello(token, [self.record]), prove="none")
+        self.assertEqual(welcome["status"], 0, welcome)
+        t0 = time.monotonic()
+        self.assertEqual(silent.read_until_closed(15), [])
+        self.assertLess(time.monotonic() - t0, 12)
+        self.assertEqual(self.dst.phase(job), "setup")
+        src, welcome = self.connect(address, token)
+        self.assertEqual(welcome["status"], 0, welcome)
+        self.dst.wait_phase(job, "precopy")
+        self.dst.call(job, MIGRATION_IFACE, "Cancel")
+        self.assertEqual([p["type"] for p in src.read_until_closed(5)], [ABORT])
+        self.assertDeviceReset()
+
+    def test_version_1_refused(self):
+        """A version 1 source (its token in clear in the HELLO) is refused as `version`, with text."""
+        job, token, address = self.prepare()
+        src, welcome = self.connect(address, token, major=1)
+        self.assertEqual(REFUSALS.get(welcome["status"]), "version", welcome)
+        self.assertIn("version 1.0; this destination speaks 2.0", welcome["reason"])
+        self.assertEqual(src.read_until_closed(5), [])
+        self.assertEqual(self.dst.phase(job), "setup")
+        self.dst.call(job, MIGRATION_IFACE, "Cancel")
 
     def test_bad_hello_crc(self):
         job, token, address = self.prepare()
@@ -1328,7 +1209,7 @@ class Hostile(PairCase):
         self.assertEqual(src.read_until_closed(5), [])
         # A HELLO that cannot be trusted names no job: the prepared job waits on.
         self.assertEqual(self.dst.phase(job), "setup")
-        for kw, status in (({"major": 2}, "version"), ({"channel_index": 3, "channel_count": 2}, "bad-hello"),
+        for kw, status in (({"major": 1}, "version"), ({"major": 3}, "version"), ({"channel_index": 3, "channel_count": 2}, "bad-hello"),
                            ({"max_payload": 32 * MiB}, "bad-hello"), ({"flags": 0x80}, "bad-hello")):
             with self.subTest(**kw):
                 src, welcome = self.connect(address, token, **kw)
@@ -1425,7 +1306,7 @@ class Hostile(PairCase):
     def test_destination_only_packets(self):
         job, token, address = self.prepare()
         src, welcome = self.connect(address, token)
-        src.send(packet(COMPLETE, JOB_DEVICE, 0, 0))
+        src.send(packet(COMPLETE, JOB_DEVICE, 0, 0, bytes(48)))  # one well-formed record
         self.assertViolation(job, src, "only a destination sends")
 
     def test_end_totals_lie(self):
