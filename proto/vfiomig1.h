@@ -53,6 +53,7 @@
 #define VFIOMIG_ERROR_PEER_ABORTED VFIOMIG_ERROR_PREFIX "PeerAborted"          /* the peer sent ABORT */
 #define VFIOMIG_ERROR_PEER_LOST VFIOMIG_ERROR_PREFIX "PeerLost"                /* a channel broke or stalled */
 #define VFIOMIG_ERROR_CANCELLED VFIOMIG_ERROR_PREFIX "Cancelled"
+#define VFIOMIG_ERROR_TIMEOUT VFIOMIG_ERROR_PREFIX "Timeout"                  /* a prepared job no source joined */
 
 /*
  * Migration states as they appear on the bus, indexed by the kernel's
@@ -117,10 +118,15 @@
 /* Options of Manager.PrepareIncoming. */
 #define VFIOMIG_OPTION_RUN "run"                         /* b: run the devices after the commit; default false */
 #define VFIOMIG_OPTION_REASSEMBLY_BUDGET "reassembly-budget" /* t: bytes held for reordering, default 256 MiB */
-#define VFIOMIG_OPTION_STALL_TIMEOUT "stall-timeout"     /* t: ms without progress before failing, default 30000 */
+#define VFIOMIG_OPTION_STALL_TIMEOUT "stall-timeout"     /* t: ms without progress before failing, default 30000 (both) */
+#define VFIOMIG_OPTION_SETUP_TIMEOUT "setup-timeout"     /* t: ms a prepared job waits for its source, default 600000 */
 
 /* Migration.Direction, Migration.Phase and the result of Migration.Completed. */
 #define VFIOMIG_DIRECTION_NAMES { "outgoing", "incoming" }
-#define VFIOMIG_PHASE_NAMES { "setup", "precopy", "stop-copy", "resuming", "completed", "failed", "cancelled" }
+#define VFIOMIG_PHASE_NAMES { "setup", "precopy", "stop-copy", "resuming", "completed", "failed", "cancelled", \
+                              "indeterminate" }
+/* Migration.Resolve(outcome) of an indeterminate outgoing job. */
+#define VFIOMIG_OUTCOME_COMMITTED "committed"
+#define VFIOMIG_OUTCOME_NOT_COMMITTED "not-committed"
 /* The stream port the unit vfiomigd-stream.socket and the default listen address use. */
 #define VFIOMIG_STREAM_PORT 7179

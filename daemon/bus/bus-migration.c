@@ -202,6 +202,12 @@ static int property_get_duration(sd_bus *bus, const char *path, const char *inte
         return sd_bus_message_append(reply, "t", migration_duration_ms(userdata));
 }
 
+static int property_get_committed(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                  sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Migration *j = userdata;
+        return sd_bus_message_append(reply, "b", j->committed);
+}
+
 static int property_get_error(sd_bus *bus, const char *path, const char *interface, const char *property,
                               sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Migration *j = userdata;
@@ -251,11 +257,43 @@ static int method_cancel(sd_bus_message *m, void *userdata, sd_bus_error *error)
         if (migration_phase_is_final(j->phase))
                 return sd_bus_error_setf(error, VFIOMIG_ERROR_BUSY, "migration %u has ended (%s)", j->id,
                                          migration_phase_to_string(j->phase));
+        if (j->phase == MIGRATION_INDETERMINATE)
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_BUSY, "migration %u is indeterminate: ask the "
+                                         "destination job whether it committed and call Resolve()", j->id);
         r = verify_migrate(m, j, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
         r = migration_cancel(j, &err);
+        if (r < 0)
+                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_resolve(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Migration *j = userdata;
+        ErrorMessage err = {};
+        const char *outcome;
+        int r;
+
+        r = sd_bus_message_read(m, "s", &outcome);
+        if (r < 0)
+                return r;
+        if (!streq(outcome, VFIOMIG_OUTCOME_COMMITTED) && !streq(outcome, VFIOMIG_OUTCOME_NOT_COMMITTED))
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "the outcome is \"%s\" or \"%s\", not \"%s\"",
+                                         VFIOMIG_OUTCOME_COMMITTED, VFIOMIG_OUTCOME_NOT_COMMITTED, outcome);
+        if (j->direction != MIGRATION_OUTGOING || j->phase != MIGRATION_INDETERMINATE)
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_BUSY,
+                                         "migration %u is %s and %s: only an indeterminate outgoing job is resolved",
+                                         j->id, migration_direction_to_string(j->direction),
+                                         migration_phase_to_string(j->phase));
+        r = verify_migrate(m, j, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
+        r = migration_resolve(j, outcome, &err);
+        if (r == -EINVAL)
+                return bus_error_from_message(error, SD_BUS_ERROR_INVALID_ARGS, r, &err);
         if (r < 0)
                 return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
         return sd_bus_reply_method_return(m, NULL);
@@ -285,9 +323,12 @@ const sd_bus_vtable bus_migration_vtable[] = {
         SD_BUS_PROPERTY("Duration", "t", property_get_duration, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Error", "s", property_get_error, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("ErrorName", "s", property_get_error_name, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Committed", "b", property_get_committed, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_METHOD_WITH_ARGS("Switchover", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT, method_switchover,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Cancel", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT, method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Resolve", SD_BUS_ARGS("s", outcome), SD_BUS_NO_RESULT, method_resolve,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("Completed", SD_BUS_ARGS("s", result, "s", error), 0),
         SD_BUS_VTABLE_END,
 };

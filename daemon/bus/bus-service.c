@@ -41,7 +41,7 @@ static int emit_pending(sd_event_source *source, void *userdata) {
                 r = sd_bus_emit_properties_changed(s->bus, path, VFIOMIG_MIGRATION_INTERFACE, "Phase", "Peer",
                                                    "Channels", "BytesTransferred", "BytesExpected", "Rate",
                                                    "InitialDataLoaded", "SwitchoverRequested", "EstimatedDowntime",
-                                                   "Downtime", "Duration", "Error", "ErrorName", NULL);
+                                                   "Downtime", "Duration", "Error", "ErrorName", "Committed", NULL);
                 if (r < 0)
                         log_warning_errno(r, "Failed to emit PropertiesChanged for %s, ignoring: %m", path);
         }
@@ -173,7 +173,7 @@ static void on_migration_finished(Manager *m, Migration *j, void *userdata) {
                 if (bus_migration_path(j->id, &path) >= 0) {
                         r = sd_bus_emit_properties_changed(s->bus, path, VFIOMIG_MIGRATION_INTERFACE, "Phase",
                                                            "BytesTransferred", "BytesExpected", "Rate", "EstimatedDowntime",
-                                                           "Downtime", "Duration", "Error", "ErrorName", NULL);
+                                                           "Downtime", "Duration", "Error", "ErrorName", "Committed", NULL);
                         if (r < 0)
                                 log_warning_errno(r, "Failed to emit PropertiesChanged for %s, ignoring: %m", path);
                 }

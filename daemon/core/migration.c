@@ -41,6 +41,7 @@ void migration_options_init(MigrationOptions *o) {
                 .channels = MIGRATION_CHANNELS_DEFAULT,
                 .precopy = -1,
                 .downtime_limit_ms = MIGRATION_DOWNTIME_DEFAULT_MS,
+                .setup_timeout_ms = MIGRATION_SETUP_TIMEOUT_DEFAULT_MS,
                 .io_uring = true,
         };
 }
@@ -171,6 +172,17 @@ uint64_t migration_budget_max(void) {
         return MAX(cap, 4 * (uint64_t) STREAM_PAYLOAD_MAX);
 }
 
+uint64_t migration_budget_total_max(void) {
+        long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+        uint64_t cap = pages > 0 && page_size > 0 ? (uint64_t) pages * (uint64_t) page_size / 4 : UINT64_C(4) << 30;
+
+        return MAX(cap, 4 * (uint64_t) STREAM_PAYLOAD_MAX);
+}
+
+static uint64_t job_budget(const MigrationOptions *o) {
+        return o->budget ?: STREAM_BUDGET_DEFAULT;
+}
+
 int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection dir, const MigrationOptions *o,
                     ErrorMessage *err) {
         bool all_precopy = true, all_p2p = true;
@@ -190,6 +202,17 @@ int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection d
                 return error_setf(err, -EINVAL, "the reassembly budget may be at most %" PRIu64 " MiB (a quarter of "
                                   "the memory, at most %u GiB), not %" PRIu64 " bytes", migration_budget_max() >> 20,
                                   MIGRATION_BUDGET_MAX_GIB, o->budget);
+        if (o->stall_timeout_ms != 0 &&
+            (o->stall_timeout_ms < MIGRATION_STALL_TIMEOUT_MIN_MS || o->stall_timeout_ms > MIGRATION_TIMEOUT_MAX_MS))
+                return error_setf(err, -EINVAL, "the stall timeout must be between %u ms and a day, not %" PRIu64 " ms",
+                                  MIGRATION_STALL_TIMEOUT_MIN_MS, o->stall_timeout_ms);
+        /* A prepared job holds its devices in RESUMING and its reassembly budget: it cannot wait
+         * forever. */
+        if (dir == MIGRATION_INCOMING &&
+            (o->setup_timeout_ms < MIGRATION_STALL_TIMEOUT_MIN_MS || o->setup_timeout_ms > MIGRATION_TIMEOUT_MAX_MS))
+                return error_setf(err, -EINVAL, "the setup timeout must be between %u ms and a day (a prepared job "
+                                  "cannot wait forever), not %" PRIu64 " ms", MIGRATION_STALL_TIMEOUT_MIN_MS,
+                                  o->setup_timeout_ms);
 
         for (size_t i = 0; i < n; i++) {
                 Device *d = devices[i];
@@ -233,6 +256,18 @@ int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection d
         if (manager_running_migrations(m) >= MIGRATIONS_RUNNING_MAX)
                 return error_setf(err, -E2BIG, "%u migrations are running already, the most there can be",
                                   MIGRATIONS_RUNNING_MAX);
+        if (dir == MIGRATION_INCOMING) {
+                uint64_t held = 0, cap = migration_budget_total_max();
+                for (size_t i = 0; i < m->n_migrations; i++) {
+                        Migration *other = m->migrations[i];
+                        if (other->direction == MIGRATION_INCOMING && !migration_phase_is_final(other->phase))
+                                held += job_budget(&other->options);
+                }
+                if (held + job_budget(o) > cap)
+                        return error_setf(err, -E2BIG, "the incoming jobs may hold %" PRIu64 " MiB of reassembly memory "
+                                          "together (a quarter of the memory); %" PRIu64 " MiB are taken, this job "
+                                          "asks for %" PRIu64 " MiB", cap >> 20, held >> 20, job_budget(o) >> 20);
+        }
         return 0;
 }
 
@@ -443,6 +478,29 @@ static void set_error(Migration *j, const char *name, const char *format, ...) {
         j->error_name = name;
 }
 
+/* The source handed its last byte to the kernel and has neither a valid COMPLETE nor an ABORT
+ * from the destination (which sends ABORT only before it commits): the destination may or may
+ * not have committed. A violation is no answer either way, but the specification (§3.2) has the
+ * source run again then: a destination that breaks the protocol must not run what it got. */
+static bool outcome_unknown(Migration *j, const char *error_name) {
+        return j->direction == MIGRATION_OUTGOING && j->out && stream_out_handed_all(j->out) &&
+               !streq_ptr(error_name, VFIOMIG_ERROR_PEER_ABORTED) && !streq_ptr(error_name, VFIOMIG_ERROR_PEER_VIOLATION);
+}
+
+/* The devices stay stopped (stop-copy), owned by the job, until migration_resolve(). */
+static void become_indeterminate(Migration *j) {
+        Manager *m = j->manager;
+
+        j->phase = MIGRATION_INDETERMINATE;
+        j->end_usec = now_usec();
+        log_error("Migration %u (outgoing) is indeterminate: %s. Every byte went out, but the destination neither "
+                  "confirmed nor refused the commit: the devices stay stopped. Ask the destination job whether it "
+                  "committed (Committed) and call Resolve().", j->id, j->error ?: "no reason given");
+        notify_changed(j);
+        if (m->hooks.migration_finished)
+                m->hooks.migration_finished(m, j, m->hooks.userdata);
+}
+
 /* Every failure ends here: stop the data path, give the devices back, say why. */
 static void fail(Migration *j, MigrationPhase phase, uint32_t abort_reason, const char *error_name,
                  const char *format, ...) _printf_(5, 6);
@@ -450,8 +508,9 @@ static void fail(Migration *j, MigrationPhase phase, uint32_t abort_reason, cons
                  const char *format, ...) {
         va_list ap;
         char *text = NULL;
+        bool unknown;
 
-        if (migration_phase_is_final(j->phase))
+        if (migration_phase_is_final(j->phase) || j->phase == MIGRATION_INDETERMINATE)
                 return;
         va_start(ap, format);
         if (vasprintf(&text, format, ap) < 0)
@@ -466,7 +525,10 @@ static void fail(Migration *j, MigrationPhase phase, uint32_t abort_reason, cons
                         stream_in_abort(j->in, abort_reason, text ?: "");
         }
         free(text);
+        unknown = outcome_unknown(j, error_name);
         stop_engine(j);
+        if (unknown)
+                return become_indeterminate(j);
         give_devices_back(j);
         finish(j, phase);
 }
@@ -709,6 +771,12 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         notify_changed(j);
         if (j->direction == MIGRATION_OUTGOING)
                 consider_switchover(j, remaining);
+        else if (j->phase == MIGRATION_SETUP && now - j->start_usec >= j->options.setup_timeout_ms * 1000) {
+                fail(j, MIGRATION_FAILED, STREAM_ABORT_TIMEOUT, VFIOMIG_ERROR_TIMEOUT,
+                     "no source joined within %" PRIu64 " s (setup-timeout): the prepared job expired",
+                     (j->options.setup_timeout_ms + 999) / 1000);
+                return 0;
+        }
 
         /* A timer source is one-shot: arm it again for the next tick. */
         if (j->timer && sd_event_source_set_time_relative(j->timer, MIGRATION_TICK_USEC) >= 0)
@@ -753,6 +821,7 @@ static void outgoing_event(Migration *j, const StreamEvent *e) {
                         log_warning("Migration %u: the destination committed, but the source devices could not "
                                     "leave stop-copy: %s", j->id, err.text);
                 j->bytes_expected = j->stats.bytes;
+                j->committed = true;
                 return finish(j, MIGRATION_COMPLETED);
         default:
                 return engine_event_common(j, e);
@@ -772,6 +841,10 @@ static void commit(Migration *j) {
                 return fail(j, MIGRATION_FAILED, STREAM_ABORT_DEVICE, VFIOMIG_ERROR_STREAM_REJECTED,
                             "the devices did not accept the state as complete: %s",
                             err.text[0] ? err.text : strerror(-r));
+        /* Committed: from here on this side never sends ABORT (the source may already have
+         * stopped for good), whatever fails next. */
+        j->committed = true;
+        notify_changed(j);
         if (j->switchover_usec != 0)
                 j->downtime_ms = (now_usec() - j->switchover_usec + 999) / 1000; /* rounded up: 0 means unknown */
 
@@ -911,6 +984,7 @@ int migration_start(Manager *m, Device **devices, size_t n, const char *peer, co
         c.io_uring = o->io_uring;
         c.precopy = j->precopy;
         c.bandwidth_limit = o->bandwidth_limit;
+        c.stall_timeout_usec = o->stall_timeout_ms * 1000;
         c.device_count = (unsigned) n;
         for (size_t i = 0; i < n; i++) {
                 c.devices[i] = devices[i]->dev;
@@ -1012,8 +1086,46 @@ int migration_cancel(Migration *j, ErrorMessage *err) {
         if (migration_phase_is_final(j->phase))
                 return error_setf(err, -EBUSY, "migration %u has %s already", j->id,
                                   j->phase == MIGRATION_COMPLETED ? "completed" : "ended");
+        if (j->phase == MIGRATION_INDETERMINATE)
+                return error_setf(err, -EBUSY, "migration %u is indeterminate: ask the destination job whether it "
+                                  "committed and call Resolve()", j->id);
         fail(j, MIGRATION_CANCELLED, STREAM_ABORT_CANCELLED, VFIOMIG_ERROR_CANCELLED, "cancelled by request in %s",
              migration_phase_to_string(j->phase));
+        return 0;
+}
+
+int migration_resolve(Migration *j, const char *outcome, ErrorMessage *err) {
+        bool committed;
+        int r;
+
+        if (streq_ptr(outcome, VFIOMIG_OUTCOME_COMMITTED))
+                committed = true;
+        else if (streq_ptr(outcome, VFIOMIG_OUTCOME_NOT_COMMITTED))
+                committed = false;
+        else
+                return error_setf(err, -EINVAL, "the outcome is \"%s\" or \"%s\", not \"%s\"", VFIOMIG_OUTCOME_COMMITTED,
+                                  VFIOMIG_OUTCOME_NOT_COMMITTED, outcome ?: "");
+        if (j->direction != MIGRATION_OUTGOING || j->phase != MIGRATION_INDETERMINATE)
+                return error_setf(err, -EBUSY, "migration %u is %s %s: only an indeterminate outgoing job is resolved",
+                                  j->id, migration_direction_to_string(j->direction), migration_phase_to_string(j->phase));
+
+        log_info("Migration %u: resolved as %s by request.", j->id, outcome);
+        j->phase = MIGRATION_STOP_COPY; /* finish() wants a job that has not ended */
+        if (committed) {
+                r = move_group(j, VFIO_DEVICE_STATE_STOP, err);
+                if (r < 0)
+                        /* The destination has the state; the source devices stay in stop-copy. */
+                        log_warning("Migration %u: the destination committed, but the source devices could not "
+                                    "leave stop-copy: %s", j->id, err->text);
+                *err = (ErrorMessage) {};
+                j->committed = true;
+                j->error = mfree(j->error);
+                j->error_name = NULL;
+                finish(j, MIGRATION_COMPLETED);
+                return 0;
+        }
+        give_devices_back(j);
+        finish(j, MIGRATION_FAILED);
         return 0;
 }
 
@@ -1032,7 +1144,7 @@ void manager_stop_migrations(Manager *m, const char *why) {
         /* Backwards: finishing a job may prune older finished ones, never newer ones. */
         for (size_t i = m->n_migrations; i > 0; i--) {
                 Migration *j = m->migrations[i - 1];
-                if (!migration_phase_is_final(j->phase))
+                if (!migration_phase_is_final(j->phase) && j->phase != MIGRATION_INDETERMINATE)
                         fail(j, MIGRATION_CANCELLED, STREAM_ABORT_CANCELLED, VFIOMIG_ERROR_CANCELLED, "%s", why);
         }
 }
@@ -1040,7 +1152,11 @@ void manager_stop_migrations(Manager *m, const char *why) {
 Migration *migration_free(Migration *j) {
         if (!j)
                 return NULL;
-        if (!migration_phase_is_final(j->phase) && j->id != 0) {
+        if (j->phase == MIGRATION_INDETERMINATE)
+                /* The daemon stops: nobody can resolve the job any more, and running the devices
+                 * could run a guest twice. They stay stopped, for an operator to decide. */
+                log_warning("Migration %u is still indeterminate as the daemon stops: its devices stay stopped.", j->id);
+        else if (!migration_phase_is_final(j->phase) && j->id != 0) {
                 ManagerHooks saved = j->manager->hooks;
 
                 /* The daemon stops: the job ends as a cancel would, but nobody is left to hear it. */

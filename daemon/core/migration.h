@@ -15,7 +15,11 @@
  *             resuming (committing RESUMING → STOP, then running if asked) → completed.
  *
  * Cancel or failure in any phase: the source devices return to RUNNING (the guest keeps
- * running), the destination devices are reset, and both jobs say why.
+ * running), the destination devices are reset, and both jobs say why — except once the source
+ * has handed the last byte to its senders (the destination may then have committed): without
+ * a valid COMPLETE or an ABORT from the destination, the source keeps its devices stopped and the
+ * job becomes indeterminate, until the orchestrator asks the destination job (Committed) and
+ * calls migration_resolve() (proto/stream-protocol.md §3.2).
  */
 
 #include <systemd/sd-event.h>
@@ -37,6 +41,9 @@ typedef struct Migration Migration;
 #define MIGRATION_STALL_TICKS 4u        /* pre-copy that stops shrinking for this long has converged */
 #define MIGRATION_ESTIMATE_UNKNOWN UINT64_MAX
 #define MIGRATION_BUDGET_MAX_GIB 16u     /* reassembly-budget cap, lowered to a quarter of the memory */
+#define MIGRATION_STALL_TIMEOUT_MIN_MS 1000u
+#define MIGRATION_TIMEOUT_MAX_MS (UINT64_C(24) * 3600 * 1000)
+#define MIGRATION_SETUP_TIMEOUT_DEFAULT_MS (UINT64_C(600) * 1000)
 
 typedef enum MigrationDirection {
         MIGRATION_OUTGOING,
@@ -52,6 +59,7 @@ typedef enum MigrationPhase {
         MIGRATION_COMPLETED,
         MIGRATION_FAILED,
         MIGRATION_CANCELLED,
+        MIGRATION_INDETERMINATE,        /* outgoing: the outcome is unknown; devices stopped until Resolve */
         _MIGRATION_PHASE_MAX,
 } MigrationPhase;
 
@@ -68,7 +76,8 @@ typedef struct MigrationOptions {
         bool force_without_p2p;         /* both: allow a group with a device lacking P2P */
         bool run;                       /* incoming: run the devices after committing */
         uint64_t budget;                /* incoming: reassembly bytes, 0 = default */
-        uint64_t stall_timeout_ms;      /* incoming: 0 = default */
+        uint64_t stall_timeout_ms;      /* both: 0 = default */
+        uint64_t setup_timeout_ms;      /* incoming: how long a prepared job waits for its source, 0 = default */
         bool io_uring;                  /* both: false forces plain I/O (tests, comparisons) */
 } MigrationOptions;
 
@@ -109,6 +118,8 @@ struct Migration {
         unsigned stalled_ticks;         /* outgoing: ticks since pre-copy pending last reached a new low */
         uint64_t start_usec, switchover_usec, end_usec;
         uint64_t downtime_ms;
+        bool committed;                 /* the destination's devices hold the state (incoming: committed here;
+                                         * outgoing: COMPLETE proved it, or Resolve said so) */
         char *error;                    /* why it failed or was cancelled */
         const char *error_name;         /* the org.vfiomig1.Error.* name of that */
 };
@@ -137,8 +148,14 @@ int migration_prepare_incoming(Manager *m, Device **devices, size_t n, const Mig
 /* Outgoing in SETUP or PRECOPY only (-EBUSY otherwise): switch over as soon as the destination
  * has loaded the initial data. */
 int migration_switchover(Migration *j, ErrorMessage *err);
-/* -EBUSY once the job has finished. */
+/* -EBUSY once the job has finished, or while it is indeterminate (resolve it). */
 int migration_cancel(Migration *j, ErrorMessage *err);
+/* An indeterminate outgoing job: "committed" moves the devices to STOP and completes the job;
+ * "not-committed" runs them again and fails it. -EINVAL for another outcome, -EBUSY unless the
+ * job is indeterminate. */
+int migration_resolve(Migration *j, const char *outcome, ErrorMessage *err);
+/* The reassembly memory all incoming jobs may hold together: a quarter of the memory. */
+uint64_t migration_budget_total_max(void);
 /* A running job is cancelled first (reason: the daemon stops), without hooks. */
 Migration *migration_free(Migration *j);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Migration *, migration_free);

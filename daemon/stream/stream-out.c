@@ -291,8 +291,10 @@ static void channel_push_locked(StreamOut *o, OutChannel *ch, OutPacket *p, bool
         uint64_t peak;
 
         p->next = NULL;
-        if (o->queued_total == 0)
+        if (o->queued_total == 0) {
                 o->last_progress_usec = stream_now_usec(); /* the stall clock runs from here */
+                pthread_cond_broadcast(&o->sup_cond);
+        }
         if (urgent) {
                 if (ch->urgent_tail)
                         ch->urgent_tail->next = p;

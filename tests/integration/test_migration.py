@@ -1577,6 +1577,8 @@ class Refusals(PairCase):
         ps2 = self.src.attach(size=1 * MiB)
         sjob = self.src.start_migration([ps], addresses[0], token, switchover="manual")
         self.src.wait_phase(sjob, "precopy")
+        # the initial data is all there is (no dirtying): then the job's counters stand still
+        self.src.wait_prop(sjob, MIGRATION_IFACE, "InitialDataLoaded", bool, what="InitialDataLoaded")
         self.refused(E_BUSY, self.src.start_migration, [ps], addresses[0], token)
         self.refused(E_BUSY, self.src.start_migration, [ps2, ps], addresses[0], token)
         self.refused(E_BUSY, self.src.prepare, [ps])
