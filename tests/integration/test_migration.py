@@ -75,7 +75,7 @@ FLAG_BITS = {SC: 1, P2P: 2, PRE: 4}  # VFIO_MIGRATION_*
 # Options of StartMigration / PrepareIncoming and their D-Bus types (proto/vfiomig1.h).
 OPTION_TYPES = {"channels": "u", "precopy": "b", "bandwidth-limit": "t", "switchover": "s",
                 "downtime-limit": "t", "io-uring": "b", "run": "b", "reassembly-budget": "t",
-                "stall-timeout": "t", "force-without-p2p": "b"}
+                "stall-timeout": "t", "setup-timeout": "t", "force-without-p2p": "b"}
 SIM_OPTION_TYPES = {"state-size": "t", "precopy-size": "t", "dirty-rate": "t", "flags": "as", "seed": "t",
                     "mtty-quirks": "b", "fail-arcs": "as", "error-arcs": "as"}
 
@@ -1615,6 +1615,45 @@ class Refusals(PairCase):
         self.dst.call(jobs[0], MIGRATION_IFACE, "Cancel")
         job = self.dst.prepare([devs[-1]])[0]
         self.assertEqual(self.dst.phase(job), "setup")
+
+    def test_total_reassembly_cap(self):
+        """The incoming jobs' reassembly budgets together stay within a quarter of the memory."""
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        per_job = min(16 << 30, total)  # the largest budget one job may ask for
+        n = total // per_job            # that many fit; one more does not
+        if n + 1 > 8:
+            self.skipTest(f"{n + 1} jobs of {per_job >> 20} MiB would exceed the job limit first")
+        devs = [self.dst.attach(size=64 * KiB) for _ in range(n + 1)]
+        jobs = [self.dst.prepare([d], **{"reassembly-budget": per_job})[0] for d in devs[:n]]
+        e = self.refused(E_LIMIT_EXCEEDED, self.dst.prepare, [devs[-1]], **{"reassembly-budget": per_job})
+        self.assertIn("a quarter of the memory", e.message)
+        self.assertEqual(self.dst.state(devs[-1]), "running")
+        self.dst.call(jobs[0], MIGRATION_IFACE, "Cancel")
+        job = self.dst.prepare([devs[-1]], **{"reassembly-budget": per_job})[0]
+        self.assertEqual(self.dst.phase(job), "setup")
+        for j in jobs[1:] + [job]:
+            self.dst.call(j, MIGRATION_IFACE, "Cancel")
+
+    def test_prepared_job_expires(self):
+        """A prepared job no source joins ends after setup-timeout, its devices reset; it cannot be
+        told to wait forever."""
+        pd = self.dst.attach(size=64 * KiB)
+        before = self.dst.digest(pd)
+        for value in (0, 999, 25 * 3600 * 1000):
+            with self.subTest(value=value):
+                self.refused(E_INVALID_ARGS, self.dst.prepare, [pd], **{"setup-timeout": value})
+        t0 = time.monotonic()
+        job = self.dst.prepare([pd], **{"setup-timeout": 1500})[0]
+        self.assertEqual(self.dst.state(pd), "resuming")
+        self.assertEqual(self.dst.wait_final(job, 10), "failed")
+        took = time.monotonic() - t0
+        self.assertGreater(took, 1.4)
+        self.assertLess(took, 4)
+        j = self.dst.job(job)
+        self.assertEqual(j["ErrorName"], E + "Timeout", j)
+        self.assertIn("no source joined", j["Error"])
+        self.assertEqual(self.dst.state(pd), "running")
+        self.assertEqual(self.dst.digest(pd), before)
 
     def test_finished_jobs_are_pruned(self):
         """At most 16 finished jobs stay listed; the oldest go, running ones never."""
