@@ -1609,11 +1609,13 @@ class Refusals(PairCase):
         limit = self.dst.prop(MANAGER_PATH, MANAGER_IFACE, "MaxMigrations")
         self.assertEqual(limit, 8)
         devs = [self.dst.attach(size=64 * KiB) for _ in range(limit + 1)]
-        jobs = [self.dst.prepare([d])[0] for d in devs[:limit]]
-        e = self.refused(E_LIMIT_EXCEEDED, self.dst.prepare, [devs[-1]])
+        # the smallest budget, so that the job limit and not the total reassembly cap is hit
+        small = {"reassembly-budget": 64 * MiB}
+        jobs = [self.dst.prepare([d], **small)[0] for d in devs[:limit]]
+        e = self.refused(E_LIMIT_EXCEEDED, self.dst.prepare, [devs[-1]], **small)
         self.assertIn(str(limit), e.message)
         self.dst.call(jobs[0], MIGRATION_IFACE, "Cancel")
-        job = self.dst.prepare([devs[-1]])[0]
+        job = self.dst.prepare([devs[-1]], **small)[0]
         self.assertEqual(self.dst.phase(job), "setup")
 
     def test_total_reassembly_cap(self):
