@@ -642,6 +642,9 @@ typedef struct Hostile {
         uint64_t budget;
 } Hostile;
 
+static unsigned hostile_salt = 9;   /* a second job needs another token */
+static bool raw_wrong_proof;         /* raw_hello() sends a PROOF that does not verify */
+
 static void hostile_setup(Hostile *h, bool uring, uint64_t budget, uint64_t stall_usec) {
         VfioDev *src;
         StreamInConfig ic = { .io_uring = uring, .budget = budget, .stall_timeout_usec = stall_usec };
@@ -651,7 +654,7 @@ static void hostile_setup(Hostile *h, bool uring, uint64_t budget, uint64_t stal
 
         *h = (Hostile) { .devices = 2, .state_size = 3 * MiB, .budget = budget ?: STREAM_BUDGET_DEFAULT };
         h->l = listener_new(&h->addr, &h->addr_len);
-        make_token(h->token, 9);
+        make_token(h->token, hostile_salt);
         ic.device_count = h->devices;
         memcpy(ic.token, h->token, sizeof ic.token);
         for (unsigned d = 0; d < h->devices; d++) {
@@ -759,6 +762,8 @@ static StreamWelcome raw_hello(Hostile *h, int fd, unsigned index, unsigned coun
                 t.nonce_dst = w.nonce;
                 cr_assert(stream_proof_verify(key, STREAM_PROOF_DST, &t, w.mac), "the destination's proof is wrong");
                 cr_assert_eq(stream_proof_mac(key, STREAM_PROOF_SRC, &t, proof.mac), 0);
+                if (raw_wrong_proof)
+                        proof.mac[31] ^= 1;
                 stream_proof_encode(&proof, out);
                 send_bytes(fd, out, sizeof out);
                 h->max_payload = w.max_payload;
@@ -1337,4 +1342,65 @@ Test(stream_engine, destination_must_prove_the_token) {
                         close(sfd);
                         vfio_dev_free(src);
                 }
+}
+
+/* The listener finds a job by the job identifier its HELLO names (never by a token on the
+ * wire), proves that job's token, and hands a channel over only once the source proved it. */
+Test(stream_engine, listener_finds_the_job_by_its_id) {
+        Hostile a, b;
+        StreamWelcome w;
+        StreamEvent e;
+        uint8_t buf[STREAM_HEADER_SIZE + 4 + STREAM_ABORT_TEXT_MAX + 1];
+        StreamHeader hd;
+        const char *why = NULL;
+        int fd;
+
+        hostile_setup(&a, true, HOSTILE_BUDGET, 0);
+        hostile_salt = 10;
+        hostile_setup(&b, true, HOSTILE_BUDGET, 0);
+        hostile_salt = 9;
+        stream_listener_unregister(b.l, b.in);
+        cr_assert_eq(stream_listener_register(a.l, b.in), 0, "two jobs on one listener");
+        b.addr = a.addr;
+        b.addr_len = a.addr_len;
+
+        /* b's source on the shared listener: raw_hello() checks MAC_dst with b's token, so the
+         * WELCOME can only verify if the listener found job b */
+        fd = raw_connect(&b);
+        w = raw_hello(&b, fd, 0, 1, NULL);
+        cr_assert_eq(w.status, STREAM_ACCEPTED, "%s", w.reason);
+        e = wait_in_event(b.in, 5000000);
+        cr_assert_eq(e.type, STREAM_EVENT_CONNECTED, "event %d: %s", e.type, e.text);
+        cr_assert_eq(stream_in_next_event(a.in, &e), 0, "job a heard of job b's channel");
+        close(fd);
+
+        /* a's job identifier with a wrong PROOF: an ABORT says why, the channel closes, and job a
+         * never hears of it */
+        raw_wrong_proof = true;
+        fd = raw_connect(&a);
+        w = raw_hello(&a, fd, 0, 1, NULL);
+        raw_wrong_proof = false;
+        cr_assert_eq(w.status, STREAM_ACCEPTED);
+        cr_assert(recv_bytes(fd, buf, STREAM_HEADER_SIZE), "no ABORT");
+        cr_assert_eq(stream_header_decode(buf, 4 + STREAM_ABORT_TEXT_MAX, 2, &hd, &why), 0, "%s", why);
+        cr_assert_eq(hd.type, STREAM_PACKET_ABORT);
+        cr_assert(recv_bytes(fd, buf + STREAM_HEADER_SIZE, hd.length));
+        buf[STREAM_HEADER_SIZE + hd.length] = 0;
+        cr_assert(strstr((char *) buf + STREAM_HEADER_SIZE + 4, "proof on channel 0 is wrong"), "%s",
+                  (char *) buf + STREAM_HEADER_SIZE + 4);
+        cr_assert(!recv_bytes(fd, buf, 1), "the listener closes the connection");
+        close(fd);
+        usleep(200000);
+        cr_assert_eq(stream_in_next_event(a.in, &e), 0, "job a heard of a channel that did not prove the token");
+
+        /* and the right proof still opens job a */
+        fd = raw_connect(&a);
+        w = raw_hello(&a, fd, 0, 1, NULL);
+        cr_assert_eq(w.status, STREAM_ACCEPTED);
+        e = wait_in_event(a.in, 5000000);
+        cr_assert_eq(e.type, STREAM_EVENT_CONNECTED, "event %d: %s", e.type, e.text);
+        close(fd);
+
+        hostile_done(&b);
+        hostile_done(&a);
 }
