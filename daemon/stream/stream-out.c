@@ -2,13 +2,15 @@
 
 /*
  * The sending side. Threads:
- *   setup      connects the channels, sends HELLOs, reads WELCOMEs, then ends;
+ *   setup      connects the channels, runs their TLS handshakes (when TLS is configured), sends
+ *              HELLOs, reads WELCOMEs, then ends;
  *   reader     one per device: reads its data fd into pool buffers (header room in front), seals
  *              the header and queues the packet on a channel — sequence numbers are assigned and
  *              the packet queued under one lock, so every channel's queue is in stream order;
  *   ring       io_uring threads, each owning channels c ≡ ring (mod rings): one send in flight per
  *              channel; ring 0 also receives channel 0 (INITIAL_LOADED, COMPLETE, ABORT);
- *     or, without io_uring, one blocking sender thread per channel and one receiver for channel 0;
+ *     or, without io_uring, one blocking sender thread per channel and one receiver for channel 0
+ *     (also with TLS in user space: GnuTLS seals and opens records on the channel's own threads);
  *   supervisor tears everything down on failure, abort or free: a best-effort ABORT, then
  *              shutdown(2) of every socket, which ends every blocked send and receive.
  * One mutex (o->lock) covers queues, the pool, sequence numbers and the states below.
@@ -45,6 +47,8 @@ typedef struct OutChannel {
         StreamOut *o;
         unsigned index;
         int fd;
+        StreamTlsSession *tls;               /* NULL: cleartext; set before connected, then fixed */
+        uint8_t binding[STREAM_TLS_BINDING_SIZE]; /* the TLS exporter, for the handshake's proofs */
         OutRing *ring;
         /* under o->lock */
         OutPacket *head, *tail;              /* ordered packets, in stream order */
@@ -122,6 +126,7 @@ struct StreamOut {
         StreamOutConfig cfg;
         EventQueue events;
         bool use_uring;
+        StreamTransport transport;      /* once connected */
         unsigned n_channels, n_rings;
         uint32_t announced_payload;
         uint32_t chunk;                 /* effective, once connected */
@@ -529,6 +534,11 @@ static void out_rx_end(StreamOut *o, int error) {
                         out_fail_locked(o, o->deferred_error, 0, "%s", o->deferred_text);
                 else if (error == 0 || error == -ECONNRESET)
                         out_fail_locked(o, -ECONNRESET, 0, "the destination closed channel 0 before the migration completed");
+                else if (error == -EACCES && o->channels[0].tls)
+                        out_fail_locked(o, error, 0, "the destination ended channel 0: %s", stream_tls_error(o->channels[0].tls));
+                else if (error == -EBADMSG && o->channels[0].tls)
+                        out_fail_locked(o, error, STREAM_ABORT_PROTOCOL,
+                                        "a TLS record on channel 0 does not authenticate (altered on the way?)");
                 else
                         out_fail_locked(o, error, 0, "receiving on channel 0 failed: %s", strerror(-error));
         }
@@ -999,22 +1009,6 @@ static void *out_ring_thread(void *arg) {
 
 /* ---- senders: blocking ---- */
 
-static int send_blocking(int fd, const uint8_t *p, size_t n) {
-        while (n > 0) {
-                ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -EPIPE;
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
 static void *out_sender_thread(void *arg) {
         OutChannel *ch = arg;
         StreamOut *o = ch->o;
@@ -1050,7 +1044,7 @@ static void *out_sender_thread(void *arg) {
                                         (uint64_t) ((unsigned __int128) p->size * USEC_PER_SEC / rate);
                 ch->inflight = p;
                 pthread_mutex_unlock(&o->lock);
-                r = send_blocking(ch->fd, p->buf, p->size);
+                r = stream_chan_send_blocking(ch->fd, ch->tls, p->buf, p->size);
                 pthread_mutex_lock(&o->lock);
                 ch->inflight = NULL;
                 if (r < 0)
@@ -1067,6 +1061,7 @@ static void *out_sender_thread(void *arg) {
 static void *out_receiver_thread(void *arg) {
         StreamOut *o = arg;
         OutRx *rx = &o->rx;
+        StreamTlsSession *tls;
         int fd, r;
 
         stream_thread_name("so-recv", (int) 0);
@@ -1074,6 +1069,7 @@ static void *out_receiver_thread(void *arg) {
         while (!o->connected && !o->dead)
                 pthread_cond_wait(&o->channels[0].cond, &o->lock);
         fd = o->channels[0].fd;
+        tls = o->channels[0].tls;
         pthread_mutex_unlock(&o->lock);
         if (fd < 0) {
                 sock_thread_exit(o);
@@ -1081,7 +1077,7 @@ static void *out_receiver_thread(void *arg) {
         }
 
         for (;;) {
-                r = stream_recv_exact(fd, rx->hdr, STREAM_HEADER_SIZE);
+                r = stream_chan_recv_exact(fd, tls, rx->hdr, STREAM_HEADER_SIZE);
                 if (r < 0) {
                         out_rx_end(o, r);
                         break;
@@ -1090,7 +1086,7 @@ static void *out_receiver_thread(void *arg) {
                 if (r < 0)
                         break;
                 if (r > 0) {
-                        r = stream_recv_exact(fd, rx->payload, rx->h.length);
+                        r = stream_chan_recv_exact(fd, tls, rx->payload, rx->h.length);
                         if (r < 0) {
                                 out_rx_end(o, r);
                                 break;
@@ -1174,7 +1170,22 @@ static int connect_all(StreamOut *o, int *fds, ErrorMessage *err) {
         return 0;
 }
 
-static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, ErrorMessage *err) {
+/* A failure to read the WELCOME, said as the peer would have it understood. */
+static int welcome_read_error(StreamOut *o, unsigned c, StreamTlsSession *tls, int r, ErrorMessage *err) {
+        if (r == -ETIMEDOUT)
+                return error_setf(err, r, "no WELCOME on channel %u within %llu s", c,
+                                  (unsigned long long) (STREAM_HANDSHAKE_TIMEOUT_USEC / USEC_PER_SEC));
+        /* TLS 1.3: the destination checks our certificate after our side of the handshake
+         * ended, and says no with an alert we read here */
+        if (r == -EACCES && tls)
+                return error_setf(err, r, "the destination refused the TLS connection on channel %u: %s", c,
+                                  stream_tls_error(tls));
+        if (r == -EBADMSG && tls)
+                return error_setf(err, r, "a TLS record on channel %u does not authenticate", c);
+        return error_setf(err, r, "reading the WELCOME on channel %u failed: %m", c);
+}
+
+static int handshake_all(StreamOut *o, int *fds, StreamTlsSession **tls, uint32_t *ret_max_payload, ErrorMessage *err) {
         uint64_t deadline = stream_now_usec() + STREAM_HANDSHAKE_TIMEOUT_USEC;
         uint8_t *buf = NULL;
         StreamHello h = {
@@ -1201,7 +1212,7 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
                         free(buf);
                         return error_setf(err, r, "cannot encode the HELLO (bad device information?)");
                 }
-                r = stream_send_all(fds[c], buf, size, deadline, o->setup_wake_fd);
+                r = stream_chan_send_all(fds[c], tls[c], buf, size, deadline, o->setup_wake_fd);
                 if (r < 0) {
                         free(buf);
                         return r == -ECANCELED ? r : error_setf(err, r, "sending the HELLO on channel %u failed: %m", c);
@@ -1214,14 +1225,11 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
                 StreamWelcome w;
                 const char *why = NULL;
 
-                r = stream_recv_all(fds[c], in, sizeof in, deadline, o->setup_wake_fd);
+                r = stream_chan_recv_all(fds[c], tls[c], in, sizeof in, deadline, o->setup_wake_fd);
                 if (r == -ECANCELED)
                         return r;
-                if (r == -ETIMEDOUT)
-                        return error_setf(err, r, "no WELCOME on channel %u within %llu s", c,
-                                          (unsigned long long) (STREAM_HANDSHAKE_TIMEOUT_USEC / USEC_PER_SEC));
                 if (r < 0)
-                        return error_setf(err, r, "reading the WELCOME on channel %u failed: %m", c);
+                        return welcome_read_error(o, c, tls[c], r, err);
                 r = stream_welcome_decode(in, &w, &why);
                 /* -EPROTO: the destination said no; -EBADMSG: it broke the protocol */
                 if (r < 0)
@@ -1241,9 +1249,75 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
         return 0;
 }
 
+/* The TLS handshake failed because the destination answered in cleartext: a daemon without
+ * credentials refuses with a cleartext WELCOME, whose reason we read and pass on. */
+static int not_tls_error(StreamOut *o, unsigned c, int fd, StreamTlsSession *tls, ErrorMessage *err) {
+        uint8_t in[STREAM_WELCOME_SIZE];
+        const uint8_t *prefix;
+        size_t n = stream_tls_peer_prefix(tls, &prefix);
+        StreamWelcome w;
+        const char *why = NULL;
+
+        if (n <= sizeof in && memcmp(prefix, STREAM_WELCOME_MAGIC, MIN(n, strlen(STREAM_WELCOME_MAGIC))) == 0) {
+                memcpy(in, prefix, n);
+                if (stream_recv_all(fd, in + n, sizeof in - n, stream_now_usec() + USEC_PER_SEC, o->setup_wake_fd) >= 0 &&
+                    stream_welcome_decode(in, &w, &why) >= 0 && w.status != STREAM_ACCEPTED)
+                        return error_setf(err, -EPROTONOSUPPORT,
+                                          "the destination does not speak TLS: it refused channel %u in cleartext: %s%s%s", c,
+                                          stream_refusal_to_string(w.status), w.reason[0] ? ": " : "", w.reason);
+        }
+        return error_setf(err, -EPROTONOSUPPORT, "the destination does not speak TLS: it answered channel %u in cleartext", c);
+}
+
+/* TLS on every channel, one after the other (a handshake costs about a millisecond). */
+static int tls_all(StreamOut *o, int *fds, StreamTlsSession **tls, StreamTransport *ret, ErrorMessage *err) {
+        uint64_t deadline = stream_now_usec() + STREAM_HANDSHAKE_TIMEOUT_USEC;
+        StreamTransport first = STREAM_TRANSPORT_CLEARTEXT;
+        int r;
+
+        if (!o->cfg.tls) {
+                *ret = STREAM_TRANSPORT_CLEARTEXT;
+                return 0;
+        }
+        for (unsigned c = 0; c < o->n_channels; c++) {
+                ErrorMessage why = {};
+                StreamTransport t;
+
+                r = stream_tls_session_new(o->cfg.tls, fds[c], false, &tls[c], &why);
+                if (r >= 0)
+                        r = stream_tls_handshake(tls[c], deadline, o->setup_wake_fd, &why);
+                if (r == -ECANCELED)
+                        return r;
+                if (r == -EPROTONOSUPPORT)
+                        return not_tls_error(o, c, fds[c], tls[c], err);
+                if (r < 0)
+                        return error_setf(err, r, "TLS on channel %u: %s", c, why.text);
+                r = stream_tls_channel_binding(tls[c], o->channels[c].binding);
+                if (r < 0)
+                        return error_setf(err, r, "TLS on channel %u: cannot export the channel binding", c);
+                r = stream_tls_start(tls[c], &t, &why);
+                if (r < 0)
+                        return error_setf(err, r, "TLS on channel %u: %s", c, why.text);
+                if (c == 0)
+                        first = t;
+                else if (t != first)
+                        return error_setf(err, -EIO, "TLS on channel %u runs %s, channel 0 %s", c, stream_transport_to_string(t),
+                                          stream_transport_to_string(first));
+        }
+        /* the socket threads were chosen before: io_uring only moves plain bytes */
+        if (o->use_uring && first != STREAM_TRANSPORT_TLS_KERNEL)
+                return error_setf(err, -EIO, "kernel TLS could not take the channels, and io_uring needs it");
+        log_info("stream out: TLS to %s (%s), %s", stream_tls_peer_name(tls[0]), stream_tls_cipher_name(tls[0]),
+                 first == STREAM_TRANSPORT_TLS_KERNEL ? "records in the kernel (kTLS)" : "records in user space (GnuTLS)");
+        *ret = first;
+        return 0;
+}
+
 static void *setup_thread(void *arg) {
         StreamOut *o = arg;
         int fds[STREAM_CHANNELS_MAX];
+        StreamTlsSession *tls[STREAM_CHANNELS_MAX] = {};
+        StreamTransport transport = STREAM_TRANSPORT_CLEARTEXT;
         ErrorMessage err = {};
         uint32_t max_payload = 0;
         int r;
@@ -1254,7 +1328,9 @@ static void *setup_thread(void *arg) {
 
         r = connect_all(o, fds, &err);
         if (r >= 0)
-                r = handshake_all(o, fds, &max_payload, &err);
+                r = tls_all(o, fds, tls, &transport, &err);
+        if (r >= 0)
+                r = handshake_all(o, fds, tls, &max_payload, &err);
         if (r >= 0) {
                 for (unsigned d = 0; d < o->cfg.device_count; d++)
                         if (o->devices[d].has_blob && o->devices[d].blob_size > max_payload) {
@@ -1270,24 +1346,30 @@ static void *setup_thread(void *arg) {
 
         pthread_mutex_lock(&o->lock);
         if (r < 0 || o->stopping) {
-                for (unsigned c = 0; c < o->n_channels; c++)
+                for (unsigned c = 0; c < o->n_channels; c++) {
+                        tls[c] = stream_tls_session_free(tls[c]);
                         fds[c] = safe_close(fds[c]);
+                }
                 if (r < 0 && r != -ECANCELED)
                         out_fail_locked(o, r, 0, "%s", err.text[0] ? err.text : strerror(-r));
                 pthread_mutex_unlock(&o->lock);
                 return NULL;
         }
-        for (unsigned c = 0; c < o->n_channels; c++)
+        for (unsigned c = 0; c < o->n_channels; c++) {
                 o->channels[c].fd = fds[c];
+                o->channels[c].tls = tls[c];
+        }
+        o->transport = transport;
         o->chunk = MIN(o->cfg.chunk, max_payload);
         o->connected = true;
         atomic_store(&o->counters.channels_up, o->n_channels);
         if (o->use_uring)
-                log_info("stream out: %u channel%s up (io_uring, %u ring thread%s), %u-byte packets", o->n_channels,
-                         o->n_channels == 1 ? "" : "s", o->n_rings, o->n_rings == 1 ? "" : "s", o->chunk);
+                log_info("stream out: %u channel%s up (%s, io_uring, %u ring thread%s), %u-byte packets", o->n_channels,
+                         o->n_channels == 1 ? "" : "s", stream_transport_to_string(transport), o->n_rings,
+                         o->n_rings == 1 ? "" : "s", o->chunk);
         else
-                log_info("stream out: %u channel%s up (blocking I/O, a thread per channel), %u-byte packets",
-                         o->n_channels, o->n_channels == 1 ? "" : "s", o->chunk);
+                log_info("stream out: %u channel%s up (%s, blocking I/O, a thread per channel), %u-byte packets",
+                         o->n_channels, o->n_channels == 1 ? "" : "s", stream_transport_to_string(transport), o->chunk);
         {
                 char peer[128] = "";
                 (void) stream_format_address((const struct sockaddr *) &o->cfg.peer, o->cfg.peer_len, peer, sizeof peer);
@@ -1408,6 +1490,7 @@ StreamOut *stream_out_free(StreamOut *o) {
                 channel_drop_queued_locked(o, ch);
                 if (ch->inflight)
                         packet_release_locked(o, TAKE_PTR(ch->inflight));
+                ch->tls = stream_tls_session_free(ch->tls);
                 ch->fd = safe_close(ch->fd);
                 (void) pthread_cond_destroy(&ch->cond);
         }
@@ -1429,6 +1512,7 @@ StreamOut *stream_out_free(StreamOut *o) {
         (void) pthread_cond_destroy(&o->sup_cond);
         (void) pthread_mutex_destroy(&o->lock);
         event_queue_done(&o->events);
+        stream_tls_context_unref(o->cfg.tls);
         free(o);
         return NULL;
 }
@@ -1468,6 +1552,7 @@ int stream_out_new(const StreamOutConfig *c, StreamOut **ret, ErrorMessage *err)
         if (!o)
                 return -ENOMEM;
         o->cfg = *c;
+        o->cfg.tls = stream_tls_context_ref(c->tls);
         o->cfg.chunk = c->chunk ?: STREAM_CHUNK_DEFAULT;
         o->n_channels = c->channels;
         o->setup_wake_fd = -EBADF;
@@ -1520,6 +1605,13 @@ int stream_out_new(const StreamOutConfig *c, StreamOut **ret, ErrorMessage *err)
         o->use_uring = c->io_uring && stream_io_uring_available();
         if (c->io_uring && !o->use_uring)
                 log_info("stream out: io_uring is not available here, using blocking I/O");
+        else if (o->use_uring && c->tls && !stream_tls_context_ktls(c->tls)) {
+                /* GnuTLS records on the ring would need our own sealing into ring buffers; until
+                 * then user-space TLS runs on the blocking per-channel threads, which also spread
+                 * the crypto over the CPUs. */
+                log_info("stream out: no kernel TLS here: TLS in user space, on blocking I/O");
+                o->use_uring = false;
+        }
         o->n_rings = c->rings ?: MIN(c->channels, online_cpus());
 
         if (o->use_uring) {
@@ -1691,6 +1783,7 @@ void stream_out_stats(StreamOut *o, StreamStats *ret) {
         stream_counters_read(&o->counters, o->cfg.device_count, o->use_uring, ret);
         pthread_mutex_lock(&o->lock);
         ret->buffered = o->queued_total;
+        ret->transport = o->transport;
         pthread_mutex_unlock(&o->lock);
 }
 

@@ -58,6 +58,7 @@ typedef struct StreamTlsSession StreamTlsSession;
 int stream_tls_context_new(const StreamTlsConfig *c, StreamTlsContext **ret, ErrorMessage *err);
 StreamTlsContext *stream_tls_context_ref(StreamTlsContext *c);
 StreamTlsContext *stream_tls_context_unref(StreamTlsContext *c);
+DEFINE_TRIVIAL_CLEANUP_FUNC(StreamTlsContext *, stream_tls_context_unref);
 /* "x509 (subject ...)" or "psk (identity ...)", for the log. */
 const char *stream_tls_context_describe(const StreamTlsContext *c);
 /* Whether this kernel takes TCP_ULP "tls" (probed once per context; false when disabled). */
