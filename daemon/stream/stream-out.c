@@ -1213,6 +1213,17 @@ static int handshake_all(StreamOut *o, int *fds, StreamTlsSession **tls, uint32_
                         return error_setf(err, r, "cannot encode the HELLO (bad device information?)");
                 }
                 r = stream_chan_send_all(fds[c], tls[c], buf, size, deadline, o->setup_wake_fd);
+                if (r < 0 && r != -ECANCELED && tls[c]) {
+                        /* the destination refused our certificate after our handshake ended
+                         * (TLS 1.3), and hung up: its alert says why */
+                        uint8_t b;
+                        int k = stream_chan_recv_all(fds[c], tls[c], &b, 1, stream_now_usec() + 500 * USEC_PER_MSEC,
+                                                     o->setup_wake_fd);
+                        if (k == -EACCES) {
+                                free(buf);
+                                return welcome_read_error(o, c, tls[c], k, err);
+                        }
+                }
                 if (r < 0) {
                         free(buf);
                         return r == -ECANCELED ? r : error_setf(err, r, "sending the HELLO on channel %u failed: %m", c);

@@ -77,6 +77,7 @@ struct StreamTlsSession {
         bool handshake_done;
         StreamTransport transport;
         _Atomic int send_flags, recv_flags;
+        int send_errno, recv_errno;  /* the socket's, for GNUTLS_E_PUSH_ERROR/PULL_ERROR */
         uint8_t prefix[STREAM_TLS_PEER_PREFIX_MAX];
         size_t prefix_len;
         bool peer_closed;
@@ -517,8 +518,10 @@ static ssize_t push(gnutls_transport_ptr_t p, const giovec_t *iov, int n) {
         do
                 k = sendmsg(s->fd, &m, MSG_NOSIGNAL | atomic_load(&s->send_flags));
         while (k < 0 && errno == EINTR);
-        if (k < 0)
+        if (k < 0) {
+                s->send_errno = errno;
                 gnutls_transport_set_errno(s->session, errno);
+        }
         return k;
 }
 
@@ -530,6 +533,7 @@ static ssize_t pull(gnutls_transport_ptr_t p, void *buf, size_t n) {
                 k = recv(s->fd, buf, n, atomic_load(&s->recv_flags));
         while (k < 0 && errno == EINTR);
         if (k < 0) {
+                s->recv_errno = errno;
                 gnutls_transport_set_errno(s->session, errno);
                 return k;
         }
@@ -684,7 +688,7 @@ static int handshake_error(StreamTlsSession *s, int r, ErrorMessage *err) {
                 break;
         case GNUTLS_E_PUSH_ERROR:
         case GNUTLS_E_PULL_ERROR: {
-                int e = errno ?: EIO;
+                int e = (r == GNUTLS_E_PUSH_ERROR ? s->send_errno : s->recv_errno) ?: EIO;
                 return error_setf(err, -e, "the connection failed during the TLS handshake: %s", strerror(e));
         }
         case GNUTLS_E_NO_CERTIFICATE_FOUND:
@@ -914,7 +918,9 @@ StreamTransport stream_tls_transport(StreamTlsSession *s) {
 
 /* ---- records ---- */
 
-static ssize_t record_error(StreamTlsSession *s, ssize_t r) {
+static ssize_t record_error(StreamTlsSession *s, ssize_t r, bool sending) {
+        int e = sending ? s->send_errno : s->recv_errno;
+
         switch (r) {
         case GNUTLS_E_AGAIN:
         case GNUTLS_E_INTERRUPTED:
@@ -924,7 +930,7 @@ static ssize_t record_error(StreamTlsSession *s, ssize_t r) {
                 return s->peer_closed ? -ECONNRESET : -EBADMSG;
         case GNUTLS_E_PUSH_ERROR:
         case GNUTLS_E_PULL_ERROR:
-                return errno > 0 ? -errno : -EIO;
+                return e == EWOULDBLOCK ? -EAGAIN : e > 0 ? -e : -EIO;
         case GNUTLS_E_FATAL_ALERT_RECEIVED:
                 (void) alert_text(s);
                 return -EACCES;
@@ -945,7 +951,9 @@ ssize_t stream_tls_send(StreamTlsSession *s, const void *buf, size_t n, bool don
         atomic_store(&s->send_flags, dontwait ? MSG_DONTWAIT : 0);
         errno = 0;
         k = gnutls_record_send(s->session, buf, n);
-        return k >= 0 ? k : record_error(s, k);
+        if (k < 0)
+                log_debug("tls: sending failed: %s", gnutls_strerror((int) k));
+        return k >= 0 ? k : record_error(s, k, true);
 }
 
 ssize_t stream_tls_recv(StreamTlsSession *s, void *buf, size_t n, bool dontwait) {
@@ -968,5 +976,5 @@ ssize_t stream_tls_recv(StreamTlsSession *s, void *buf, size_t n, bool dontwait)
         k = gnutls_record_recv(s->session, buf, n);
         if (k == 0)
                 return -ECONNRESET; /* close_notify */
-        return k > 0 ? k : record_error(s, k);
+        return k > 0 ? k : record_error(s, k, false);
 }
