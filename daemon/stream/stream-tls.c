@@ -44,9 +44,13 @@
 #define TCP_ULP 31
 #endif
 
-#define PRIORITY_X509 "NORMAL:-VERS-ALL:+VERS-TLS1.3"
-#define PRIORITY_PSK "NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:+ECDHE-PSK:+DHE-PSK"
+/* AES-GCM first: with AES-NI it runs at several GB/s per core where ChaCha20 does a few hundred
+ * MB/s, and GnuTLS would otherwise pick ChaCha20 here; it stays for peers without AES. */
+#define PRIORITY_CIPHERS ":-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305"
+#define PRIORITY_X509 "NORMAL:-VERS-ALL:+VERS-TLS1.3" PRIORITY_CIPHERS
+#define PRIORITY_PSK "NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:+ECDHE-PSK:+DHE-PSK" PRIORITY_CIPHERS
 #define PSK_FILE_MAX (64u * 1024u)
+#define RECV_BUFFER_SIZE (256u * 1024u)
 #define PSK_KEY_MAX 64u
 #define PSK_IDENTITY_MAX 128u
 
@@ -78,6 +82,10 @@ struct StreamTlsSession {
         StreamTransport transport;
         _Atomic int send_flags, recv_flags;
         int send_errno, recv_errno;  /* the socket's, for GNUTLS_E_PUSH_ERROR/PULL_ERROR */
+        /* user-space records, after the handshake: GnuTLS reads a record's header and then its
+         * body, two recv(2) per 16 KiB; we read ahead in large pieces and serve it from here */
+        uint8_t *rbuf;
+        size_t rbuf_off, rbuf_len;
         uint8_t prefix[STREAM_TLS_PEER_PREFIX_MAX];
         size_t prefix_len;
         bool peer_closed;
@@ -529,6 +537,28 @@ static ssize_t pull(gnutls_transport_ptr_t p, void *buf, size_t n) {
         StreamTlsSession *s = p;
         ssize_t k;
 
+        if (s->rbuf) {
+                if (s->rbuf_off == s->rbuf_len) {
+                        do
+                                k = recv(s->fd, s->rbuf, RECV_BUFFER_SIZE, atomic_load(&s->recv_flags));
+                        while (k < 0 && errno == EINTR);
+                        if (k < 0) {
+                                s->recv_errno = errno;
+                                gnutls_transport_set_errno(s->session, errno);
+                                return k;
+                        }
+                        if (k == 0) {
+                                s->peer_closed = true;
+                                return 0;
+                        }
+                        s->rbuf_off = 0;
+                        s->rbuf_len = (size_t) k;
+                }
+                k = (ssize_t) MIN(n, s->rbuf_len - s->rbuf_off);
+                memcpy(buf, s->rbuf + s->rbuf_off, (size_t) k);
+                s->rbuf_off += (size_t) k;
+                return k;
+        }
         do
                 k = recv(s->fd, buf, n, atomic_load(&s->recv_flags));
         while (k < 0 && errno == EINTR);
@@ -552,6 +582,8 @@ static int pull_timeout(gnutls_transport_ptr_t p, unsigned ms) {
         struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
         int r;
 
+        if (s->rbuf && s->rbuf_off < s->rbuf_len)
+                return 1;
         if (atomic_load(&s->recv_flags) & MSG_DONTWAIT)
                 ms = 0;
         r = poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) MIN(ms, (unsigned) INT32_MAX));
@@ -608,6 +640,7 @@ StreamTlsSession *stream_tls_session_free(StreamTlsSession *s) {
                 return NULL;
         if (s->session)
                 gnutls_deinit(s->session);
+        free(s->rbuf);
         stream_tls_context_unref(s->ctx);
         free(s);
         return NULL;
@@ -904,6 +937,9 @@ int stream_tls_start(StreamTlsSession *s, StreamTransport *ret, ErrorMessage *er
 user:
         explicit_bzero(&tx, sizeof tx);
         explicit_bzero(&rx, sizeof rx);
+        /* Only now: what was read ahead could not go to the kernel. Without the buffer the
+         * records are read as GnuTLS asks, which works too. */
+        s->rbuf = malloc(RECV_BUFFER_SIZE);
         *ret = s->transport;
         return 0;
 }
