@@ -93,7 +93,7 @@ struct StreamTlsSession {
         int verify_alert;            /* the alert that tells the peer why (0: bad_certificate) */
         char peer_error[200];        /* what the peer's last fatal alert means */
         char peer_name[256];
-        char cipher[64];
+        char cipher[160];
 };
 
 static const char *const transport_names[_STREAM_TRANSPORT_MAX] = {
@@ -336,13 +336,13 @@ static bool probe_ktls(void) {
         c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (l < 0 || c < 0 || bind(l, (struct sockaddr *) &a, sizeof a) < 0 || listen(l, 1) < 0 ||
             getsockname(l, (struct sockaddr *) &a, &len) < 0 || connect(c, (struct sockaddr *) &a, sizeof a) < 0) {
-                log_debug("tls: cannot probe kernel TLS (no loopback connection): %m");
+                log_debug_errno(errno, "tls: cannot probe kernel TLS (no loopback connection): %m");
                 return false;
         }
         s = accept4(l, NULL, NULL, SOCK_CLOEXEC);
         ok = setsockopt(c, SOL_TCP, TCP_ULP, "tls", sizeof "tls") >= 0;
         if (!ok)
-                log_debug("tls: the kernel has no TLS (TCP_ULP \"tls\": %m)");
+                log_debug_errno(errno, "tls: the kernel has no TLS (TCP_ULP \"tls\": %m)");
         return ok;
 }
 
@@ -914,13 +914,13 @@ int stream_tls_start(StreamTlsSession *s, StreamTransport *ret, ErrorMessage *er
                 goto user;
         }
         if (setsockopt(s->fd, SOL_TCP, TCP_ULP, "tls", sizeof "tls") < 0) {
-                log_debug("tls: TCP_ULP \"tls\" failed (%m), using user-space TLS");
+                log_debug_errno(errno, "tls: TCP_ULP \"tls\" failed (%m), using user-space TLS");
                 goto user;
         }
         /* With the ULP on, the socket still moves plain TCP until TLS_TX: a failure there can
          * still fall back. After TLS_TX, our records go through the kernel only. */
         if (setsockopt(s->fd, SOL_TLS, TLS_TX, &tx, (socklen_t) tx_size) < 0) {
-                log_debug("tls: TLS_TX failed (%m), using user-space TLS");
+                log_debug_errno(errno, "tls: TLS_TX failed (%m), using user-space TLS");
                 goto user;
         }
         if (setsockopt(s->fd, SOL_TLS, TLS_RX, &rx, (socklen_t) rx_size) < 0) {
