@@ -1240,6 +1240,7 @@ uint32_t stream_in_adopt(StreamIn *in, int fd, StreamTlsSession *tls, const Stre
                 r = start_receiving_locked(in, h->channel_count);
                 if (r < 0) {
                         in_fail_locked(in, r, STREAM_ABORT_INTERNAL, "cannot start receiving: %s", strerror(-r));
+                        stream_tls_session_free(tls); /* taken, like fd */
                         (void) close(fd);
                         goto out;
                 }

@@ -1216,8 +1216,8 @@ static int handshake_all(StreamOut *o, int *fds, StreamTlsSession **tls, uint32_
                 if (r < 0 && r != -ECANCELED && tls[c]) {
                         /* the destination refused our certificate after our handshake ended
                          * (TLS 1.3), and hung up: its alert says why */
-                        uint8_t b;
-                        int k = stream_chan_recv_all(fds[c], tls[c], &b, 1, stream_now_usec() + 500 * USEC_PER_MSEC,
+                        uint8_t b[2]; /* an alert's size: kTLS hands it over whole or not at all */
+                        int k = stream_chan_recv_all(fds[c], tls[c], b, sizeof b, stream_now_usec() + 500 * USEC_PER_MSEC,
                                                      o->setup_wake_fd);
                         if (k == -EACCES) {
                                 free(buf);

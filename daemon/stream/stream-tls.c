@@ -648,8 +648,7 @@ StreamTlsSession *stream_tls_session_free(StreamTlsSession *s) {
 
 
 /* The peer's fatal alert, as a sentence (kept in s->peer_error). */
-static const char *alert_text(StreamTlsSession *s) {
-        gnutls_alert_description_t a = gnutls_alert_get(s->session);
+static const char *alert_text_of(StreamTlsSession *s, gnutls_alert_description_t a) {
         const char *name = gnutls_alert_get_name(a) ?: "?";
         const char *hint;
 
@@ -684,6 +683,10 @@ static const char *alert_text(StreamTlsSession *s) {
         }
         (void) snprintf(s->peer_error, sizeof s->peer_error, "%s (TLS alert \"%s\")", hint, name);
         return s->peer_error;
+}
+
+static const char *alert_text(StreamTlsSession *s) {
+        return alert_text_of(s, gnutls_alert_get(s->session));
 }
 
 static bool prefix_is_cleartext(const StreamTlsSession *s) {
@@ -992,21 +995,46 @@ ssize_t stream_tls_send(StreamTlsSession *s, const void *buf, size_t n, bool don
         return k >= 0 ? k : record_error(s, k, true);
 }
 
+/* kTLS: the kernel hands over application data as is, and any other record (an alert) only
+ * with its type in a control message, one record per call. */
+static ssize_t ktls_recv(StreamTlsSession *s, void *buf, size_t n, bool dontwait) {
+        uint8_t control[CMSG_SPACE(sizeof(uint8_t))];
+        struct iovec iov = { .iov_base = buf, .iov_len = n };
+        struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
+        struct cmsghdr *c;
+        ssize_t k;
+
+        do
+                k = recvmsg(s->fd, &m, dontwait ? MSG_DONTWAIT : 0);
+        while (k < 0 && errno == EINTR);
+        if (k == 0)
+                return -ECONNRESET;
+        if (k < 0)
+                /* EBADMSG: a record that does not authenticate */
+                return errno == EWOULDBLOCK ? -EAGAIN : errno == EIO ? -ECONNRESET : -errno;
+        c = CMSG_FIRSTHDR(&m);
+        if (c && c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE) {
+                uint8_t type = *CMSG_DATA(c);
+                if (type == 23) /* application data */
+                        return k;
+                if (type == 21 && k >= 2) { /* an alert: level, description */
+                        const uint8_t *a = buf;
+                        if (a[1] == GNUTLS_A_CLOSE_NOTIFY)
+                                return -ECONNRESET;
+                        (void) alert_text_of(s, (gnutls_alert_description_t) a[1]);
+                        return -EACCES;
+                }
+                /* a handshake message after the handshake (KeyUpdate): the kernel cannot follow */
+                return -EBADMSG;
+        }
+        return k;
+}
+
 ssize_t stream_tls_recv(StreamTlsSession *s, void *buf, size_t n, bool dontwait) {
         ssize_t k;
 
-        if (s->transport == STREAM_TRANSPORT_TLS_KERNEL) {
-                do
-                        k = recv(s->fd, buf, n, dontwait ? MSG_DONTWAIT : 0);
-                while (k < 0 && errno == EINTR);
-                if (k == 0)
-                        return -ECONNRESET;
-                if (k < 0)
-                        /* EIO: a record that is not application data (an alert); EBADMSG: one
-                         * that does not authenticate */
-                        return errno == EWOULDBLOCK ? -EAGAIN : errno == EIO ? -ECONNRESET : -errno;
-                return k;
-        }
+        if (s->transport == STREAM_TRANSPORT_TLS_KERNEL)
+                return ktls_recv(s, buf, n, dontwait);
         atomic_store(&s->recv_flags, dontwait ? MSG_DONTWAIT : 0);
         errno = 0;
         k = gnutls_record_recv(s->session, buf, n);
