@@ -196,6 +196,42 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
 
+/* The stream's TLS context from the configuration, or NULL without credentials. A credential
+ * that does not load stops the daemon: silently falling back to cleartext would be worse. */
+static int setup_tls(const DaemonConfig *config, StreamTlsContext **ret) {
+        const ConfigTls *t = &config->tls;
+        StreamTlsConfig c = {
+                .ca_file = t->ca_file,
+                .cert_file = t->cert_file,
+                .key_file = t->key_file,
+                .crl_file = t->crl_file,
+                .psk_file = t->psk_file,
+                .psk_identity = t->psk_identity,
+                .allowed_peers = t->allowed_peers,
+                .ktls = t->kernel_tls,
+        };
+        ErrorMessage err = {};
+        int r;
+
+        *ret = NULL;
+        if (!t->enabled) {
+                if (config->allow_cleartext)
+                        log_warning("No TLS credentials, and allow-cleartext is set: migrations cross the network in "
+                                    "cleartext, readable and alterable on the way.");
+                else
+                        log_info("No TLS credentials (%s): migrations only to and from loopback addresses.",
+                                 DAEMON_CONFIG_PKI_DIR);
+                return 0;
+        }
+        r = stream_tls_context_new(&c, ret, &err);
+        if (r < 0)
+                return log_error_errno(r, "Failed to load the TLS credentials: %s", err.text);
+        log_info("Migration channels run TLS 1.3: %s%s; %s.", stream_tls_context_describe(*ret),
+                 t->allowed_peers ? ", with an allow-list of peers" : "",
+                 stream_tls_context_ktls(*ret) ? "kernel TLS is available" : "no kernel TLS here, records are sealed in user space");
+        return 0;
+}
+
 static int run(int argc, char *argv[]) {
         /* Torn down in reverse: the bus service (it watches the manager), then the persistence
          * (it reads the manager), then the manager, then the event loop. */
@@ -204,6 +240,7 @@ static int run(int argc, char *argv[]) {
         _cleanup_(persist_freep) Persist *persist = NULL;
         _cleanup_(bus_service_freep) BusService *service = NULL;
         _cleanup_(daemon_config_done) DaemonConfig config = {};
+        _cleanup_(stream_tls_context_unrefp) StreamTlsContext *tls = NULL;
         Daemon daemon = {};
         ManagerOptions options = {};
         ErrorMessage err = {};
@@ -230,6 +267,11 @@ static int run(int argc, char *argv[]) {
         options.max_mappings = config.max_mappings;
         options.max_pinned_bytes = config.max_pinned_bytes;
         options.stream_listen = arg_stream_listen ?: config.stream_listen;
+        r = setup_tls(&config, &tls);
+        if (r < 0)
+                return r;
+        options.tls = tls;
+        options.allow_cleartext = config.allow_cleartext;
         r = manager_new(&options, &manager);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up: %m");

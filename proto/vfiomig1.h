@@ -54,6 +54,10 @@
 #define VFIOMIG_ERROR_PEER_LOST VFIOMIG_ERROR_PREFIX "PeerLost"                /* a channel broke or stalled */
 #define VFIOMIG_ERROR_CANCELLED VFIOMIG_ERROR_PREFIX "Cancelled"
 #define VFIOMIG_ERROR_TIMEOUT VFIOMIG_ERROR_PREFIX "Timeout"                  /* a prepared job no source joined */
+/* TLS: a side refused the other's credentials (unknown CA, expired, identity not allowed, PSK mismatch) */
+#define VFIOMIG_ERROR_AUTHENTICATION_FAILED VFIOMIG_ERROR_PREFIX "AuthenticationFailed"
+/* cleartext where it is not allowed: no credentials and a non-loopback peer, or a peer without TLS */
+#define VFIOMIG_ERROR_INSECURE_TRANSPORT VFIOMIG_ERROR_PREFIX "InsecureTransport"
 
 /*
  * Migration states as they appear on the bus, indexed by the kernel's

@@ -19,7 +19,10 @@
 # migrates the group from the source (migrate: a progress bar when standard error is a
 # terminal, progress lines otherwise), and the demo shows both jobs, the bytes, the downtime,
 # and the StateDigest of every device on both sides: equal digests mean the state arrived
-# exactly. Nothing is installed into the system, the host's own buses are never touched, and
+# exactly. The stream runs TLS 1.3 with mutual authentication: the demo makes a throwaway CA
+# (tools/make-test-pki.sh, certtool) and a certificate for each host, each daemon lets only the
+# other host in (allowed-peers), and the jobs' Transport property and the daemons' logs show it.
+# Nothing is installed into the system, the host's own buses are never touched, and
 # every process, namespace and temporary directory it created is removed again, on failure too.
 # Real VFIO devices are not needed and not used.
 #
@@ -254,10 +257,11 @@ start_daemon() {
 # the destination's have the same sizes but another seed, so their content differs until the
 # migration brings the source's.
 device_config() {
-        local seed_gpu=$1 seed_nic=$2
+        local seed_gpu=$1 seed_nic=$2 me=$3 peer=$4
         cat <<EOF
 {
   "allow-simulated": true,
+  "tls": { "x509-dir": "$WORK/pki/$me", "allowed-peers": [ "CN=$peer,*" ] },
   "devices": [
     { "address": "sim:gpu0",
       "options": { "state-size": 50331648, "precopy-size": 50331648, "dirty-rate": 2097152, "seed": $seed_gpu } },
@@ -268,9 +272,14 @@ device_config() {
 EOF
 }
 
+# A throwaway CA, and a certificate for each host that names its addresses; in
+# /etc/pki/vfiomigd/ (ca-cert.pem, server-cert.pem, server-key.pem) no configuration is needed.
+tools/make-test-pki.sh --ca-name "vfiomigd demo CA" --ip 10.77.0.1 --ip 10.77.0.2 --ip 127.0.0.1 \
+        "$WORK/pki" source destination || die "cannot make the demo's certificates"
+say "TLS: a throwaway CA in $WORK/pki, a certificate and key for each host (tools/make-test-pki.sh)"
 mkdir "$WORK/source" "$WORK/destination"
-device_config 1 2 >"$WORK/source/vfiomigd.conf"
-device_config 1001 1002 >"$WORK/destination/vfiomigd.conf"
+device_config 1 2 source destination >"$WORK/source/vfiomigd.conf"
+device_config 1001 1002 destination source >"$WORK/destination/vfiomigd.conf"
 say
 bold "[4/5] A private system bus and vfiomigd on each host"
 start_bus "$WORK/source"
@@ -422,8 +431,16 @@ show_job() { # SIDE JOB PROPERTY...
         done
 }
 show_job src "$SRC_JOB" Id Direction Phase Peer Devices Channels Precopy BytesTransferred Downtime ErrorName Error
+say "Transport: $(prop "$SRC" "$SRC_JOB" org.vfiomig1.Migration Transport)"
 say
 show_job dst "$DST_JOB" Id Direction Phase Devices BytesTransferred Downtime ErrorName Error
+say "Transport: $(prop "$DST" "$DST_JOB" org.vfiomig1.Migration Transport)"
+transport=$(prop "$SRC" "$SRC_JOB" org.vfiomig1.Migration Transport)
+case $transport in tls-*) ;; *) die "the migration ran $transport, not TLS" ;; esac
+
+step "What protected the stream, in the daemons' logs"
+grep -h -E "run TLS 1.3|TLS to |channels? up " "$WORK/source/vfiomigd.log" | sed 's/^/  source:      /'
+grep -h -E "run TLS 1.3|channels? up " "$WORK/destination/vfiomigd.log" | sed 's/^/  destination: /'
 src_phase=$(prop "$SRC" "$SRC_JOB" org.vfiomig1.Migration Phase)
 dst_phase=$(prop "$DST" "$DST_JOB" org.vfiomig1.Migration Phase)
 if [ "$src_phase" != completed ] || [ "$dst_phase" != completed ]; then

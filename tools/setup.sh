@@ -9,6 +9,8 @@ PACKAGES=(
         # build
         meson ninja-build pkg-config gcc clang
         libsystemd-dev liburing-dev libnl-3-dev libnl-genl-3-dev libjson-c-dev libgnutls28-dev
+        # TLS: certtool and psktool for the throwaway PKI (tools/make-test-pki.sh), tcpdump for the capture test
+        gnutls-bin tcpdump
         # unit tests
         libcriterion-dev
         # integration tests: a private bus, polkit, a service manager, the CLIs they use

@@ -456,6 +456,9 @@ static int migration_error(sd_bus_error *error, int r, const ErrorMessage *err) 
         case -EACCES:
                 /* the stream port cannot be bound (PrepareIncoming) */
                 return bus_error_from_message(error, VFIOMIG_ERROR_NOT_SUPPORTED, r, err);
+        case -ENOKEY:
+                /* cleartext to or from a non-loopback address, without credentials */
+                return bus_error_from_message(error, VFIOMIG_ERROR_INSECURE_TRANSPORT, r, err);
         case -ENOMEM:
                 return r;
         default:

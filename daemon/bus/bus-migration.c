@@ -214,6 +214,12 @@ static int property_get_error(sd_bus *bus, const char *path, const char *interfa
         return sd_bus_message_append(reply, "s", j->error ?: "");
 }
 
+static int property_get_transport(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                  sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Migration *j = userdata;
+        return sd_bus_message_append(reply, "s", stream_transport_to_string(j->transport));
+}
+
 static int property_get_error_name(sd_bus *bus, const char *path, const char *interface, const char *property,
                                    sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Migration *j = userdata;
@@ -305,6 +311,7 @@ const sd_bus_vtable bus_migration_vtable[] = {
         SD_BUS_PROPERTY("Direction", "s", property_get_direction, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Devices", "ao", property_get_devices, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Channels", "u", property_get_channels, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Transport", "s", property_get_transport, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Precopy", "b", property_get_precopy, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("SwitchoverMode", "s", property_get_switchover_mode, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("DowntimeLimit", "t", property_get_downtime_limit, 0, SD_BUS_VTABLE_PROPERTY_CONST),

@@ -2,8 +2,11 @@
 
 #include <fcntl.h>
 #include <json.h>
+#include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "config.h" /* SYSCONFDIR */
 #include "daemon-config.h"
@@ -25,6 +28,13 @@ void daemon_config_done(DaemonConfig *c) {
                 free(c->devices[i].address);
         free(c->devices);
         free(c->stream_listen);
+        free(c->tls.ca_file);
+        free(c->tls.cert_file);
+        free(c->tls.key_file);
+        free(c->tls.crl_file);
+        free(c->tls.psk_file);
+        free(c->tls.psk_identity);
+        strv_free(c->tls.allowed_peers);
         *c = (DaemonConfig) {};
 }
 
@@ -120,11 +130,145 @@ static int parse_device(json_object *o, size_t index, ConfigDevice *ret, ErrorMe
         return 0;
 }
 
+static int tls_string(json_object *val, const char *key, bool path, const char **ret, ErrorMessage *err) {
+        const char *s;
+
+        if (!json_object_is_type(val, json_type_string))
+                return error_setf(err, -EINVAL, "tls.%s must be a string", key);
+        s = json_object_get_string(val);
+        if (s[0] == '\0' || strlen(s) > PATH_MAX)
+                return error_setf(err, -EINVAL, "tls.%s must not be empty or longer than %d bytes", key, PATH_MAX);
+        if (path && s[0] != '/')
+                return error_setf(err, -EINVAL, "tls.%s must be an absolute path", key);
+        *ret = s;
+        return 0;
+}
+
+static int path_join(const char *dir, const char *given, const char *name, char **ret) {
+        if (given)
+                *ret = strdup(given);
+        else if (asprintf(ret, "%s/%s", dir, name) < 0)
+                *ret = NULL;
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* The "tls" object: paths only here; the files are read (and their errors reported) when the
+ * daemon makes its TLS context. */
+static int parse_tls(json_object *o, const char *pki_dir, ConfigTls *ret, ErrorMessage *err) {
+        const char *dir = NULL, *ca = NULL, *cert = NULL, *key = NULL, *crl = NULL, *psk = NULL, *identity = NULL;
+        ConfigTls t = { .kernel_tls = true, .explicit = o != NULL };
+        json_object *peers = NULL;
+        int r = 0;
+
+        if (o && !json_object_is_type(o, json_type_object))
+                return error_setf(err, -EINVAL, "tls must be an object");
+        if (o) {
+                json_object_object_foreach(o, key_name, val) {
+                        if (streq(key_name, "x509-dir"))
+                                r = tls_string(val, key_name, true, &dir, err);
+                        else if (streq(key_name, "ca-cert"))
+                                r = tls_string(val, key_name, true, &ca, err);
+                        else if (streq(key_name, "cert"))
+                                r = tls_string(val, key_name, true, &cert, err);
+                        else if (streq(key_name, "key"))
+                                r = tls_string(val, key_name, true, &key, err);
+                        else if (streq(key_name, "crl"))
+                                r = tls_string(val, key_name, true, &crl, err);
+                        else if (streq(key_name, "psk-file"))
+                                r = tls_string(val, key_name, true, &psk, err);
+                        else if (streq(key_name, "psk-identity"))
+                                r = tls_string(val, key_name, false, &identity, err);
+                        else if (streq(key_name, "allowed-peers")) {
+                                if (!json_object_is_type(val, json_type_array))
+                                        return error_setf(err, -EINVAL, "tls.allowed-peers must be an array of strings");
+                                if (json_object_array_length(val) > DAEMON_CONFIG_ALLOWED_PEERS_MAX)
+                                        return error_setf(err, -EINVAL, "tls.allowed-peers has more than %u entries",
+                                                          DAEMON_CONFIG_ALLOWED_PEERS_MAX);
+                                peers = val;
+                        } else if (streq(key_name, "kernel-tls")) {
+                                if (!json_object_is_type(val, json_type_boolean))
+                                        return error_setf(err, -EINVAL, "tls.kernel-tls must be true or false");
+                                t.kernel_tls = json_object_get_boolean(val);
+                        } else
+                                return error_setf(err, -EINVAL, "tls: unknown key '%s'", key_name);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        if (psk && (dir || ca || cert || key || crl))
+                return error_setf(err, -EINVAL, "tls: psk-file excludes the x509 keys (x509-dir, ca-cert, cert, key, crl)");
+        if (identity && !psk)
+                return error_setf(err, -EINVAL, "tls: psk-identity needs psk-file");
+
+        if (peers) {
+                size_t n = json_object_array_length(peers);
+                t.allowed_peers = new0(char *, n + 1);
+                if (!t.allowed_peers)
+                        return -ENOMEM;
+                for (size_t i = 0; i < n; i++) {
+                        json_object *e = json_object_array_get_idx(peers, i);
+                        if (!json_object_is_type(e, json_type_string) || json_object_get_string_len(e) == 0 ||
+                            json_object_get_string_len(e) > 1024) {
+                                strv_free(t.allowed_peers);
+                                return error_setf(err, -EINVAL, "tls.allowed-peers[%zu] must be a non-empty string of at most 1024 bytes", i);
+                        }
+                        t.allowed_peers[i] = strdup(json_object_get_string(e));
+                        if (!t.allowed_peers[i]) {
+                                strv_free(t.allowed_peers);
+                                return -ENOMEM;
+                        }
+                }
+        }
+
+        if (psk) {
+                t.psk_file = strdup(psk);
+                if (!t.psk_file || (identity && !(t.psk_identity = strdup(identity))))
+                        r = -ENOMEM;
+                t.enabled = true;
+        } else {
+                _cleanup_free_ char *default_cert = NULL, *default_crl = NULL;
+                dir = dir ?: pki_dir;
+                /* Without a "tls" object, credentials in the default place switch TLS on (as
+                 * libvirt's do): installing them is the whole setup. */
+                r = path_join(dir, NULL, "server-cert.pem", &default_cert);
+                if (r >= 0 && (o || access(default_cert, F_OK) >= 0)) {
+                        t.enabled = true;
+                        r = path_join(dir, ca, "ca-cert.pem", &t.ca_file);
+                        if (r >= 0)
+                                r = path_join(dir, cert, "server-cert.pem", &t.cert_file);
+                        if (r >= 0)
+                                r = path_join(dir, key, "server-key.pem", &t.key_file);
+                        if (r >= 0 && crl)
+                                r = path_join(dir, crl, NULL, &t.crl_file);
+                        else if (r >= 0 && path_join(dir, NULL, "ca-crl.pem", &default_crl) >= 0 &&
+                                 access(default_crl, F_OK) >= 0)
+                                t.crl_file = TAKE_PTR(default_crl);
+                }
+        }
+        if (r < 0 || (!t.enabled && t.allowed_peers)) {
+                ConfigTls *p = &t;
+                free(p->ca_file);
+                free(p->cert_file);
+                free(p->key_file);
+                free(p->crl_file);
+                free(p->psk_file);
+                free(p->psk_identity);
+                strv_free(p->allowed_peers);
+                return r < 0 ? r : error_setf(err, -EINVAL, "tls.allowed-peers needs credentials");
+        }
+        *ret = t;
+        return 0;
+}
+
 int daemon_config_parse(const char *text, DaemonConfig *ret, ErrorMessage *err) {
+        return daemon_config_parse_full(text, NULL, ret, err);
+}
+
+int daemon_config_parse_full(const char *text, const char *pki_dir, DaemonConfig *ret, ErrorMessage *err) {
         _cleanup_(json_putp) json_object *root = NULL;
         _cleanup_(json_tokener_freep) json_tokener *tok = NULL;
         DaemonConfig c = {};
-        json_object *devices = NULL;
+        json_object *devices = NULL, *tls = NULL;
         const char *stream_listen = NULL;
         int r;
 
@@ -176,6 +320,14 @@ int daemon_config_parse(const char *text, DaemonConfig *ret, ErrorMessage *err) 
                         if (r < 0)
                                 return error_setf(err, r, "stream-listen: %s", why.text);
                         stream_listen = json_object_get_string(val);
+                } else if (streq(key, "tls")) {
+                        tls = val;
+                        if (!json_object_is_type(val, json_type_object))
+                                return error_setf(err, -EINVAL, "tls must be an object");
+                } else if (streq(key, "allow-cleartext")) {
+                        if (!json_object_is_type(val, json_type_boolean))
+                                return error_setf(err, -EINVAL, "allow-cleartext must be true or false");
+                        c.allow_cleartext = json_object_get_boolean(val);
                 } else if (streq(key, "devices")) {
                         if (!json_object_is_type(val, json_type_array))
                                 return error_setf(err, -EINVAL, "devices must be an array");
@@ -184,16 +336,23 @@ int daemon_config_parse(const char *text, DaemonConfig *ret, ErrorMessage *err) 
                         return error_setf(err, -EINVAL, "unknown key '%s'", key);
         }
 
+        r = parse_tls(tls, pki_dir ?: DAEMON_CONFIG_PKI_DIR, &c.tls, err);
+        if (r < 0)
+                return r;
         if (stream_listen) {
                 c.stream_listen = strdup(stream_listen);
-                if (!c.stream_listen)
+                if (!c.stream_listen) {
+                        daemon_config_done(&c);
                         return -ENOMEM;
+                }
         }
         if (devices) {
                 size_t n = json_object_array_length(devices);
                 c.devices = new0(ConfigDevice, MAX(n, 1u));
-                if (!c.devices)
+                if (!c.devices) {
+                        daemon_config_done(&c);
                         return -ENOMEM;
+                }
                 for (size_t i = 0; i < n; i++) {
                         r = parse_device(json_object_array_get_idx(devices, i), i, &c.devices[i], err);
                         if (r < 0) {

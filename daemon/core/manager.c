@@ -24,6 +24,7 @@ int manager_new(const ManagerOptions *options, Manager **ret) {
         if (!m)
                 return -ENOMEM;
         m->options = *options;
+        m->options.tls = stream_tls_context_ref(options->tls);
         m->stream_socket_fd = -EBADF;
         m->next_migration_id = 1;
         if (m->options.max_devices == 0)
@@ -73,6 +74,7 @@ Manager *manager_free(Manager *m) {
                 address_space_free(m->spaces[i]);
         free(m->spaces);
         kernel_context_unref(m->kernel);
+        stream_tls_context_unref(m->options.tls);
         free(m);
         return NULL;
 }
@@ -100,7 +102,8 @@ int manager_get_stream_listener(Manager *m, StreamListener **ret, ErrorMessage *
                 return 0;
         }
         if (m->stream_socket_fd >= 0) {
-                r = stream_listener_new(m->stream_socket_fd, NULL, &m->listener, err);
+                r = stream_listener_new_secure(m->stream_socket_fd, NULL, m->options.tls, m->options.allow_cleartext, &m->listener,
+                                               err);
                 if (r < 0)
                         return r;
                 m->stream_socket_fd = -EBADF; /* the listener owns it now */
@@ -109,12 +112,14 @@ int manager_get_stream_listener(Manager *m, StreamListener **ret, ErrorMessage *
                 char fallback[32];
 
                 (void) snprintf(fallback, sizeof fallback, "[::]:%u", VFIOMIG_STREAM_PORT);
-                r = stream_listener_new(-EBADF, address ?: fallback, &m->listener, err);
+                r = stream_listener_new_secure(-EBADF, address ?: fallback, m->options.tls, m->options.allow_cleartext,
+                                               &m->listener, err);
                 if (r == -EAFNOSUPPORT && !address) {
                         /* A host without IPv6: the IPv4 wildcard. */
                         (void) snprintf(fallback, sizeof fallback, "0.0.0.0:%u", VFIOMIG_STREAM_PORT);
                         *err = (ErrorMessage) {};
-                        r = stream_listener_new(-EBADF, fallback, &m->listener, err);
+                        r = stream_listener_new_secure(-EBADF, fallback, m->options.tls, m->options.allow_cleartext,
+                                                       &m->listener, err);
                 }
                 if (r < 0)
                         return r;

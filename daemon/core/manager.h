@@ -14,6 +14,7 @@
 #include "kernel-device.h"
 #include "kernel-features.h"
 #include "sim-device.h"
+#include "stream-tls.h"
 #include "transition.h"
 
 #define MANAGER_MAX_DEVICES_DEFAULT 256u
@@ -28,6 +29,8 @@ typedef struct StreamListener StreamListener;
 typedef struct ManagerOptions {
         bool allow_simulated;
         const char *stream_listen;  /* "host:port" incoming migrations are taken on; NULL = [::]:7179 */
+        StreamTlsContext *tls;      /* the stream's TLS credentials (the manager takes a reference); NULL: none */
+        bool allow_cleartext;       /* without tls: migrate to and from non-loopback addresses anyway */
         unsigned max_devices;      /* 0 = default */
         unsigned max_spaces;       /* 0 = default */
         unsigned max_mappings;     /* per space; 0 = default */

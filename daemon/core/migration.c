@@ -74,6 +74,24 @@ static void notify_changed(Migration *j) {
 
 /* ---- checks and parsing ---- */
 
+bool migration_address_is_loopback(const struct sockaddr_storage *ss) {
+        if (ss->ss_family == AF_INET)
+                return (ntohl(((const struct sockaddr_in *) ss)->sin_addr.s_addr) >> 24) == 127;
+        if (ss->ss_family == AF_INET6) {
+                const struct in6_addr *a = &((const struct sockaddr_in6 *) ss)->sin6_addr;
+                return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+        }
+        return false;
+}
+
+/* Secure by default: the device state holds guest data, and the token gives the job away. */
+static int check_cleartext(const char *what, const char *address, ErrorMessage *err) {
+        return error_setf(err, -ENOKEY,
+                          "cleartext migration %s %s refused: this daemon has no TLS credentials (see vfiomigd.conf(5): "
+                          "put them in /etc/pki/vfiomigd, or set allow-cleartext, which is unsafe)",
+                          what, address);
+}
+
 int migration_parse_peer(const char *peer, struct sockaddr_storage *ret, socklen_t *ret_len, ErrorMessage *err) {
         return migration_parse_address(peer, false, ret, ret_len, err);
 }
@@ -387,6 +405,9 @@ static void refresh_stats(Migration *j) {
                 stream_out_stats(j->out, &j->stats);
         else if (j->in)
                 stream_in_stats(j->in, &j->stats);
+        /* what runs, once the channels are up (kernel TLS may have declined one) */
+        if ((j->out || j->in) && j->stats.channels_up > 0)
+                j->transport = j->stats.transport;
 }
 
 static void stop_engine(Migration *j) {
@@ -536,6 +557,10 @@ static void fail(Migration *j, MigrationPhase phase, uint32_t abort_reason, cons
 /* Which named error an engine failure is (the engine says -EBADMSG for a protocol violation,
  * -EPROTO for a refused handshake; the rest are the sockets' and the devices' own errnos). */
 static const char *engine_error_name(const Migration *j, const StreamEvent *e) {
+        if (e->device < 0 && (e->error == -EKEYREJECTED || e->error == -EACCES))
+                return VFIOMIG_ERROR_AUTHENTICATION_FAILED;
+        if (e->device < 0 && e->error == -EPROTONOSUPPORT)
+                return VFIOMIG_ERROR_INSECURE_TRANSPORT;
         switch (-e->error) {
         case EBADMSG:
                 return VFIOMIG_ERROR_PEER_VIOLATION;
@@ -964,6 +989,8 @@ int migration_start(Manager *m, Device **devices, size_t n, const char *peer, co
         r = migration_parse_peer(peer, &c.peer, &c.peer_len, err);
         if (r < 0)
                 return r;
+        if (!m->options.tls && !m->options.allow_cleartext && !migration_address_is_loopback(&c.peer))
+                return check_cleartext("to the non-loopback address", peer, err);
         r = migration_parse_token(token_hex, c.token, err);
         if (r < 0)
                 return r;
@@ -982,6 +1009,9 @@ int migration_start(Manager *m, Device **devices, size_t n, const char *peer, co
 
         c.channels = o->channels;
         c.io_uring = o->io_uring;
+        c.tls = m->options.tls;
+        j->transport = !c.tls ? STREAM_TRANSPORT_CLEARTEXT
+                       : stream_tls_context_ktls(c.tls) ? STREAM_TRANSPORT_TLS_KERNEL : STREAM_TRANSPORT_TLS_USER;
         c.precopy = j->precopy;
         c.bandwidth_limit = o->bandwidth_limit;
         c.stall_timeout_usec = o->stall_timeout_ms * 1000;
@@ -1020,6 +1050,18 @@ int migration_prepare_incoming(Manager *m, Device **devices, size_t n, const Mig
         r = manager_get_stream_listener(m, &listener, err);
         if (r < 0)
                 return r;
+        if (!m->options.tls && !m->options.allow_cleartext) {
+                _cleanup_strv_free_ char **addresses = NULL;
+                r = stream_listener_addresses(listener, &addresses);
+                if (r < 0)
+                        return r;
+                for (char **a = addresses; *a; a++) {
+                        struct sockaddr_storage ss;
+                        socklen_t len;
+                        if (migration_parse_address(*a, true, &ss, &len, NULL) >= 0 && !migration_address_is_loopback(&ss))
+                                return check_cleartext("from the non-loopback address", *a, err);
+                }
+        }
         r = job_new(m, MIGRATION_INCOMING, devices, n, o, &j);
         if (r < 0)
                 return r;
@@ -1039,6 +1081,8 @@ int migration_prepare_incoming(Manager *m, Device **devices, size_t n, const Mig
         }
 
         memcpy(c.token, j->token, sizeof c.token);
+        j->transport = !m->options.tls ? STREAM_TRANSPORT_CLEARTEXT
+                       : stream_tls_context_ktls(m->options.tls) ? STREAM_TRANSPORT_TLS_KERNEL : STREAM_TRANSPORT_TLS_USER;
         c.device_count = (unsigned) n;
         c.budget = o->budget;
         c.stall_timeout_usec = o->stall_timeout_ms * 1000;

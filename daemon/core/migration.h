@@ -66,6 +66,8 @@ typedef enum MigrationPhase {
 const char *migration_direction_to_string(MigrationDirection d);
 const char *migration_phase_to_string(MigrationPhase p);
 bool migration_phase_is_final(MigrationPhase p);
+/* Whether addr is a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104). */
+bool migration_address_is_loopback(const struct sockaddr_storage *addr);
 
 typedef struct MigrationOptions {
         unsigned channels;              /* outgoing: 1..64 */
@@ -106,6 +108,7 @@ struct Migration {
         sd_event_source *timer;         /* progress, rate and the automatic switchover */
 
         StreamStats stats;              /* the engine's last word, kept after it is gone */
+        StreamTransport transport;      /* what protects the channels (expected until they are up) */
         uint64_t bytes_expected;        /* 0 = unknown */
         uint64_t rate;                  /* bytes per second, smoothed */
         uint64_t rate_measured;         /* outgoing: smoothed rate over busy ticks (what the link can do), 0 unknown */

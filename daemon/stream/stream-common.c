@@ -181,17 +181,39 @@ static int wait_fd(int fd, short events, uint64_t deadline_usec, int wake_fd) {
         return 0;
 }
 
-int stream_send_all(int fd, const void *buf, size_t n, uint64_t deadline_usec, int wake_fd) {
+/* One send or receive: the socket's or the TLS session's. */
+static ssize_t chan_send(int fd, StreamTlsSession *tls, const void *p, size_t n, bool dontwait) {
+        ssize_t k;
+
+        if (tls)
+                return stream_tls_send(tls, p, n, dontwait);
+        k = send(fd, p, n, MSG_NOSIGNAL | (dontwait ? MSG_DONTWAIT : 0));
+        return k < 0 ? (errno == EWOULDBLOCK ? -EAGAIN : -errno) : k;
+}
+
+static ssize_t chan_recv(int fd, StreamTlsSession *tls, void *p, size_t n, bool dontwait) {
+        ssize_t k;
+
+        if (tls)
+                return stream_tls_recv(tls, p, n, dontwait);
+        k = recv(fd, p, n, dontwait ? MSG_DONTWAIT : MSG_WAITALL);
+        if (k == 0)
+                return -ECONNRESET;
+        return k < 0 ? (errno == EWOULDBLOCK ? -EAGAIN : -errno) : k;
+}
+
+int stream_chan_send_all(int fd, StreamTlsSession *tls, const void *buf, size_t n, uint64_t deadline_usec, int wake_fd) {
         const uint8_t *p = buf;
 
         while (n > 0) {
-                ssize_t k = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+                ssize_t k = chan_send(fd, tls, p, n, true);
                 if (k < 0) {
                         int r;
-                        if (errno == EINTR)
+                        if (k == -EINTR)
                                 continue;
-                        if (errno != EAGAIN)
-                                return -errno;
+                        if (k != -EAGAIN)
+                                return (int) k;
+                        /* TLS: called again with the same buffer, as GnuTLS wants */
                         r = wait_fd(fd, POLLOUT, deadline_usec, wake_fd);
                         if (r < 0)
                                 return r;
@@ -203,19 +225,19 @@ int stream_send_all(int fd, const void *buf, size_t n, uint64_t deadline_usec, i
         return 0;
 }
 
-int stream_recv_all(int fd, void *buf, size_t n, uint64_t deadline_usec, int wake_fd) {
+int stream_chan_recv_all(int fd, StreamTlsSession *tls, void *buf, size_t n, uint64_t deadline_usec, int wake_fd) {
         uint8_t *p = buf;
 
         while (n > 0) {
-                ssize_t k = recv(fd, p, n, MSG_DONTWAIT);
-                if (k == 0)
-                        return -ECONNRESET;
+                /* A TLS session answers from the record it holds before it reads the socket, so
+                 * -EAGAIN means the socket is empty. */
+                ssize_t k = chan_recv(fd, tls, p, n, true);
                 if (k < 0) {
                         int r;
-                        if (errno == EINTR)
+                        if (k == -EINTR)
                                 continue;
-                        if (errno != EAGAIN)
-                                return -errno;
+                        if (k != -EAGAIN)
+                                return (int) k;
                         r = wait_fd(fd, POLLIN, deadline_usec, wake_fd);
                         if (r < 0)
                                 return r;
@@ -227,22 +249,50 @@ int stream_recv_all(int fd, void *buf, size_t n, uint64_t deadline_usec, int wak
         return 0;
 }
 
-int stream_recv_exact(int fd, void *buf, size_t n) {
+int stream_chan_recv_exact(int fd, StreamTlsSession *tls, void *buf, size_t n) {
         uint8_t *p = buf;
 
         while (n > 0) {
-                ssize_t k = recv(fd, p, n, MSG_WAITALL);
+                ssize_t k = chan_recv(fd, tls, p, n, false);
                 if (k < 0) {
-                        if (errno == EINTR)
+                        if (k == -EINTR)
                                 continue;
-                        return -errno;
+                        return (int) k;
                 }
-                if (k == 0)
-                        return -ECONNRESET;
                 p += k;
                 n -= (size_t) k;
         }
         return 0;
+}
+
+int stream_chan_send_blocking(int fd, StreamTlsSession *tls, const void *buf, size_t n) {
+        const uint8_t *p = buf;
+
+        while (n > 0) {
+                ssize_t k = chan_send(fd, tls, p, n, false);
+                if (k < 0) {
+                        if (k == -EINTR)
+                                continue;
+                        return (int) k;
+                }
+                if (k == 0)
+                        return -EPIPE;
+                p += k;
+                n -= (size_t) k;
+        }
+        return 0;
+}
+
+int stream_send_all(int fd, const void *buf, size_t n, uint64_t deadline_usec, int wake_fd) {
+        return stream_chan_send_all(fd, NULL, buf, n, deadline_usec, wake_fd);
+}
+
+int stream_recv_all(int fd, void *buf, size_t n, uint64_t deadline_usec, int wake_fd) {
+        return stream_chan_recv_all(fd, NULL, buf, n, deadline_usec, wake_fd);
+}
+
+int stream_recv_exact(int fd, void *buf, size_t n) {
+        return stream_chan_recv_exact(fd, NULL, buf, n);
 }
 
 void stream_counters_read(StreamCounters *c, unsigned device_count, bool io_uring, StreamStats *ret) {
@@ -275,14 +325,15 @@ void stream_socket_set_keepalive(int fd) {
         (void) setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
 }
 
-int stream_channel_binding(int fd, uint8_t ret[static STREAM_BINDING_SIZE]) {
-        /* Cleartext: nothing binds the proofs to this connection but the nonces. The TLS layer
-         * replaces this with the channel's exporter (gnutls_prf_rfc5705(session,
-         * "EXPORTER-vfiomigd-channel-binding", ...)), so a proof cannot be relayed into another
-         * TLS session. */
-        (void) fd;
-        memset(ret, 0, STREAM_BINDING_SIZE);
-        return 0;
+int stream_channel_binding(StreamTlsSession *tls, uint8_t ret[static STREAM_BINDING_SIZE]) {
+        /* Cleartext: nothing binds the proofs to this connection but the nonces. Under TLS the
+         * exporter differs on every connection, so a proof cannot be relayed into another. */
+        if (!tls) {
+                memset(ret, 0, STREAM_BINDING_SIZE);
+                return 0;
+        }
+        _Static_assert(STREAM_BINDING_SIZE == STREAM_TLS_BINDING_SIZE, "one binding size");
+        return stream_tls_channel_binding(tls, ret);
 }
 
 int stream_fd_set_nonblock(int fd, bool nonblock) {

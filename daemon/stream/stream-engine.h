@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 
 #include "error-message.h"
+#include "stream-tls.h"
 #include "vfio-dev.h"
 #include "wire.h"
 
@@ -59,6 +60,7 @@ typedef struct StreamStats {
         uint64_t buffered_peak;
         unsigned channels_up;
         bool io_uring;               /* the sockets run on io_uring */
+        StreamTransport transport;   /* what protects the channels, once they are up */
 } StreamStats;
 
 typedef struct StreamOut StreamOut;
@@ -67,6 +69,7 @@ typedef struct StreamIn StreamIn;
 typedef struct StreamOutConfig {
         struct sockaddr_storage peer;   /* where the destination listens */
         socklen_t peer_len;
+        StreamTlsContext *tls;          /* every channel runs TLS with it; NULL: cleartext (referenced) */
         uint8_t token[STREAM_TOKEN_SIZE];
         unsigned channels;              /* 1..STREAM_CHANNELS_MAX */
         unsigned rings;                 /* io_uring ring threads, 1..channels; 0 = min(channels, CPUs) */
@@ -144,7 +147,13 @@ StreamIn *stream_in_free(StreamIn *i);
  */
 typedef struct StreamListener StreamListener;
 
-/* listen_fd < 0: bind address (e.g. "0.0.0.0:7179", "[::]:7179", "127.0.0.1:0"). */
+/* listen_fd < 0: bind address (e.g. "0.0.0.0:7179", "[::]:7179", "127.0.0.1:0").
+ * What connections must bring: with tls (referenced), a TLS handshake before anything else, and
+ * a cleartext HELLO is refused; without, a TLS ClientHello is refused (and logged), and so is a
+ * cleartext connection from a non-loopback address unless allow_cleartext. */
+int stream_listener_new_secure(int listen_fd, const char *address, StreamTlsContext *tls, bool allow_cleartext,
+                               StreamListener **ret, ErrorMessage *err);
+/* Cleartext, from loopback addresses only. */
 int stream_listener_new(int listen_fd, const char *address, StreamListener **ret, ErrorMessage *err);
 /* The addresses it accepts on, as "host:port" strings (for PrepareIncoming). */
 int stream_listener_addresses(StreamListener *l, char ***ret);

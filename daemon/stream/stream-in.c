@@ -6,7 +6,8 @@
  *              header receive, then — for an ordered packet the reassembly admits — the payload
  *              straight into its own buffer (MSG_WAITALL); a packet that must wait leaves its
  *              channel unread ("parked") until writers free budget or the frontier moves;
- *     or, without io_uring, one blocking receiver thread per channel;
+ *     or, without io_uring, one blocking receiver thread per channel (also with TLS in user space:
+ *     GnuTLS opens the records on the channel's own thread);
  *   writer     one per device: takes the device's packets in device order and writes its
  *              RESUMING data fd; answers INITIAL_DONE with INITIAL_LOADED; checks END;
  *   supervisor the stall timer, and the teardown (best-effort ABORT, then shutdown(2) of every
@@ -50,6 +51,7 @@ typedef struct InChannel {
         StreamIn *in;
         unsigned index;
         int fd;
+        StreamTlsSession *tls;           /* NULL: cleartext; fixed once adopted */
         InRing *ring;
         /* under in->lock */
         bool adopted;
@@ -109,6 +111,7 @@ struct StreamIn {
         uint64_t stall_usec;
         uint64_t reserve;
         bool use_uring;
+        StreamTransport transport;       /* the first channel's; every other must match */
         StreamListener *listener;        /* the main thread's */
 
         pthread_mutex_t lock;
@@ -230,6 +233,11 @@ static void channel_closed(StreamIn *in, InChannel *ch, int error) {
 
         if (e == -ECONNRESET)
                 (void) snprintf(text, sizeof text, "the source closed channel %u before the migration completed", ch->index);
+        else if (e == -EACCES && ch->tls)
+                (void) snprintf(text, sizeof text, "the source ended channel %u: %s", ch->index, stream_tls_error(ch->tls));
+        else if (e == -EBADMSG && ch->tls)
+                (void) snprintf(text, sizeof text, "a TLS record on channel %u does not authenticate (altered on the way?)",
+                                ch->index);
         else
                 (void) snprintf(text, sizeof text, "receiving on channel %u failed: %s", ch->index, strerror(-error));
         pthread_mutex_lock(&in->lock);
@@ -543,6 +551,7 @@ static RxState on_control_payload(StreamIn *in, InChannel *ch) {
 static int send_control(StreamIn *in, uint8_t type, uint16_t device, const void *payload, uint32_t length,
                         uint64_t timeout_usec) {
         uint8_t buf[STREAM_HEADER_SIZE + STREAM_DST_PAYLOAD_MAX];
+        StreamTlsSession *tls;
         int fd, r;
 
         assert(length <= STREAM_DST_PAYLOAD_MAX);
@@ -554,11 +563,12 @@ static int send_control(StreamIn *in, uint8_t type, uint16_t device, const void 
         pthread_mutex_lock(&in->send_lock);
         pthread_mutex_lock(&in->lock);
         fd = in->channels[0].adopted && !in->dead ? in->channels[0].fd : -EBADF;
+        tls = in->channels[0].tls;
         pthread_mutex_unlock(&in->lock);
         if (fd < 0)
                 r = -ENOTCONN;
         else
-                r = stream_send_all(fd, buf, STREAM_HEADER_SIZE + length, stream_now_usec() + timeout_usec, -1);
+                r = stream_chan_send_all(fd, tls, buf, STREAM_HEADER_SIZE + length, stream_now_usec() + timeout_usec, -1);
         pthread_mutex_unlock(&in->send_lock);
         return r;
 }
@@ -951,7 +961,7 @@ static void *in_receiver_thread(void *arg) {
         while (st != RX_DONE) {
                 switch (st) {
                 case RX_HDR:
-                        r = stream_recv_exact(ch->fd, ch->hdr, STREAM_HEADER_SIZE);
+                        r = stream_chan_recv_exact(ch->fd, ch->tls, ch->hdr, STREAM_HEADER_SIZE);
                         if (r < 0) {
                                 channel_closed(in, ch, r);
                                 st = RX_DONE;
@@ -980,7 +990,7 @@ static void *in_receiver_thread(void *arg) {
                                 st = RX_DONE;
                                 break;
                         }
-                        r = stream_recv_exact(ch->fd, ch->payload, ch->h.length);
+                        r = stream_chan_recv_exact(ch->fd, ch->tls, ch->payload, ch->h.length);
                         if (r < 0) {
                                 channel_closed(in, ch, r);
                                 st = RX_DONE;
@@ -989,7 +999,7 @@ static void *in_receiver_thread(void *arg) {
                         st = on_payload(in, ch);
                         break;
                 case RX_CTL:
-                        r = stream_recv_exact(ch->fd, ch->ctl, ch->h.length);
+                        r = stream_chan_recv_exact(ch->fd, ch->tls, ch->ctl, ch->h.length);
                         if (r < 0) {
                                 channel_closed(in, ch, r);
                                 st = RX_DONE;
@@ -1222,7 +1232,8 @@ uint32_t stream_in_check_hello(StreamIn *in, const StreamHello *h, char reason[s
         return status;
 }
 
-uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *h, const uint8_t binding[static STREAM_BINDING_SIZE],
+uint32_t stream_in_adopt(StreamIn *in, int fd, StreamTlsSession *tls, const StreamHello *h,
+                         const uint8_t binding[static STREAM_BINDING_SIZE],
                          char reason[static STREAM_REASON_TEXT_SIZE + 1]) {
         InChannel *ch;
         uint32_t status;
@@ -1231,15 +1242,28 @@ uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *h, const uint8
         pthread_mutex_lock(&in->lock);
         /* Checked again: another channel may have been adopted since the WELCOME went out. */
         status = check_hello_locked(in, h, reason);
+        if (status == STREAM_ACCEPTED && in->n_channels > 0 && stream_tls_transport(tls) != in->transport) {
+                (void) snprintf(reason, STREAM_REASON_TEXT_SIZE + 1, "channel %u runs %s, the first channel %s",
+                                h->channel_index, stream_transport_to_string(stream_tls_transport(tls)),
+                                stream_transport_to_string(in->transport));
+                status = STREAM_REFUSE_CHANNELS;
+        }
         if (status != STREAM_ACCEPTED)
                 goto out;
         /* From here on the channel is ours: the source proved the token on it. */
         if (in->n_channels == 0) {
                 in->hello_flags = h->flags;
                 in->peer_max_payload = h->max_payload;
+                in->transport = stream_tls_transport(tls);
+                if (in->use_uring && tls && in->transport != STREAM_TRANSPORT_TLS_KERNEL) {
+                        /* io_uring moves plain bytes: user-space TLS runs on blocking threads */
+                        log_info("stream in: TLS in user space, on blocking I/O");
+                        in->use_uring = false;
+                }
                 r = start_receiving_locked(in, h->channel_count);
                 if (r < 0) {
                         in_fail_locked(in, r, STREAM_ABORT_INTERNAL, "cannot start receiving: %s", strerror(-r));
+                        stream_tls_session_free(tls); /* taken, like fd */
                         (void) close(fd);
                         goto out;
                 }
@@ -1255,6 +1279,7 @@ uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *h, const uint8
         }
         ch = &in->channels[h->channel_index];
         ch->fd = fd;
+        ch->tls = tls;
         ch->adopted = true;
         memcpy(ch->binding, binding, STREAM_BINDING_SIZE);
         in->n_adopted++;
@@ -1279,8 +1304,9 @@ uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *h, const uint8
                 in->connected = true;
                 if (getpeername(in->channels[0].fd, (struct sockaddr *) &ss, &len) >= 0)
                         (void) stream_format_address((struct sockaddr *) &ss, len, peer, sizeof peer);
-                log_info("stream in: %u channel%s up from %s (%s), budget %llu bytes, packets up to %u bytes",
+                log_info("stream in: %u channel%s up from %s (%s%s%s, %s), budget %llu bytes, packets up to %u bytes",
                          in->n_channels, in->n_channels == 1 ? "" : "s", peer[0] ? peer : "?",
+                         stream_transport_to_string(in->transport), tls ? " with " : "", tls ? stream_tls_peer_name(tls) : "",
                          in->use_uring ? "io_uring" : "blocking I/O", (unsigned long long) in->budget, in->max_payload);
                 event_queue_pushf(&in->events, STREAM_EVENT_CONNECTED, -1, 0, 0, "%s", peer);
         }
@@ -1332,6 +1358,7 @@ StreamIn *stream_in_free(StreamIn *in) {
         for (unsigned c = 0; c < STREAM_CHANNELS_MAX; c++) {
                 InChannel *ch = &in->channels[c];
                 free(ch->payload);
+                ch->tls = stream_tls_session_free(ch->tls);
                 ch->fd = safe_close(ch->fd);
         }
         for (unsigned k = 0; in->rings && k < in->n_rings; k++) {
@@ -1490,6 +1517,8 @@ void stream_in_abort(StreamIn *in, uint32_t reason, const char *text) {
 void stream_in_stats(StreamIn *in, StreamStats *ret) {
         stream_counters_read(&in->counters, in->cfg.device_count, in->use_uring, ret);
         pthread_mutex_lock(&in->lock);
+        ret->transport = in->transport;
+        ret->io_uring = in->use_uring;
         if (in->reasm)
                 ret->buffered = reassembly_buffered_bytes(in->reasm) + in->inflight;
         pthread_mutex_unlock(&in->lock);

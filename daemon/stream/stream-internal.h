@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 
 #include "stream-engine.h"
+#include "stream-tls.h"
 
 #define USEC_PER_SEC UINT64_C(1000000)
 #define USEC_PER_MSEC UINT64_C(1000)
@@ -83,13 +84,21 @@ int stream_send_all(int fd, const void *buf, size_t n, uint64_t deadline_usec, i
 int stream_recv_all(int fd, void *buf, size_t n, uint64_t deadline_usec, int wake_fd);
 /* Receives exactly n bytes on a blocking socket: -ECONNRESET at an end of stream. */
 int stream_recv_exact(int fd, void *buf, size_t n);
+/* The same on a channel: through its TLS session when tls is non-NULL (GnuTLS records, or the
+ * kernel's with kTLS), on the bare socket otherwise. A TLS peer's fatal alert is -EACCES
+ * (stream_tls_error() says what it means); a record that does not authenticate is -EBADMSG. */
+int stream_chan_send_all(int fd, StreamTlsSession *tls, const void *buf, size_t n, uint64_t deadline_usec, int wake_fd);
+int stream_chan_recv_all(int fd, StreamTlsSession *tls, void *buf, size_t n, uint64_t deadline_usec, int wake_fd);
+int stream_chan_recv_exact(int fd, StreamTlsSession *tls, void *buf, size_t n);
+/* Sends all n bytes on a blocking socket. */
+int stream_chan_send_blocking(int fd, StreamTlsSession *tls, const void *buf, size_t n);
 int stream_fd_set_nonblock(int fd, bool nonblock);
 /* SO_KEEPALIVE with short probes and TCP_USER_TIMEOUT: a dead peer host is noticed within
  * about 30 s, whether the connection is idle or has data in flight. */
 void stream_socket_set_keepalive(int fd);
 /* The channel binding of a connected channel (proto/stream-protocol.md §1.4): the TLS exporter
- * once TLS runs on the channel, 32 zero bytes in cleartext. */
-int stream_channel_binding(int fd, uint8_t ret[static STREAM_BINDING_SIZE]);
+ * of its session once the TLS handshake is over, 32 zero bytes in cleartext (tls NULL). */
+int stream_channel_binding(StreamTlsSession *tls, uint8_t ret[static STREAM_BINDING_SIZE]);
 
 /* A ring for one thread: SINGLE_ISSUER|DEFER_TASKRUN when the kernel has them. Call it from
  * the thread that will submit. */
@@ -103,11 +112,12 @@ void stream_encode_packet(uint8_t out[static STREAM_HEADER_SIZE], uint8_t type, 
                           uint64_t stream_seq, uint64_t device_seq, const void *payload, uint32_t length);
 
 /* The listener's hand-over, called on the listener's thread with the listener's lock held
- * (so in cannot go away), once the source's PROOF was verified: adopts fd (returns 0, fd
- * taken), or returns a refusal code with reason filled (fd untouched: the listener closes it).
- * binding is the channel's (stream_channel_binding()). */
-uint32_t stream_in_adopt(StreamIn *in, int fd, const StreamHello *hello, const uint8_t binding[static STREAM_BINDING_SIZE],
-                         char reason[static STREAM_REASON_TEXT_SIZE + 1]);
+ * (so in cannot go away), once the source's PROOF was verified: adopts fd and its TLS session
+ * tls (NULL: cleartext) (returns 0, fd and tls taken), or returns a refusal code with reason
+ * filled (fd and tls untouched: the listener closes them). binding is the channel's
+ * (stream_channel_binding()). */
+uint32_t stream_in_adopt(StreamIn *in, int fd, StreamTlsSession *tls, const StreamHello *hello,
+                         const uint8_t binding[static STREAM_BINDING_SIZE], char reason[static STREAM_REASON_TEXT_SIZE + 1]);
 /* The job token, for the listener's proofs, and the job identifier HELLOs name it by. */
 const uint8_t *stream_in_token(StreamIn *in);
 const uint8_t *stream_in_job_id(StreamIn *in);

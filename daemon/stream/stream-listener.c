@@ -11,6 +11,14 @@
  * Only then is it handed over: a connection that cannot prove the token never touches the job.
  * Anything else gets a refusing WELCOME and is closed once the peer stops sending (closing with
  * unread bytes would reset the connection and could lose the WELCOME).
+ *
+ * With TLS credentials (stream_listener_new_secure()) a connection's first byte must start a
+ * TLS handshake, which runs here, non-blocking, within the same deadline as the HELLO; the
+ * HELLO, the WELCOME, the PROOF and everything after travel inside TLS, and the proofs cover the
+ * TLS exporter. A cleartext HELLO gets a cleartext refusal that names TLS. Without credentials it
+ * is the reverse: a TLS ClientHello is answered with a cleartext refusal (which the source's TLS
+ * reports as "does not speak TLS") and logged, and cleartext from a non-loopback address is
+ * refused unless explicitly allowed.
  */
 
 #include <arpa/inet.h>
@@ -33,9 +41,20 @@
 #define PENDING_ABS_MAX 1024u
 #define REFUSED_LINGER_USEC (1 * USEC_PER_SEC)
 
+typedef enum PendingPhase {
+        PENDING_FIRST,           /* nothing read: is it TLS? */
+        PENDING_TLS,             /* the TLS handshake runs */
+        PENDING_HELLO,           /* reading the HELLO */
+} PendingPhase;
+
 typedef struct Pending {
         int fd;
         uint64_t deadline;
+        PendingPhase phase;
+        StreamTlsSession *tls;
+        short events;            /* what the poll waits for */
+        char peer[INET6_ADDRSTRLEN + 8];
+        bool loopback;
         bool closing;            /* refused: draining until the peer closes or the deadline */
         size_t got, need;
         uint8_t buf[STREAM_HELLO_MAX_SIZE];      /* the HELLO as received: part of the proofs */
@@ -59,6 +78,8 @@ struct StreamListener {
         StreamIn **ins;          /* under lock */
         size_t n_ins;
         bool stop;
+        StreamTlsContext *tls;   /* fixed at creation */
+        bool allow_cleartext;
 
         /* the thread's own */
         Pending *pending[PENDING_ABS_MAX]; /* oldest first */
@@ -84,6 +105,7 @@ static StreamIn *find_job_locked(StreamListener *l, const uint8_t job_id[static 
 static void pending_remove(StreamListener *l, unsigned k, bool close_fd) {
         Pending *p = l->pending[k];
 
+        stream_tls_session_free(p->tls);
         if (close_fd)
                 safe_close(p->fd);
         free(p->hello);
@@ -91,6 +113,36 @@ static void pending_remove(StreamListener *l, unsigned k, bool close_fd) {
         memmove(l->pending + k, l->pending + k + 1, (l->n_pending - k - 1) * sizeof l->pending[0]);
         l->n_pending--;
         atomic_store(&l->stat_pending, l->n_pending);
+}
+
+/* What the handshake sends, through TLS once it runs: bytes sent, or a negative errno. */
+static ssize_t pending_send(Pending *p, const void *buf, size_t n) {
+        ssize_t k;
+
+        if (p->tls && p->phase == PENDING_HELLO)
+                return stream_tls_send(p->tls, buf, n, true);
+        k = send(p->fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        return k < 0 ? -errno : k;
+}
+
+/* What the handshake reads, through TLS once it runs: bytes read, 0 at the peer's end, -EAGAIN
+ * when nothing waits, another negative errno (logged when TLS says why). */
+static ssize_t pending_recv(Pending *p, void *buf, size_t n) {
+        ssize_t k;
+
+        if (p->tls) {
+                /* until EAGAIN: what GnuTLS holds, poll(2) does not see */
+                k = stream_tls_recv(p->tls, buf, n, true);
+                if (k == -EACCES)
+                        log_warning("stream listener: %s ended the connection: %s", p->peer, stream_tls_error(p->tls));
+                else if (k == -EBADMSG)
+                        log_warning("stream listener: a TLS record from %s does not authenticate", p->peer);
+                return k == -ECONNRESET ? 0 : k;
+        }
+        k = recv(p->fd, buf, n, MSG_DONTWAIT);
+        if (k < 0)
+                return errno == EINTR ? -EAGAIN : -errno;
+        return k;
 }
 
 /* Answers with a refusing WELCOME and lets the connection drain. */
@@ -106,7 +158,7 @@ static void refuse(Pending *p, uint32_t status, uint16_t channel_index, const ch
         log_debug("stream listener: refusing a connection: %s: %s", stream_refusal_to_string(status), reason);
         (void) snprintf(w.reason, sizeof w.reason, "%s", reason);
         stream_welcome_encode(&w, out);
-        (void) !send(p->fd, out, sizeof out, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void) pending_send(p, out, sizeof out);
         (void) shutdown(p->fd, SHUT_WR);
         p->closing = true;
         p->deadline = stream_now_usec() + REFUSED_LINGER_USEC;
@@ -124,7 +176,7 @@ static void drop_after_welcome(Pending *p, const char *text) {
         memcpy(buf + STREAM_HEADER_SIZE + 4, text, n);
         stream_encode_packet(buf, STREAM_PACKET_ABORT, 0, STREAM_JOB_DEVICE, 0, 0, buf + STREAM_HEADER_SIZE,
                              (uint32_t) (4 + n));
-        (void) !send(p->fd, buf, STREAM_HEADER_SIZE + 4 + n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void) pending_send(p, buf, STREAM_HEADER_SIZE + 4 + n);
         (void) shutdown(p->fd, SHUT_WR);
         p->closing = true;
         p->deadline = stream_now_usec() + REFUSED_LINGER_USEC;
@@ -158,7 +210,7 @@ static void dispatch(StreamListener *l, Pending *p) {
         }
         if (r < 0)
                 return refuse(p, STREAM_REFUSE_BAD_HELLO, 0, why);
-        if (stream_random(w.nonce, sizeof w.nonce) < 0 || stream_channel_binding(p->fd, p->binding) < 0)
+        if (stream_random(w.nonce, sizeof w.nonce) < 0 || stream_channel_binding(p->tls, p->binding) < 0)
                 return refuse(p, STREAM_REFUSE_BUSY, h->channel_index, "cannot make a nonce");
 
         pthread_mutex_lock(&l->lock);
@@ -192,7 +244,7 @@ static void dispatch(StreamListener *l, Pending *p) {
         n = stream_welcome_encode_full(&w, out);
         /* A fresh connection's send buffer takes 160 bytes at once; one that does not is no
          * honest source's. */
-        k = send(p->fd, out, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        k = pending_send(p, out, n);
         if (k != (ssize_t) n) {
                 log_debug("stream listener: cannot send the WELCOME at once, closing the connection");
                 p->closing = true;
@@ -247,7 +299,7 @@ static bool prove(StreamListener *l, Pending *p) {
                         return false;
                 }
         }
-        status = stream_in_adopt(match, p->fd, h, p->binding, reason);
+        status = stream_in_adopt(match, p->fd, p->tls, h, p->binding, reason);
         pthread_mutex_unlock(&l->lock);
         if (status != STREAM_ACCEPTED) {
                 (void) snprintf(text, sizeof text, "channel %u: %s: %s", h->channel_index,
@@ -255,6 +307,85 @@ static bool prove(StreamListener *l, Pending *p) {
                 drop_after_welcome(p, text);
                 return false;
         }
+        p->tls = NULL; /* the job's now */
+        return true;
+}
+
+/* The first byte decides: TLS (a handshake record) or cleartext (a HELLO, or anything else,
+ * which the HELLO decoder then refuses). Returns false to drop the connection. */
+static bool pending_first(StreamListener *l, Pending *p) {
+        StreamTlsContext *tls;
+        bool allow_cleartext, tls_peer;
+        uint8_t b;
+        ssize_t k;
+        int r;
+
+        k = recv(p->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (k == 0)
+                return false;
+        if (k < 0)
+                return errno == EAGAIN || errno == EINTR;
+        tls_peer = stream_tls_looks_like_tls((const uint8_t[]) { b, 3 }, 2);
+
+        tls = stream_tls_context_ref(l->tls);
+        allow_cleartext = l->allow_cleartext;
+
+        if (tls && !tls_peer) {
+                stream_tls_context_unref(tls);
+                log_warning("stream listener: refusing a cleartext connection from %s: this daemon only takes TLS", p->peer);
+                refuse(p, STREAM_REFUSE_BAD_HELLO, 0, "this destination only takes TLS: the source needs TLS credentials");
+                return true;
+        }
+        if (!tls && tls_peer) {
+                log_warning("stream listener: %s started a TLS handshake, but this daemon has no TLS credentials "
+                            "(see vfiomigd.conf(5)): refusing", p->peer);
+                refuse(p, STREAM_REFUSE_BAD_HELLO, 0, "this destination does not speak TLS: it has no credentials");
+                return true;
+        }
+        if (!tls && !allow_cleartext && !p->loopback) {
+                log_warning("stream listener: refusing a cleartext connection from %s, which is not a loopback address: "
+                            "configure TLS credentials (or allow-cleartext, unsafe)", p->peer);
+                refuse(p, STREAM_REFUSE_BAD_HELLO, 0,
+                       "cleartext from a non-loopback address is refused: this destination has no TLS credentials");
+                return true;
+        }
+        if (tls) {
+                ErrorMessage err = {};
+                r = stream_tls_session_new(tls, p->fd, true, &p->tls, &err);
+                stream_tls_context_unref(tls);
+                if (r < 0) {
+                        log_error_errno(r, "stream listener: cannot start TLS with %s: %s", p->peer, err.text);
+                        return false;
+                }
+                p->phase = PENDING_TLS;
+                return true;
+        }
+        p->phase = PENDING_HELLO;
+        return true;
+}
+
+static bool pending_tls(Pending *p) {
+        ErrorMessage err = {};
+        StreamTransport t;
+        int r;
+
+        r = stream_tls_handshake_step(p->tls, &p->events, &err);
+        if (r == 0)
+                return true;
+        if (r < 0) {
+                /* who and why: the destination's side of every refusal is this line */
+                log_warning("stream listener: TLS with %s failed: %s", p->peer, err.text);
+                return false;
+        }
+        r = stream_tls_start(p->tls, &t, &err);
+        if (r < 0) {
+                log_warning("stream listener: TLS with %s: %s", p->peer, err.text);
+                return false;
+        }
+        log_debug("stream listener: TLS with %s (%s, %s, %s)", p->peer, stream_tls_peer_name(p->tls),
+                  stream_tls_cipher_name(p->tls), stream_transport_to_string(t));
+        p->phase = PENDING_HELLO;
+        p->events = POLLIN;
         return true;
 }
 
@@ -270,13 +401,28 @@ static bool pending_read(StreamListener *l, Pending *p, bool *handed_over) {
                                 continue;
                         return k < 0 && (errno == EAGAIN || errno == EINTR);
                 }
-                if (p->hello) {
-                        /* exactly the PROOF: what follows it belongs to the job */
-                        k = recv(p->fd, p->proof + p->proof_got, sizeof p->proof - p->proof_got, MSG_DONTWAIT);
-                        if (k == 0)
+                if (p->phase == PENDING_FIRST) {
+                        if (!pending_first(l, p))
                                 return false;
-                        if (k < 0)
-                                return errno == EAGAIN || errno == EINTR;
+                        if (p->phase == PENDING_FIRST)
+                                return true;
+                        continue;
+                }
+                if (p->phase == PENDING_TLS) {
+                        if (!pending_tls(p))
+                                return false;
+                        if (p->phase == PENDING_TLS)
+                                return true;
+                        continue; /* the HELLO may have come with the handshake's last flight */
+                }
+                if (p->hello) {
+                        /* exactly the PROOF: what follows it belongs to the job (under TLS,
+                         * records read ahead stay in the session, which the job takes) */
+                        k = pending_recv(p, p->proof + p->proof_got, sizeof p->proof - p->proof_got);
+                        if (k == -EAGAIN)
+                                return true;
+                        if (k <= 0)
+                                return false;
                         p->proof_got += (size_t) k;
                         if (p->proof_got < sizeof p->proof)
                                 continue;
@@ -286,11 +432,11 @@ static bool pending_read(StreamListener *l, Pending *p, bool *handed_over) {
                         }
                         continue;
                 }
-                k = recv(p->fd, p->buf + p->got, p->need - p->got, MSG_DONTWAIT);
-                if (k == 0)
+                k = pending_recv(p, p->buf + p->got, p->need - p->got);
+                if (k == -EAGAIN)
+                        return true;
+                if (k <= 0)
                         return false;
-                if (k < 0)
-                        return errno == EAGAIN || errno == EINTR;
                 p->got += (size_t) k;
                 if (p->got < p->need)
                         continue;
@@ -317,12 +463,24 @@ static bool pending_read(StreamListener *l, Pending *p, bool *handed_over) {
         }
 }
 
+static bool is_loopback(const struct sockaddr_storage *ss) {
+        if (ss->ss_family == AF_INET)
+                return (ntohl(((const struct sockaddr_in *) ss)->sin_addr.s_addr) >> 24) == 127;
+        if (ss->ss_family == AF_INET6) {
+                const struct in6_addr *a = &((const struct sockaddr_in6 *) ss)->sin6_addr;
+                return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+        }
+        return false;
+}
+
 static void accept_some(StreamListener *l) {
         unsigned max = MIN(atomic_load(&l->max_pending), PENDING_ABS_MAX);
 
         for (unsigned n = 0; n < 256; n++) {
                 Pending *p;
-                int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                struct sockaddr_storage ss = {};
+                socklen_t len = sizeof ss;
+                int fd = accept4(l->fd, (struct sockaddr *) &ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
                 if (fd < 0) {
                         if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
@@ -335,6 +493,10 @@ static void accept_some(StreamListener *l) {
                         continue;
                 }
                 p->fd = fd;
+                p->events = POLLIN;
+                p->loopback = is_loopback(&ss);
+                if (stream_format_address((struct sockaddr *) &ss, len, p->peer, sizeof p->peer) < 0)
+                        (void) snprintf(p->peer, sizeof p->peer, "?");
                 p->need = STREAM_HELLO_FIXED_SIZE;
                 p->deadline = stream_now_usec() + atomic_load(&l->hello_timeout_usec);
                 while (l->n_pending >= MAX(max, 1u)) {
@@ -387,7 +549,8 @@ static void *listener_thread(void *arg) {
                 fds[1] = (struct pollfd) { .fd = l->fd, .events = POLLIN };
                 n = l->n_pending;
                 for (unsigned k = 0; k < n; k++)
-                        fds[2 + k] = (struct pollfd) { .fd = l->pending[k]->fd, .events = POLLIN };
+                        fds[2 + k] = (struct pollfd) { .fd = l->pending[k]->fd,
+                                                       .events = l->pending[k]->closing ? POLLIN : l->pending[k]->events };
                 r = poll(fds, 2 + n, timeout);
                 if (r < 0) {
                         if (errno == EINTR)
@@ -596,6 +759,7 @@ StreamListener *stream_listener_free(StreamListener *l) {
         for (size_t k = 0; k < l->n_ins; k++)
                 stream_in_set_listener(l->ins[k], NULL);
         free(l->ins);
+        stream_tls_context_unref(l->tls);
         strv_free(l->addresses);
         safe_close(l->fd);
         safe_close(l->wake_fd);
@@ -605,6 +769,11 @@ StreamListener *stream_listener_free(StreamListener *l) {
 }
 
 int stream_listener_new(int listen_fd, const char *address, StreamListener **ret, ErrorMessage *err) {
+        return stream_listener_new_secure(listen_fd, address, NULL, false, ret, err);
+}
+
+int stream_listener_new_secure(int listen_fd, const char *address, StreamTlsContext *tls, bool allow_cleartext,
+                               StreamListener **ret, ErrorMessage *err) {
         StreamListener *l;
         int r;
 
@@ -612,6 +781,9 @@ int stream_listener_new(int listen_fd, const char *address, StreamListener **ret
         if (!l)
                 return -ENOMEM;
         l->fd = l->wake_fd = -EBADF;
+        /* before the thread starts: a connection systemd holds for us may be waiting already */
+        l->tls = stream_tls_context_ref(tls);
+        l->allow_cleartext = allow_cleartext;
         (void) pthread_mutex_init(&l->lock, NULL);
         atomic_store(&l->hello_timeout_usec, STREAM_HELLO_TIMEOUT_USEC);
         atomic_store(&l->max_pending, STREAM_PENDING_MAX);

@@ -2,14 +2,16 @@
 
 /*
  * The sending side. Threads:
- *   setup      connects the channels, sends HELLOs, reads WELCOMEs, then ends;
+ *   setup      connects the channels, runs their TLS handshakes (when TLS is configured), sends
+ *              HELLOs, reads WELCOMEs, then ends;
  *   reader     one per device: reads its data fd into pool buffers (header room in front), seals
  *              the header and queues the packet on a channel — sequence numbers are assigned and
  *              the packet queued under one lock, so every channel's queue is in stream order;
  *   ring       io_uring threads, each owning channels c ≡ ring (mod rings): one send in flight per
  *              channel; ring 0 also receives channel 0 (INITIAL_LOADED, COMPLETE, ABORT), and
  *              every ring watches its other channels, where a destination sends nothing;
- *     or, without io_uring, one blocking sender thread per channel and one receiver polling all;
+ *     or, without io_uring, one blocking sender thread per channel and one receiver polling all
+ *     (also with TLS in user space: GnuTLS seals and opens records on the channel's own threads);
  *   supervisor the stall timer; tears everything down on failure, abort or free: a best-effort
  *              ABORT, then shutdown(2) of every socket, which ends every blocked send and receive.
  * One mutex (o->lock) covers queues, the pool, sequence numbers and the states below.
@@ -47,6 +49,7 @@ typedef struct OutChannel {
         StreamOut *o;
         unsigned index;
         int fd;
+        StreamTlsSession *tls;               /* NULL: cleartext; set before connected, then fixed */
         OutRing *ring;
         /* under o->lock */
         OutPacket *head, *tail;              /* ordered packets, in stream order */
@@ -130,6 +133,7 @@ struct StreamOut {
         StreamOutConfig cfg;
         EventQueue events;
         bool use_uring;
+        StreamTransport transport;      /* once connected */
         unsigned n_channels, n_rings;
         uint32_t announced_payload;
         uint32_t chunk;                 /* effective, once connected */
@@ -622,6 +626,11 @@ static void out_rx_end(StreamOut *o, int error) {
                         out_fail_locked(o, o->deferred_error, 0, "%s", o->deferred_text);
                 else if (error == 0 || error == -ECONNRESET)
                         out_fail_locked(o, -ECONNRESET, 0, "the destination closed channel 0 before the migration completed");
+                else if (error == -EACCES && o->channels[0].tls)
+                        out_fail_locked(o, error, 0, "the destination ended channel 0: %s", stream_tls_error(o->channels[0].tls));
+                else if (error == -EBADMSG && o->channels[0].tls)
+                        out_fail_locked(o, error, STREAM_ABORT_PROTOCOL,
+                                        "a TLS record on channel 0 does not authenticate (altered on the way?)");
                 else
                         out_fail_locked(o, error, 0, "receiving on channel 0 failed: %s", strerror(-error));
         }
@@ -1139,22 +1148,6 @@ static void *out_ring_thread(void *arg) {
 
 /* ---- senders: blocking ---- */
 
-static int send_blocking(int fd, const uint8_t *p, size_t n) {
-        while (n > 0) {
-                ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -EPIPE;
-                p += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
 static void *out_sender_thread(void *arg) {
         OutChannel *ch = arg;
         StreamOut *o = ch->o;
@@ -1190,7 +1183,7 @@ static void *out_sender_thread(void *arg) {
                                         (uint64_t) ((unsigned __int128) p->size * USEC_PER_SEC / rate);
                 ch->inflight = p;
                 pthread_mutex_unlock(&o->lock);
-                r = send_blocking(ch->fd, p->buf, p->size);
+                r = stream_chan_send_blocking(ch->fd, ch->tls, p->buf, p->size);
                 pthread_mutex_lock(&o->lock);
                 ch->inflight = NULL;
                 if (r < 0)
@@ -1209,6 +1202,7 @@ static void *out_sender_thread(void *arg) {
 static bool wait_channel0(StreamOut *o) {
         for (;;) {
                 struct pollfd p[STREAM_CHANNELS_MAX];
+                StreamTlsSession *tls[STREAM_CHANNELS_MAX];
                 unsigned map[STREAM_CHANNELS_MAX], n = 0;
                 bool dead;
 
@@ -1217,11 +1211,15 @@ static bool wait_channel0(StreamOut *o) {
                 for (unsigned c = 0; c < o->n_channels && !dead; c++)
                         if (c == 0 || !o->channels[c].side_done) {
                                 map[n] = c;
+                                tls[n] = o->channels[c].tls;
                                 p[n++] = (struct pollfd) { .fd = o->channels[c].fd, .events = POLLIN };
                         }
                 pthread_mutex_unlock(&o->lock);
                 if (dead)
                         return false;
+                /* records GnuTLS already read and opened: poll(2) cannot see them */
+                if (tls[0] && stream_tls_pending(tls[0]))
+                        return true;
                 if (poll(p, n, -1) < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -1230,10 +1228,23 @@ static bool wait_channel0(StreamOut *o) {
                 for (unsigned k = 1; k < n; k++)
                         if (p[k].revents) {
                                 uint8_t b;
-                                ssize_t got = recv(p[k].fd, &b, 1, MSG_DONTWAIT);
-                                if (got < 0 && (errno == EAGAIN || errno == EINTR))
-                                        continue;
-                                out_side_end(o, &o->channels[map[k]], got > 0 ? 1 : got == 0 ? 0 : -errno);
+                                ssize_t got;
+
+                                if (tls[k]) {
+                                        /* a record that is not data (an alert) is not a violation */
+                                        got = stream_tls_recv(tls[k], &b, 1, true);
+                                        if (got == -EAGAIN)
+                                                continue;
+                                        if (got == -ECONNRESET)
+                                                got = 0;
+                                } else {
+                                        got = recv(p[k].fd, &b, 1, MSG_DONTWAIT);
+                                        if (got < 0 && (errno == EAGAIN || errno == EINTR))
+                                                continue;
+                                        if (got < 0)
+                                                got = -errno;
+                                }
+                                out_side_end(o, &o->channels[map[k]], got > 0 ? 1 : (int) got);
                         }
                 if (p[0].revents)
                         return true;
@@ -1243,6 +1254,7 @@ static bool wait_channel0(StreamOut *o) {
 static void *out_receiver_thread(void *arg) {
         StreamOut *o = arg;
         OutRx *rx = &o->rx;
+        StreamTlsSession *tls;
         int fd, r;
 
         stream_thread_name("so-recv", (int) 0);
@@ -1250,6 +1262,7 @@ static void *out_receiver_thread(void *arg) {
         while (!o->connected && !o->dead)
                 pthread_cond_wait(&o->channels[0].cond, &o->lock);
         fd = o->channels[0].fd;
+        tls = o->channels[0].tls;
         pthread_mutex_unlock(&o->lock);
         if (fd < 0) {
                 sock_thread_exit(o);
@@ -1259,7 +1272,7 @@ static void *out_receiver_thread(void *arg) {
         for (;;) {
                 if (!wait_channel0(o))
                         break;
-                r = stream_recv_exact(fd, rx->hdr, STREAM_HEADER_SIZE);
+                r = stream_chan_recv_exact(fd, tls, rx->hdr, STREAM_HEADER_SIZE);
                 if (r < 0) {
                         out_rx_end(o, r);
                         break;
@@ -1268,7 +1281,7 @@ static void *out_receiver_thread(void *arg) {
                 if (r < 0)
                         break;
                 if (r > 0) {
-                        r = stream_recv_exact(fd, rx->payload, rx->h.length);
+                        r = stream_chan_recv_exact(fd, tls, rx->payload, rx->h.length);
                         if (r < 0) {
                                 out_rx_end(o, r);
                                 break;
@@ -1352,12 +1365,27 @@ static int connect_all(StreamOut *o, int *fds, ErrorMessage *err) {
         return 0;
 }
 
+/* A failure to read the WELCOME, said as the peer would have it understood. */
+static int welcome_read_error(StreamOut *o, unsigned c, StreamTlsSession *tls, int r, ErrorMessage *err) {
+        if (r == -ETIMEDOUT)
+                return error_setf(err, r, "no WELCOME on channel %u within %llu s", c,
+                                  (unsigned long long) (STREAM_HANDSHAKE_TIMEOUT_USEC / USEC_PER_SEC));
+        /* TLS 1.3: the destination checks our certificate after our side of the handshake
+         * ended, and says no with an alert we read here */
+        if (r == -EACCES && tls)
+                return error_setf(err, r, "the destination refused the TLS connection on channel %u: %s", c,
+                                  stream_tls_error(tls));
+        if (r == -EBADMSG && tls)
+                return error_setf(err, r, "a TLS record on channel %u does not authenticate", c);
+        return error_setf(err, r, "reading the WELCOME on channel %u failed: %m", c);
+}
+
 /*
  * HELLO on every channel, then per channel: the WELCOME, whose proof must show the destination
  * knows the token (MAC_dst over this channel's whole handshake), and our PROOF in return. No
  * device state moves before every channel passed (proto/stream-protocol.md §1).
  */
-static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, ErrorMessage *err) {
+static int handshake_all(StreamOut *o, int *fds, StreamTlsSession **tls, uint32_t *ret_max_payload, ErrorMessage *err) {
         uint64_t deadline = stream_now_usec() + STREAM_HANDSHAKE_TIMEOUT_USEC;
         _cleanup_free_ uint8_t *hellos = NULL;
         StreamHello h = {
@@ -1387,7 +1415,16 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
                 r = stream_hello_encode(&h, hellos + c * size, size);
                 if (r < 0)
                         return error_setf(err, r, "cannot encode the HELLO (bad device information?)");
-                r = stream_send_all(fds[c], hellos + c * size, size, deadline, o->setup_wake_fd);
+                r = stream_chan_send_all(fds[c], tls[c], hellos + c * size, size, deadline, o->setup_wake_fd);
+                if (r < 0 && r != -ECANCELED && tls[c]) {
+                        /* the destination refused our certificate after our handshake ended
+                         * (TLS 1.3), and hung up: its alert says why */
+                        uint8_t b[2]; /* an alert's size: kTLS hands it over whole or not at all */
+                        int k = stream_chan_recv_all(fds[c], tls[c], b, sizeof b, stream_now_usec() + 500 * USEC_PER_MSEC,
+                                                     o->setup_wake_fd);
+                        if (k == -EACCES)
+                                return welcome_read_error(o, c, tls[c], k, err);
+                }
                 if (r < 0)
                         return r == -ECANCELED ? r : error_setf(err, r, "sending the HELLO on channel %u failed: %m", c);
         }
@@ -1399,14 +1436,11 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
                 StreamTranscript t;
                 const char *why = NULL;
 
-                r = stream_recv_all(fds[c], in, STREAM_WELCOME_SIZE, deadline, o->setup_wake_fd);
+                r = stream_chan_recv_all(fds[c], tls[c], in, STREAM_WELCOME_SIZE, deadline, o->setup_wake_fd);
                 if (r == -ECANCELED)
                         return r;
-                if (r == -ETIMEDOUT)
-                        return error_setf(err, r, "no WELCOME on channel %u within %llu s", c,
-                                          (unsigned long long) (STREAM_HANDSHAKE_TIMEOUT_USEC / USEC_PER_SEC));
                 if (r < 0)
-                        return error_setf(err, r, "reading the WELCOME on channel %u failed: %m", c);
+                        return welcome_read_error(o, c, tls[c], r, err);
                 r = stream_welcome_decode(in, &w, &why);
                 /* -EPROTO: the destination said no; -EBADMSG: it broke the protocol */
                 if (r < 0)
@@ -1420,8 +1454,8 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
                 if (w.channel_index != c)
                         return error_setf(err, -EBADMSG, "the destination's WELCOME on channel %u names channel %u", c,
                                           w.channel_index);
-                r = stream_recv_all(fds[c], in + STREAM_WELCOME_SIZE, STREAM_WELCOME_PROOF_SIZE, deadline,
-                                    o->setup_wake_fd);
+                r = stream_chan_recv_all(fds[c], tls[c], in + STREAM_WELCOME_SIZE, STREAM_WELCOME_PROOF_SIZE, deadline,
+                                         o->setup_wake_fd);
                 if (r == -ECANCELED)
                         return r;
                 if (r < 0)
@@ -1447,7 +1481,7 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
                 if (r < 0)
                         return error_setf(err, r, "cannot compute the proof for channel %u", c);
                 stream_proof_encode(&proof, out);
-                r = stream_send_all(fds[c], out, sizeof out, deadline, o->setup_wake_fd);
+                r = stream_chan_send_all(fds[c], tls[c], out, sizeof out, deadline, o->setup_wake_fd);
                 if (r < 0)
                         return r == -ECANCELED ? r : error_setf(err, r, "sending the PROOF on channel %u failed: %m", c);
                 max_payload = MIN(max_payload, w.max_payload);
@@ -1456,9 +1490,72 @@ static int handshake_all(StreamOut *o, int *fds, uint32_t *ret_max_payload, Erro
         return 0;
 }
 
+/* The TLS handshake failed because the destination answered in cleartext: a daemon without
+ * credentials refuses with a cleartext WELCOME, whose reason we read and pass on. */
+static int not_tls_error(StreamOut *o, unsigned c, int fd, StreamTlsSession *tls, ErrorMessage *err) {
+        uint8_t in[STREAM_WELCOME_SIZE];
+        const uint8_t *prefix;
+        size_t n = stream_tls_peer_prefix(tls, &prefix);
+        StreamWelcome w;
+        const char *why = NULL;
+
+        if (n <= sizeof in && memcmp(prefix, STREAM_WELCOME_MAGIC, MIN(n, strlen(STREAM_WELCOME_MAGIC))) == 0) {
+                memcpy(in, prefix, n);
+                if (stream_recv_all(fd, in + n, sizeof in - n, stream_now_usec() + USEC_PER_SEC, o->setup_wake_fd) >= 0 &&
+                    stream_welcome_decode(in, &w, &why) >= 0 && w.status != STREAM_ACCEPTED)
+                        return error_setf(err, -EPROTONOSUPPORT,
+                                          "the destination does not speak TLS: it refused channel %u in cleartext: %s%s%s", c,
+                                          stream_refusal_to_string(w.status), w.reason[0] ? ": " : "", w.reason);
+        }
+        return error_setf(err, -EPROTONOSUPPORT, "the destination does not speak TLS: it answered channel %u in cleartext", c);
+}
+
+/* TLS on every channel, one after the other (a handshake costs about a millisecond). */
+static int tls_all(StreamOut *o, int *fds, StreamTlsSession **tls, StreamTransport *ret, ErrorMessage *err) {
+        uint64_t deadline = stream_now_usec() + STREAM_HANDSHAKE_TIMEOUT_USEC;
+        StreamTransport first = STREAM_TRANSPORT_CLEARTEXT;
+        int r;
+
+        if (!o->cfg.tls) {
+                *ret = STREAM_TRANSPORT_CLEARTEXT;
+                return 0;
+        }
+        for (unsigned c = 0; c < o->n_channels; c++) {
+                ErrorMessage why = {};
+                StreamTransport t;
+
+                r = stream_tls_session_new(o->cfg.tls, fds[c], false, &tls[c], &why);
+                if (r >= 0)
+                        r = stream_tls_handshake(tls[c], deadline, o->setup_wake_fd, &why);
+                if (r == -ECANCELED)
+                        return r;
+                if (r == -EPROTONOSUPPORT)
+                        return not_tls_error(o, c, fds[c], tls[c], err);
+                if (r < 0)
+                        return error_setf(err, r, "TLS on channel %u: %s", c, why.text);
+                r = stream_tls_start(tls[c], &t, &why);
+                if (r < 0)
+                        return error_setf(err, r, "TLS on channel %u: %s", c, why.text);
+                if (c == 0)
+                        first = t;
+                else if (t != first)
+                        return error_setf(err, -EIO, "TLS on channel %u runs %s, channel 0 %s", c, stream_transport_to_string(t),
+                                          stream_transport_to_string(first));
+        }
+        /* the socket threads were chosen before: io_uring only moves plain bytes */
+        if (o->use_uring && first != STREAM_TRANSPORT_TLS_KERNEL)
+                return error_setf(err, -EIO, "kernel TLS could not take the channels, and io_uring needs it");
+        log_info("stream out: TLS to %s (%s), %s", stream_tls_peer_name(tls[0]), stream_tls_cipher_name(tls[0]),
+                 first == STREAM_TRANSPORT_TLS_KERNEL ? "records in the kernel (kTLS)" : "records in user space (GnuTLS)");
+        *ret = first;
+        return 0;
+}
+
 static void *setup_thread(void *arg) {
         StreamOut *o = arg;
         int fds[STREAM_CHANNELS_MAX];
+        StreamTlsSession *tls[STREAM_CHANNELS_MAX] = {};
+        StreamTransport transport = STREAM_TRANSPORT_CLEARTEXT;
         ErrorMessage err = {};
         uint32_t max_payload = 0;
         int r;
@@ -1468,10 +1565,15 @@ static void *setup_thread(void *arg) {
                 fds[c] = -EBADF;
 
         r = connect_all(o, fds, &err);
-        for (unsigned c = 0; r >= 0 && c < o->n_channels; c++)
-                r = stream_channel_binding(fds[c], o->channels[c].binding);
         if (r >= 0)
-                r = handshake_all(o, fds, &max_payload, &err);
+                r = tls_all(o, fds, tls, &transport, &err);
+        for (unsigned c = 0; r >= 0 && c < o->n_channels; c++) {
+                r = stream_channel_binding(tls[c], o->channels[c].binding);
+                if (r < 0)
+                        r = error_setf(&err, r, "TLS on channel %u: cannot export the channel binding", c);
+        }
+        if (r >= 0)
+                r = handshake_all(o, fds, tls, &max_payload, &err);
         if (r >= 0) {
                 for (unsigned d = 0; d < o->cfg.device_count; d++)
                         if (o->devices[d].has_blob && o->devices[d].blob_size > max_payload) {
@@ -1487,24 +1589,30 @@ static void *setup_thread(void *arg) {
 
         pthread_mutex_lock(&o->lock);
         if (r < 0 || o->stopping) {
-                for (unsigned c = 0; c < o->n_channels; c++)
+                for (unsigned c = 0; c < o->n_channels; c++) {
+                        tls[c] = stream_tls_session_free(tls[c]);
                         fds[c] = safe_close(fds[c]);
+                }
                 if (r < 0 && r != -ECANCELED)
                         out_fail_locked(o, r, 0, "%s", err.text[0] ? err.text : strerror(-r));
                 pthread_mutex_unlock(&o->lock);
                 return NULL;
         }
-        for (unsigned c = 0; c < o->n_channels; c++)
+        for (unsigned c = 0; c < o->n_channels; c++) {
                 o->channels[c].fd = fds[c];
+                o->channels[c].tls = tls[c];
+        }
+        o->transport = transport;
         o->chunk = MIN(o->cfg.chunk, max_payload);
         o->connected = true;
         atomic_store(&o->counters.channels_up, o->n_channels);
         if (o->use_uring)
-                log_info("stream out: %u channel%s up (io_uring, %u ring thread%s), %u-byte packets", o->n_channels,
-                         o->n_channels == 1 ? "" : "s", o->n_rings, o->n_rings == 1 ? "" : "s", o->chunk);
+                log_info("stream out: %u channel%s up (%s, io_uring, %u ring thread%s), %u-byte packets", o->n_channels,
+                         o->n_channels == 1 ? "" : "s", stream_transport_to_string(transport), o->n_rings,
+                         o->n_rings == 1 ? "" : "s", o->chunk);
         else
-                log_info("stream out: %u channel%s up (blocking I/O, a thread per channel), %u-byte packets",
-                         o->n_channels, o->n_channels == 1 ? "" : "s", o->chunk);
+                log_info("stream out: %u channel%s up (%s, blocking I/O, a thread per channel), %u-byte packets",
+                         o->n_channels, o->n_channels == 1 ? "" : "s", stream_transport_to_string(transport), o->chunk);
         {
                 char peer[128] = "";
                 (void) stream_format_address((const struct sockaddr *) &o->cfg.peer, o->cfg.peer_len, peer, sizeof peer);
@@ -1639,6 +1747,7 @@ StreamOut *stream_out_free(StreamOut *o) {
                 channel_drop_queued_locked(o, ch);
                 if (ch->inflight)
                         packet_release_locked(o, TAKE_PTR(ch->inflight));
+                ch->tls = stream_tls_session_free(ch->tls);
                 ch->fd = safe_close(ch->fd);
                 (void) pthread_cond_destroy(&ch->cond);
         }
@@ -1661,6 +1770,7 @@ StreamOut *stream_out_free(StreamOut *o) {
         (void) pthread_cond_destroy(&o->sup_cond);
         (void) pthread_mutex_destroy(&o->lock);
         event_queue_done(&o->events);
+        stream_tls_context_unref(o->cfg.tls);
         free(o);
         return NULL;
 }
@@ -1700,6 +1810,7 @@ int stream_out_new(const StreamOutConfig *c, StreamOut **ret, ErrorMessage *err)
         if (!o)
                 return -ENOMEM;
         o->cfg = *c;
+        o->cfg.tls = stream_tls_context_ref(c->tls);
         o->cfg.chunk = c->chunk ?: STREAM_CHUNK_DEFAULT;
         o->n_channels = c->channels;
         o->stall_usec = c->stall_timeout_usec ?: STREAM_STALL_TIMEOUT_USEC_DEFAULT;
@@ -1760,6 +1871,13 @@ int stream_out_new(const StreamOutConfig *c, StreamOut **ret, ErrorMessage *err)
         o->use_uring = c->io_uring && stream_io_uring_available();
         if (c->io_uring && !o->use_uring)
                 log_info("stream out: io_uring is not available here, using blocking I/O");
+        else if (o->use_uring && c->tls && !stream_tls_context_ktls(c->tls)) {
+                /* GnuTLS records on the ring would need our own sealing into ring buffers; until
+                 * then user-space TLS runs on the blocking per-channel threads, which also spread
+                 * the crypto over the CPUs. */
+                log_info("stream out: no kernel TLS here: TLS in user space, on blocking I/O");
+                o->use_uring = false;
+        }
         o->n_rings = c->rings ?: MIN(c->channels, online_cpus());
 
         if (o->use_uring) {
@@ -1942,6 +2060,7 @@ void stream_out_stats(StreamOut *o, StreamStats *ret) {
         stream_counters_read(&o->counters, o->cfg.device_count, o->use_uring, ret);
         pthread_mutex_lock(&o->lock);
         ret->buffered = o->queued_total;
+        ret->transport = o->transport;
         pthread_mutex_unlock(&o->lock);
 }
 

@@ -8,6 +8,10 @@
  *           with the frontier rule (the prototype of perf-limits.md §4, "thr").
  *   memfd   the engine with a stand-in device whose data fd is a memfd: like for like with raw.
  *   sim     the engine with simulated devices (content generated and verified on the fly).
+ *   tls     the memfd engine with TLS 1.3 on every channel (a PSK made here; the records cost
+ *           the same as with certificates), against the cleartext engine of the same run: with
+ *           kernel TLS where the kernel has it, else GnuTLS in user space on blocking I/O (so a
+ *           cleartext blocking-I/O row is printed too, to tell the crypto from the I/O mode).
  *
  * Throughput is timed from the start of reading to the last byte written; CPU is getrusage()
  * of the whole process (every thread, io_uring workers included) around the transfer. Then a
@@ -623,7 +627,8 @@ static void drive(StreamOut *out, StreamIn *in, unsigned devices, const int *src
 }
 
 /* The engine in one process: kind "memfd" or "sim". */
-static Result run_engine(const char *kind, unsigned channels, uint64_t size, int src_memfd, bool uring) {
+static Result run_engine(const char *kind, unsigned channels, uint64_t size, int src_memfd, bool uring,
+                         StreamTlsContext *tls) {
         bool sim = streq(kind, "sim");
         VfioDev *src = sim ? sim_dev("bsrc", size) : mem_dev_new("bsrc");
         VfioDev *dst = sim ? sim_dev("bdst", size) : mem_dev_new("bdst");
@@ -632,7 +637,8 @@ static Result run_engine(const char *kind, unsigned channels, uint64_t size, int
         StreamIn *in = NULL;
         StreamOut *out = NULL;
         StreamInConfig ic = { .device_count = 1, .devices = { dst }, .io_uring = uring, .budget = bench_budget };
-        StreamOutConfig oc = { .channels = channels, .io_uring = uring, .device_count = 1, .devices = { src } };
+        StreamOutConfig oc = { .channels = channels, .io_uring = uring, .device_count = 1, .devices = { src },
+                               .tls = tls };
         ErrorMessage err = {};
         char **addrs = NULL;
         StreamStats st;
@@ -653,7 +659,7 @@ static Result run_engine(const char *kind, unsigned channels, uint64_t size, int
                 ic.token[k] = oc.token[k] = (uint8_t) (k + 1);
         ic.data_fds[0] = dfd;
         ic.infos[0] = oc.infos[0] = info_of(src, sim ? STREAM_FORMAT_SIM : STREAM_FORMAT_DRIVER, size);
-        r = stream_listener_new(-1, "127.0.0.1:0", &l, &err);
+        r = stream_listener_new_secure(-1, "127.0.0.1:0", tls, false, &l, &err);
         if (r < 0)
                 die(err.text, r);
         stream_listener_addresses(l, &addrs);
@@ -681,6 +687,8 @@ static Result run_engine(const char *kind, unsigned channels, uint64_t size, int
         }
         stream_in_stats(in, &st);
         res.buffered_peak = st.buffered_peak;
+        if (tls && st.transport == STREAM_TRANSPORT_CLEARTEXT)
+                die("the TLS run ran in cleartext", -EPROTO);
         stream_out_free(out);
         stream_in_free(in);
         res.cpu = cpu_sec() - c0;
@@ -894,6 +902,35 @@ static void rss_run(const char *self, uint64_t size, unsigned channels, uint64_t
         vfio_dev_free(src);
 }
 
+/* A PSK context: a fresh random key in a file of our own (psktool's format). */
+static StreamTlsContext *bench_tls(void) {
+        char dir[] = "/tmp/bench-stream-tls.XXXXXX", path[64];
+        StreamTlsConfig c = { .psk_file = path, .ktls = true };
+        StreamTlsContext *tls = NULL;
+        ErrorMessage err = {};
+        uint8_t key[32];
+        FILE *f;
+        int r;
+
+        if (!mkdtemp(dir))
+                die("mkdtemp", -errno);
+        (void) snprintf(path, sizeof path, "%s/psk.txt", dir);
+        f = fopen(path, "we");
+        if (!f || getentropy(key, sizeof key) < 0)
+                die("psk file", -errno);
+        fputs("bench:", f);
+        for (size_t k = 0; k < sizeof key; k++)
+                fprintf(f, "%02x", key[k]);
+        fputs("\n", f);
+        fclose(f);
+        r = stream_tls_context_new(&c, &tls, &err);
+        (void) unlink(path);
+        (void) rmdir(dir);
+        if (r < 0)
+                die(err.text, r);
+        return tls;
+}
+
 static int cmp_double(const void *a, const void *b) {
         double x = *(const double *) a, y = *(const double *) b;
         return x < y ? -1 : x > y;
@@ -924,6 +961,7 @@ int main(int argc, char *argv[]) {
                 {}
         };
         const char *only = NULL;
+        StreamTlsContext *tls = NULL;
         int c, sndbuf = 0, rcvbuf = 0;
 
         log_set_max_level(LOG_WARNING);
@@ -966,9 +1004,17 @@ int main(int argc, char *argv[]) {
         if (runs < 1 || runs > 32)
                 runs = 3;
         signal(SIGPIPE, SIG_IGN);
-        if (only && !streq(only, "raw") && !streq(only, "memfd") && !streq(only, "sim") && !streq(only, "rss")) {
-                fprintf(stderr, "--only takes raw, memfd, sim or rss\n");
+        if (only && !streq(only, "raw") && !streq(only, "memfd") && !streq(only, "sim") && !streq(only, "rss") &&
+            !streq(only, "tls")) {
+                fprintf(stderr, "--only takes raw, memfd, sim, tls or rss\n");
                 return 2;
+        }
+        if (!only || streq(only, "tls")) {
+                tls = bench_tls();
+                /* in-process: both ends are ours, so this is a loopback run of the record layer */
+                printf("bench-stream: TLS 1.3 with a PSK, %s\n",
+                       stream_tls_context_ktls(tls) ? "kernel TLS available (kTLS, io_uring)"
+                                                    : "no kernel TLS here: GnuTLS in user space on blocking I/O");
         }
         log_set_max_level(LOG_WARNING);
         stream_test_set_socket_buffers(sndbuf, rcvbuf);
@@ -988,7 +1034,8 @@ int main(int argc, char *argv[]) {
                 /* one configuration, for profiling: raw, memfd or sim */
                 for (unsigned i = 0; i < runs; i++) {
                         Result a = streq(only, "raw") ? run_raw(channel_list[0], size, src)
-                                                      : run_engine(only, channel_list[0], size, src, uring);
+                                                      : run_engine(streq(only, "tls") ? "memfd" : only, channel_list[0], size,
+                                                                   src, uring, streq(only, "tls") ? tls : NULL);
                         printf("%s ×%u: %.2f GiB/s, %.3f CPU-s/GiB, peak held %.1f MiB\n", only, channel_list[0], gibps(&a),
                                cpu_per_gib(&a), (double) a.buffered_peak / MiB);
                 }
@@ -996,13 +1043,20 @@ int main(int argc, char *argv[]) {
         }
         for (size_t k = 0; k < n_channel_list; k++) {
                 unsigned n = channel_list[k];
-                double raw_t[32], raw_c[32], mem_t[32], mem_c[32], sim_t[32], sim_c[32];
+                double raw_t[32], raw_c[32], mem_t[32], mem_c[32], sim_t[32], sim_c[32], blk_t[32], blk_c[32], tls_t[32],
+                        tls_c[32];
                 uint64_t peak = 0;
 
                 for (unsigned i = 0; i < runs; i++) {
                         Result a = run_raw(n, size, src);
-                        Result b = run_engine("memfd", n, size, src, uring);
-                        Result s = run_engine("sim", n, size, src, uring);
+                        Result b = run_engine("memfd", n, size, src, uring, NULL);
+                        Result s = run_engine("sim", n, size, src, uring, NULL);
+                        Result bb = run_engine("memfd", n, size, src, false, NULL);
+                        Result t = run_engine("memfd", n, size, src, uring, tls);
+                        blk_t[i] = gibps(&bb);
+                        blk_c[i] = cpu_per_gib(&bb);
+                        tls_t[i] = gibps(&t);
+                        tls_c[i] = cpu_per_gib(&t);
                         raw_t[i] = gibps(&a);
                         raw_c[i] = cpu_per_gib(&a);
                         mem_t[i] = gibps(&b);
@@ -1021,10 +1075,20 @@ int main(int argc, char *argv[]) {
                        mt / rt, mc / rc, mt >= 0.9 * rt && mc <= 1.2 * rc ? "[meets 0.9×/1.2×]" : "[misses 0.9×/1.2×]");
                 printf("  engine, sim devices         %6.2f   %6.3f              %5.2f×   %5.2f×\n", st, sc, st / rt,
                        sc / rc);
+                {
+                        double bt = median(blk_t, runs), bc = median(blk_c, runs);
+                        double tt = median(tls_t, runs), tc = median(tls_c, runs);
+                        printf("  engine, memfd, blocking I/O %6.2f   %6.3f              %5.2f×   %5.2f×\n", bt, bc, bt / rt,
+                               bc / rc);
+                        printf("  engine, memfd, TLS (%s) %6.2f   %6.3f   vs cleartext: %5.2f×   %5.2f×  %s\n",
+                               stream_tls_context_ktls(tls) ? "kernel" : "user  ", tt, tc, tt / mt, tc / mc,
+                               tt >= 0.7 * mt ? "[meets 0.7×]" : "[misses 0.7×]");
+                }
                 printf("  (reassembly peak held: %.1f MiB)\n", (double) peak / MiB);
                 fflush(stdout);
         }
         close(src);
+        stream_tls_context_unref(tls);
 
         costs(size);
 

@@ -172,10 +172,14 @@ class SignalWatcher:
 class Side:
     """A private bus with a vfiomigd on it."""
 
-    def __init__(self, name, extra_args=(), listen="127.0.0.1:0", wrapper=None):
+    def __init__(self, name, extra_args=(), listen="127.0.0.1:0", wrapper=None, config=None):
+        """config: a vfiomigd.conf(5) object (e.g. its "tls"); wrapper: a command line the daemon
+        runs under (e.g. ip netns exec NS)."""
         self.name = name
         self.extra_args = list(extra_args)
         self.listen = listen
+        self.config = config
+        self.wrapper = list(wrapper or ())
         self.bus = None
         self.daemon = None
         self.conn = None
@@ -195,7 +199,7 @@ class Side:
         return ([f"--stream-listen={self.listen}"] if self.listen else []) + self.extra_args
 
     def start_daemon(self):
-        self.daemon = h.Daemon(self.bus, args=self.daemon_args()).start()
+        self.daemon = h.Daemon(self.bus, args=self.daemon_args(), config=self.config, wrapper=self.wrapper).start()
         self.connect()
 
     def connect(self):

@@ -3,7 +3,10 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "daemon-config.h"
 #include "device-options.h"
@@ -151,4 +154,75 @@ Test(device_options, types_and_application) {
         cr_assert(c.mtty_quirks);
         cr_assert_eq(sim_config_apply(&c, "state-size", &b, &err), -EINVAL);
         cr_assert_str_eq(err.text, "option 'state-size' takes a value of type t, not b");
+}
+
+Test(daemon_config, tls) {
+        char dir[] = "/tmp/test-daemon-config.XXXXXX", path[128];
+        DaemonConfig c;
+        ErrorMessage err = {};
+        FILE *f;
+
+        cr_assert(mkdtemp(dir));
+
+        /* nothing in the PKI directory, no "tls": cleartext, and loopback only by default */
+        cr_assert_eq(daemon_config_parse_full("{}", dir, &c, &err), 0, "%s", err.text);
+        cr_assert(!c.tls.enabled && !c.allow_cleartext);
+        daemon_config_done(&c);
+
+        /* a certificate in the PKI directory switches TLS on, with the libvirt file names */
+        (void) snprintf(path, sizeof path, "%s/server-cert.pem", dir);
+        f = fopen(path, "we");
+        cr_assert(f);
+        fclose(f);
+        cr_assert_eq(daemon_config_parse_full("{ \"allow-cleartext\": true }", dir, &c, &err), 0, "%s", err.text);
+        cr_assert(c.tls.enabled && !c.tls.explicit && c.tls.kernel_tls && c.allow_cleartext);
+        cr_assert(strstr(c.tls.ca_file, "/ca-cert.pem"));
+        cr_assert(strstr(c.tls.cert_file, "/server-cert.pem"));
+        cr_assert(strstr(c.tls.key_file, "/server-key.pem"));
+        cr_assert_null(c.tls.crl_file);
+        daemon_config_done(&c);
+        (void) unlink(path);
+
+        /* explicit: a directory, one file overridden, an allow-list */
+        cr_assert_eq(daemon_config_parse_full("{ \"tls\": { \"x509-dir\": \"/srv/pki\", \"key\": \"/secret/k.pem\","
+                                              " \"allowed-peers\": [\"CN=host-b,*\", \"192.0.2.11\"], \"kernel-tls\": false } }",
+                                              dir, &c, &err), 0, "%s", err.text);
+        cr_assert(c.tls.enabled && c.tls.explicit && !c.tls.kernel_tls);
+        cr_assert_str_eq(c.tls.ca_file, "/srv/pki/ca-cert.pem");
+        cr_assert_str_eq(c.tls.cert_file, "/srv/pki/server-cert.pem");
+        cr_assert_str_eq(c.tls.key_file, "/secret/k.pem");
+        cr_assert_str_eq(c.tls.allowed_peers[0], "CN=host-b,*");
+        cr_assert_str_eq(c.tls.allowed_peers[1], "192.0.2.11");
+        cr_assert_null(c.tls.allowed_peers[2]);
+        daemon_config_done(&c);
+
+        /* PSK */
+        cr_assert_eq(daemon_config_parse_full("{ \"tls\": { \"psk-file\": \"/etc/pki/vfiomigd/psk.txt\", \"psk-identity\": \"a\" } }",
+                                              dir, &c, &err), 0, "%s", err.text);
+        cr_assert(c.tls.enabled);
+        cr_assert_str_eq(c.tls.psk_file, "/etc/pki/vfiomigd/psk.txt");
+        cr_assert_str_eq(c.tls.psk_identity, "a");
+        cr_assert_null(c.tls.cert_file);
+        daemon_config_done(&c);
+
+        static const struct {
+                const char *text, *message;
+        } bad[] = {
+                { "{ \"tls\": true }", "tls must be an object" },
+                { "{ \"tls\": { \"cert-file\": \"/x\" } }", "tls: unknown key 'cert-file'" },
+                { "{ \"tls\": { \"cert\": \"relative.pem\" } }", "tls.cert must be an absolute path" },
+                { "{ \"tls\": { \"cert\": \"\" } }", "tls.cert must not be empty" },
+                { "{ \"tls\": { \"psk-file\": \"/p\", \"ca-cert\": \"/c\" } }", "psk-file excludes the x509 keys" },
+                { "{ \"tls\": { \"psk-identity\": \"a\" } }", "psk-identity needs psk-file" },
+                { "{ \"tls\": { \"allowed-peers\": \"CN=a\" } }", "tls.allowed-peers must be an array" },
+                { "{ \"tls\": { \"allowed-peers\": [ 1 ] } }", "tls.allowed-peers[0] must be a non-empty string" },
+                { "{ \"tls\": { \"kernel-tls\": 1 } }", "tls.kernel-tls must be true or false" },
+                { "{ \"allow-cleartext\": \"yes\" }", "allow-cleartext must be true or false" },
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+                err = (ErrorMessage) {};
+                cr_assert_eq(daemon_config_parse_full(bad[i].text, dir, &c, &err), -EINVAL, "%s", bad[i].text);
+                cr_assert(strstr(err.text, bad[i].message), "%s: got \"%s\"", bad[i].text, err.text);
+        }
+        (void) rmdir(dir);
 }

@@ -79,14 +79,14 @@ static void make_token(uint8_t token[STREAM_TOKEN_SIZE], unsigned salt) {
                 token[k] = (uint8_t) (k * 7 + salt * 13 + (unsigned) getpid());
 }
 
-static StreamListener *listener_new(struct sockaddr_storage *ret_addr, socklen_t *ret_len) {
+static StreamListener *listener_new_tls(StreamTlsContext *tls, struct sockaddr_storage *ret_addr, socklen_t *ret_len) {
         StreamListener *l = NULL;
         ErrorMessage err = {};
         char **addrs = NULL;
         struct sockaddr_in *in = (struct sockaddr_in *) ret_addr;
         char *colon;
 
-        cr_assert_eq(stream_listener_new(-1, "127.0.0.1:0", &l, &err), 0, "listener: %s", err.text);
+        cr_assert_eq(stream_listener_new_secure(-1, "127.0.0.1:0", tls, false, &l, &err), 0, "listener: %s", err.text);
         cr_assert_eq(stream_listener_addresses(l, &addrs), 0);
         cr_assert_not_null(addrs[0]);
         colon = strrchr(addrs[0], ':');
@@ -99,6 +99,10 @@ static StreamListener *listener_new(struct sockaddr_storage *ret_addr, socklen_t
         *ret_len = sizeof(struct sockaddr_in);
         strv_free(addrs);
         return l;
+}
+
+static StreamListener *listener_new(struct sockaddr_storage *ret_addr, socklen_t *ret_len) {
+        return listener_new_tls(NULL, ret_addr, ret_len);
 }
 
 /* ---- a migration, with the test as both jobs ---- */
@@ -120,6 +124,7 @@ typedef struct Params {
         uint32_t max_payload;
         uint64_t throttle;       /* bytes/s on channel 0 */
         uint64_t precopy_usec;   /* how long pre-copy runs after INITIAL_LOADED */
+        StreamTlsContext *tls;   /* both ends' credentials; NULL: cleartext */
 } Params;
 
 typedef struct Run {
@@ -146,7 +151,8 @@ static void run_migration(const Params *p, Run *ret) {
 
         make_token(ic.token, p->channels * 31 + p->devices);
         memcpy(oc.token, ic.token, sizeof oc.token);
-        l = listener_new(&oc.peer, &oc.peer_len);
+        l = listener_new_tls(p->tls, &oc.peer, &oc.peer_len);
+        oc.tls = p->tls;
 
         for (unsigned d = 0; d < p->devices; d++) {
                 char name[32];
@@ -304,8 +310,16 @@ static void run_migration(const Params *p, Run *ret) {
         for (unsigned d = 0; d < p->devices; d++)
                 cr_assert_eq(ret->out_stats.device_bytes[d], ret->in_stats.device_bytes[d]);
         cr_assert_eq(ret->in_stats.channels_up, p->channels);
-        cr_assert_eq(ret->out_stats.io_uring, p->io_uring && stream_io_uring_available());
-        cr_assert_eq(ret->in_stats.io_uring, p->io_uring && stream_io_uring_available());
+        {
+                /* user-space TLS runs on the blocking threads */
+                bool ring = p->io_uring && stream_io_uring_available() && (!p->tls || stream_tls_context_ktls(p->tls));
+                StreamTransport t = !p->tls ? STREAM_TRANSPORT_CLEARTEXT
+                                    : stream_tls_context_ktls(p->tls) ? STREAM_TRANSPORT_TLS_KERNEL : STREAM_TRANSPORT_TLS_USER;
+                cr_assert_eq(ret->out_stats.io_uring, ring);
+                cr_assert_eq(ret->in_stats.io_uring, ring);
+                cr_assert_eq(ret->out_stats.transport, t, "%s", stream_transport_to_string(ret->out_stats.transport));
+                cr_assert_eq(ret->in_stats.transport, t, "%s", stream_transport_to_string(ret->in_stats.transport));
+        }
         cr_assert_leq(ret->in_stats.buffered_peak, p->budget ?: STREAM_BUDGET_DEFAULT);
 
         stream_out_free(out);
@@ -338,6 +352,33 @@ Test(stream_engine, stop_copy_every_channel_count_both_io_paths) {
                         run_migration(&p, &r);
                         cr_assert_gt(r.in_stats.packets, 3);
                 }
+}
+
+/* TLS on every channel (tools/make-test-pki.sh makes the credentials): the same state arrives. */
+Test(stream_engine, tls_every_channel) {
+        const char *script = getenv("MAKE_TEST_PKI");
+        char dir[] = "/tmp/test-stream-engine-tls.XXXXXX", cmd[512], ca[128], cert[128], key[128];
+        StreamTlsConfig c = { .ca_file = ca, .cert_file = cert, .key_file = key, .ktls = true };
+        StreamTlsContext *tls = NULL;
+        ErrorMessage err = {};
+
+        cr_assert(script, "MAKE_TEST_PKI is not set (run through meson test)");
+        cr_assert(mkdtemp(dir));
+        (void) snprintf(cmd, sizeof cmd, "%s %s h", script, dir);
+        cr_assert_eq(system(cmd), 0);
+        (void) snprintf(ca, sizeof ca, "%s/h/ca-cert.pem", dir);
+        (void) snprintf(cert, sizeof cert, "%s/h/server-cert.pem", dir);
+        (void) snprintf(key, sizeof key, "%s/h/server-key.pem", dir);
+        cr_assert_eq(stream_tls_context_new(&c, &tls, &err), 0, "%s", err.text);
+        for (unsigned channels = 1; channels <= 4; channels += 3) {
+                Params p = { .channels = channels, .io_uring = true, .devices = 2, .sizes = { 9 * MiB + 5, 3 * MiB },
+                             .precopy = true, .dirty_rate = 4 * MiB, .precopy_usec = 200000, .tls = tls };
+                Run r;
+                run_migration(&p, &r);
+        }
+        stream_tls_context_unref(tls);
+        (void) snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        (void) !system(cmd);
 }
 
 Test(stream_engine, one_large_device) {
