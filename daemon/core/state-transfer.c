@@ -214,6 +214,7 @@ static int write_all(StateTransfer *t, const uint8_t *buf, size_t n) {
                         return -errno;
                 buf += k;
                 n -= (size_t) k;
+                t->bytes += (uint64_t) k; /* what the client has, even of a chunk cut short */
         }
         return 0;
 }
@@ -284,7 +285,6 @@ static int run_save(StateTransfer *t, uint8_t *buf) {
                              (unsigned long long) t->bytes);
                         break;
                 }
-                t->bytes += (uint64_t) n;
         }
         safe_close(data_fd);
 
