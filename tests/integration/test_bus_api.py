@@ -558,6 +558,9 @@ class StateTransfers(ApiTestCase):
 
     def assertNothingLeft(self):
         h.wait_until(lambda: threads(self.pid) == self.threads_before, 10, what="the worker thread to end")
+        # The reply goes out just before the worker's eventfd is closed: give it that moment.
+        with contextlib.suppress(TimeoutError):
+            h.wait_until(lambda: len(h.open_fds(self.pid)) == self.fds_before, 5)
         fds, tasks = len(h.open_fds(self.pid)), threads(self.pid)
         h.log(f"{self.id()}: daemon fds {self.fds_before} -> {fds}, threads {self.threads_before} -> {tasks}")
         self.assertEqual(fds, self.fds_before, h.open_fds(self.pid))
@@ -635,7 +638,6 @@ class StateTransfers(ApiTestCase):
 
     def test_cancel_load_resets_the_device(self):
         saved, _n = self.save_to_memfd()
-        self.fds_before = len(h.open_fds(self.pid))
         r, wr = os.pipe2(os.O_CLOEXEC)
         self.addCleanup(os.close, wr)
         os.write(wr, os.pread(saved, 16384, 0))  # a true beginning, then nothing: the writer stays open
