@@ -11,6 +11,7 @@
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
+#include "bus-device.h"
 #include "bus-service.h"
 #include "config.h"
 #include "daemon-config.h"
@@ -186,8 +187,11 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         Persist *persist = daemon->persist;
 
         log_info("Stopping on %s.", si->ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        /* State transfers first: they give up within a poll slice, their devices go back to stop
+         * (a load is reset), their callers hear Cancelled, and the state saved below records
+         * where the devices really are. */
         if (daemon->service)
-                daemon->service->stopping = true; /* state transfers in flight give up */
+                bus_device_stop_transfers(daemon->service);
         /* Migration data sessions do not survive a restart: end the jobs while their clients can
          * still hear it, and before the state is saved, so it records where the devices are. */
         manager_stop_migrations(daemon->manager, "the daemon is stopping");
@@ -335,6 +339,9 @@ static int run(int argc, char *argv[]) {
         daemon.service = service;
 
         r = sd_event_loop(event);
+        /* However the loop ended, no worker may outlive what it uses: the cleanups below free
+         * the service, the persistence and the manager. */
+        bus_device_stop_transfers(service);
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Shutting down.");
         if (r < 0)
                 return r; /* whoever ended the loop with an error logged why */

@@ -58,6 +58,9 @@
 #define VFIOMIG_ERROR_AUTHENTICATION_FAILED VFIOMIG_ERROR_PREFIX "AuthenticationFailed"
 /* cleartext where it is not allowed: no credentials and a non-loopback peer, or a peer without TLS */
 #define VFIOMIG_ERROR_INSECURE_TRANSPORT VFIOMIG_ERROR_PREFIX "InsecureTransport"
+/* Device state transfers (SaveState/LoadState): past their deadline; none to cancel. */
+#define VFIOMIG_ERROR_TIMED_OUT VFIOMIG_ERROR_PREFIX "TimedOut"
+#define VFIOMIG_ERROR_NO_TRANSFER VFIOMIG_ERROR_PREFIX "NoTransfer"
 
 /*
  * Migration states as they appear on the bus, indexed by the kernel's
@@ -109,6 +112,8 @@
 
 /* Options of Device.SetState. */
 #define VFIOMIG_OPTION_RECOVER_STATE "recover-state" /* s: state to return to if the SET fails */
+/* Options of Device.SaveState and Device.LoadState. */
+#define VFIOMIG_OPTION_TIMEOUT "timeout" /* t: ms the whole transfer may take, default 600000 */
 /* Options of Manager.SetStates (and StartMigration, PrepareIncoming). */
 #define VFIOMIG_OPTION_FORCE_WITHOUT_P2P "force-without-p2p" /* b: allow devices lacking P2P */
 

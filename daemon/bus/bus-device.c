@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <string.h>
 
+#include "bus-device.h"
 #include "bus-polkit.h"
 #include "bus-service.h"
 #include "bus-util.h"
@@ -270,12 +271,22 @@ static int method_revoke_clients(sd_bus_message *m, void *userdata, sd_bus_error
         return sd_bus_reply_method_return(m, NULL);
 }
 
-/* A SaveState/LoadState in flight: the call waits for its reply while a worker moves the data. */
+/* A SaveState/LoadState in flight: the call waits for its reply while a worker moves the data;
+ * CancelTransfer calls wait for the end too, so that their reply means the device is idle. */
+#define TRANSFER_CANCEL_CALLS_MAX 16u
+
 typedef struct TransferJob {
         Device *device;
         sd_bus_message *call;
+        Worker *worker;
+        sd_bus_message *cancel_calls[TRANSFER_CANCEL_CALLS_MAX];
+        size_t n_cancel_calls;
         StateTransfer transfer;
 } TransferJob;
+
+static TransferJob *job_of(Device *d) {
+        return d->transfer ? (TransferJob *) ((uint8_t *) d->transfer - offsetof(TransferJob, transfer)) : NULL;
+}
 
 static void transfer_run(void *userdata) {
         TransferJob *j = userdata;
@@ -292,6 +303,10 @@ static const char *transfer_error_name(StateTransferFailure f) {
                 return VFIOMIG_ERROR_DEVICE_FAILED;
         case STATE_TRANSFER_STREAM_REJECTED:
                 return VFIOMIG_ERROR_STREAM_REJECTED;
+        case STATE_TRANSFER_CANCELLED:
+                return VFIOMIG_ERROR_CANCELLED;
+        case STATE_TRANSFER_TIMED_OUT:
+                return VFIOMIG_ERROR_TIMED_OUT;
         default:
                 return VFIOMIG_ERROR_TRANSFER_FAILED;
         }
@@ -306,6 +321,26 @@ static const char *transfer_aftermath(const Device *d, const StateTransfer *t) {
         return "";
 }
 
+static void reply_to_cancels(TransferJob *j) {
+        const StateTransfer *t = &j->transfer;
+
+        for (size_t i = 0; i < j->n_cancel_calls; i++) {
+                sd_bus_message *m = j->cancel_calls[i];
+                int r;
+
+                if (t->failure == STATE_TRANSFER_CANCELLED)
+                        r = sd_bus_reply_method_return(m, NULL);
+                else
+                        r = sd_bus_reply_method_errorf(m, VFIOMIG_ERROR_NO_TRANSFER,
+                                                       "The transfer of %s ended (%s) before the cancel took effect",
+                                                       j->device->id, t->error < 0 ? t->message.text : "done");
+                if (r < 0)
+                        log_warning_errno(r, "Failed to reply to a CancelTransfer of %s, ignoring: %m", j->device->id);
+                sd_bus_message_unref(m);
+        }
+        j->n_cancel_calls = 0;
+}
+
 static void transfer_done(void *userdata) {
         TransferJob *j = userdata;
         Device *d = j->device;
@@ -315,6 +350,7 @@ static void transfer_done(void *userdata) {
         int r;
 
         d->busy = NULL;
+        d->transfer = NULL;
         if (t->kind == STATE_TRANSFER_LOAD && t->error < 0)
                 device_note_refused_load(d, t->reset, t->final_state);
         if (t->error >= 0)
@@ -337,13 +373,35 @@ static void transfer_done(void *userdata) {
                                                transfer_aftermath(d, t));
         if (r < 0)
                 log_warning_errno(r, "Failed to reply to a state transfer of %s, ignoring: %m", d->id);
+        reply_to_cancels(j);
+        safe_close(t->client_fd); /* state_transfer_run() closed it, unless it never ran */
         sd_bus_message_unref(j->call);
         free(j);
 }
 
+void bus_device_stop_transfers(BusService *s) {
+        Manager *m = s->manager;
+
+        /* Ask all first, so that they wind down together, then join one by one. */
+        for (size_t i = 0; i < m->n_devices; i++)
+                if (m->devices[i]->transfer)
+                        state_transfer_cancel(m->devices[i]->transfer, STATE_TRANSFER_CANCEL_STOPPING);
+        for (size_t i = 0; i < m->n_devices; i++) {
+                TransferJob *j = job_of(m->devices[i]);
+                if (!j)
+                        continue;
+                log_info("%s: waiting for its state transfer to give up.", m->devices[i]->id);
+                worker_join(j->worker); /* runs transfer_done(), which frees j */
+        }
+}
+
 static int method_transfer_state(sd_bus_message *m, Device *d, StateTransferKind kind, sd_bus_error *error) {
         BusService *s = service_of(d);
-        const BusOption no_options[] = { {} };
+        uint64_t timeout_msec = STATE_TRANSFER_TIMEOUT_DEFAULT_MSEC;
+        const BusOption options[] = {
+                { VFIOMIG_OPTION_TIMEOUT, "t", &timeout_msec },
+                {},
+        };
         ErrorMessage err = {};
         TransferJob *j;
         int fd, r;
@@ -351,9 +409,14 @@ static int method_transfer_state(sd_bus_message *m, Device *d, StateTransferKind
         r = sd_bus_message_read(m, "h", &fd);
         if (r < 0)
                 return r;
-        r = bus_read_options(m, no_options, error);
+        r = bus_read_options(m, options, error);
         if (r < 0)
                 return r;
+        if (timeout_msec == 0 || timeout_msec > STATE_TRANSFER_TIMEOUT_MAX_MSEC)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "timeout must be 1..%llu ms (24 hours), not %llu",
+                                         (unsigned long long) STATE_TRANSFER_TIMEOUT_MAX_MSEC,
+                                         (unsigned long long) timeout_msec);
         r = device_check_state_change(d, &err);
         if (r == -EBADMSG)
                 return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
@@ -380,20 +443,27 @@ static int method_transfer_state(sd_bus_message *m, Device *d, StateTransferKind
         if (!j)
                 return -ENOMEM;
         j->device = d;
-        j->call = sd_bus_message_ref(m);
-        j->transfer = (StateTransfer) { .kind = kind, .dev = d->dev, .cancel = &s->stopping };
+        j->transfer = (StateTransfer) {
+                .kind = kind,
+                .dev = d->dev,
+                .client_fd = -EBADF,
+                .timeout_msec = timeout_msec,
+                .deadline = state_transfer_deadline(timeout_msec),
+        };
         /* The message keeps the received fd; the worker needs one of its own. */
-        j->transfer.client_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-        if (j->transfer.client_fd < 0) {
-                r = -errno;
-                sd_bus_message_unref(j->call);
+        r = state_transfer_open_client(kind, fd, &j->transfer.client_fd, &j->transfer.client_io, &err);
+        if (r < 0) {
                 free(j);
-                return r;
+                return bus_error_from_message(error, r == -EINVAL ? SD_BUS_ERROR_INVALID_ARGS
+                                                                  : VFIOMIG_ERROR_TRANSFER_FAILED, r, &err);
         }
+        j->call = sd_bus_message_ref(m);
         d->busy = kind == STATE_TRANSFER_SAVE ? "saving its state" : "loading a state";
-        r = worker_start(s->event, transfer_run, transfer_done, j);
+        d->transfer = &j->transfer;
+        r = worker_start(s->event, transfer_run, transfer_done, j, &j->worker);
         if (r < 0) {
                 d->busy = NULL;
+                d->transfer = NULL;
                 safe_close(j->transfer.client_fd);
                 sd_bus_message_unref(j->call);
                 free(j);
@@ -408,6 +478,32 @@ static int method_save_state(sd_bus_message *m, void *userdata, sd_bus_error *er
 
 static int method_load_state(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         return method_transfer_state(m, userdata, STATE_TRANSFER_LOAD, error);
+}
+
+/* Replies when the transfer has ended (and the device is idle again), not when it is asked. */
+static int method_cancel_transfer(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        TransferJob *j = job_of(d);
+        int r;
+
+        if (!j)
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_NO_TRANSFER, "%s has no state transfer running", d->id);
+        if (j->n_cancel_calls >= TRANSFER_CANCEL_CALLS_MAX)
+                return sd_bus_error_setf(error, VFIOMIG_ERROR_LIMIT_EXCEEDED,
+                                         "%u CancelTransfer calls wait for %s already", TRANSFER_CANCEL_CALLS_MAX, d->id);
+
+        const char *details[] = { "device", d->id, "operation", "cancel", NULL };
+        r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, details, &service_of(d)->polkit, error);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return 1;
+
+        log_notice("%s: cancelling its state transfer on request of %s.", d->id,
+                   sd_bus_message_get_sender(m) ?: "a caller");
+        j->cancel_calls[j->n_cancel_calls++] = sd_bus_message_ref(m);
+        state_transfer_cancel(&j->transfer, STATE_TRANSFER_CANCEL_REQUESTED);
+        return 1;
 }
 
 static int property_get_address_space(sd_bus *bus, const char *path, const char *interface,
@@ -619,6 +715,11 @@ const sd_bus_vtable bus_device_vtable[] = {
                                 SD_BUS_ARGS("h", fd, "a{sv}", options),
                                 SD_BUS_RESULT("t", bytes),
                                 method_load_state,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("CancelTransfer",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_NO_RESULT,
+                                method_cancel_transfer,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("RevokeClients",
                                 SD_BUS_NO_ARGS,

@@ -44,7 +44,6 @@ typedef struct BusService {
         bool device_count_changed;
 
         bool name_acquired;
-        volatile bool stopping;   /* asks running state transfers to give up */
 } BusService;
 
 /* persist may be NULL (no state is saved then). */

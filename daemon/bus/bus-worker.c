@@ -28,18 +28,24 @@ static void *worker_thread(void *p) {
         return NULL;
 }
 
-static int on_worker_done(sd_event_source *source, int fd, uint32_t revents, void *userdata) {
-        Worker *w = userdata;
+void worker_join(Worker *w) {
+        int r;
 
-        (void) pthread_join(w->thread, NULL);
+        r = pthread_join(w->thread, NULL);
+        if (r != 0)
+                log_error_errno(-r, "Failed to join a device worker: %m");
         w->done(w->userdata);
         sd_event_source_disable_unref(w->source);
         safe_close(w->eventfd);
         free(w);
+}
+
+static int on_worker_done(sd_event_source *source, int fd, uint32_t revents, void *userdata) {
+        worker_join(userdata);
         return 0;
 }
 
-int worker_start(sd_event *event, WorkerRun run, WorkerDone done, void *userdata) {
+int worker_start(sd_event *event, WorkerRun run, WorkerDone done, void *userdata, Worker **ret) {
         Worker *w;
         int r;
 
@@ -60,6 +66,8 @@ int worker_start(sd_event *event, WorkerRun run, WorkerDone done, void *userdata
         r = -pthread_create(&w->thread, NULL, worker_thread, w);
         if (r < 0)
                 goto fail;
+        if (ret)
+                *ret = w;
         return 0;
 fail:
         sd_event_source_disable_unref(w->source);

@@ -15,6 +15,7 @@
 typedef struct Manager Manager;
 typedef struct AddressSpace AddressSpace;
 typedef struct Migration Migration;
+typedef struct StateTransfer StateTransfer;
 
 /* Handed-out device fds, one client (a D-Bus peer) each, are capped per device. */
 #define DEVICE_CLIENTS_MAX 16u
@@ -30,6 +31,7 @@ typedef struct Device {
         int session_fd;         /* data fd of the open save/load session, or -EBADF */
         char *last_transition;  /* "running → stop-copy: ok", or the failure report */
         const char *busy;       /* what a worker thread is doing with the device ("saving its state"), or NULL */
+        StateTransfer *transfer; /* the SaveState/LoadState that worker runs, or NULL */
         /* A refused LoadState left its bytes in the device (still RESUMING) and no reset cleared
          * them: any move out of RESUMING would commit them, so only a reset may follow. */
         bool holds_refused_data;

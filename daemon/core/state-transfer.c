@@ -1,14 +1,92 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <time.h>
 
 #include "log.h"
 #include "state-transfer.h"
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+uint64_t state_transfer_deadline(uint64_t timeout_msec) {
+        return now_usec() + timeout_msec * 1000;
+}
+
+void state_transfer_cancel(StateTransfer *t, StateTransferCancel why) {
+        int expected = STATE_TRANSFER_RUN;
+
+        (void) atomic_compare_exchange_strong(&t->cancel, &expected, (int) why);
+}
+
+/* Only what the worker can wait on with a timeout, or what never waits for a peer. A character
+ * device (a terminal, say) may block a write forever and cannot be reopened without side effects;
+ * a file on FUSE is served by whoever mounted it, who may never answer. */
+static int check_file_type(int fd, ErrorMessage *err) {
+        struct statfs sfs;
+        struct stat st;
+
+        if (fstat(fd, &st) < 0)
+                return error_setf(err, -EBADF, "the file descriptor is not usable: %m");
+        if (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) || S_ISBLK(st.st_mode))
+                return 0;
+        if (!S_ISREG(st.st_mode))
+                return error_setf(err, -EINVAL, "the file descriptor is not a regular file, block device, pipe or "
+                                  "socket (a state transfer cannot bound its time on anything else)");
+        if (fstatfs(fd, &sfs) < 0)
+                return error_setf(err, -EBADF, "the file descriptor's file system cannot be examined: %m");
+        if (sfs.f_type == FUSE_SUPER_MAGIC)
+                return error_setf(err, -EINVAL, "the file is on FUSE, whose server may never answer: use a pipe "
+                                  "or a file on a local file system");
+        return 0;
+}
+
+int state_transfer_open_client(StateTransferKind kind, int client_fd, int *ret_fd, StateTransferClientIo *ret_io,
+                               ErrorMessage *err) {
+        char path[sizeof "/proc/self/fd/" + 12];
+        struct stat st;
+        int flags, fd;
+
+        flags = fcntl(client_fd, F_GETFL);
+        if (flags < 0 || fstat(client_fd, &st) < 0)
+                return error_setf(err, -EBADF, "the file descriptor is not usable: %m");
+        if ((kind == STATE_TRANSFER_SAVE && (flags & O_ACCMODE) == O_RDONLY) ||
+            (kind == STATE_TRANSFER_LOAD && (flags & O_ACCMODE) == O_WRONLY) || (flags & O_PATH) == O_PATH)
+                return error_setf(err, -EINVAL, "the file descriptor is not open for %s",
+                                  kind == STATE_TRANSFER_SAVE ? "writing" : "reading");
+
+        if (S_ISFIFO(st.st_mode)) {
+                /* Setting O_NONBLOCK on the caller's own open file would change it under the caller:
+                 * open the pipe again instead, in the direction the caller's descriptor allows. */
+                (void) snprintf(path, sizeof path, "/proc/self/fd/%d", client_fd);
+                fd = open(path, (kind == STATE_TRANSFER_SAVE ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC |
+                          O_NOCTTY);
+                if (fd < 0 && errno == ENXIO)
+                        return error_setf(err, -EINVAL, "nobody has the pipe open for reading");
+                if (fd < 0)
+                        return error_setf(err, -errno, "cannot open the pipe: %m");
+                *ret_io = STATE_TRANSFER_IO_NONBLOCKING;
+        } else {
+                fd = fcntl(client_fd, F_DUPFD_CLOEXEC, 3);
+                if (fd < 0)
+                        return error_setf(err, -errno, "cannot duplicate the file descriptor: %m");
+                *ret_io = S_ISSOCK(st.st_mode) ? STATE_TRANSFER_IO_SOCKET : STATE_TRANSFER_IO_FILE;
+        }
+        *ret_fd = fd;
+        return 0;
+}
 
 int state_transfer_check(StateTransferKind kind, VfioDev *dev, int client_fd, ErrorMessage *err) {
         MigState s;
@@ -26,6 +104,9 @@ int state_transfer_check(StateTransferKind kind, VfioDev *dev, int client_fd, Er
                 return error_setf(err, -EINVAL, "the file descriptor is open read-only; saving writes to it");
         if (kind == STATE_TRANSFER_LOAD && (flags & O_ACCMODE) == O_WRONLY)
                 return error_setf(err, -EINVAL, "the file descriptor is open write-only; loading reads from it");
+        r = check_file_type(client_fd, err);
+        if (r < 0)
+                return r;
         r = vfio_dev_get_state(dev, &s);
         if (r < 0)
                 return error_setf(err, r, "Failed to read the migration state of %s: %m", dev->address);
@@ -34,53 +115,6 @@ int state_transfer_check(StateTransferKind kind, VfioDev *dev, int client_fd, Er
                                   dev->address, mig_state_to_string(s),
                                   kind == STATE_TRANSFER_SAVE ? "saving" : "loading");
         return 0;
-}
-
-/* A client fd may be non-blocking (a socket, a pipe end): wait instead of failing. */
-static int wait_fd(int fd, short events) {
-        struct pollfd p = { .fd = fd, .events = events };
-        int r;
-
-        do
-                r = poll(&p, 1, -1);
-        while (r < 0 && errno == EINTR);
-        return r < 0 ? -errno : 0;
-}
-
-static int write_all(int fd, const uint8_t *buf, size_t n) {
-        while (n > 0) {
-                ssize_t k = write(fd, buf, n);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0 && errno == EAGAIN) {
-                        int r = wait_fd(fd, POLLOUT);
-                        if (r < 0)
-                                return r;
-                        continue;
-                }
-                if (k < 0)
-                        return -errno;
-                buf += k;
-                n -= (size_t) k;
-        }
-        return 0;
-}
-
-static ssize_t read_some(int fd, uint8_t *buf, size_t n) {
-        for (;;) {
-                ssize_t k = read(fd, buf, n);
-                if (k >= 0)
-                        return k;
-                if (errno == EINTR)
-                        continue;
-                if (errno == EAGAIN) {
-                        int r = wait_fd(fd, POLLIN);
-                        if (r < 0)
-                                return r;
-                        continue;
-                }
-                return -errno;
-        }
 }
 
 static int fail(StateTransfer *t, StateTransferFailure failure, int error, const char *format, ...)
@@ -95,11 +129,115 @@ static int fail(StateTransfer *t, StateTransferFailure failure, int error, const
         (void) vsnprintf(text, sizeof text, format, ap);
         va_end(ap);
         errno = saved;
+        if (t->failure != STATE_TRANSFER_OK)
+                return t->error; /* the first failure is the one to report */
         if (!t->message.text[0])
                 memcpy(t->message.text, text, sizeof text);
         t->failure = failure;
         t->error = error < 0 ? error : -error;
         return t->error;
+}
+
+/* 0 to go on, or why not (recorded as the transfer's failure). */
+static int check_stop(StateTransfer *t) {
+        int why = atomic_load(&t->cancel);
+
+        if (why == STATE_TRANSFER_CANCEL_REQUESTED)
+                return fail(t, STATE_TRANSFER_CANCELLED, -ECANCELED, "cancelled by CancelTransfer after %llu bytes",
+                            (unsigned long long) t->bytes);
+        if (why != STATE_TRANSFER_RUN)
+                return fail(t, STATE_TRANSFER_CANCELLED, -ECANCELED, "cancelled after %llu bytes: the daemon is stopping",
+                            (unsigned long long) t->bytes);
+        if (t->deadline > 0 && now_usec() >= t->deadline)
+                return fail(t, STATE_TRANSFER_TIMED_OUT, -ETIMEDOUT,
+                            "timed out after %llu ms with %llu bytes moved: the other end of the file descriptor %s",
+                            (unsigned long long) t->timeout_msec, (unsigned long long) t->bytes,
+                            t->kind == STATE_TRANSFER_SAVE ? "did not take the state in time"
+                                                           : "did not supply the state in time");
+        return 0;
+}
+
+/* Waits until the client's fd is ready, in slices, so that a cancel or the deadline ends the wait. */
+static int wait_client(StateTransfer *t, short events) {
+        for (;;) {
+                struct pollfd p = { .fd = t->client_fd, .events = events };
+                uint64_t slice = STATE_TRANSFER_POLL_USEC;
+                int r;
+
+                r = check_stop(t);
+                if (r < 0)
+                        return r;
+                if (t->deadline > 0) {
+                        uint64_t now = now_usec();
+                        if (t->deadline > now && t->deadline - now < slice)
+                                slice = t->deadline - now;
+                }
+                r = poll(&p, 1, (int) ((slice + 999) / 1000));
+                if (r < 0 && errno != EINTR)
+                        return -errno;
+                if (r > 0)
+                        return 0; /* ready, or an error or hang-up the next read or write reports */
+        }
+}
+
+static ssize_t client_write(StateTransfer *t, const uint8_t *buf, size_t n) {
+        if (t->client_io == STATE_TRANSFER_IO_SOCKET)
+                return send(t->client_fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        return write(t->client_fd, buf, n);
+}
+
+static ssize_t client_read(StateTransfer *t, uint8_t *buf, size_t n) {
+        if (t->client_io == STATE_TRANSFER_IO_SOCKET)
+                return recv(t->client_fd, buf, n, MSG_DONTWAIT);
+        return read(t->client_fd, buf, n);
+}
+
+static int write_all(StateTransfer *t, const uint8_t *buf, size_t n) {
+        while (n > 0) {
+                ssize_t k;
+                int r;
+
+                /* A reader that drains a byte at a time still meets the deadline. */
+                r = check_stop(t);
+                if (r < 0)
+                        return r;
+                k = client_write(t, buf, n);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0 && errno == EAGAIN) {
+                        r = wait_client(t, POLLOUT);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (k < 0)
+                        return -errno;
+                buf += k;
+                n -= (size_t) k;
+                t->bytes += (uint64_t) k; /* what the client has, even of a chunk cut short */
+        }
+        return 0;
+}
+
+static ssize_t read_some(StateTransfer *t, uint8_t *buf, size_t n) {
+        for (;;) {
+                ssize_t k;
+                int r;
+
+                r = check_stop(t);
+                if (r < 0)
+                        return r;
+                k = client_read(t, buf, n);
+                if (k >= 0)
+                        return k;
+                if (errno == EINTR)
+                        continue;
+                if (errno != EAGAIN)
+                        return -errno;
+                r = wait_client(t, POLLIN);
+                if (r < 0)
+                        return r;
+        }
 }
 
 static void reset_after_refusal(StateTransfer *t) {
@@ -127,11 +265,9 @@ static int run_save(StateTransfer *t, uint8_t *buf) {
         for (;;) {
                 ssize_t n;
 
-                if (t->cancel && *t->cancel) {
-                        r = fail(t, STATE_TRANSFER_CANCELLED, -ECANCELED, "cancelled after %llu bytes",
-                                 (unsigned long long) t->bytes);
+                r = check_stop(t);
+                if (r < 0)
                         break;
-                }
                 n = vfio_dev_data_read(t->dev, data_fd, buf, STATE_TRANSFER_CHUNK);
                 if (n == 0) {
                         r = 0;
@@ -143,13 +279,12 @@ static int run_save(StateTransfer *t, uint8_t *buf) {
                                  "bytes: %m", (unsigned long long) t->bytes);
                         break;
                 }
-                r = write_all(t->client_fd, buf, (size_t) n);
+                r = write_all(t, buf, (size_t) n);
                 if (r < 0) {
                         fail(t, STATE_TRANSFER_CLIENT_IO, r, "writing to the file descriptor failed after %llu bytes: %m",
                              (unsigned long long) t->bytes);
                         break;
                 }
-                t->bytes += (uint64_t) n;
         }
         safe_close(data_fd);
 
@@ -182,12 +317,10 @@ static int run_load(StateTransfer *t, uint8_t *buf) {
         for (;;) {
                 ssize_t n;
 
-                if (t->cancel && *t->cancel) {
-                        r = fail(t, STATE_TRANSFER_CANCELLED, -ECANCELED, "cancelled after %llu bytes",
-                                 (unsigned long long) t->bytes);
+                r = check_stop(t);
+                if (r < 0)
                         break;
-                }
-                n = read_some(t->client_fd, buf, STATE_TRANSFER_CHUNK);
+                n = read_some(t, buf, STATE_TRANSFER_CHUNK);
                 if (n == 0)
                         break;
                 if (n < 0) {

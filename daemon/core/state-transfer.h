@@ -12,14 +12,25 @@
  *
  * A load the device refused — a write error, or a commit that fails because the stream was
  * incomplete — ends with a reset: some drivers (mtty) keep bytes they refused and would load them
- * at the next RESUMING → STOP, so the refused data must never get a chance to commit.
+ * at the next RESUMING → STOP, so the refused data must never get a chance to commit. A load that
+ * is cancelled or runs past its deadline ends the same way.
+ *
+ * The client is hostile: its pipe may never drain or never fill. Client I/O never blocks for
+ * longer than STATE_TRANSFER_POLL_USEC; between waits the transfer checks its cancel flag and its
+ * deadline, so a worker can always be stopped and joined within about that time.
  */
+
+#include <stdatomic.h>
 
 #include "error-message.h"
 #include "transition.h"
 #include "vfio-dev.h"
 
 #define STATE_TRANSFER_CHUNK (UINT64_C(1) << 20)
+#define STATE_TRANSFER_POLL_USEC (UINT64_C(100) * 1000)
+/* Option "timeout" of SaveState/LoadState, in milliseconds: the whole transfer's deadline. */
+#define STATE_TRANSFER_TIMEOUT_DEFAULT_MSEC (UINT64_C(600) * 1000)
+#define STATE_TRANSFER_TIMEOUT_MAX_MSEC (UINT64_C(24) * 3600 * 1000)
 
 typedef enum StateTransferKind {
         STATE_TRANSFER_SAVE,
@@ -33,15 +44,33 @@ typedef enum StateTransferFailure {
         STATE_TRANSFER_DEVICE_IO,        /* reading the device's data failed */
         STATE_TRANSFER_STREAM_REJECTED,  /* the device refused the data or the commit */
         STATE_TRANSFER_CLIENT_IO,        /* reading or writing the client's fd failed */
-        STATE_TRANSFER_CANCELLED,
+        STATE_TRANSFER_CANCELLED,        /* CancelTransfer, or the daemon is stopping */
+        STATE_TRANSFER_TIMED_OUT,        /* the deadline passed */
 } StateTransferFailure;
+
+/* Why a transfer is asked to give up (StateTransfer.cancel). */
+typedef enum StateTransferCancel {
+        STATE_TRANSFER_RUN,
+        STATE_TRANSFER_CANCEL_REQUESTED,  /* Device.CancelTransfer */
+        STATE_TRANSFER_CANCEL_STOPPING,   /* the daemon is stopping */
+} StateTransferCancel;
+
+/* How the worker reaches the client's file without ever blocking on it for long. */
+typedef enum StateTransferClientIo {
+        STATE_TRANSFER_IO_FILE,         /* a regular file or block device: I/O does not wait for a peer */
+        STATE_TRANSFER_IO_NONBLOCKING,  /* our own non-blocking open of the client's pipe or FIFO */
+        STATE_TRANSFER_IO_SOCKET,       /* send()/recv() with MSG_DONTWAIT on the client's socket */
+} StateTransferClientIo;
 
 typedef struct StateTransfer {
         /* in */
         StateTransferKind kind;
         VfioDev *dev;
         int client_fd;               /* owned by the transfer */
-        const volatile bool *cancel; /* checked between chunks; may be NULL */
+        StateTransferClientIo client_io;
+        uint64_t deadline;           /* CLOCK_MONOTONIC µs; 0 = none */
+        uint64_t timeout_msec;       /* what the deadline was made of, for the message */
+        atomic_int cancel;           /* a StateTransferCancel, set by any thread */
         /* out */
         uint64_t bytes;
         int error;                   /* 0 or a negative errno */
@@ -51,7 +80,18 @@ typedef struct StateTransfer {
         ErrorMessage message;
 } StateTransfer;
 
-/* Checks that can be made before starting, on the main thread. */
+/* Checks that can be made before starting, on the main thread. -EINVAL for a file descriptor the
+ * transfer cannot bound in time (a character device, a file on FUSE) or opened the wrong way. */
 int state_transfer_check(StateTransferKind kind, VfioDev *dev, int client_fd, ErrorMessage *err);
+/* A descriptor of the worker's own for client_fd (which stays the caller's) and how to use it: a
+ * pipe or FIFO is opened again, non-blocking, in the one direction the transfer needs (the
+ * caller's descriptor allows it: never more access than the caller gave); anything else is
+ * duplicated. */
+int state_transfer_open_client(StateTransferKind kind, int client_fd, int *ret_fd, StateTransferClientIo *ret_io,
+                               ErrorMessage *err);
+/* The deadline for a timeout in milliseconds from now. */
+uint64_t state_transfer_deadline(uint64_t timeout_msec);
+/* Asks a running transfer to give up, from any thread; the first reason sticks. */
+void state_transfer_cancel(StateTransfer *t, StateTransferCancel why);
 /* Runs the whole transfer, blocking. Fills the out fields; returns t->error. */
 int state_transfer_run(StateTransfer *t);

@@ -7,16 +7,24 @@ error name, and that a failed call changed nothing (devices, states). Signals (D
 DeviceDetached, ObjectManager InterfacesAdded/Removed, PropertiesChanged) are watched with a
 busctl monitor. Separate daemons check max-devices, simulation not allowed, and devices
 pre-attached from the configuration file.
+
+State transfers (SaveState/LoadState, over dbus_wire: busctl cannot send an fd) into a pipe
+nobody reads or from one nobody writes: the deadline ("timeout" option) and CancelTransfer end
+them with TimedOut and Cancelled, every other change of the busy device is refused with Busy, the
+device is usable afterwards, and no descriptor or thread is left behind. SIGTERM during such a
+SaveState (also under the ASan build, when build-asan exists) exits 0 with no sanitizer report.
 """
 
 import contextlib
 import os
+import socket
 import sys
 import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import dbus_wire as w  # noqa: E402
 import harness as h  # noqa: E402
 from harness import (BUS_NAME, DEVICE_IFACE, DEVICE_PATH_PREFIX, MANAGER_IFACE, MANAGER_PATH,  # noqa: E402
                      OM_IFACE, DBusError)
@@ -504,6 +512,267 @@ class SigtermExit(h.unittest.TestCase):
         c.call1(path, DEVICE_IFACE, "SetState", "sa{sv}", "pre-copy", {})
         self.assertEqual(daemon.stop(expect=None), 0, daemon.log())
         self.assertFalse(c.name_has_owner(BUS_NAME))
+
+
+E_TIMED_OUT = "org.vfiomig1.Error.TimedOut"
+E_CANCELLED = "org.vfiomig1.Error.Cancelled"
+E_NO_TRANSFER = "org.vfiomig1.Error.NoTransfer"
+STATE_SIZE = 4 << 20  # far more than a pipe holds
+
+
+def threads(pid):
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+class Transfer:
+    """One SaveState/LoadState sent without waiting; result() collects its reply."""
+
+    def __init__(self, address, path, member, fd, options=None):
+        self.wire = w.WireConnection(address)
+        self.serial = self.wire.send(BUS_NAME, path, DEVICE_IFACE, member, "ha{sv}", [0, options or {}], fds=[fd])
+
+    def result(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self.wire.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                msg = self.wire.receive()
+                msg.close_fds()
+                if msg.fields.get(w.F_REPLY_SERIAL) != self.serial:
+                    continue
+                if msg.type == w.ERROR:
+                    raise DBusError(msg.fields.get(w.F_ERROR_NAME), msg.body[0] if msg.body else "")
+                return msg.body[0]
+        finally:
+            self.wire.close()
+
+
+class StateTransfers(ApiTestCase):
+
+    def setUp(self):
+        self.dev = self.attach("sim:xfer", {"state-size": V("t", STATE_SIZE)})
+        self.set_state(self.dev, "stop")
+        self.pid = self.daemon.pid
+        # settle: the attach's own descriptors and threads are there before the count
+        self.fds_before, self.threads_before = len(h.open_fds(self.pid)), threads(self.pid)
+
+    def assertNothingLeft(self):
+        h.wait_until(lambda: threads(self.pid) == self.threads_before, 10, what="the worker thread to end")
+        # The reply goes out just before the worker's eventfd is closed: give it that moment.
+        with contextlib.suppress(TimeoutError):
+            h.wait_until(lambda: len(h.open_fds(self.pid)) == self.fds_before, 5)
+        fds, tasks = len(h.open_fds(self.pid)), threads(self.pid)
+        h.log(f"{self.id()}: daemon fds {self.fds_before} -> {fds}, threads {self.threads_before} -> {tasks}")
+        self.assertEqual(fds, self.fds_before, h.open_fds(self.pid))
+        self.assertEqual(tasks, self.threads_before)
+
+    def stuck_save(self, options=None, pair=os.pipe2):
+        """A SaveState into a pipe (or socket) whose read end the test holds and never reads."""
+        r, wr = pair(os.O_CLOEXEC)
+        self.addCleanup(os.close, r)
+        t = Transfer(self.bus.address, self.dev, "SaveState", wr, options)
+        os.close(wr)
+        # the worker runs once the pipe is full
+        h.wait_until(lambda: threads(self.pid) == self.threads_before + 1, 10, what="the worker thread")
+        self.addCleanup(self.cancel_quietly)
+        return t, r
+
+    def cancel_quietly(self):
+        with contextlib.suppress(DBusError):
+            self.client.device(self.dev, "CancelTransfer")
+
+    def save_to_memfd(self):
+        fd = os.memfd_create("state", os.MFD_CLOEXEC)
+        self.addCleanup(os.close, fd)
+        n = Transfer(self.bus.address, self.dev, "SaveState", fd).result()
+        return fd, n
+
+    def assertUsable(self):
+        """The device takes a full save again, and state changes."""
+        self.assertEqual(self.state(self.dev), "stop")
+        _fd, n = self.save_to_memfd()
+        self.assertEqual(n, h.sim_stream_size(STATE_SIZE))
+        self.assertEqual(self.set_state(self.dev, "running"), "running")
+
+    def test_save_load_roundtrip(self):
+        fd, n = self.save_to_memfd()
+        self.assertEqual(n, h.sim_stream_size(STATE_SIZE))
+        os.lseek(fd, 0, os.SEEK_SET)
+        self.assertEqual(Transfer(self.bus.address, self.dev, "LoadState", fd).result(), n)
+        self.assertEqual(self.state(self.dev), "stop")
+        self.assertNothingLeft()
+
+    def test_deadline_of_a_pipe_nobody_reads(self):
+        started = time.monotonic()
+        t, _r = self.stuck_save({"timeout": V("t", 700)})
+        e = self.assertDBusError(E_TIMED_OUT, t.result)
+        took = time.monotonic() - started
+        self.assertIn("timed out after 700 ms", e.message)
+        self.assertIn("did not take the state in time", e.message)
+        self.assertGreaterEqual(took, 0.6)
+        self.assertLess(took, 5)
+        self.assertNothingLeft()
+        self.assertUsable()
+
+    def test_deadline_of_a_socket_nobody_reads(self):
+        def socketpair(_flags):
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            return a.detach(), b.detach()
+        t, _r = self.stuck_save({"timeout": V("t", 500)}, pair=socketpair)
+        e = self.assertDBusError(E_TIMED_OUT, t.result)
+        self.assertIn("timed out after 500 ms", e.message)
+        self.assertNothingLeft()
+        self.assertUsable()
+
+    def test_cancel_save(self):
+        self.assertDBusError(E_NO_TRANSFER, self.client.device, self.dev, "CancelTransfer")
+        t, _r = self.stuck_save()
+        self.client.device(self.dev, "CancelTransfer")  # returns when the transfer has ended
+        self.assertEqual(threads(self.pid), self.threads_before)
+        e = self.assertDBusError(E_CANCELLED, t.result)
+        self.assertIn("cancelled by CancelTransfer", e.message)
+        self.assertIn("CancelTransfer", self.client.dev_prop(self.dev, "LastTransition"))
+        self.assertDBusError(E_NO_TRANSFER, self.client.device, self.dev, "CancelTransfer")
+        self.assertNothingLeft()
+        self.assertUsable()
+
+    def test_cancel_load_resets_the_device(self):
+        saved, _n = self.save_to_memfd()
+        r, wr = os.pipe2(os.O_CLOEXEC)
+        self.addCleanup(os.close, wr)
+        os.write(wr, os.pread(saved, 16384, 0))  # a true beginning, then nothing: the writer stays open
+        t = Transfer(self.bus.address, self.dev, "LoadState", r)
+        os.close(r)
+        h.wait_until(lambda: threads(self.pid) == self.threads_before + 1, 10, what="the worker thread")
+        self.addCleanup(self.cancel_quietly)
+        self.client.device(self.dev, "CancelTransfer")
+        e = self.assertDBusError(E_CANCELLED, t.result)
+        # Bytes a device took in a load nobody finished must never commit: it is reset.
+        self.assertIn("was reset", e.message)
+        self.assertEqual(self.state(self.dev), "running")
+        self.assertNothingLeft()
+        self.set_state(self.dev, "stop")
+        self.assertUsable()
+
+    def test_busy_device_is_left_alone(self):
+        t, _r = self.stuck_save()
+        other = self.attach("sim:other")
+        attempts = [
+            ("DetachDevice", lambda: self.client.manager("DetachDevice", "s", "sim_xfer")),
+            ("SetStates", lambda: self.set_states([other, self.dev], "stop")),
+            ("SetState", lambda: self.set_state(self.dev, "running")),
+            ("Reset", lambda: self.client.device(self.dev, "Reset")),
+            ("RevokeClients", lambda: self.client.device(self.dev, "RevokeClients")),
+            ("SetMigrationBlob", lambda: self.client.call(self.dev, DEVICE_IFACE, "SetMigrationBlob", "ay", [1])),
+        ]
+        for label, fn in attempts:
+            with self.subTest(method=label):
+                e = self.fails(h.E_BUSY, fn)
+                self.assertIn("busy saving its state", e.message)
+        fd = os.memfd_create("second", os.MFD_CLOEXEC)
+        self.addCleanup(os.close, fd)
+        self.fails(h.E_BUSY, Transfer(self.bus.address, self.dev, "SaveState", fd).result)
+        self.assertEqual(self.state(self.dev), "stop-copy")  # the save's own session
+        self.client.device(self.dev, "CancelTransfer")
+        self.assertDBusError(E_CANCELLED, t.result)
+        self.client.manager("DetachDevice", "s", "sim_other")
+        self.assertNothingLeft()
+        self.assertUsable()
+
+    def test_bad_options_and_descriptors(self):
+        fd = os.memfd_create("state", os.MFD_CLOEXEC)
+        self.addCleanup(os.close, fd)
+        for options in ({"timeout": V("t", 0)}, {"timeout": V("t", 24 * 3600 * 1000 + 1)}, {"timeout": V("u", 5)},
+                        {"deadline": V("t", 5)}):
+            with self.subTest(options=options):
+                self.fails(h.E_INVALID_ARGS, Transfer(self.bus.address, self.dev, "SaveState", fd, options).result)
+        # A character device could block the worker forever and cannot be bounded: refused.
+        null = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
+        self.addCleanup(os.close, null)
+        e = self.fails(h.E_INVALID_ARGS, Transfer(self.bus.address, self.dev, "SaveState", null).result)
+        self.assertIn("not a regular file, block device, pipe or socket", e.message)
+        # A pipe nobody reads from at all.
+        r, wr = os.pipe2(os.O_CLOEXEC)
+        os.close(r)
+        self.addCleanup(os.close, wr)
+        # (Linux refuses to open it for writing again, ENXIO; some kernels let the write fail.)
+        with self.unchanged():
+            with self.assertRaises(DBusError) as cm:
+                Transfer(self.bus.address, self.dev, "SaveState", wr).result()
+        self.assertIn((cm.exception.name, cm.exception.message),
+                      [(h.E_INVALID_ARGS, "nobody has the pipe open for reading"),
+                       ("org.vfiomig1.Error.TransferFailed",
+                        "writing to the file descriptor failed after 0 bytes: Broken pipe")])
+        self.assertNothingLeft()
+
+
+ASAN_DAEMON = h.SOURCE_ROOT / "build-asan" / "daemon" / "vfiomigd"
+
+
+class SigtermDuringTransfer(h.unittest.TestCase):
+    """SIGTERM while a SaveState writes into a pipe nobody reads: the worker is cancelled and
+    joined before the daemon frees what it uses; exit 0, and no sanitizer report."""
+
+    def shutdown_during_save(self, program=None, drain=False):
+        """drain: the test starts reading the pipe once SIGTERM is sent, so that the worker is
+        moving data while the daemon shuts down (what used to free the service under it)."""
+        bus = h.PrivateBus().start()
+        self.addCleanup(bus.stop)
+        env = {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1",
+               "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
+        daemon = h.Daemon(bus, env=env)
+        if program is not None:
+            daemon.command = lambda: [str(program)] + h.Daemon.command(daemon)[1:]
+        daemon.start(timeout=30)
+        self.addCleanup(daemon.stop, None)
+        c = bus.client
+        path = c.call1(MANAGER_PATH, MANAGER_IFACE, "AttachDevice", "sa{sv}", "sim:x",
+                       {"state-size": V("t", STATE_SIZE)})
+        c.call1(path, DEVICE_IFACE, "SetState", "sa{sv}", "stop", {})
+        tasks = threads(daemon.pid)
+        r, wr = os.pipe2(os.O_CLOEXEC)
+        self.addCleanup(os.close, r)
+        t = Transfer(bus.address, path, "SaveState", wr)
+        os.close(wr)
+        h.wait_until(lambda: threads(daemon.pid) == tasks + 1, 10, what="the worker thread")
+        started = time.monotonic()
+        if drain:
+            os.kill(daemon.pid, h.signal.SIGTERM)
+            os.set_blocking(r, False)
+            while daemon.proc.poll() is None and time.monotonic() - started < 30:
+                with contextlib.suppress(BlockingIOError):
+                    if os.read(r, 1 << 16) == b"":
+                        break
+        rc = daemon.terminate(timeout=30)
+        took = time.monotonic() - started
+        text = daemon.log()
+        for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "SUMMARY:"):
+            self.assertNotIn(marker, text)
+        self.assertEqual(rc, 0, text)
+        self.assertLess(took, 10, text)
+        # The caller heard why, before the daemon let go of the bus.
+        with self.assertRaises(DBusError) as cm:
+            t.result()
+        self.assertEqual(cm.exception.name, E_CANCELLED, text)
+        self.assertIn("the daemon is stopping", cm.exception.message)
+        h.log(f"SIGTERM during SaveState ({program or h.DAEMON}, drain={drain}): exit {rc} after {took:.2f} s, "
+              f"caller got {cm.exception.name}, no sanitizer report")
+        self.assertIn("waiting for its state transfer to give up", text)
+        self.assertIn("cancelled after", text)
+        return text
+
+    def test_sigterm_during_save(self):
+        self.shutdown_during_save()
+
+    def test_sigterm_during_save_draining(self):
+        self.shutdown_during_save(drain=True)
+
+    def test_sigterm_during_save_asan(self):
+        if not ASAN_DAEMON.exists():
+            self.skipTest(f"no ASan build at {ASAN_DAEMON} (tools/test.sh makes one)")
+        for drain in (False, True):
+            with self.subTest(drain=drain):
+                self.shutdown_during_save(ASAN_DAEMON, drain)
 
 
 class MaxDevices(ApiTestCase):

@@ -7,10 +7,17 @@ read-only calls work for it; vfmadm (group vfmadmin, granted org.vfiomig1.* by a
 allowed; root is allowed. The "device" detail reaches polkit (a narrow rule grants vfmtest
 set-state on one device only). Without polkitd on the bus, vfmtest and vfmadm are refused and
 root is allowed. The project's bus policy: vfmtest cannot own org.vfiomig1 nor set properties.
+
+A flood of Map calls by uid 65534 (polkit_flood.py) whose memfd shrinks while polkit thinks, so
+that the call fails validation when the daemon dispatches it again, and many more calls than the
+daemon keeps pending: the daemon's descriptor count and RSS stay flat, and every refusal is the
+daemon's named error.
 """
 
 import contextlib
+import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -164,6 +171,54 @@ class WithPolkit(PolkitCase):
             with self.assertRaises(DBusError) as cm:
                 self.user.manager("DetachDevice", "s", "sim_narrow")
         self.assertEqual(cm.exception.name, h.E_ACCESS_DENIED)
+
+    def test_polkit_flood_as_nobody(self):
+        space = self.root.manager("CreateAddressSpace", "a{sv}", {"backend": ("s", "sim")})[0]
+        self.addCleanup(self.root.manager, "DestroyAddressSpace", "o", space)
+        pid = self.daemon.pid
+        flood = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "polkit_flood.py"),
+                 self.bus.address, space]
+
+        def run(rounds, batch, conns):
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + flood + \
+                [str(rounds), str(batch), str(conns)]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            return json.loads(out.stdout)
+
+        def settled():
+            # Pending queries end when polkit answers; the last replies may race our reading.
+            with contextlib.suppress(TimeoutError):
+                h.wait_until(lambda: len(h.open_fds(pid)) <= fds_before + 2, 10,
+                             what="the daemon's descriptors back to their count before the flood")
+            return len(h.open_fds(pid)), rss()
+
+        def rss():
+            with open(f"/proc/{pid}/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+        run(2, 50, 2)  # warm up the daemon's allocator and polkitd
+        fds_before, rss_before = len(h.open_fds(pid)), rss()
+        with self.unchanged():
+            result = run(40, 30, 10)  # 6,000 calls in 20 fast rounds (300 each), 1,280 in 20 slow ones
+        fds_after, rss_after = settled()
+        h.log(f"polkit flood: {result}; fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB")
+        replies, examples = result["replies"], result["examples"]
+        self.assertEqual(result["sent"], 7280)
+        self.assertEqual(sum(replies.values()), 7280, replies)
+        # Shrunk memfds fail validation on the second dispatch, the rest are over the caps or
+        # denied: each by the daemon's own named error, and no Map ever succeeds.
+        self.assertLessEqual(set(replies), {h.E_INVALID_ARGS, h.E_LIMIT_EXCEEDED, h.E_ACCESS_DENIED}, replies)
+        self.assertGreater(replies.get(h.E_INVALID_ARGS, 0), 0, replies)
+        self.assertGreater(replies.get(h.E_LIMIT_EXCEEDED, 0), 0, replies)
+        self.assertTrue(all("beyond the file" in e for e in examples[h.E_INVALID_ARGS]), examples)
+        self.assertIn("Too many calls pending authorization on this connection (at most 16): wait for their replies",
+                      examples[h.E_LIMIT_EXCEEDED])
+        self.assertIn("Too many calls pending authorization for user 65534 (at most 64): wait for their replies",
+                      examples[h.E_LIMIT_EXCEEDED])
+        self.assertLessEqual(fds_after, fds_before + 2, "the flood left descriptors in the daemon")
+        self.assertLess(rss_after - rss_before, 8 * 1024, "the flood grew the daemon's RSS by 8 MiB or more")
+        self.assertEqual(self.root.call1(space, h.SPACE_IFACE, "ListMappings"), [])
 
     def test_validation_before_authorization(self):
         # Malformed requests get their precise error whoever asks (no polkit round trip needed).

@@ -4,9 +4,12 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "sim-device.h"
@@ -172,4 +175,112 @@ Test(state_transfer, a_failed_reset_is_not_reported_as_done) {
         close(bad);
         vfio_dev_free(a);
         vfio_dev_free(b);
+}
+
+static uint64_t mono_msec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+/* How the daemon starts a transfer: its own descriptor, and a deadline. */
+static void start_like_the_daemon(StateTransfer *t, StateTransferKind kind, VfioDev *d, int fd, uint64_t timeout_msec) {
+        ErrorMessage err = {};
+
+        *t = (StateTransfer) { .kind = kind, .dev = d, .timeout_msec = timeout_msec,
+                               .deadline = state_transfer_deadline(timeout_msec) };
+        cr_assert_eq(state_transfer_check(kind, d, fd, &err), 0, "%s", err.text);
+        cr_assert_eq(state_transfer_open_client(kind, fd, &t->client_fd, &t->client_io, &err), 0, "%s", err.text);
+}
+
+Test(state_transfer, a_pipe_nobody_reads_meets_the_deadline) {
+        VfioDev *a = sim("a", 64 * SIM_BLOCK_SIZE); /* 4 MiB: far more than the pipe holds */
+        StateTransfer t;
+        uint64_t start;
+        int p[2];
+
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0); /* blocking, as a caller's pipe usually is */
+        start_like_the_daemon(&t, STATE_TRANSFER_SAVE, a, p[1], 300);
+        cr_assert_eq(t.client_io, STATE_TRANSFER_IO_NONBLOCKING);
+        cr_assert_eq(fcntl(p[1], F_GETFL) & O_NONBLOCK, 0, "the caller's own file stays blocking");
+        start = mono_msec();
+        cr_assert_eq(state_transfer_run(&t), -ETIMEDOUT);
+        cr_assert_geq(mono_msec() - start, 290);
+        cr_assert_lt(mono_msec() - start, 3000);
+        cr_assert_eq(t.failure, STATE_TRANSFER_TIMED_OUT);
+        cr_assert(strstr(t.message.text, "timed out after 300 ms"), "%s", t.message.text);
+        cr_assert_gt(t.bytes, 0, "what the pipe took is counted");
+        cr_assert_eq(t.client_fd, -EBADF, "the transfer closed its descriptor");
+        cr_assert_eq(state_of(a), VFIO_DEVICE_STATE_STOP);
+        close(p[0]);
+        close(p[1]);
+        vfio_dev_free(a);
+}
+
+typedef struct Canceller {
+        StateTransfer *t;
+        StateTransferCancel why;
+} Canceller;
+
+static void *cancel_soon(void *p) {
+        Canceller *c = p;
+        usleep(150 * 1000);
+        state_transfer_cancel(c->t, c->why);
+        state_transfer_cancel(c->t, STATE_TRANSFER_CANCEL_STOPPING); /* the first reason sticks */
+        return NULL;
+}
+
+Test(state_transfer, cancelled_from_another_thread) {
+        VfioDev *a = sim("a", 64 * SIM_BLOCK_SIZE), *b = sim("b", 64 * SIM_BLOCK_SIZE);
+        uint64_t size;
+        int saved = saved_state(a, &size);
+        StateTransfer t;
+        pthread_t thread;
+        int p[2], s[2];
+
+        /* a save into a socket nobody reads */
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s), 0);
+        start_like_the_daemon(&t, STATE_TRANSFER_SAVE, a, s[1], 60000);
+        cr_assert_eq(t.client_io, STATE_TRANSFER_IO_SOCKET);
+        Canceller c = { &t, STATE_TRANSFER_CANCEL_REQUESTED };
+        cr_assert_eq(pthread_create(&thread, NULL, cancel_soon, &c), 0);
+        cr_assert_eq(state_transfer_run(&t), -ECANCELED);
+        cr_assert_eq(pthread_join(thread, NULL), 0);
+        cr_assert_eq(t.failure, STATE_TRANSFER_CANCELLED);
+        cr_assert(strstr(t.message.text, "cancelled by CancelTransfer"), "%s", t.message.text);
+        cr_assert_eq(state_of(a), VFIO_DEVICE_STATE_STOP);
+
+        /* a load from a pipe that gives a true beginning and then nothing: reset, never committed */
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        uint8_t head[4096];
+        cr_assert_eq(pread(saved, head, sizeof head, 0), (ssize_t) sizeof head);
+        cr_assert_eq(write(p[1], head, sizeof head), (ssize_t) sizeof head);
+        start_like_the_daemon(&t, STATE_TRANSFER_LOAD, b, p[0], 60000);
+        c = (Canceller) { &t, STATE_TRANSFER_CANCEL_STOPPING };
+        cr_assert_eq(pthread_create(&thread, NULL, cancel_soon, &c), 0);
+        cr_assert_eq(state_transfer_run(&t), -ECANCELED);
+        cr_assert_eq(pthread_join(thread, NULL), 0);
+        cr_assert(strstr(t.message.text, "the daemon is stopping"), "%s", t.message.text);
+        cr_assert(t.reset);
+        cr_assert_eq(state_of(b), VFIO_DEVICE_STATE_RUNNING);
+        close(p[0]);
+        close(p[1]);
+        close(s[0]);
+        close(s[1]);
+        close(saved);
+        vfio_dev_free(a);
+        vfio_dev_free(b);
+}
+
+Test(state_transfer, unboundable_descriptors_refused) {
+        VfioDev *a = sim("a", SIM_BLOCK_SIZE);
+        ErrorMessage err = {};
+        int null = open("/dev/null", O_WRONLY | O_CLOEXEC), dir = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+        cr_assert_eq(state_transfer_check(STATE_TRANSFER_SAVE, a, null, &err), -EINVAL);
+        cr_assert(strstr(err.text, "not a regular file, block device, pipe or socket"), "%s", err.text);
+        cr_assert_eq(state_transfer_check(STATE_TRANSFER_LOAD, a, dir, NULL), -EINVAL);
+        close(null);
+        close(dir);
+        vfio_dev_free(a);
 }
