@@ -10,11 +10,20 @@
 * The watchdog is fed (with a 1 s WatchdogSec the unit stays up, NRestarts=0).
 * Stop is clean: inactive/dead, ExecMainStatus=0, Result=success, the name released.
 * The daemon logged to the (private) journal.
+
+Without a service manager, the notification protocol played by the test itself (FakeServiceManager:
+a $NOTIFY_SOCKET it reads, and an fd store it hands back as $LISTEN_FDS):
+
+* A second vfiomigd on a bus where org.vfiomig1 is owned exits non-zero, saying so, without
+  "Serving org.vfiomig1." and without READY=1; the first keeps the name and keeps answering.
 """
 
+import array
 import json
 import os
 import re
+import select
+import socket
 import sys
 import time
 
@@ -78,6 +87,132 @@ def unit_source():
     """The unit as meson configured it into the build tree, else its template."""
     built = h.BUILD_ROOT / "units" / UNIT
     return built if built.exists() else h.SERVICE_UNIT_IN
+
+
+class FakeServiceManager:
+    """The service manager's side of sd_notify(3) and the fd store, as far as vfiomigd uses them:
+    a datagram socket for $NOTIFY_SOCKET whose messages (and the descriptors they carry) are kept
+    in order, and a store of named descriptors that FDSTORE=1 fills and FDSTOREREMOVE=1 empties,
+    handed to the next daemon as $LISTEN_FDS/$LISTEN_FDNAMES at 3, 4, ..."""
+
+    def __init__(self):
+        self.dir = h.TempDir("vfm-notify-")
+        self.path = str(self.dir / "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(self.path)
+        self.messages = []      # [(dict of KEY=VALUE, [fds])], in arrival order
+        self.store = {}         # name -> fd, ours
+
+    def stop(self):
+        self.sock.close()
+        for fd in self.store.values():
+            os.close(fd)
+        self.store = {}
+        self.dir.stop()
+
+    def drain(self, timeout=0.0):
+        """Reads every message that arrives within timeout seconds (0: only those already queued)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                return
+            data, anc, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(253 * 4))
+            fds = []
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    a = array.array("i")
+                    a.frombytes(payload[:len(payload) - len(payload) % a.itemsize])
+                    fds.extend(a)
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((fields, fds))
+            if fields.get("FDSTORE") == "1":
+                for fd in fds:
+                    old = self.store.pop(fields["FDNAME"], None)
+                    if old is not None:
+                        os.close(old)
+                    self.store[fields["FDNAME"]] = fd
+            else:
+                for fd in fds:
+                    os.close(fd)
+            if fields.get("FDSTOREREMOVE") == "1":
+                old = self.store.pop(fields.get("FDNAME"), None)
+                if old is not None:
+                    os.close(old)
+
+    def wait_for(self, key, value=None, timeout=10.0, proc=None):
+        """The first message with key (=value); None if the daemon exited or time ran out first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for fields, _ in self.messages:
+                if key in fields and (value is None or fields[key] == value):
+                    return fields
+            if time.monotonic() >= deadline or (proc is not None and proc.poll() is not None):
+                self.drain(0.2)
+                hits = [f for f, _ in self.messages if key in f and (value is None or f[key] == value)]
+                return hits[0] if hits else None
+            self.drain(0.05)
+
+    def sent(self, key):
+        return [fields for fields, _ in self.messages if key in fields]
+
+    def daemon(self, bus, store=None, **kw):
+        """A vfiomigd (not started) that notifies us and receives store (name -> fd) as its
+        $LISTEN_FDS, in that order from fd 3 on."""
+        store = dict(self.store if store is None else store)
+        env = {"NOTIFY_SOCKET": self.path}
+        wrapper = []
+        if store:
+            names = list(store)
+            env.update(LISTEN_FDS=str(len(names)), LISTEN_FDNAMES=":".join(names))
+            # $LISTEN_PID must be the daemon's own: set by the exec'ing wrapper, which also moves the
+            # descriptors to 3, 4, ... (through numbers above all of them, so none is overwritten).
+            wrapper = [sys.executable, "-c", (
+                "import os, sys\n"
+                "src = [int(x) for x in sys.argv[1].split(',')]\n"
+                "hi = [os.dup(s) for s in src]\n"
+                "for i, fd in enumerate(hi):\n"
+                "    os.dup2(fd, 1000 + i)\n"
+                "for fd in hi:\n"
+                "    os.close(fd)\n"
+                "for i in range(len(src)):\n"
+                "    os.dup2(1000 + i, 3 + i)\n"
+                "    os.close(1000 + i)\n"
+                "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+                "os.execv(sys.argv[2], sys.argv[2:])\n"), ",".join(str(store[n]) for n in names)]
+            kw["pass_fds"] = tuple(store.values())
+        return h.Daemon(bus, wrapper=wrapper, env=env, **kw)
+
+
+class SecondDaemon(h.unittest.TestCase):
+    """Two vfiomigd on one bus: only the one that owns org.vfiomig1 may say it serves."""
+
+    def setUp(self):
+        self.bus = h.PrivateBus().start()
+        self.addCleanup(self.bus.stop)
+        self.first = h.Daemon(self.bus).start()
+        self.addCleanup(self.first.stop)
+        self.notify = FakeServiceManager()
+        self.addCleanup(self.notify.stop)
+
+    def test_second_daemon_exits_before_ready(self):
+        self.bus.client.manager("AttachDevice", "sa{sv}", "sim:first", {})
+        second = self.notify.daemon(self.bus).start(wait=False)
+        self.addCleanup(second.stop, expect=None)
+        try:
+            rc = second.proc.wait(timeout=15)
+        except h.subprocess.TimeoutExpired:
+            rc = None
+        log_text = second.log()
+        self.notify.drain(0.2)
+        self.assertIsNotNone(rc, f"the second vfiomigd is still running without the name\n{log_text}")
+        self.assertEqual(rc, 1, log_text)
+        self.assertRegex(log_text, r"org\.vfiomig1 is owned by another process", log_text)
+        self.assertNotIn("Serving org.vfiomig1.", log_text)
+        self.assertEqual(self.notify.sent("READY"), [], "READY=1 from a daemon that does not own the name")
+        # The first one still has the name and still answers.
+        self.assertEqual(self.bus.client.name_owner_pid(h.BUS_NAME), self.first.pid)
+        self.assertEqual([tuple(d)[0] for d in self.bus.client.manager("ListDevices")[0]], ["sim_first"])
+        self.assertTrue(self.first.alive())
 
 
 class UnderUserManager(h.unittest.TestCase):
