@@ -305,7 +305,12 @@ static void on_device_removed(Manager *m, Device *d, void *userdata) {
 void bus_service_update_status(BusService *s) {
         _cleanup_free_ char *text = NULL;
 
-        if (manager_status_text(s->manager, &text) >= 0)
+        if (manager_status_text(s->manager, &text) < 0)
+                return;
+        if (persist_refused(s->persist))
+                (void) sd_notifyf(false, "STATUS=%s; the saved state was refused: fd store kept untouched, nothing "
+                                  "saved (see vfiomigd(8))", text);
+        else
                 (void) sd_notifyf(false, "STATUS=%s", text);
 }
 
