@@ -173,6 +173,118 @@ static int check_id(const char *s, const Path *parent, const char *key, ErrorMes
         return 0;
 }
 
+/* The kernel backend's records (kernel-device.c, kernel-iommu.c) by type only: what the values mean
+ * (ids that exist, descriptors that are in the store, a known path) the backend checks as it
+ * adopts them. Optional fields may be null, as the backend writes them. */
+typedef enum KernelKind {
+        KERNEL_STRING,
+        KERNEL_U32,
+        KERNEL_BOOL,
+        KERNEL_ARRAY,
+} KernelKind;
+
+typedef struct KernelSchema KernelSchema;
+
+typedef struct KernelField {
+        const char *key;
+        KernelKind kind;
+        bool required;
+        const KernelSchema *items; /* KERNEL_ARRAY: each entry an object of this schema */
+} KernelField;
+
+struct KernelSchema {
+        const KernelField *fields;
+        size_t n_fields;
+};
+
+#define KERNEL_ARRAY_MAX 4096u
+
+static const KernelField kernel_group_fields[] = {
+        { "number", KERNEL_U32, true },
+        { "fd", KERNEL_STRING, true },
+        { "mdev", KERNEL_BOOL, true },
+};
+static const KernelSchema kernel_group = { kernel_group_fields, ELEMENTSOF(kernel_group_fields) };
+
+static const KernelField kernel_container_fields[] = {
+        { "id", KERNEL_U32, true },
+        { "fd", KERNEL_STRING, true },
+        { "iommu-set", KERNEL_BOOL, true },
+        { "update-vaddr", KERNEL_BOOL, true },
+        { "groups", KERNEL_ARRAY, true, &kernel_group },
+};
+static const KernelSchema kernel_container = { kernel_container_fields, ELEMENTSOF(kernel_container_fields) };
+
+static const KernelField kernel_context_fields[] = {
+        { "iommufd", KERNEL_STRING, false },
+        { "next-container-id", KERNEL_U32, true },
+        { "containers", KERNEL_ARRAY, true, &kernel_container },
+};
+static const KernelSchema kernel_context = { kernel_context_fields, ELEMENTSOF(kernel_context_fields) };
+
+static const KernelField kernel_device_fields[] = {
+        { "name", KERNEL_STRING, true },
+        { "address", KERNEL_STRING, true },
+        { "driver", KERNEL_STRING, true },
+        { "sysfs-path", KERNEL_STRING, false },
+        { "fd", KERNEL_STRING, false },
+        { "path", KERNEL_STRING, true },
+        { "iommu-group", KERNEL_U32, true },
+        { "mdev", KERNEL_BOOL, true },
+        { "devid", KERNEL_U32, false },
+        { "ioas-id", KERNEL_U32, false },
+        { "hwpt-id", KERNEL_U32, false },
+};
+static const KernelSchema kernel_device = { kernel_device_fields, ELEMENTSOF(kernel_device_fields) };
+
+static const KernelField kernel_space_fields[] = {
+        { "backend", KERNEL_STRING, true },
+        { "ioas-id", KERNEL_U32, false },
+        { "mapping-style", KERNEL_STRING, false },
+        { "by-address-mappings", KERNEL_U32, false },
+        { "container", KERNEL_U32, false },
+};
+static const KernelSchema kernel_space = { kernel_space_fields, ELEMENTSOF(kernel_space_fields) };
+
+static int validate_kernel(json_object *o, const Path *p, const KernelSchema *schema, ErrorMessage *err) {
+        if (!json_object_is_type(o, json_type_object))
+                return wrong_type(p, "an object", o, err);
+        for (size_t i = 0; i < schema->n_fields; i++) {
+                const KernelField *f = &schema->fields[i];
+                json_object *v = NULL;
+                const char *s;
+                Path fp;
+                int r;
+
+                r = field(o, p, f->key, f->required, &v, &fp, err);
+                if (r < 0)
+                        return r;
+                if (r == 0 || (!v && !f->required))
+                        continue;
+                switch (f->kind) {
+                case KERNEL_STRING:
+                        r = get_string(o, p, f->key, true, PERSIST_STATE_TEXT_MAX, &s, err);
+                        break;
+                case KERNEL_U32:
+                        r = check_u64(v, &fp, 0, UINT32_MAX, NULL, err);
+                        break;
+                case KERNEL_BOOL:
+                        r = get_bool(o, p, f->key, NULL, err);
+                        break;
+                case KERNEL_ARRAY:
+                        r = get_container(o, p, f->key, json_type_array, true, KERNEL_ARRAY_MAX, &v, &fp, err);
+                        for (size_t k = 0; r >= 0 && k < json_object_array_length(v); k++) {
+                                Path ip = path_index(&fp, k);
+                                r = validate_kernel(json_object_array_get_idx(v, k), &ip, f->items, err);
+                        }
+                        break;
+                }
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 static int validate_mapping(json_object *o, const Path *p, uint64_t next_serial, ErrorMessage *err) {
         uint64_t iova, length, offset;
         int r;
@@ -223,9 +335,11 @@ static int validate_space(json_object *o, const Path *p, ErrorMessage *err) {
                 r = get_string(o, p, "sim-mapping", true, PERSIST_STATE_ID_MAX, &style, err);
                 if (r >= 0 && sim_mapping_style_from_string(style) < 0)
                         r = error_setf(err, -EBADMSG, "%s.sim-mapping '%s' is no mapping style", p->text, style);
-        } else
-                /* Its content is the kernel backend's to check (kjson_*() in kernel-iommu.c). */
+        } else {
                 r = get_container(o, p, "kernel", json_type_object, true, 0, &kernel, &mp, err);
+                if (r >= 0)
+                        r = validate_kernel(kernel, &mp, &kernel_space, err);
+        }
         if (r >= 0)
                 r = get_container(o, p, "mappings", json_type_array, false, IOMMU_MAPPINGS_KERNEL_MAX, &mappings, &mp,
                                   err);
@@ -361,8 +475,7 @@ static int validate_device(json_object *o, const Path *p, ErrorMessage *err) {
         if (!!sim != (b == VFIO_BACKEND_SIM))
                 return error_setf(err, -EBADMSG, "%s.backend '%s' does not match its %s record", p->text, backend,
                                   sim ? "sim" : "kernel");
-        /* A kernel record's content is the kernel backend's to check (kjson_*() in kernel-device.c). */
-        return sim ? validate_sim(sim, &sp, address, err) : 0;
+        return sim ? validate_sim(sim, &sp, address, err) : validate_kernel(kernel, &cp, &kernel_device, err);
 }
 
 /* Values in the text, counted without building anything: every value but the first follows a ','
@@ -390,7 +503,7 @@ static int parse(const char *text, size_t size, json_object **ret, ErrorMessage 
         json_tokener *tok;
         json_object *root;
         enum json_tokener_error jerr;
-        size_t end;
+        size_t end, lead = 0;
 
         if (size > INT_MAX)
                 return error_setf(err, -EBADMSG, "the state is %zu bytes, too large to parse", size);
@@ -407,9 +520,12 @@ static int parse(const char *text, size_t size, json_object **ret, ErrorMessage 
         root = json_tokener_parse_ex(tok, text, (int) size);
         jerr = json_tokener_get_error(tok);
         end = json_tokener_get_parse_end(tok);
-        if (jerr == json_tokener_continue && end == size) {
+        while (lead < size && text[lead] && strchr(" \t\r\n", text[lead]))
+                lead++;
+        if (jerr == json_tokener_continue && end == size && lead < size && text[lead] != '{' && text[lead] != '[') {
                 /* A bare literal or number at the very end ("null", "1") waits for what follows:
-                 * the terminating NUL says nothing does. */
+                 * the terminating NUL says nothing does. (Not for an object or array: given a NUL
+                 * inside one, json-c returns what it has so far.) */
                 root = json_tokener_parse_ex(tok, "", 1);
                 jerr = json_tokener_get_error(tok);
         }
@@ -453,6 +569,8 @@ int persist_state_parse(const char *text, size_t size, json_object **ret, ErrorM
                 r = get_u64(root, &top, "next-space", 0, UINT_MAX, NULL, err);
         if (r >= 0)
                 r = get_container(root, &top, "kernel", json_type_object, false, 0, &kernel, &kp, err);
+        if (r >= 0 && kernel)
+                r = validate_kernel(kernel, &kp, &kernel_context, err);
         if (r >= 0)
                 r = get_container(root, &top, "spaces", json_type_array, false, MANAGER_MAX_SPACES_LIMIT, &spaces, &sp,
                                   err);

@@ -10,7 +10,9 @@
  * is a crash loop, and a crash loop ends with the start limit and the service manager releasing
  * the fd store: every device and mapping lost. So the whole record is parsed and validated here,
  * by type and range, before persist.c adopts a single descriptor; what passes can be read with
- * plain json-c getters.
+ * plain json-c getters. The kernel backend's records (the kernel objects, kernel devices and
+ * spaces) are checked by type here too; what their values mean (that an id exists, that a named
+ * descriptor is in the store) the backend checks as it adopts them.
  *
  * Pure: no descriptors, no daemon state; tests/fuzz/fuzz-persist.c feeds it arbitrary bytes.
  */

@@ -10,8 +10,10 @@
  *     mkdir -p /tmp/corpus && build-fuzz/tests/fuzz/fuzz-persist -max_total_time=600 /tmp/corpus \
  *             tests/fuzz/corpus-persist
  *
- * tests/fuzz/corpus-persist holds a state as vfiomigd saves it: two simulated devices (one with
- * rewritten blocks) and a simulated address space with one mapping.
+ * tests/fuzz/corpus-persist holds two states as vfiomigd saves them: "state", two simulated
+ * devices (one with rewritten blocks) and a simulated address space with one mapping; "kernel",
+ * the record of tests/unit/test-persist-state.c with kernel objects, a kernel device and a
+ * legacy address space beside the simulated ones.
  */
 
 #include <stdlib.h>
