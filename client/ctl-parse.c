@@ -682,15 +682,37 @@ char *ctl_peer_format(const char *host, uint16_t port) {
         return s;
 }
 
-bool ctl_token_is_valid(const char *s) {
+_Static_assert(CTL_TOKEN_HEX_LEN == 64, "the messages below say 64");
+
+int ctl_token_parse(const char *text, size_t size, char ret[static CTL_TOKEN_HEX_LEN + 1], const char **ret_why) {
+        char token[CTL_TOKEN_HEX_LEN + 1];
         size_t n = 0;
 
-        if (!s)
-                return false;
-        for (; s[n]; n++)
-                if (!(is_digit(s[n]) || (s[n] >= 'a' && s[n] <= 'f') || (s[n] >= 'A' && s[n] <= 'F')))
-                        return false;
-        return n == 2 * STREAM_TOKEN_SIZE;
+        while (size > 0 && strchr(" \t\r\n", text[size - 1]) && text[size - 1])
+                size--;
+        if (size == 0) {
+                *ret_why = "is empty";
+                return -EINVAL;
+        }
+        for (; n < size; n++) {
+                char c = text[n];
+                if (!(is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+                        *ret_why = "contains a character that is no hex digit";
+                        return -EINVAL;
+                }
+                if (n == CTL_TOKEN_HEX_LEN) {
+                        *ret_why = "is longer than 64 hex digits";
+                        return -EINVAL;
+                }
+                token[n] = c >= 'A' && c <= 'F' ? (char) (c - 'A' + 'a') : c;
+        }
+        if (n < CTL_TOKEN_HEX_LEN) {
+                *ret_why = "is shorter than 64 hex digits";
+                return -EINVAL;
+        }
+        token[n] = '\0';
+        memcpy(ret, token, sizeof token);
+        return 0;
 }
 
 /* "N" or "_N" → N. */

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 #pragma once
 
+#include "stream-wire.h"
+
 /*
  * Text to typed values for vfiomigctl's arguments. Nothing here talks to the bus or prints, so
  * the unit tests run exactly the conversions the command line goes through, and every caller
@@ -136,8 +138,12 @@ int ctl_parse_host_port(const char *s, uint16_t default_port, char **ret_host, u
  * StartMigration takes. NULL on OOM. */
 char *ctl_peer_format(const char *host, uint16_t port);
 
-/* A migration token: exactly 2 * STREAM_TOKEN_SIZE hex digits, in either case. */
-bool ctl_token_is_valid(const char *s);
+#define CTL_TOKEN_HEX_LEN (2 * STREAM_TOKEN_SIZE)
+/* A token as read from a file or standard input (size bytes, no terminator needed): the hex
+ * digits, optionally followed by whitespace (the newline 'incoming --token-file' writes). Written
+ * lower-case into ret. -EINVAL with *ret_why ("is empty", "is shorter than 64 hex digits", ...) for
+ * anything else; the reason never repeats the content, which may be a secret. */
+int ctl_token_parse(const char *text, size_t size, char ret[static CTL_TOKEN_HEX_LEN + 1], const char **ret_why);
 
 /* JOB names a migration job: its id N ("3"), the last element of its object path ("_3"), or the
  * object path (VFIOMIG_MIGRATION_PATH_PREFIX "/_3"). N is decimal and fits in 32 bits (the Id

@@ -16,6 +16,7 @@
 #include "ctl-bus.h"
 #include "ctl-output.h"
 #include "ctl-parse.h"
+#include "ctl-token.h"
 #include "ctl-wait.h"
 #include "stream-wire.h"
 #include "vfiomig1.h"
@@ -47,6 +48,7 @@ static uint64_t arg_reassembly_budget = 0, arg_stall_timeout = 0;
 static bool arg_reassembly_budget_set = false, arg_stall_timeout_set = false;
 static const char *arg_to = NULL;
 static const char *arg_token = NULL;
+static const char *arg_token_file = NULL;
 static unsigned arg_channels = 0;
 static bool arg_channels_set = false;
 static bool arg_no_precopy = false;
@@ -1669,7 +1671,8 @@ static int wait_for_job(CtlMigrationWatch *watch, const char *path, uint64_t sta
 }
 
 /* The source's half, ready to paste: the same device names (a group is usually named alike on both
- * hosts), the address to connect to (a placeholder when there is none), the token. */
+ * hosts), the address to connect to (a placeholder when there is none), and where the token comes
+ * from (never the token itself: on a command line every local user can read it). */
 static int fput_quoted(FILE *f, const char *prefix, const char *word) {
         _cleanup_free_ char *q = shell_quote(word);
 
@@ -1680,7 +1683,7 @@ static int fput_quoted(FILE *f, const char *prefix, const char *word) {
         return 0;
 }
 
-static int source_command(char **devs, size_t n, const char *address, const char *token, char **ret) {
+static int source_command(char **devs, size_t n, const char *address, char **ret) {
         _cleanup_free_ char *buf = NULL;
         size_t size = 0;
         FILE *f;
@@ -1697,7 +1700,7 @@ static int source_command(char **devs, size_t n, const char *address, const char
         else if (r >= 0)
                 fputs(" --to HOST", f);
         if (r >= 0)
-                r = fput_quoted(f, " --token ", token);
+                fputs(" --token-file TOKENFILE", f);
         if (fclose(f) != 0 && r >= 0)
                 r = -ENOMEM;
         if (r < 0)
@@ -1707,6 +1710,19 @@ static int source_command(char **devs, size_t n, const char *address, const char
         return 0;
 }
 
+/* incoming --token-file: created before the call, removed again unless the token made it in. */
+typedef struct TokenFile {
+        const char *path; /* set while the file is ours to remove */
+        int fd;
+} TokenFile;
+
+static void token_file_abandonp(TokenFile *t) {
+        if (t->fd >= 0)
+                (void) close(t->fd);
+        if (t->path)
+                (void) unlink(t->path);
+}
+
 static int verb_incoming(int argc, char *argv[]) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
@@ -1714,6 +1730,7 @@ static int verb_incoming(int argc, char *argv[]) {
         _cleanup_strv_free_ char **paths = NULL, **addresses = NULL;
         _cleanup_free_ char *joined = NULL, *command = NULL;
         const char *path, *token, *address;
+        _cleanup_(token_file_abandonp) TokenFile token_file = { .fd = -EBADF };
         bool have_id;
         uint32_t id;
         int r;
@@ -1722,6 +1739,17 @@ static int verb_incoming(int argc, char *argv[]) {
                 r = check_device_name(argv[i]);
                 if (r != 0)
                         return r;
+        }
+
+        /* Before the job exists: a token with nowhere to go would leave a job nobody can join. */
+        if (arg_token_file) {
+                r = ctl_token_file_create(arg_token_file);
+                if (r == -EEXIST)
+                        return usage_error("--token-file= '%s' exists: the token goes only into a new file, created "
+                                           "for this (a symlink is not followed).", arg_token_file);
+                if (r < 0)
+                        return usage_error("Cannot create --token-file= '%s': %s.", arg_token_file, strerror(-r));
+                token_file = (TokenFile) { .path = arg_token_file, .fd = r };
         }
 
         r = acquire_bus(&bus);
@@ -1758,6 +1786,19 @@ static int verb_incoming(int argc, char *argv[]) {
                 r = sd_bus_message_read_strv(reply, &addresses);
         if (r < 0)
                 return log_error_errno(r, "Failed to parse PrepareIncoming reply: %m");
+        have_id = ctl_migration_id_from_path(path, &id) >= 0;
+
+        if (token_file.path) {
+                r = ctl_token_file_write(TAKE_FD(token_file.fd), token);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to write the token to %s: %m", token_file.path);
+                        if (have_id)
+                                log_hint("'%s cancel %" PRIu32 "' drops the job nobody can join now", PROGRAM_NAME,
+                                         id);
+                        return r;
+                }
+                token_file.path = NULL; /* written: keep it */
+        }
 
         if (arg_json != JSON_FORMAT_OFF) {
                 j = json_object_new_object();
@@ -1765,7 +1806,8 @@ static int verb_incoming(int argc, char *argv[]) {
                         return log_error_errno(ENOMEM, "Out of memory.");
                 r = json_add_string(j, "migration", path);
                 if (r >= 0)
-                        r = json_add_string(j, "token", token);
+                        r = arg_token_file ? json_add_string(j, "token_file", arg_token_file)
+                                           : json_add_string(j, "token", token);
                 if (r >= 0)
                         r = json_add_strv(j, "addresses", addresses);
                 if (r < 0)
@@ -1777,22 +1819,29 @@ static int verb_incoming(int argc, char *argv[]) {
         if (!joined)
                 return log_error_errno(ENOMEM, "Out of memory.");
         address = ctl_pick_peer_address(addresses);
-        r = source_command(argv + 1, (size_t) argc - 1, address, token, &command);
+        r = source_command(argv + 1, (size_t) argc - 1, address, &command);
         if (r < 0)
                 return log_error_errno(r, "Out of memory.");
 
-        if (arg_quiet)
+        /* -q silences everything but the token: it is the one thing that cannot be had again. */
+        if (arg_quiet) {
+                if (!arg_token_file)
+                        printf("%s\n", token);
                 return 0;
-        have_id = ctl_migration_id_from_path(path, &id) >= 0;
+        }
         if (have_id)
                 printf("Prepared incoming migration %" PRIu32 " (%s)\n", id, path);
         else
                 printf("Prepared incoming migration %s\n", path);
-        printf("Token: %s\n"
-               "Addresses: %s\n",
-               token, na(joined));
+        if (arg_token_file)
+                printf("Token: written to %s\n", arg_token_file);
+        else
+                printf("Token: %s\n", token);
+        printf("Addresses: %s\n", na(joined));
         (void) fflush(stdout);
         log_hint("on the source host, run: %s", command);
+        log_hint("with the token in TOKENFILE (mode 0600), or '--token -' to read it from standard input; "
+                 "'--token TOKEN' shows it to every local user");
         if (!address)
                 log_hint("vfiomigd reported no address: HOST is this host's name or address (port %d)",
                          VFIOMIG_STREAM_PORT);
@@ -1803,13 +1852,50 @@ static int verb_incoming(int argc, char *argv[]) {
         return 0;
 }
 
+/* The token for migrate, from --token-file=FILE, --token=- (standard input) or --token=HEX, checked
+ * before any bus is contacted. Messages never repeat what a file or standard input held. */
+static int load_token(char ret[static CTL_TOKEN_HEX_LEN + 1]) {
+        const char *why = NULL;
+        bool shared = false;
+        int r;
+
+        if (arg_token_file) {
+                r = ctl_token_read_file(arg_token_file, ret, &shared, &why);
+                if (r == -EINVAL && why)
+                        return usage_error("Invalid --token-file= '%s': its content %s; expected the 64 hex digits "
+                                           "'vfiomigctl incoming' wrote.", arg_token_file, why);
+                if (r < 0)
+                        return usage_error("Cannot read --token-file= '%s': %s.", arg_token_file, strerror(-r));
+                if (shared)
+                        log_error("Warning: %s is readable by users other than its owner, who could take over the job "
+                                    "with it.", arg_token_file);
+                return 0;
+        }
+        if (streq(arg_token, "-")) {
+                r = ctl_token_read_fd(STDIN_FILENO, ret, &why);
+                if (r == -EINVAL && why)
+                        return usage_error("Invalid token on standard input (--token=-): it %s; expected the 64 "
+                                           "hex digits 'vfiomigctl incoming' printed.", why);
+                if (r < 0)
+                        return usage_error("Cannot read the token from standard input (--token=-): %s.",
+                                           strerror(-r));
+                return 0;
+        }
+        r = ctl_token_parse(arg_token, strlen(arg_token), ret, &why);
+        if (r < 0)
+                return usage_error("Invalid --token= '%s': expected the 64 hex digits 'vfiomigctl incoming' printed.",
+                                   arg_token);
+        return 0;
+}
+
 static int verb_migrate(int argc, char *argv[]) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_(ctl_migration_watch_freep) CtlMigrationWatch *watch = NULL;
         _cleanup_(json_object_putp) json_object *j = NULL;
         _cleanup_strv_free_ char **paths = NULL;
-        _cleanup_free_ char *host = NULL, *peer = NULL, *token = NULL;
+        _cleanup_free_ char *host = NULL, *peer = NULL;
+        char token[CTL_TOKEN_HEX_LEN + 1];
         const char *path;
         uint64_t start;
         uint16_t port;
@@ -1822,10 +1908,13 @@ static int verb_migrate(int argc, char *argv[]) {
         }
         r = require_option("migrate", arg_to, "--to=HOST[:PORT]");
         if (r == 0)
-                r = require_option("migrate", arg_token, "--token=TOKEN (printed by 'vfiomigctl incoming' on the "
+                r = require_option("migrate", arg_token || arg_token_file,
+                                   "--token-file=FILE or --token=- (the token 'vfiomigctl incoming' printed on the "
                                    "destination)");
         if (r != 0)
                 return r;
+        if (arg_token && arg_token_file)
+                return usage_error("--token= and --token-file= are two ways of saying the same thing: give one.");
 
         r = ctl_parse_host_port(arg_to, VFIOMIG_STREAM_PORT, &host, &port);
         if (r == -ENOMEM)
@@ -1838,15 +1927,9 @@ static int verb_migrate(int argc, char *argv[]) {
         if (!peer)
                 return log_error_errno(ENOMEM, "Out of memory.");
 
-        if (!ctl_token_is_valid(arg_token))
-                return usage_error("Invalid --token= '%s': expected the %d hex digits 'vfiomigctl incoming' printed.",
-                                   arg_token, 2 * STREAM_TOKEN_SIZE);
-        token = strdup(arg_token);
-        if (!token)
-                return log_error_errno(ENOMEM, "Out of memory.");
-        for (char *c = token; *c; c++)
-                if (*c >= 'A' && *c <= 'F')
-                        *c = (char) (*c - 'A' + 'a');
+        r = load_token(token);
+        if (r != 0)
+                return r;
 
         r = acquire_bus(&bus);
         if (r < 0)
@@ -2226,6 +2309,7 @@ enum {
         VERB_TAKES_SWITCHOVER = 1 << 21,
         VERB_TAKES_NO_IO_URING = 1 << 22,
         VERB_TAKES_NO_WAIT = 1 << 23,
+        VERB_TAKES_TOKEN_FILE = 1 << 24,
 };
 
 #define VERB_ANY ((unsigned) -1)
@@ -2258,9 +2342,10 @@ static const Verb blob_verbs[] = {
 };
 
 #define INCOMING_FLAGS                                                                                   \
-        (VERB_TAKES_RUN | VERB_TAKES_REASSEMBLY_BUDGET | VERB_TAKES_STALL_TIMEOUT | VERB_TAKES_FORCE_WITHOUT_P2P)
+        (VERB_TAKES_RUN | VERB_TAKES_REASSEMBLY_BUDGET | VERB_TAKES_STALL_TIMEOUT | VERB_TAKES_FORCE_WITHOUT_P2P | \
+         VERB_TAKES_TOKEN_FILE)
 #define MIGRATE_FLAGS                                                                                    \
-        (VERB_TAKES_TO | VERB_TAKES_TOKEN | VERB_TAKES_CHANNELS | VERB_TAKES_NO_PRECOPY | VERB_TAKES_BANDWIDTH | \
+        (VERB_TAKES_TO | VERB_TAKES_TOKEN | VERB_TAKES_TOKEN_FILE | VERB_TAKES_CHANNELS | VERB_TAKES_NO_PRECOPY | VERB_TAKES_BANDWIDTH | \
          VERB_TAKES_DOWNTIME | VERB_TAKES_SWITCHOVER | VERB_TAKES_NO_IO_URING | VERB_TAKES_FORCE_WITHOUT_P2P |   \
          VERB_TAKES_NO_WAIT)
 
@@ -2335,9 +2420,11 @@ static int help(void) {
                "\n"
                "Migrations:\n"
                "  incoming DEV... [--run] [--reassembly-budget=SIZE] [--stall-timeout=MS]\n"
+               "          [--token-file=FILE]\n"
                "                             Prepare this host to receive devices; prints the job,\n"
                "                             its token and the addresses to migrate to\n"
-               "  migrate DEV... --to=HOST[:PORT] --token=TOKEN [--channels=N] [--no-precopy]\n"
+               "  migrate DEV... --to=HOST[:PORT] --token-file=FILE|--token=-|--token=TOKEN\n"
+               "          [--channels=N] [--no-precopy]\n"
                "          [--bandwidth=RATE] [--downtime=MS] [--switchover=auto|manual]\n"
                "          [--no-io-uring] [--no-wait]\n"
                "                             Send devices to a prepared host and wait for the end\n"
@@ -2355,7 +2442,7 @@ static int help(void) {
                "     --address=ADDRESS       Connect to this bus instead of the system bus\n"
                "     --json=short|pretty|off Print JSON instead of text\n"
                "     --timeout=SECONDS       Wait this long for each method call\n"
-               "  -q --quiet                 Print nothing on success\n"
+               "  -q --quiet                 Print nothing on success ('incoming': only the token)\n"
                "     --option KEY=VALUE      attach: set an option of a simulated device\n"
                "     --recover=STATE         set-state: state to return to if the move fails\n"
                "     --force-without-p2p     set-states, incoming, migrate: allow devices lacking P2P\n"
@@ -2375,7 +2462,10 @@ static int help(void) {
                "                             incoming: bytes held for reordering (default 256M)\n"
                "     --stall-timeout=MS      incoming: fail after this long without progress\n"
                "     --to=HOST[:PORT]        migrate: the destination (port default %5$d)\n"
-               "     --token=TOKEN           migrate: the token 'incoming' printed there\n"
+               "     --token-file=FILE       incoming: write the token to a new FILE (mode 0600)\n"
+               "                             instead of printing it; migrate: read it from FILE\n"
+               "     --token=-|TOKEN         migrate: the token from standard input, or TOKEN\n"
+               "                             itself (visible to every local user: prefer a file)\n"
                "     --channels=N            migrate: TCP connections, 1-%6$d (default 2)\n"
                "     --no-precopy            migrate: stop the devices first, copy no data live\n"
                "     --bandwidth=RATE        migrate: limit the rate (default unlimited)\n"
@@ -2471,6 +2561,7 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 ARG_STALL_TIMEOUT,
                 ARG_TO,
                 ARG_TOKEN,
+                ARG_TOKEN_FILE,
                 ARG_CHANNELS,
                 ARG_NO_PRECOPY,
                 ARG_BANDWIDTH,
@@ -2503,6 +2594,7 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 { "stall-timeout",     required_argument, NULL, ARG_STALL_TIMEOUT     },
                 { "to",                required_argument, NULL, ARG_TO                },
                 { "token",             required_argument, NULL, ARG_TOKEN             },
+                { "token-file",        required_argument, NULL, ARG_TOKEN_FILE        },
                 { "channels",          required_argument, NULL, ARG_CHANNELS          },
                 { "no-precopy",        no_argument,       NULL, ARG_NO_PRECOPY        },
                 { "bandwidth",         required_argument, NULL, ARG_BANDWIDTH         },
@@ -2680,6 +2772,15 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                         arg_token = optarg;
                         break;
 
+                case ARG_TOKEN_FILE:
+                        if (!*optarg)
+                                return usage_error("--token-file= requires a path.");
+                        if (streq(optarg, "-"))
+                                return usage_error("--token-file= takes a path; '--token -' reads the token from "
+                                                   "standard input.");
+                        arg_token_file = optarg;
+                        break;
+
                 case ARG_CHANNELS:
                         r = ctl_parse_unsigned(optarg, 1, STREAM_CHANNELS_MAX, &arg_channels);
                         if (r < 0)
@@ -2789,6 +2890,7 @@ static int check_verb_options(const Verb *verb) {
                 { VERB_TAKES_STALL_TIMEOUT,     "--stall-timeout=",    arg_stall_timeout_set },
                 { VERB_TAKES_TO,                "--to=",               arg_to                },
                 { VERB_TAKES_TOKEN,             "--token=",            arg_token             },
+                { VERB_TAKES_TOKEN_FILE,        "--token-file=",       arg_token_file        },
                 { VERB_TAKES_CHANNELS,          "--channels=",         arg_channels_set      },
                 { VERB_TAKES_NO_PRECOPY,        "--no-precopy",        arg_no_precopy        },
                 { VERB_TAKES_BANDWIDTH,         "--bandwidth=",        arg_bandwidth_set     },

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 
+#include <inttypes.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
 
@@ -304,18 +305,53 @@ static void on_device_removed(Manager *m, Device *d, void *userdata) {
 void bus_service_update_status(BusService *s) {
         _cleanup_free_ char *text = NULL;
 
-        if (manager_status_text(s->manager, &text) >= 0)
+        if (manager_status_text(s->manager, &text) < 0)
+                return;
+        if (persist_refused(s->persist))
+                (void) sd_notifyf(false, "STATUS=%s; the saved state was refused: fd store kept untouched, nothing "
+                                  "saved (see vfiomigd(8))", text);
+        else
                 (void) sd_notifyf(false, "STATUS=%s", text);
 }
 
+/* RequestName's answers (the D-Bus specification); sd-bus does not export them. */
+enum {
+        REQUEST_NAME_PRIMARY_OWNER = 1,
+        REQUEST_NAME_IN_QUEUE = 2,
+        REQUEST_NAME_EXISTS = 3,
+        REQUEST_NAME_ALREADY_OWNER = 4,
+};
+
+/* Without SD_BUS_NAME_QUEUE the bus answers EXISTS rather than an error when someone else owns
+ * the name: that answer, not the absence of an error, decides whether we serve. A daemon that
+ * does not own the name must not report READY=1, or the service manager would believe a second
+ * instance is the one serving. */
 static int on_name_acquired(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
         BusService *s = userdata;
         const sd_bus_error *e = sd_bus_message_get_error(reply);
+        uint32_t answer = 0;
+        int r;
 
         if (e) {
                 log_error("Failed to acquire the bus name %s: %s", VFIOMIG_BUS_NAME, e->message ?: e->name);
+                return sd_event_exit(s->event, -EACCES);
+        }
+        r = sd_bus_message_read(reply, "u", &answer);
+        if (r < 0) {
+                log_error_errno(r, "Failed to parse the bus's answer to RequestName(%s): %m", VFIOMIG_BUS_NAME);
+                return sd_event_exit(s->event, r);
+        }
+        if (answer == REQUEST_NAME_EXISTS || answer == REQUEST_NAME_IN_QUEUE) {
+                log_error("The bus name %s is owned by another process (another vfiomigd?): not serving, exiting.",
+                          VFIOMIG_BUS_NAME);
                 return sd_event_exit(s->event, -EEXIST);
         }
+        if (answer != REQUEST_NAME_PRIMARY_OWNER && answer != REQUEST_NAME_ALREADY_OWNER) {
+                log_error("The bus answered RequestName(%s) with %" PRIu32 ", which is no ownership: exiting.",
+                          VFIOMIG_BUS_NAME, answer);
+                return sd_event_exit(s->event, -EPROTO);
+        }
+
         s->name_acquired = true;
         log_info("Serving %s.", VFIOMIG_BUS_NAME);
         bus_service_update_status(s);

@@ -11,11 +11,12 @@
 #include "crc32c.h"
 #include "kernel-iommu.h"
 #include "log.h"
+#include "persist-state.h"
 #include "persist.h"
 #include "sim-device.h"
 #include "sim-stream.h"
 
-#define STATE_VERSION 1
+#define STATE_VERSION PERSIST_STATE_VERSION
 #define STATE_MAGIC "VFMSTATE"
 #define STATE_NAME_PREFIX "state-"
 #define STATE_SIZE_MAX (UINT64_C(256) << 20)
@@ -30,6 +31,7 @@ struct Persist {
         Manager *manager;
         bool notify;          /* a service manager listens ($NOTIFY_SOCKET) */
         bool restoring;       /* no saving while the state is being rebuilt */
+        bool refused;         /* the saved state was refused: the store is left as it is */
         uint64_t seq;
         StoredFd *stored;     /* what we believe the fd store holds */
         size_t n_stored;
@@ -453,6 +455,10 @@ int persist_save(Persist *p) {
 
         if (!p || !p->notify || p->restoring)
                 return 0;
+        if (p->refused) {
+                log_debug("Not saving: the fd store holds a state this vfiomigd refused, which a save would replace.");
+                return 0;
+        }
 
         r = persist_serialize(p->manager, &json, &fds);
         if (r < 0)
@@ -540,7 +546,7 @@ int persist_prepare_stop(Persist *p) {
 
 /* ---- restore ---- */
 
-static int read_state(int fd, uint64_t *ret_seq, char **ret_json) {
+static int read_state(int fd, uint64_t *ret_seq, char **ret_json, size_t *ret_size) {
         _cleanup_free_ char *json = NULL;
         StateHeader h;
         struct stat st;
@@ -561,6 +567,7 @@ static int read_state(int fd, uint64_t *ret_seq, char **ret_json) {
                 return -EBADMSG;
         *ret_seq = h.seq;
         *ret_json = TAKE_PTR(json);
+        *ret_size = (size_t) h.length;
         return 0;
 }
 
@@ -800,12 +807,40 @@ static int track_received(Persist *p, const NamedFds *received_all) {
         return 0;
 }
 
+/* A state that cannot be used is not a reason to lose what it describes. Exiting would not help:
+ * under Restart=on-failure the restarts would fail alike until the start limit, and then the
+ * service manager releases the store, resetting every device and dropping every mapping. So the
+ * daemon serves with nothing restored, leaves every descriptor in the store (no FDSTOREREMOVE)
+ * and saves nothing (a save would replace the refused state), until it is restarted with a state
+ * it can read, e.g. by a version that can. */
+static int refuse(Persist *p, const NamedFds *received, const char *state, const char *why) {
+        size_t n = received->n;
+
+        for (size_t i = 0; i < p->n_stored; i++)
+                free(p->stored[i].name);
+        p->stored = mfree(p->stored);
+        p->n_stored = 0;
+        p->refused = true;
+        p->restoring = false;
+        p->manager->fd_store = false; /* nothing new survives a restart now: say so in LiveUpdate */
+        log_error("Refusing the saved state %s: %s. Starting with nothing restored; the fd store keeps all %zu "
+                  "descriptor%s untouched and nothing is saved until vfiomigd starts with a state it can read "
+                  "(see LIVE UPDATE in vfiomigd(8)).", state, why, n, n == 1 ? "" : "s");
+        return 0;
+}
+
+bool persist_refused(const Persist *p) {
+        return p && p->refused;
+}
+
 int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
         _cleanup_(json_putp) json_object *root = NULL;
         _cleanup_free_ char *json = NULL;
         json_object *spaces = NULL, *devices = NULL, *kernel = NULL;
+        const char *best_name = NULL;
         uint64_t best_seq = 0;
-        size_t restored = 0;
+        size_t restored = 0, n_states = 0, json_size = 0;
+        ErrorMessage why = {};
         int r;
 
         r = track_received(p, received);
@@ -816,36 +851,48 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
         for (size_t i = 0; i < received->n; i++) {
                 _cleanup_free_ char *text = NULL;
                 uint64_t seq = 0;
+                size_t size = 0;
 
                 if (strncmp(received->items[i].name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) != 0)
                         continue;
-                if (read_state(received->items[i].fd, &seq, &text) < 0) {
+                n_states++;
+                if (read_state(received->items[i].fd, &seq, &text, &size) < 0) {
                         log_warning("Ignoring the unreadable state %s.", received->items[i].name);
                         continue;
                 }
                 if (!json || seq > best_seq) {
                         free(json);
                         json = TAKE_PTR(text);
+                        json_size = size;
                         best_seq = seq;
+                        best_name = received->items[i].name;
                 }
         }
+        if (n_states > 0 && !json)
+                return refuse(p, received, "in the fd store", "no saved state is intact (bad header, length or CRC)");
 
         p->restoring = true;
         if (json) {
-                root = json_tokener_parse(json);
-                if (!root || get_u64(root, "version") != STATE_VERSION) {
+                /* Everything is checked before anything is adopted: a refusal leaves the store whole. */
+                r = persist_state_parse(json, json_size, &root, &why);
+                if (r == -ENOMEM) {
                         p->restoring = false;
-                        return error_setf(err, -EBADMSG, "the saved state is not a version %d state", STATE_VERSION);
+                        return r;
                 }
+                if (r < 0)
+                        return refuse(p, received, best_name, why.text);
                 p->seq = best_seq;
                 p->manager->next_space_number = (unsigned) get_u64(root, "next-space");
 
                 if (json_object_object_get_ex(root, "kernel", &kernel)) {
-                        r = kernel_context_restore(p->manager->kernel, kernel, received, err);
-                        if (r < 0) {
+                        /* It checks the whole record and every descriptor it names before it takes one. */
+                        r = kernel_context_restore(p->manager->kernel, kernel, received, &why);
+                        if (r == -ENOMEM) {
                                 p->restoring = false;
-                                return error_setf(err, r, "cannot adopt the kernel objects: %m");
+                                return r;
                         }
+                        if (r < 0)
+                                return refuse(p, received, best_name, why.text[0] ? why.text : strerror(-r));
                 }
                 if (json_object_object_get_ex(root, "spaces", &spaces))
                         for (size_t i = 0; i < json_object_array_length(spaces); i++) {

@@ -31,8 +31,13 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(Persist *, persist_free);
 
 /* Adopts the descriptors passed by the service manager (sd_listen_fds_with_names()). Returns
  * the number of devices and spaces restored; with nothing to restore, 0. Failures to restore
- * one object are logged and that object skipped; a corrupt state is an error. */
+ * one object are logged and that object skipped. A state that cannot be used at all (no intact
+ * one, one persist_state_parse() refuses, kernel objects that cannot be adopted) is refused:
+ * logged in one line naming the problem, nothing restored, 0 returned, and from then on
+ * persist_refused() is true: the store is never touched and nothing is saved, so that a daemon
+ * that can read the state finds it complete. Negative only when out of memory. */
 int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err);
+bool persist_refused(const Persist *p);
 /* Saves the state and brings the fd store in line with it. */
 int persist_save(Persist *p);
 /* A planned stop: lets every space prepare for its successor (legacy: invalidate host

@@ -10,16 +10,35 @@
 * The watchdog is fed (with a 1 s WatchdogSec the unit stays up, NRestarts=0).
 * Stop is clean: inactive/dead, ExecMainStatus=0, Result=success, the name released.
 * The daemon logged to the (private) journal.
+
+Without a service manager, the notification protocol played by the test itself (FakeServiceManager:
+a $NOTIFY_SOCKET it reads, and an fd store it hands back as $LISTEN_FDS):
+
+* A second vfiomigd on a bus where org.vfiomig1 is owned exits non-zero, saying so, without
+  "Serving org.vfiomig1." and without READY=1; the first keeps the name and keeps answering.
+* A saved state record that is wrong -- every field in turn given a value of the wrong type,
+  values out of range, arrays past their caps, nesting past the parser's depth, text that is no
+  JSON, no intact state at all -- is refused with one log line naming the field: the daemon does
+  not crash, reports READY=1 with nothing restored and a STATUS= that says so, sends no
+  FDSTOREREMOVE and no FDSTORE (the store keeps every descriptor: no crash loop can end in the
+  service manager releasing it), and exits 0 on SIGTERM. The same store with the good record
+  then restores every device, space and mapping.
 """
 
+import array
 import json
 import os
 import re
+import select
+import socket
+import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import dbus_wire as w  # noqa: E402
 import harness as h  # noqa: E402
 
 UNIT = "vfiomigd.service"
@@ -78,6 +97,405 @@ def unit_source():
     """The unit as meson configured it into the build tree, else its template."""
     built = h.BUILD_ROOT / "units" / UNIT
     return built if built.exists() else h.SERVICE_UNIT_IN
+
+
+class FakeServiceManager:
+    """The service manager's side of sd_notify(3) and the fd store, as far as vfiomigd uses them:
+    a datagram socket for $NOTIFY_SOCKET whose messages (and the descriptors they carry) are kept
+    in order, and a store of named descriptors that FDSTORE=1 fills and FDSTOREREMOVE=1 empties,
+    handed to the next daemon as $LISTEN_FDS/$LISTEN_FDNAMES at 3, 4, ..."""
+
+    def __init__(self):
+        self.dir = h.TempDir("vfm-notify-")
+        self.path = str(self.dir / "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock.bind(self.path)
+        self.messages = []      # [(dict of KEY=VALUE, [fds])], in arrival order
+        self.store = {}         # name -> fd, ours
+        self.lock = threading.Lock()
+        self.done = False
+        # Read all along, as a service manager does: a datagram queue that fills up blocks the
+        # daemon's sd_notify() (net.unix.max_dgram_qlen is 10 by default).
+        self.thread = threading.Thread(target=self._reader, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.done = True
+        self.thread.join()
+        self.sock.close()
+        for fd in self.store.values():
+            os.close(fd)
+        self.store = {}
+        self.dir.stop()
+
+    def _reader(self):
+        while not self.done:
+            if not select.select([self.sock], [], [], 0.05)[0]:
+                continue
+            data, anc, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(253 * 4))
+            fds = []
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    a = array.array("i")
+                    a.frombytes(payload[:len(payload) - len(payload) % a.itemsize])
+                    fds.extend(a)
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            with self.lock:
+                self.messages.append((fields, fds))
+                if fields.get("FDSTORE") == "1":
+                    for fd in fds:
+                        old = self.store.pop(fields["FDNAME"], None)
+                        if old is not None:
+                            os.close(old)
+                        self.store[fields["FDNAME"]] = fd
+                else:
+                    for fd in fds:  # e.g. sd_notify_barrier()'s pipe: closing it answers
+                        os.close(fd)
+                if fields.get("FDSTOREREMOVE") == "1":
+                    old = self.store.pop(fields.get("FDNAME"), None)
+                    if old is not None:
+                        os.close(old)
+
+    def drain(self, timeout=0.0):
+        """Lets messages that are on their way arrive."""
+        time.sleep(timeout + 0.06)
+
+    def wait_for(self, key, value=None, timeout=10.0, proc=None):
+        """The first message with key (=value); None if the daemon exited or time ran out first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            hits = [f for f in self.sent(key) if value is None or f[key] == value]
+            if hits:
+                return hits[0]
+            if time.monotonic() >= deadline or (proc is not None and proc.poll() is not None):
+                self.drain(0.1)
+                hits = [f for f in self.sent(key) if value is None or f[key] == value]
+                return hits[0] if hits else None
+            time.sleep(0.02)
+
+    def sent(self, key):
+        with self.lock:
+            return [fields for fields, _ in self.messages if key in fields]
+
+    def daemon(self, bus, store=None, **kw):
+        """A vfiomigd (not started) that notifies us and receives store (name -> fd) as its
+        $LISTEN_FDS, in that order from fd 3 on."""
+        store = dict(self.store if store is None else store)
+        env = {"NOTIFY_SOCKET": self.path}
+        wrapper = []
+        if store:
+            names = list(store)
+            env.update(LISTEN_FDS=str(len(names)), LISTEN_FDNAMES=":".join(names))
+            # $LISTEN_PID must be the daemon's own: set by the exec'ing wrapper, which also moves the
+            # descriptors to 3, 4, ... (through numbers above all of them, so none is overwritten).
+            wrapper = [sys.executable, "-c", (
+                "import os, sys\n"
+                "src = [int(x) for x in sys.argv[1].split(',')]\n"
+                "hi = [os.dup(s) for s in src]\n"
+                "for i, fd in enumerate(hi):\n"
+                "    os.dup2(fd, 1000 + i)\n"
+                "for fd in hi:\n"
+                "    os.close(fd)\n"
+                "for i in range(len(src)):\n"
+                "    os.dup2(1000 + i, 3 + i)\n"
+                "    os.close(1000 + i)\n"
+                "os.environ['LISTEN_PID'] = str(os.getpid())\n"
+                "os.execv(sys.argv[2], sys.argv[2:])\n"), ",".join(str(store[n]) for n in names)]
+            kw["pass_fds"] = tuple(store.values())
+        return h.Daemon(bus, wrapper=wrapper, env=env, **kw)
+
+
+class SecondDaemon(h.unittest.TestCase):
+    """Two vfiomigd on one bus: only the one that owns org.vfiomig1 may say it serves."""
+
+    def setUp(self):
+        self.bus = h.PrivateBus().start()
+        self.addCleanup(self.bus.stop)
+        self.first = h.Daemon(self.bus).start()
+        self.addCleanup(self.first.stop)
+        self.notify = FakeServiceManager()
+        self.addCleanup(self.notify.stop)
+
+    def test_second_daemon_exits_before_ready(self):
+        self.bus.client.manager("AttachDevice", "sa{sv}", "sim:first", {})
+        second = self.notify.daemon(self.bus).start(wait=False)
+        self.addCleanup(second.stop, expect=None)
+        try:
+            rc = second.proc.wait(timeout=15)
+        except h.subprocess.TimeoutExpired:
+            rc = None
+        log_text = second.log()
+        self.notify.drain(0.2)
+        self.assertIsNotNone(rc, f"the second vfiomigd is still running without the name\n{log_text}")
+        self.assertEqual(rc, 1, log_text)
+        self.assertRegex(log_text, r"org\.vfiomig1 is owned by another process", log_text)
+        self.assertNotIn("Serving org.vfiomig1.", log_text)
+        self.assertEqual(self.notify.sent("READY"), [], "READY=1 from a daemon that does not own the name")
+        # The first one still has the name and still answers.
+        self.assertEqual(self.bus.client.name_owner_pid(h.BUS_NAME), self.first.pid)
+        self.assertEqual([tuple(d)[0] for d in self.bus.client.manager("ListDevices")[0]], ["sim_first"])
+        self.assertTrue(self.first.alive())
+
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
+    return crc ^ 0xFFFFFFFF
+
+
+# daemon/core/persist.c: "VFMSTATE", u64 seq, u64 length, u32 crc32c, u32 zero, then the JSON.
+STATE_HEADER = struct.Struct("<8sQQII")
+
+
+def state_memfd(seq, body, crc=None):
+    fd = os.memfd_create("vfm-test-state", os.MFD_CLOEXEC)
+    os.write(fd, STATE_HEADER.pack(b"VFMSTATE", seq, len(body), crc32c(body) if crc is None else crc, 0) + body)
+    return fd
+
+
+def read_state(fd):
+    data = os.pread(fd, 64 << 20, 0)
+    magic, seq, length, crc, _ = STATE_HEADER.unpack_from(data)
+    body = data[STATE_HEADER.size:STATE_HEADER.size + length]
+    assert magic == b"VFMSTATE" and crc32c(body) == crc
+    return seq, json.loads(body)
+
+
+def wrong_value(v):
+    """A value of another JSON type than v."""
+    if isinstance(v, bool):
+        return 1
+    if isinstance(v, int):
+        return "1"
+    if isinstance(v, str):
+        return 7
+    if isinstance(v, list):
+        return {"x": 1}
+    if isinstance(v, dict):
+        return [1]
+    return "x"
+
+
+def leaf_paths(v, path=()):
+    """Every field of the record, by path (lists: their first entry only)."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield path + (k,)
+            yield from leaf_paths(x, path + (k,))
+    elif isinstance(v, list) and v:
+        yield path + (0,)
+        yield from leaf_paths(v[0], path + (0,))
+
+
+def path_text(path):
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (("." if out else "") + p)
+    return out
+
+
+def with_value(record, path, value):
+    copy = json.loads(json.dumps(record))
+    target = copy
+    for p in path[:-1]:
+        target = target[p]
+    target[path[-1]] = value
+    return copy
+
+
+class RefusedState(h.unittest.TestCase):
+    """A bad saved state is refused, the fd store kept whole, and the daemon never crashes."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.bus = h.PrivateBus().start()
+        cls.addClassCleanup(cls.bus.stop)
+        cls.client = cls.bus.client
+        # The predecessor: two devices, one in an address space with a mapping, the other stopped.
+        fake = FakeServiceManager()
+        cls.addClassCleanup(fake.stop)
+        first = fake.daemon(cls.bus).start()
+        try:
+            space = cls.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "CreateAddressSpace", "a{sv}",
+                                     {"backend": ("s", "sim"), "sim-mapping": ("s", "by-file")})
+            gpu = cls.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "AttachDevice", "sa{sv}", "sim:gpu",
+                                   {"state-size": ("t", 1 << 20), "dirty-rate": ("t", 1 << 20)})
+            nic = cls.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "AttachDevice", "sa{sv}", "sim:nic", {})
+            cls.client.call(gpu, h.DEVICE_IFACE, "AttachAddressSpace", "o", space)
+            time.sleep(0.3)  # the running gpu rewrites blocks: "gens" gets entries
+            cls.client.device(nic, "SetState", "sa{sv}", "stop", {})
+            guest = os.memfd_create("vfm-guest", os.MFD_CLOEXEC)
+            os.ftruncate(guest, 1 << 20)
+            with w.WireConnection(cls.bus.address) as wire:
+                wire.call(h.BUS_NAME, space, h.SPACE_IFACE, "Map", "htttas",
+                          [0, 0, 1 << 20, 1 << 30, ["read", "write"]], [guest])
+            os.close(guest)
+        finally:
+            first.stop()
+        fake.drain(0.2)
+        states = [n for n in fake.store if n.startswith("state-")]
+        assert len(states) == 1, fake.store
+        cls.seq, cls.record = read_state(fake.store[states[0]])
+        # Everything else, as the service manager would hand it back.
+        cls.fds = {n: os.dup(fd) for n, fd in fake.store.items() if not n.startswith("state-")}
+        cls.addClassCleanup(lambda: [os.close(fd) for fd in cls.fds.values()])
+        assert sorted(cls.fds) == ["map-s0-0", "sim-device-gpu", "sim-device-nic"], sorted(cls.fds)
+        assert cls.record["devices"][0]["sim"].get("gens"), cls.record
+
+    def start(self, state_fds):
+        """A daemon receiving our descriptors plus state_fds ({name: fd}, closed here)."""
+        fake = FakeServiceManager()
+        self.addCleanup(fake.stop)
+        for name, fd in self.fds.items():
+            fake.store[name] = os.dup(fd)
+        fake.store.update(state_fds)
+        handed = {n: os.fstat(fd).st_ino for n, fd in fake.store.items()}
+        daemon = fake.daemon(self.bus).start(wait=False)
+        self.addCleanup(daemon.stop, expect=None)
+        ready = fake.wait_for("READY", "1", timeout=15, proc=daemon.proc)
+        return fake, daemon, handed, ready
+
+    def assertRefused(self, state_fds, fragment):
+        fake, daemon, handed, ready = self.start(state_fds)
+        alive = daemon.alive()
+        listed = (self.client.manager("ListDevices"), self.client.manager("ListAddressSpaces")) if ready else None
+        rc = daemon.terminate()
+        log_text = daemon.log()
+        daemon.stop(expect=None)
+        self.assertTrue(alive, f"vfiomigd died\n{log_text}")
+        self.assertIsNotNone(ready, f"no READY=1\n{log_text}")
+        self.assertEqual(rc, 0, "SIGTERM did not end it cleanly")
+        refusals = [line for line in log_text.splitlines() if "Refusing the saved state" in line]
+        self.assertEqual(len(refusals), 1, log_text)
+        self.assertIn(fragment, refusals[0])
+        self.assertIn("the fd store keeps all 4 descriptors untouched", refusals[0])
+        # What it said while serving (the last ones are about stopping).
+        status = [f["STATUS"] for f in fake.sent("STATUS")]
+        self.assertTrue(any("saved state was refused" in st for st in status), status)
+        self.assertEqual(listed, ([[]], [[]]))
+        fake.drain(0.2)
+        # Nothing removed, nothing replaced: the store holds exactly what it handed over.
+        self.assertEqual(fake.sent("FDSTOREREMOVE"), [])
+        self.assertEqual(fake.sent("FDSTORE"), [])
+        self.assertEqual({n: os.fstat(fd).st_ino for n, fd in fake.store.items()}, handed)
+        return refusals[0]
+
+    def refuse_record(self, record, fragment):
+        body = record if isinstance(record, bytes) else json.dumps(record).encode()
+        return self.assertRefused({f"state-{self.seq + 1}": state_memfd(self.seq + 1, body)}, fragment)
+
+    def test_every_field_of_the_wrong_type(self):
+        paths = list(leaf_paths(self.record))
+        self.assertGreater(len(paths), 35, paths)
+        for path in paths:
+            original = self.record
+            for p in path:
+                original = original[p]
+            for bad in (wrong_value(original), None):
+                with self.subTest(field=path_text(path), value=bad):
+                    line = self.refuse_record(with_value(self.record, path, bad), path_text(path))
+                    self.assertRegex(line, r"must be|outside|is missing|does not match|exactly one")
+
+    def test_out_of_range(self):
+        cases = [
+            (("version",), 2, "version is 2"),
+            (("version",), -1, "version must be an unsigned integer, not negative"),
+            (("next-space",), 1 << 32, "next-space is 4294967296"),
+            (("devices", 0, "sim", "state-size"), 0, "devices[0].sim.state-size is 0"),
+            (("devices", 0, "sim", "state-size"), 1 << 40, "devices[0].sim.state-size is"),
+            (("devices", 0, "sim", "state-size"), 1.5, "devices[0].sim.state-size must be an unsigned integer"),
+            (("devices", 0, "sim", "state-size"), 1 << 64, "devices[0].sim.state-size"),
+            (("devices", 0, "sim", "flags"), 0, "devices[0].sim"),
+            (("devices", 0, "sim", "state"), "bogus", "devices[0].sim.state 'bogus'"),
+            (("devices", 0, "sim", "gens", 0), [1 << 20, 1], "devices[0].sim.gens[0][0] is 1048576"),
+            (("devices", 0, "sim", "gens", 0), [1], "devices[0].sim.gens[0] must be a [block, generation] pair"),
+            (("devices", 0, "sim", "gens", 0, 1), 1 << 32, "devices[0].sim.gens[0][1] is 4294967296"),
+            (("devices", 0, "address"), "sim:no/such", "devices[0].sim is a simulated device's record"),
+            (("devices", 0, "id"), "a/b", "devices[0].id 'a/b'"),
+            (("devices", 0, "clients"), [""], "devices[0].clients[0] must be a bus name"),
+            (("devices", 0, "clients"), [":1.%d" % i for i in range(17)], "devices[0].clients has 17 entries"),
+            (("devices", 0, "address"), "x" * 300, "devices[0].address must be 1 to 256 characters"),
+            (("devices", 0, "backend"), "kernel", "devices[0].backend 'kernel' is no device backend"),
+            (("devices", 0, "backend"), "iommufd", "devices[0].backend 'iommufd' does not match its sim record"),
+            (("spaces", 0, "backend"), "bogus", "spaces[0].backend 'bogus'"),
+            (("spaces", 0, "mappings", 0, "access"), 0, "spaces[0].mappings[0].access is 0"),
+            (("spaces", 0, "mappings", 0, "access"), 4, "spaces[0].mappings[0].access is 4"),
+            (("spaces", 0, "mappings", 0, "length"), 0, "spaces[0].mappings[0].length is 0"),
+            (("spaces", 0, "mappings", 0, "iova"), (1 << 64) - 1, "spaces[0].mappings[0] ends past 2^64"),
+            (("spaces", 0, "mappings", 0, "serial"), 1 << 20, "spaces[0].mappings[0].serial is 1048576"),
+            (("spaces", 1), {"id": "s0", "backend": "sim", "prepared": False, "next-serial": 0,
+                             "sim-mapping": "by-file"}, "spaces[1].id 's0' is also the id of spaces[0]"),
+        ]
+        for path, value, fragment in cases:
+            with self.subTest(field=path_text(path), value=str(value)[:40]):
+                record = json.loads(json.dumps(self.record))
+                target = record
+                for p in path[:-1]:
+                    target = target[p]
+                if isinstance(target, list) and path[-1] == len(target):
+                    target.append(value)
+                else:
+                    target[path[-1]] = value
+                self.refuse_record(record, fragment)
+
+    def test_huge_and_deep(self):
+        cases = [
+            ("5000 devices", with_value(self.record, ("devices",), [self.record["devices"][1]] * 5000),
+             "devices has 5000 entries, more than the 4096 allowed"),
+            ("gens past the device's blocks", with_value(self.record, ("devices", 0, "sim", "gens"),
+                                                          [[0, 1]] * 17), "devices[0].sim.gens has 17 entries"),
+            ("70000 mappings", with_value(self.record, ("spaces", 0, "mappings"),
+                                          [self.record["spaces"][0]["mappings"][0]] * 70000),
+             "spaces[0].mappings has 70000 entries"),
+        ]
+        for what, record, fragment in cases:
+            with self.subTest(what):
+                self.refuse_record(record, fragment)
+        deep = b'{"version": 1, "next-space": 1, "devices": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+        huge = b'{"version": 1, "x": [' + b",".join([b"0"] * 5000000) + b"]}"
+        for what, body, fragment in (
+                ("nesting 100000 deep", deep, "the state is not JSON: nesting too deep"),
+                ("five million values", huge, "the state holds more than 4194304 JSON values"),
+                ("not JSON", b"{version: 1}", "the state is not JSON"),
+                ("truncated", json.dumps(self.record).encode()[:-10], "the state is not JSON"),
+                ("trailing data", json.dumps(self.record).encode() + b" {}", "the state is not JSON"),
+                ("a NUL byte", json.dumps(self.record).encode()[:-1] + b"\0}", "the state contains a NUL byte"),
+                ("an array", b"[]", "the state must be an object, not an array"),
+                ("null", b"null", "the state must be an object, not null")):
+            with self.subTest(what):
+                self.refuse_record(body, fragment)
+
+    def test_no_intact_state(self):
+        body = json.dumps(self.record).encode()
+        self.assertRefused({f"state-{self.seq}": state_memfd(self.seq, body, crc=crc32c(body) ^ 1)},
+                           "no saved state is intact")
+
+    def test_good_record_restores_everything(self):
+        """The control: the very same descriptors with the record as it was saved."""
+        fake, daemon, _, ready = self.start({f"state-{self.seq}": state_memfd(self.seq,
+                                                                              json.dumps(self.record).encode())})
+        self.assertIsNotNone(ready, daemon.log())
+        self.assertNotIn("Refusing", daemon.log())
+        self.assertEqual(sorted(tuple(d)[0] for d in self.client.manager("ListDevices")[0]), ["sim_gpu", "sim_nic"])
+        self.assertEqual(self.client.dev_prop("/org/vfiomig1/device/sim_nic", "State"), "stop")
+        self.assertEqual(self.client.call1("/org/vfiomig1/space/s0", h.SPACE_IFACE, "ListMappings"),
+                         [[1 << 30, 1 << 20, 0, ["read", "write"]]])
+        self.assertNotIn("saved state was refused", fake.sent("STATUS")[-1]["STATUS"])
+        self.assertEqual(daemon.stop(expect=None), 0, daemon.log())
 
 
 class UnderUserManager(h.unittest.TestCase):

@@ -7,11 +7,18 @@ Every command (list, status, attach --option, detach, set-state [--recover], set
 against what busctl reads from the daemon; exit codes (0 success, 1 refused or failed, 2 usage);
 error messages are one human line prefixed with the program name, and nothing goes to stdout on
 failure.
+
+The token off the command line: 'incoming --token-file FILE' creates FILE 0600 (never replacing
+anything, never following a symlink) and prints everything but the token; '-q incoming' prints the
+token alone; 'migrate --token-file FILE' and '--token -' (standard input) carry a real migration
+(the daemon migrating between two of its own devices over loopback); an unreadable, short, long
+or non-hex token is a usage error (exit 2) before any bus is contacted, and never echoed.
 """
 
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 
@@ -24,9 +31,10 @@ V = lambda sig, value: (sig, value)  # noqa: E731
 
 class CliCase(h.DaemonTestCase):
 
-    def ctl(self, *args, address=None, expect=0):
+    def ctl(self, *args, address=None, expect=0, stdin=None):
         cmd = [str(h.CLI), f"--address={address or self.bus.address}"] + [str(a) for a in args]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=h.clean_env(), timeout=60)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=h.clean_env(), timeout=60,
+                           **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}))
         if expect is not None:
             self.assertEqual(r.returncode, expect,
                              f"{' '.join(cmd)}\nstdout: {r.stdout}\nstderr: {r.stderr}")
@@ -288,6 +296,134 @@ class Commands(CliCase):
             with self.subTest(args=args):
                 self.assertEqual(self.ctl("-q", *args).stdout, "")
         self.assertEqual(self.state("/org/vfiomig1/device/sim_q"), "running")
+
+
+TOKEN_RE = r"^[0-9a-f]{64}$"
+NO_BUS = "unix:path=/nonexistent/socket"
+
+
+class Token(CliCase):
+    """The migration token never needs to be on a command line."""
+
+    daemon_kwargs = {"args": ["--stream-listen=127.0.0.1:0"]}
+
+    def setUp(self):
+        self.tmp = h.TempDir("vfm-token-", mode=0o700)
+        self.addCleanup(self.tmp.stop)
+        for name in ("src", "dst"):
+            self.attach(f"sim:{name}", {"state-size": ("t", 256 * 1024)})
+
+    def tearDown(self):
+        for jid, direction, phase, _, path in self.client.manager("ListMigrations")[0]:
+            if phase not in ("completed", "failed", "cancelled"):
+                self.client.call(path, "org.vfiomig1.Migration", "Cancel")
+        super().tearDown()
+
+    def jobs(self):
+        return self.client.manager("ListMigrations")[0]
+
+    def test_incoming_token_file(self):
+        path = self.tmp / "token"
+        r = self.ctl("incoming", "sim_dst", f"--token-file={path}")
+        st = os.lstat(path)
+        self.assertTrue(stat.S_ISREG(st.st_mode))
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        token = path.read_text()
+        self.assertRegex(token, r"^[0-9a-f]{64}\n$")
+        self.assertNotIn(token.strip(), r.stdout + r.stderr, "the token was printed despite --token-file")
+        self.assertIn(f"Token: written to {path}", r.stdout)
+        self.assertIn("--token-file", r.stderr)  # the hint for the source host
+        # -q with --token-file prints nothing at all; an existing file is never replaced.
+        job_count = len(self.jobs())
+        r = self.ctl("incoming", "sim_dst", f"--token-file={path}", expect=None)
+        self.assertHumanError(r, "exists", code=2)
+        self.assertEqual(path.read_text(), token)
+        self.assertEqual(len(self.jobs()), job_count, "a refused --token-file still prepared a job")
+
+    def test_incoming_token_file_symlink_and_cleanup(self):
+        target = self.tmp / "target"
+        link = self.tmp / "link"
+        os.symlink(target, link)
+        r = self.ctl("incoming", "sim_dst", f"--token-file={link}", expect=None)
+        self.assertHumanError(r, "exists", code=2)
+        self.assertFalse(os.path.exists(target), "a symlink was followed")
+        # A call the daemon refuses leaves no empty token file behind.
+        path = self.tmp / "token"
+        r = self.ctl("incoming", "sim_nosuch", f"--token-file={path}", expect=None)
+        self.assertHumanError(r, "sim_nosuch")
+        self.assertFalse(os.path.exists(path))
+
+    def test_quiet_incoming_prints_the_token_only(self):
+        r = self.ctl("-q", "incoming", "sim_dst")
+        self.assertRegex(r.stdout.strip(), TOKEN_RE)
+        self.assertEqual(r.stdout.count("\n"), 1, r.stdout)
+        self.assertEqual(r.stderr, "")
+        self.client.call(self.jobs()[-1][4], "org.vfiomig1.Migration", "Cancel")
+        r = self.ctl("-q", "incoming", "sim_dst", f"--token-file={self.tmp / 'q'}")
+        self.assertEqual((r.stdout, r.stderr), ("", ""))
+        self.assertRegex((self.tmp / "q").read_text().strip(), TOKEN_RE)
+
+    def prepare(self):
+        out = self.ctl_json("incoming", "sim_dst", f"--token-file={self.tmp / 'token'}")
+        self.assertEqual(sorted(out), ["addresses", "migration", "token_file"])
+        self.assertEqual(out["token_file"], str(self.tmp / "token"))
+        return out["migration"], out["addresses"][0]
+
+    def test_migrate_token_file(self):
+        djob, address = self.prepare()
+        r = self.ctl("migrate", "sim_src", f"--to={address}", f"--token-file={self.tmp / 'token'}")
+        self.assertNotIn((self.tmp / "token").read_text().strip(), r.stdout + r.stderr)
+        self.assertEqual(self.client.get_property(djob, "org.vfiomig1.Migration", "Phase"), "completed")
+
+    def test_migrate_token_stdin(self):
+        djob, address = self.prepare()
+        token = (self.tmp / "token").read_text()
+        self.ctl("migrate", "sim_src", f"--to={address}", "--token", "-", stdin=token.upper())
+        self.assertEqual(self.client.get_property(djob, "org.vfiomig1.Migration", "Phase"), "completed")
+
+    def test_bad_tokens_are_usage_errors_before_the_bus(self):
+        secret = "c0ffee" * 10
+        files = {
+            "empty": "",
+            "short": "ab" * 31 + "\n",
+            "long": "ab" * 33 + "\n",
+            "nonhex": secret + "zzzz\n",
+            "two lines": "ab" * 32 + "\nab\n",
+            "NUL": "ab" * 32 + "\0",
+        }
+        for what, content in files.items():
+            with self.subTest(file=what):
+                f = self.tmp / what.replace(" ", "_")
+                f.write_text(content)
+                r = self.ctl("migrate", "sim_src", "--to=127.0.0.1", f"--token-file={f}", address=NO_BUS,
+                             expect=None)
+                self.assertHumanError(r, "--token-file", code=2)
+                self.assertNotIn(secret, r.stderr, "the file's content was echoed")
+            with self.subTest(stdin=what):
+                r = self.ctl("migrate", "sim_src", "--to=127.0.0.1", "--token=-", address=NO_BUS, stdin=content,
+                             expect=None)
+                self.assertHumanError(r, "standard input", code=2)
+                self.assertNotIn(secret, r.stderr)
+        unreadable = [(self.tmp / "missing", "no such file"), (self.tmp, "is a directory")]
+        for path, fragment in unreadable:
+            with self.subTest(path=str(path)):
+                r = self.ctl("migrate", "sim_src", "--to=127.0.0.1", f"--token-file={path}", address=NO_BUS,
+                             expect=None)
+                self.assertHumanError(r, fragment, code=2)
+        for args, fragment in ((["--token-file=x", "--token=-"], "give one"),
+                               (["--token-file=-"], "--token -"),
+                               ([], "--token-file")):
+            with self.subTest(args=args):
+                r = self.ctl("migrate", "sim_src", "--to=127.0.0.1", *args, address=NO_BUS, expect=None)
+                self.assertHumanError(r, fragment, code=2)
+        r = self.ctl("list", "--token-file=x", address=NO_BUS, expect=None)
+        self.assertHumanError(r, "only valid with 'incoming' and 'migrate'", code=2)
+
+    def test_world_readable_token_file_warns(self):
+        djob, address = self.prepare()
+        os.chmod(self.tmp / "token", 0o644)
+        r = self.ctl("migrate", "sim_src", f"--to={address}", f"--token-file={self.tmp / 'token'}")
+        self.assertIn("readable by users other than its owner", r.stderr)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ctl-parse.h"
+#include "ctl-token.h"
 #include "macro.h"
 
 #define SENTINEL UINT64_C(0xdeadbeefdeadbeef)
@@ -620,15 +623,112 @@ Test(ctl_parse, host_port_default_port_zero_is_no_port) {
         free(h);
 }
 
+#define T64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+static int token_parse(const char *s, char ret[static CTL_TOKEN_HEX_LEN + 1], const char **why) {
+        return ctl_token_parse(s, strlen(s), ret, why);
+}
+
 Test(ctl_parse, token) {
-        cr_assert(ctl_token_is_valid("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
-        cr_assert(ctl_token_is_valid("0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"));
-        cr_assert_not(ctl_token_is_valid("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde"));
-        cr_assert_not(ctl_token_is_valid("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0"));
-        cr_assert_not(ctl_token_is_valid("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeg"));
-        cr_assert_not(ctl_token_is_valid(" 123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"));
-        cr_assert_not(ctl_token_is_valid(""));
-        cr_assert_not(ctl_token_is_valid(NULL));
+        char t[CTL_TOKEN_HEX_LEN + 1];
+        const char *why = NULL;
+
+        cr_assert_eq(token_parse(T64, t, &why), 0);
+        cr_assert_str_eq(t, T64);
+        cr_assert_eq(token_parse("0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789ABCDEF", t, &why), 0);
+        cr_assert_str_eq(t, T64, "lower-cased");
+        /* the newline 'incoming --token-file' writes, and what editors add */
+        cr_assert_eq(token_parse(T64 "\n", t, &why), 0);
+        cr_assert_eq(token_parse(T64 " \r\n\t", t, &why), 0);
+        cr_assert_str_eq(t, T64);
+
+        cr_assert_eq(token_parse("", t, &why), -EINVAL);
+        cr_assert_str_eq(why, "is empty");
+        cr_assert_eq(token_parse(" \n", t, &why), -EINVAL);
+        cr_assert_str_eq(why, "is empty");
+        cr_assert_eq(token_parse("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde", t, &why), -EINVAL);
+        cr_assert_str_eq(why, "is shorter than 64 hex digits");
+        cr_assert_eq(token_parse(T64 "0", t, &why), -EINVAL);
+        cr_assert_str_eq(why, "is longer than 64 hex digits");
+        cr_assert_eq(token_parse(T64 T64 T64, t, &why), -EINVAL);
+        cr_assert_str_eq(why, "is longer than 64 hex digits");
+        cr_assert_eq(token_parse("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeg", t, &why), -EINVAL);
+        cr_assert_str_eq(why, "contains a character that is no hex digit");
+        cr_assert_eq(token_parse(" 123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", t, &why), -EINVAL);
+        cr_assert_eq(token_parse(T64 "\nab", t, &why), -EINVAL, "a second line");
+        cr_assert_eq(ctl_token_parse(T64 "\0", 65, t, &why), -EINVAL, "a NUL");
+        /* not terminated: only size bytes are read */
+        cr_assert_eq(ctl_token_parse(T64 "zz", 64, t, &why), 0);
+        cr_assert_str_eq(t, T64);
+}
+
+static int pipe_with(const char *content) {
+        int p[2];
+
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        cr_assert_eq(write(p[1], content, strlen(content)), (ssize_t) strlen(content));
+        close(p[1]);
+        return p[0];
+}
+
+Test(ctl_token, read_fd) {
+        char t[CTL_TOKEN_HEX_LEN + 1];
+        const char *why = NULL;
+        char big[600];
+        int fd;
+
+        fd = pipe_with(T64 "\n");
+        cr_assert_eq(ctl_token_read_fd(fd, t, &why), 0);
+        cr_assert_str_eq(t, T64);
+        close(fd);
+        memset(big, 'a', sizeof big - 1);
+        big[sizeof big - 1] = 0;
+        fd = pipe_with(big);
+        cr_assert_eq(ctl_token_read_fd(fd, t, &why), -EINVAL);
+        cr_assert_str_eq(why, "is longer than 64 hex digits");
+        close(fd);
+        fd = pipe_with("");
+        cr_assert_eq(ctl_token_read_fd(fd, t, &why), -EINVAL);
+        cr_assert_str_eq(why, "is empty");
+        close(fd);
+}
+
+Test(ctl_token, file_create_and_read) {
+        char dir[] = "/tmp/vfm-ctl-token-XXXXXX", path[64], link_path[64], t[CTL_TOKEN_HEX_LEN + 1];
+        const char *why = NULL;
+        bool shared = true;
+        struct stat st;
+        mode_t old;
+        int fd;
+
+        cr_assert_not_null(mkdtemp(dir));
+        (void) snprintf(path, sizeof path, "%s/token", dir);
+        (void) snprintf(link_path, sizeof link_path, "%s/link", dir);
+
+        old = umask(0);  /* whatever the umask, the file is the owner's alone */
+        fd = ctl_token_file_create(path);
+        umask(old);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(ctl_token_file_write(fd, T64), 0);
+        cr_assert_eq(stat(path, &st), 0);
+        cr_assert_eq(st.st_mode & 07777, 0600);
+        cr_assert_eq(ctl_token_read_file(path, t, &shared, &why), 0);
+        cr_assert_str_eq(t, T64);
+        cr_assert_not(shared);
+        cr_assert_eq(chmod(path, 0644), 0);
+        cr_assert_eq(ctl_token_read_file(path, t, &shared, &why), 0);
+        cr_assert(shared);
+
+        cr_assert_eq(ctl_token_file_create(path), -EEXIST, "never replaces a file");
+        cr_assert_eq(symlink("/tmp/vfm-ctl-token-nonexistent-target", link_path), 0);
+        cr_assert_eq(ctl_token_file_create(link_path), -EEXIST, "never follows a symlink");
+        cr_assert_eq(access("/tmp/vfm-ctl-token-nonexistent-target", F_OK), -1);
+        cr_assert_eq(ctl_token_read_file(dir, t, &shared, &why), -EISDIR);
+        cr_assert_eq(ctl_token_read_file("/nonexistent/token", t, &shared, &why), -ENOENT);
+
+        cr_assert_eq(unlink(link_path), 0);
+        cr_assert_eq(unlink(path), 0);
+        cr_assert_eq(rmdir(dir), 0);
 }
 
 static void assert_job(const char *job, const char *path) {
