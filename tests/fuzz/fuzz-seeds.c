@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bus-service.h"
+#include "vfiomig1.h"
 #include "wire.h"
 
 typedef struct Buf {
@@ -178,6 +180,133 @@ static void stream_seeds(const char *dir) {
         write_seed(dir, "fuzz-stream", "stream-precopy", &s.b);
 }
 
+/* ---- fuzz-options: the encoding its generator reads (see gen_*() there) ---- */
+
+static void opt_string(Buf *b, const char *s) {
+        size_t n = strlen(s);
+        if (n > 96) {
+                fprintf(stderr, "seed string too long\n");
+                exit(EXIT_FAILURE);
+        }
+        put8(b, 0xff); /* a raw string, not a word from the target's list */
+        put8(b, (uint8_t) n);
+        put(b, s, n);
+}
+
+static void opt_u32(Buf *b, uint32_t v) {
+        v = htole32(v);
+        put8(b, 0x80); /* raw bytes, not an edge value */
+        put(b, &v, 4);
+}
+
+static void opt_u64(Buf *b, uint64_t v) {
+        v = htole64(v);
+        put8(b, 0x80);
+        put(b, &v, 8);
+}
+
+/* indices into gen_variant()'s type list */
+enum { V_S, V_T, V_U, V_B, V_AS };
+
+static void opt_key(Buf *b, const char *key, uint8_t variant_type) {
+        opt_string(b, key);
+        put8(b, variant_type);
+}
+
+/* The target picks its method with the first byte, modulo the methods with options it finds, in
+ * vtable order: Manager, then Device for its running device, then Device for its stopped one. */
+static uint8_t method_index(const char *member, unsigned nth) {
+        const sd_bus_vtable *vtables[] = { bus_manager_vtable, bus_device_vtable, bus_device_vtable };
+        unsigned i = 0;
+
+        for (size_t k = 0; k < ELEMENTSOF(vtables); k++)
+                for (const sd_bus_vtable *v = vtables[k]; v->type != _SD_BUS_VTABLE_END; v++) {
+                        if (v->type != _SD_BUS_VTABLE_METHOD || !strstr(v->x.method.signature ?: "", "a{sv}"))
+                                continue;
+                        if (streq(v->x.method.member, member) && nth-- == 0)
+                                return (uint8_t) i;
+                        i++;
+                }
+        fprintf(stderr, "no method %s with options\n", member);
+        exit(EXIT_FAILURE);
+}
+
+static void options_seeds(const char *dir) {
+        static const char token[] = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        const uint8_t the_device = 0; /* gen_path(): the target's running sim device */
+        Buf b = {};
+
+        put8(&b, method_index("AttachDevice", 0));
+        opt_string(&b, "sim:new");
+        put8(&b, 5);
+        opt_key(&b, "state-size", V_T), opt_u64(&b, 8192);
+        opt_key(&b, "flags", V_AS), put8(&b, 3), opt_string(&b, "stop-copy"), opt_string(&b, "p2p"),
+                opt_string(&b, "pre-copy");
+        opt_key(&b, "fail-arcs", V_AS), put8(&b, 1), opt_string(&b, "running>stop");
+        opt_key(&b, "mtty-quirks", V_B), put8(&b, 1);
+        opt_key(&b, "seed", V_T), opt_u64(&b, 7);
+        write_seed(dir, "fuzz-options", "attach-device", &b);
+
+        b.size = 0;
+        put8(&b, method_index("SetStates", 0));
+        put8(&b, 1), put8(&b, the_device);
+        opt_string(&b, "stop");
+        put8(&b, 1);
+        opt_key(&b, VFIOMIG_OPTION_FORCE_WITHOUT_P2P, V_B), put8(&b, 1);
+        write_seed(dir, "fuzz-options", "set-states", &b);
+
+        b.size = 0;
+        put8(&b, method_index("CreateAddressSpace", 0));
+        put8(&b, 2);
+        opt_key(&b, VFIOMIG_OPTION_BACKEND, V_S), opt_string(&b, "sim");
+        opt_key(&b, VFIOMIG_OPTION_SIM_MAPPING, V_S), opt_string(&b, "by-address");
+        write_seed(dir, "fuzz-options", "create-address-space", &b);
+
+        b.size = 0;
+        put8(&b, method_index("PrepareIncoming", 0));
+        put8(&b, 1), put8(&b, the_device);
+        put8(&b, 5);
+        opt_key(&b, VFIOMIG_OPTION_RUN, V_B), put8(&b, 1);
+        opt_key(&b, VFIOMIG_OPTION_REASSEMBLY_BUDGET, V_T), opt_u64(&b, UINT64_C(1) << 27);
+        opt_key(&b, VFIOMIG_OPTION_STALL_TIMEOUT, V_T), opt_u64(&b, 5000);
+        opt_key(&b, VFIOMIG_OPTION_IO_URING, V_B), put8(&b, 0);
+        opt_key(&b, VFIOMIG_OPTION_FORCE_WITHOUT_P2P, V_B), put8(&b, 0);
+        write_seed(dir, "fuzz-options", "prepare-incoming", &b);
+
+        b.size = 0;
+        put8(&b, method_index("StartMigration", 0));
+        put8(&b, 1), put8(&b, the_device);
+        opt_string(&b, "127.0.0.1:7179");
+        opt_string(&b, token);
+        put8(&b, 6);
+        opt_key(&b, VFIOMIG_OPTION_CHANNELS, V_U), opt_u32(&b, 4);
+        opt_key(&b, VFIOMIG_OPTION_PRECOPY, V_B), put8(&b, 1);
+        opt_key(&b, VFIOMIG_OPTION_BANDWIDTH_LIMIT, V_T), opt_u64(&b, 1000000);
+        opt_key(&b, VFIOMIG_OPTION_SWITCHOVER, V_S), opt_string(&b, "manual");
+        opt_key(&b, VFIOMIG_OPTION_DOWNTIME_LIMIT, V_T), opt_u64(&b, 300);
+        opt_key(&b, VFIOMIG_OPTION_IO_URING, V_B), put8(&b, 1);
+        write_seed(dir, "fuzz-options", "start-migration", &b);
+
+        b.size = 0;
+        put8(&b, method_index("SetState", 0));
+        opt_string(&b, "stop");
+        put8(&b, 1);
+        opt_key(&b, VFIOMIG_OPTION_RECOVER_STATE, V_S), opt_string(&b, "running");
+        write_seed(dir, "fuzz-options", "set-state", &b);
+
+        b.size = 0;
+        put8(&b, method_index("SaveState", 1));
+        put8(&b, 0); /* the memfd */
+        put8(&b, 0);
+        write_seed(dir, "fuzz-options", "save-state", &b);
+
+        b.size = 0;
+        put8(&b, method_index("LoadState", 1));
+        put8(&b, 1); /* a pipe's read end */
+        put8(&b, 0);
+        write_seed(dir, "fuzz-options", "load-state", &b);
+}
+
 int main(int argc, char *argv[]) {
         if (argc != 2) {
                 fprintf(stderr, "usage: %s DIR (the corpus directory, e.g. tests/fuzz/corpus)\n", argv[0]);
@@ -186,5 +315,6 @@ int main(int argc, char *argv[]) {
         hello_seed(argv[1]);
         welcome_seeds(argv[1]);
         stream_seeds(argv[1]);
+        options_seeds(argv[1]);
         return EXIT_SUCCESS;
 }
