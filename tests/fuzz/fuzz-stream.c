@@ -13,8 +13,8 @@
  *   bits 0-1  0, 1: a packet stream; 2: a HELLO; 3: a WELCOME
  *   bits 2-4  7: leave every CRC as the mutator made it (one input in eight), so that the CRC
  *             refusals stay covered; otherwise the harness writes the correct CRC32C into every
- *             CRC field the spec defines before decoding, so mutations reach the checks behind
- *             the CRCs instead of dying at them
+ *             CRC field the spec defines before decoding (fuzz-crc.h), so that mutations
+ *             reach the checks behind the CRCs instead of dying at them
  *   bit 5     stream: hand payloads over as the daemon's receiver does (reassembly_add_admitted,
  *             budget counted by the caller) instead of reassembly_add
  * A packet stream is repeated [control byte][40-byte header][payload]: control bits 0-1 are the
@@ -24,26 +24,15 @@
  * The seeds in tests/fuzz/corpus/fuzz-stream are written by fuzz-seeds.c from the codec.
  */
 
-#include <endian.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "crc32c.h"
+#include "fuzz-crc.h"
 #include "reassembly.h"
 #include "wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* Where proto/stream-protocol.md puts the CRC32Cs. Every one covers the bytes of its structure
- * before it, from the structure's start: the HELLO's is its last 4 bytes (its size follows from
- * the device count, stream_hello_peek_size()), the WELCOME's its last 4 bytes, a packet header's
- * its last 4 bytes; a header also carries its payload's CRC. When a message grows, these follow
- * the constants in proto/stream-wire.h; a new CRC field is one more line in crc_fix_*(). */
-#define HELLO_CRC_SIZE STREAM_HELLO_CRC_SIZE
-#define WELCOME_CRC_OFFSET (STREAM_WELCOME_SIZE - 4)
-#define HEADER_CRC_OFFSET (STREAM_HEADER_SIZE - 4)
-#define HEADER_LENGTH_OFFSET 24
-#define HEADER_PAYLOAD_CRC_OFFSET 28
 
 enum {
         MODE_STREAM_0 = 0,
@@ -51,31 +40,6 @@ enum {
         MODE_HELLO = 2,
         MODE_WELCOME = 3,
 };
-
-static void put_crc(uint8_t *at, const uint8_t *from, size_t n) {
-        uint32_t c = htole32(crc32c(from, n));
-        memcpy(at, &c, 4);
-}
-
-static uint32_t get_le32(const uint8_t *p) {
-        uint32_t v;
-        memcpy(&v, p, 4);
-        return le32toh(v);
-}
-
-static void crc_fix_hello(uint8_t *buf, size_t size) {
-        const char *why;
-        size_t total;
-
-        if (stream_hello_peek_size(buf, size, &total, &why) < 0 || total > size || total < HELLO_CRC_SIZE)
-                return;
-        put_crc(buf + total - HELLO_CRC_SIZE, buf, total - HELLO_CRC_SIZE);
-}
-
-static void crc_fix_welcome(uint8_t *buf, size_t size) {
-        if (size >= STREAM_WELCOME_SIZE)
-                put_crc(buf + WELCOME_CRC_OFFSET, buf, WELCOME_CRC_OFFSET);
-}
 
 /* Walks the stream with the framing fuzz_stream() reads it with. */
 static void crc_fix_stream(uint8_t *buf, size_t size) {
@@ -85,10 +49,7 @@ static void crc_fix_stream(uint8_t *buf, size_t size) {
 
                 buf += 1 + STREAM_HEADER_SIZE;
                 size -= 1 + STREAM_HEADER_SIZE;
-                length = get_le32(h + HEADER_LENGTH_OFFSET);
-                if (length <= size)
-                        put_crc(h + HEADER_PAYLOAD_CRC_OFFSET, buf, length);
-                put_crc(h + HEADER_CRC_OFFSET, h, HEADER_CRC_OFFSET);
+                length = fuzz_crc_fix_header(h, buf, size);
                 if (length > size)
                         return;
                 buf += length;
@@ -198,12 +159,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         switch (mode & 3) {
         case MODE_HELLO:
                 if (!raw)
-                        crc_fix_hello(buf, size);
+                        fuzz_crc_fix_hello(buf, size);
                 fuzz_hello(buf, size);
                 break;
         case MODE_WELCOME:
                 if (!raw)
-                        crc_fix_welcome(buf, size);
+                        fuzz_crc_fix_welcome(buf, size);
                 fuzz_welcome(buf, size);
                 break;
         default:
