@@ -16,8 +16,9 @@
  * No call may get past validation: the caller of these messages cannot be identified (their bus
  * is a pipe, so there are no peer credentials), so bus_verify_polkit_async() refuses it, which
  * the target checks once at start. Validation must not change anything: after every call the
- * target checks that the manager holds the same devices, spaces and jobs and that its device is
- * still idle in the same state. The handlers' own refusals are expected.
+ * target checks that the manager holds the same devices, spaces and jobs, that its devices are
+ * still idle in the same states, and that no descriptor was kept. The handlers' own refusals are
+ * expected.
  *
  * Input: byte 0 chooses the method (modulo the number found); the rest drives a generator that
  * writes the method's arguments in the order of its signature. See gen_*() for how each type is
@@ -333,7 +334,8 @@ static int build_call(const Target *t, Input *in, sd_bus_message **ret) {
         static uint64_t cookie;
         int r;
 
-        r = sd_bus_message_new_method_call(f.bus, &m, VFIOMIG_BUS_NAME, t->path, t->interface, t->method->x.method.member);
+        r = sd_bus_message_new_method_call(f.bus, &m, VFIOMIG_BUS_NAME, t->path, t->interface,
+                                           t->method->x.method.member);
         if (r < 0)
                 return r;
         for (const char *sig = t->method->x.method.signature; *sig;) {
@@ -353,13 +355,23 @@ static int build_call(const Target *t, Input *in, sd_bus_message **ret) {
 }
 
 typedef struct Snapshot {
+        int lowest_free_fd;   /* a descriptor kept by a refused call takes the lowest free one */
         size_t n_devices, n_spaces, n_migrations;
         MigState state[2];
         bool idle[2];
 } Snapshot;
 
+static int lowest_free_fd(void) {
+        int fd = fcntl(fds[3], F_DUPFD_CLOEXEC, 0);
+        if (fd < 0)
+                abort();
+        close(fd);
+        return fd;
+}
+
 static Snapshot snapshot(void) {
         Snapshot s = {
+                .lowest_free_fd = lowest_free_fd(),
                 .n_devices = f.manager->n_devices,
                 .n_spaces = f.manager->n_spaces,
                 .n_migrations = f.manager->n_migrations,
@@ -372,7 +384,8 @@ static Snapshot snapshot(void) {
 }
 
 static bool snapshot_equal(const Snapshot *a, const Snapshot *b) {
-        if (a->n_devices != b->n_devices || a->n_spaces != b->n_spaces || a->n_migrations != b->n_migrations)
+        if (a->lowest_free_fd != b->lowest_free_fd || a->n_devices != b->n_devices || a->n_spaces != b->n_spaces ||
+            a->n_migrations != b->n_migrations)
                 return false;
         for (size_t i = 0; i < ELEMENTSOF(f.devices); i++)
                 if (a->state[i] != b->state[i] || a->idle[i] != b->idle[i])
@@ -449,7 +462,8 @@ static int setup(void) {
                         return r;
                 r = bus_verify_polkit_async(m, VFIOMIG_ACTION_MIGRATE, NULL, &f.service.polkit, &error);
                 if (r >= 0) {
-                        fprintf(stderr, "fuzz-options: polkit would let these calls through (%d); refusing to run\n", r);
+                        fprintf(stderr, "fuzz-options: polkit would let these calls through (%d): not running\n",
+                                r);
                         abort();
                 }
         }
@@ -492,8 +506,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 fprintf(stderr, "fuzz-options: %s: r=%d %s: %s\n", t->method->x.method.member, r, error.name ?: "-",
                         error.message ?: strerror(r < 0 ? -r : r));
         if (!snapshot_equal(&before, &after)) {
-                fprintf(stderr, "fuzz-options: %s changed the daemon's state though polkit refused the caller (r=%d, %s)\n",
-                        t->method->x.method.member, r, error.name ?: "no error");
+                fprintf(stderr, "fuzz-options: %s changed the daemon's state or kept an fd though polkit refused the "
+                        "caller (r=%d, %s)\n", t->method->x.method.member, r, error.name ?: "no error");
                 abort();
         }
         if (r >= 0) {
