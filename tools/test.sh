@@ -42,6 +42,8 @@ import json, re, sys
 for line in open(sys.argv[1]):
     test = json.loads(line)
     out = (test.get("stdout") or "") + (test.get("stderr") or "")
+    if "INFO: Seed:" not in out:
+        continue  # not a libFuzzer run (the seed check)
     done = re.findall(r"#\d+\s+DONE\s+cov: (\d+) ft: (\d+)", out)
     execs = re.findall(r"stat::number_of_executed_units: (\d+)", out)
     if done and execs:
