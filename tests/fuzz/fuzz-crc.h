@@ -17,8 +17,9 @@
 
 /* Where proto/stream-protocol.md puts the CRC32Cs. Every one covers the bytes of its structure
  * before it, from the structure's start: the HELLO's is its last 4 bytes (its size follows from
- * the device count, stream_hello_peek_size()), the WELCOME's its last 4 bytes, a packet header's
- * its last 4 bytes; a header also carries its payload's CRC. When a message grows, these follow
+ * the device count, stream_hello_peek_size()), the WELCOME's is at the end of its first
+ * STREAM_WELCOME_SIZE bytes, the PROOF's (version 2) its last 4 bytes, a packet header's its
+ * last 4 bytes; a header also carries its payload's CRC. When a message grows, these follow
  * the constants in proto/stream-wire.h; a new CRC field is one more line in fuzz_crc_fix_*(). */
 #define FUZZ_HELLO_CRC_SIZE STREAM_HELLO_CRC_SIZE
 #define FUZZ_WELCOME_CRC_OFFSET (STREAM_WELCOME_SIZE - 4)
@@ -37,11 +38,21 @@ static inline uint32_t fuzz_get_le32(const uint8_t *p) {
         return le32toh(v);
 }
 
-static inline void fuzz_crc_fix_hello(uint8_t *buf, size_t size) {
+/* The size of the whole HELLO from its fixed part, as the codec computes it (its signature
+ * gained the version fields in protocol version 2). */
+static inline int fuzz_hello_size(const uint8_t *buf, size_t size, size_t *ret) {
         const char *why;
+#if STREAM_PROTOCOL_MAJOR >= 2
+        return stream_hello_peek_size(buf, size, ret, NULL, NULL, &why);
+#else
+        return stream_hello_peek_size(buf, size, ret, &why);
+#endif
+}
+
+static inline void fuzz_crc_fix_hello(uint8_t *buf, size_t size) {
         size_t total;
 
-        if (stream_hello_peek_size(buf, size, &total, &why) < 0 || total > size || total < FUZZ_HELLO_CRC_SIZE)
+        if (fuzz_hello_size(buf, size, &total) < 0 || total > size || total < FUZZ_HELLO_CRC_SIZE)
                 return;
         fuzz_put_crc(buf + total - FUZZ_HELLO_CRC_SIZE, buf, total - FUZZ_HELLO_CRC_SIZE);
 }
@@ -50,6 +61,14 @@ static inline void fuzz_crc_fix_welcome(uint8_t *buf, size_t size) {
         if (size >= STREAM_WELCOME_SIZE)
                 fuzz_put_crc(buf + FUZZ_WELCOME_CRC_OFFSET, buf, FUZZ_WELCOME_CRC_OFFSET);
 }
+
+#ifdef STREAM_PROOF_SIZE
+/* Protocol version 2's PROOF: its CRC covers the bytes before it. */
+static inline void fuzz_crc_fix_proof(uint8_t *buf, size_t size) {
+        if (size >= STREAM_PROOF_SIZE)
+                fuzz_put_crc(buf + STREAM_PROOF_SIZE - 4, buf, STREAM_PROOF_SIZE - 4);
+}
+#endif
 
 /* A packet header at h, followed by avail bytes: its payload CRC when the payload is all there,
  * then its own CRC. Returns the payload length it announces. */

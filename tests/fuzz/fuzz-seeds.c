@@ -74,7 +74,6 @@ static void hello_seed(const char *dir) {
         Buf b = {};
         int n;
 
-        memset(h.token, 0xa5, sizeof h.token);
         h.devices[0] = (StreamDeviceInfo) { .migration_flags = 0xf, .stream_format = STREAM_FORMAT_SIM,
                                             .vendor_id = 0xffff, .device_id = 0xffff, .stop_copy_size = 4096,
                                             .state_size = 4096, .driver = "sim" };
