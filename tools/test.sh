@@ -24,9 +24,10 @@ configure build
 ninja -C build
 configure build-asan -Db_sanitize=address,undefined -Db_lundef=false
 ninja -C build-asan
-# The libFuzzer targets need clang; a short run keeps them from rotting.
+# The libFuzzer targets need clang; the fuzz build instruments everything it compiles (see
+# tests/fuzz/meson.build), and a short run of each target keeps them from rotting.
 CC=clang configure build-fuzz -Dfuzz=true -Db_lundef=false
-ninja -C build-fuzz tests/fuzz/fuzz-stream
+ninja -C build-fuzz
 
 status=0
 meson test -C build --print-errorlogs --num-processes 2 || status=1
@@ -34,6 +35,23 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
         meson test -C build-asan --suite unit --print-errorlogs --num-processes 2 \
                 --wrapper "$top/tools/sanitizer-wrapper.sh" || status=1
 meson test -C build-fuzz --suite fuzz --print-errorlogs || status=1
+# How far each fuzz target saw in its short run: libFuzzer's last status line (edges, features)
+# and its execution count (-print_final_stats=1), from meson's log of that run.
+python3 - "$top/build-fuzz/meson-logs/testlog.json" <<'PY' || true
+import json, re, sys
+for line in open(sys.argv[1]):
+    test = json.loads(line)
+    out = (test.get("stdout") or "") + (test.get("stderr") or "")
+    if "INFO: Seed:" not in out:
+        continue  # not a libFuzzer run (the seed check)
+    done = re.findall(r"#\d+\s+DONE\s+cov: (\d+) ft: (\d+)", out)
+    execs = re.findall(r"stat::number_of_executed_units: (\d+)", out)
+    if done and execs:
+        print(f"fuzz: {test['name']}: cov {done[-1][0]} ft {done[-1][1]} execs {execs[-1]} "
+              f"in {test['duration']:.0f} s ({test['result']})")
+    else:
+        print(f"fuzz: {test['name']}: no final stats ({test['result']})")
+PY
 
 # One closing line for the whole run, counted from meson's own logs (with a --wrapper, meson
 # names the log after the wrapper: take the newest log of each build directory).

@@ -8,9 +8,9 @@
  *
  *     CC=clang meson setup build-fuzz -Dfuzz=true && ninja -C build-fuzz
  *     mkdir -p /tmp/corpus && build-fuzz/tests/fuzz/fuzz-persist -max_total_time=600 /tmp/corpus \
- *             tests/fuzz/corpus-persist
+ *             tests/fuzz/corpus/fuzz-persist
  *
- * tests/fuzz/corpus-persist holds two states as vfiomigd saves them: "state", two simulated
+ * tests/fuzz/corpus/fuzz-persist holds two states as vfiomigd saves them: "state", two simulated
  * devices (one with rewritten blocks) and a simulated address space with one mapping; "kernel",
  * the record of tests/unit/test-persist-state.c with kernel objects, a kernel device and a
  * legacy address space beside the simulated ones.
