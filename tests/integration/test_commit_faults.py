@@ -1,0 +1,371 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""Faults at every message of the commit, between two real vfiomigd (issue 9, "Must show" 3).
+
+Two daemons migrate a group of two simulated devices (dev0: 512 KiB, dev1: 16 MiB; stop-copy
+without pre-copy, one channel, cleartext) through fault_proxy.FaultProxy, which relays the v2
+handshake and then, at one message of the commit, applies one fault:
+
+  messages  SWITCHOVER, each device's last DATA, END and BLOB, and COMPLETE;
+  faults    drop (the message and everything after it are lost: every connection is cut),
+            delay (the path goes silent at the message for longer than the source's stall
+            timeout, then delivers everything), kill -9 of the source or of the destination
+            daemon when the proxy sees the message, and link down (both daemons in network
+            namespaces of their own, joined to the proxy by veth pairs this test makes; the
+            links go down at the message, come back once the source has decided).
+
+dev0 is small and dev1 large, so that the messages fall into two kinds: up to dev0's BLOB the
+source still has megabytes to send when the fault strikes (it cannot have handed its last byte
+to the kernel: the destination cannot have committed), and from dev1's last DATA on it has
+handed out everything (the destination may have committed, and without COMPLETE or ABORT the
+source cannot know). The rule (proto/stream-protocol.md, the commit-failure table; BRIEF item 4):
+
+  * before the last byte: the source job fails (PeerLost), its devices RUNNING, their state
+    intact; the destination job fails and resets its devices, Committed=false;
+  * after it, without a valid COMPLETE or an ABORT: the source job is `indeterminate`, its
+    devices stay in stop-copy, until Resolve() with the destination's answer (Committed);
+  * a destination commits only once it has every BLOB, then runs its devices (run=true here)
+    and sends COMPLETE; it never sends ABORT after committing.
+
+The table below (CASES) is the expected outcome of every (message x fault), checked case by
+case; every case also checks the invariants, at the moment the source decides and again at the
+end: never both sides' devices running (a committed destination's devices run here), never a
+source reporting success while the destination lacks the state, and a failed source's devices
+running with their state digest intact. An indeterminate source is resolved with the
+destination's answer: Committed when its job still exists; when its daemon was killed, what the
+proxy saw it send (a COMPLETE proves it had committed; before that it had not, and its devices
+died with it).
+
+Runs as root (the harness needs it); the link-down cases need `ip` and network namespaces.
+Standard library only. Everything started here is stopped by PID (harness.py).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import dbus_wire  # noqa: E402
+import harness as h  # noqa: E402
+from fault_proxy import FaultProxy  # noqa: E402
+from test_migration import DEVICE_IFACE, MIGRATION_IFACE, KiB, MiB, P2P, PairCase, SC, Side  # noqa: E402
+
+E = "org.vfiomig1.Error."
+PEER_LOST, PEER_ABORTED, TIMEOUT = E + "PeerLost", E + "PeerAborted", E + "Timeout"
+
+SIZES = (512 * KiB, 16 * MiB)
+# The destination's stall timer is the shorter: at a delayed message after SWITCHOVER it gives up
+# first and its ABORT reaches the source, which then knows the destination did not commit. (With
+# the source's the shorter, the source's own ABORT follows the delayed tail, and whether the
+# destination commits before reading it is a race: both outcomes are safe, neither is
+# repeatable.)
+SRC_STALL_MS = 2500   # StartMigration stall-timeout
+DST_STALL_MS = 1000   # PrepareIncoming stall-timeout
+DELAY_S = 4.0         # longer than either
+
+MESSAGES = ("switchover", ("last-data", 0), ("end", 0), ("blob", 0), ("last-data", 1), ("end", 1), ("blob", 1),
+            "complete")
+FAULTS = ("drop", "delay", "kill-src", "kill-dst", "link-down")
+
+# Outcomes.
+#   source:      "failed"         failed, devices running, digests intact
+#                "indeterminate"  devices in stop-copy and owned by the job, until Resolve()
+#                "killed"         the daemon was killed
+#   destination: "failed"         failed, Committed=false, devices reset (not holding the state)
+#                "committed"      completed, Committed=true, devices running with the state
+#                "killed"
+#   errors:      the job's ErrorName and a fragment of its Error text:
+#   resolve:     the destination's answer an indeterminate source is resolved with
+FAILED, INDETERMINATE, KILLED, COMMITTED = "failed", "indeterminate", "killed", "committed"
+NOT_COMMITTED = "not-committed"
+CLOSED = (PEER_LOST, "closed channel 0 before the migration completed")  # the peer's end of the channel
+SEND_STALL = (PEER_LOST, "stalled: nothing could be sent")  # the source's stall timer, bytes left
+COMMIT_STALL = (PEER_LOST, "did not confirm the commit")     # the source's stall timer, all handed out
+DST_STALL = (PEER_LOST, "stalled: no packet applied")         # the destination's stall timer
+ABORTED = (PEER_ABORTED, "the destination aborted: stalled")  # ... and its ABORT, at the source
+NONE = ("", "")
+
+SW, DATA0, END0, BLOB0, DATA1, END1, BLOB1, COMPLETE = ("switchover", "last-data:0", "end:0", "blob:0",
+                                                        "last-data:1", "end:1", "blob:1", "complete")
+
+# (message, fault): (source, its error, destination, its error, resolve with)
+CASES = {
+    # drop: the message and everything after it are lost, every connection is cut
+    (SW, "drop"):            (FAILED, CLOSED, FAILED, CLOSED, None),
+    (DATA0, "drop"):         (FAILED, CLOSED, FAILED, CLOSED, None),
+    (END0, "drop"):          (FAILED, CLOSED, FAILED, CLOSED, None),
+    (BLOB0, "drop"):         (FAILED, CLOSED, FAILED, CLOSED, None),
+    (DATA1, "drop"):         (INDETERMINATE, CLOSED, FAILED, CLOSED, NOT_COMMITTED),
+    (END1, "drop"):          (INDETERMINATE, CLOSED, FAILED, CLOSED, NOT_COMMITTED),
+    (BLOB1, "drop"):         (INDETERMINATE, CLOSED, FAILED, CLOSED, NOT_COMMITTED),
+    (COMPLETE, "drop"):      (INDETERMINATE, CLOSED, COMMITTED, NONE, COMMITTED),
+    # delay past the stall timeouts, then everything is delivered. Before SWITCHOVER arrives the
+    # destination's clock does not run and the source's stops it; after, the destination's
+    # stops it first and its ABORT tells the source.
+    (SW, "delay"):           (FAILED, SEND_STALL, FAILED, CLOSED, None),
+    (DATA0, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None),
+    (END0, "delay"):         (FAILED, ABORTED, FAILED, DST_STALL, None),
+    (BLOB0, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None),
+    (DATA1, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None),
+    (END1, "delay"):         (FAILED, ABORTED, FAILED, DST_STALL, None),
+    (BLOB1, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None),
+    (COMPLETE, "delay"):     (INDETERMINATE, COMMIT_STALL, COMMITTED, NONE, COMMITTED),
+    # kill -9 of the source daemon when the proxy sees the message (which is lost)
+    (SW, "kill-src"):        (KILLED, None, FAILED, CLOSED, None),
+    (DATA0, "kill-src"):     (KILLED, None, FAILED, CLOSED, None),
+    (END0, "kill-src"):      (KILLED, None, FAILED, CLOSED, None),
+    (BLOB0, "kill-src"):     (KILLED, None, FAILED, CLOSED, None),
+    (DATA1, "kill-src"):     (KILLED, None, FAILED, CLOSED, None),
+    (END1, "kill-src"):      (KILLED, None, FAILED, CLOSED, None),
+    (BLOB1, "kill-src"):     (KILLED, None, FAILED, CLOSED, None),
+    (COMPLETE, "kill-src"):  (KILLED, None, COMMITTED, NONE, None),
+    # kill -9 of the destination daemon when the proxy sees the message (which is lost)
+    (SW, "kill-dst"):        (FAILED, CLOSED, KILLED, None, None),
+    (DATA0, "kill-dst"):     (FAILED, CLOSED, KILLED, None, None),
+    (END0, "kill-dst"):      (FAILED, CLOSED, KILLED, None, None),
+    (BLOB0, "kill-dst"):     (FAILED, CLOSED, KILLED, None, None),
+    (DATA1, "kill-dst"):     (INDETERMINATE, CLOSED, KILLED, None, NOT_COMMITTED),
+    (END1, "kill-dst"):      (INDETERMINATE, CLOSED, KILLED, None, NOT_COMMITTED),
+    (BLOB1, "kill-dst"):     (INDETERMINATE, CLOSED, KILLED, None, NOT_COMMITTED),
+    (COMPLETE, "kill-dst"):  (INDETERMINATE, CLOSED, KILLED, None, COMMITTED),
+    # both links down at the message (lost); up again, and the connections closed, once both
+    # sides decided (or, before SWITCHOVER, the source did: the destination's clock does not run)
+    (SW, "link-down"):       (FAILED, SEND_STALL, FAILED, CLOSED, None),
+    (DATA0, "link-down"):    (FAILED, SEND_STALL, FAILED, DST_STALL, None),
+    (END0, "link-down"):     (FAILED, SEND_STALL, FAILED, DST_STALL, None),
+    (BLOB0, "link-down"):    (FAILED, SEND_STALL, FAILED, DST_STALL, None),
+    (DATA1, "link-down"):    (INDETERMINATE, COMMIT_STALL, FAILED, DST_STALL, NOT_COMMITTED),
+    (END1, "link-down"):     (INDETERMINATE, COMMIT_STALL, FAILED, DST_STALL, NOT_COMMITTED),
+    (BLOB1, "link-down"):    (INDETERMINATE, COMMIT_STALL, FAILED, DST_STALL, NOT_COMMITTED),
+    (COMPLETE, "link-down"): (INDETERMINATE, COMMIT_STALL, COMMITTED, NONE, COMMITTED),
+}
+assert len(CASES) == len(MESSAGES) * len(FAULTS)
+
+
+def message_key(message):
+    return message if isinstance(message, str) else f"{message[0]}:{message[1]}"
+
+
+def parse_message(key):
+    if ":" in key:
+        kind, d = key.split(":")
+        return (kind, int(d))
+    return key
+
+
+class CommitFaultCase(PairCase):
+    """The daemons of PairCase (loopback); a killed one is started again in tearDown."""
+
+    faults = ("drop", "delay", "kill-src", "kill-dst")
+    proxy_host = "127.0.0.1"
+
+    def setUp(self):
+        self.proxy = None
+        self.devices = []
+
+    def tearDown(self):
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.links_up()
+        for side, job in ((self.src, getattr(self, "sjob", None)),):
+            if job and side.daemon is not None and side.daemon.alive():
+                try:
+                    if side.phase(job) == INDETERMINATE:
+                        side.call(job, MIGRATION_IFACE, "Resolve", "s", NOT_COMMITTED)
+                except dbus_wire.WireError as e:
+                    h.log(f"resolving {job}: {e}")
+        super().tearDown()
+        # Each case attaches fresh devices: detach them, so the daemons stay small.
+        for side, dev in self.devices:
+            if side.daemon is None or not side.daemon.alive() or side.conn is None:
+                continue
+            try:
+                if side.state(dev) != "running":
+                    side.call(dev, DEVICE_IFACE, "Reset")
+                side.manager("DetachDevice", "s", dev.rsplit("/", 1)[1])
+            except dbus_wire.WireError as e:
+                if "NoSuchDevice" not in e.name and "UnknownObject" not in e.name:
+                    h.log(f"detaching {dev}: {e}")
+
+    def links_up(self):
+        pass
+
+    def take_links_down(self):
+        raise unittest.SkipTest("no links to take down over loopback")
+
+    # ---- one case ----
+
+    def attach_pair(self):
+        self.src_devs, self.dst_devs, self.digests = [], [], {}
+        for i, size in enumerate(SIZES):
+            ps = self.src.attach(size=size, flags=(SC, P2P), seed=0x5EED0000 + i)
+            pd = self.dst.attach(size=size, flags=(SC, P2P), seed=0xD0570000 + i)
+            self.devices += [(self.src, ps), (self.dst, pd)]
+            self.src_devs.append(ps)
+            self.dst_devs.append(pd)
+            self.digests[ps] = self.src.digest(ps)
+            self.assertNotEqual(self.digests[ps], self.dst.digest(pd))
+
+    def on_hit(self, proxy, hit):
+        """In the proxy's thread, at the fault point: kill by PID, or take the links down."""
+        fault = hit["fault"]
+        if fault in ("kill-src", "kill-dst"):
+            side = self.src if fault == "kill-src" else self.dst
+            side.daemon.proc.send_signal(signal.SIGKILL)
+            side.daemon.proc.wait(10)
+        elif fault == "link-down":
+            self.take_links_down()
+
+    def run_case(self, key, fault):
+        message = parse_message(key)
+        want_src, want_src_error, want_dst, want_dst_error, resolve = CASES[(key, fault)]
+        self.attach_pair()
+        djob, token, addresses = self.dst.prepare(self.dst_devs, run=True, **{"stall-timeout": DST_STALL_MS})
+        self.proxy = FaultProxy(addresses[0], message, fault, listen_host=self.proxy_host, delay=DELAY_S,
+                                on_hit=self.on_hit)
+        self.sjob = sjob = self.src.start_migration(self.src_devs, self.proxy.address, token, precopy=False,
+                                                    channels=1, **{"stall-timeout": SRC_STALL_MS})
+        hit = self.proxy.wait_hit(30)
+        self.assertEqual(hit["message"], key)
+        if fault == "kill-src":
+            self.src.kill9()
+        if fault == "kill-dst":
+            self.dst.kill9()
+
+        # The source decides.
+        if want_src != KILLED:
+            t0 = time.monotonic()
+            phase = self.wait_decided(self.src, sjob, 20)
+            took = time.monotonic() - t0
+            j = self.src.job(sjob)
+            h.log(f"{key} x {fault}: source {phase} {j['ErrorName']}: {j['Error']} ({took:.1f} s)")
+            self.assertEqual(phase, want_src, f"source: {j}\nproxy delivered: {self.proxy.delivered_summary()}")
+            self.assertEqual(j["ErrorName"], want_src_error[0], j)
+            self.assertIn(want_src_error[1], j["Error"], j)
+            self.assertFalse(j["Committed"], j)
+            if fault in ("delay", "link-down"):
+                # within stall-timeout + a few seconds of the fault
+                self.assertLess(took, SRC_STALL_MS / 1000 + 5, j)
+            self.check_source_devices(want_src, sjob)
+            self.check_invariants(sjob, djob, fault)
+
+        # The destination decides.
+        if want_dst != KILLED:
+            if fault == "link-down" and want_dst == FAILED and key == SW:
+                # SWITCHOVER never arrived: the destination waits in pre-copy, where its clock
+                # does not run (an idle pre-copy is not a stall); only keepalive would notice
+                # the dead link, after 25 s. The link comes back, the proxy closes.
+                self.links_up()
+                self.proxy.cut()
+            d_phase = self.dst.wait_final(djob, 25)
+            dj = self.dst.job(djob)
+            h.log(f"{key} x {fault}: destination {d_phase} committed={dj['Committed']} {dj['ErrorName']}: "
+                  f"{dj['Error']}")
+            self.assertEqual(dj["ErrorName"], want_dst_error[0], dj)
+            self.assertIn(want_dst_error[1], dj["Error"], dj)
+            if want_dst == COMMITTED:
+                self.assertEqual(d_phase, "completed", dj)
+                self.assertTrue(dj["Committed"], dj)
+                for ps, pd in zip(self.src_devs, self.dst_devs):
+                    self.assertEqual(self.dst.state(pd), "running", f"{pd}: {dj}")
+                    self.assertEqual(self.dst.digest(pd), self.digests[ps], f"{pd}: the state did not arrive")
+            else:
+                self.assertEqual(d_phase, "failed", dj)
+                self.assertFalse(dj["Committed"], dj)
+                for ps, pd in zip(self.src_devs, self.dst_devs):
+                    self.assertNotEqual(self.dst.digest(pd), self.digests[ps], f"{pd} holds the state: {dj}")
+                    self.assertNotEqual(self.dst.state(pd), "resuming", f"{pd} was not reset: {dj}")
+        if fault == "link-down" or fault == "delay":
+            # The proxy let everything through (delay) or is silent (link down): the links and
+            # connections go now, so nothing of this case lingers.
+            self.links_up()
+            self.proxy.cut()
+
+        # The source, once more after the destination decided, and resolved.
+        if want_src != KILLED:
+            self.check_invariants(sjob, djob, fault)
+            if want_src == INDETERMINATE:
+                if want_dst != KILLED:
+                    answer = COMMITTED if self.dst.job(djob)["Committed"] else NOT_COMMITTED
+                else:
+                    # The destination daemon is gone with its job: what it sent is the answer.
+                    answer = COMMITTED if self.proxy.hit["message"] == COMPLETE else NOT_COMMITTED
+                self.assertEqual(answer, resolve)
+                self.src.call(sjob, MIGRATION_IFACE, "Resolve", "s", answer)
+                j = self.src.job(sjob)
+                if answer == COMMITTED:
+                    self.assertEqual(j["Phase"], "completed", j)
+                    self.assertTrue(j["Committed"], j)
+                    for ps in self.src_devs:
+                        self.assertEqual(self.src.state(ps), "stop")
+                        self.assertEqual(self.src.digest(ps), self.digests[ps])
+                else:
+                    self.assertEqual(j["Phase"], "failed", j)
+                    self.assertEqual(j["ErrorName"], want_src_error[0], j)
+                    self.check_source_devices(FAILED, sjob)
+                for ps in self.src_devs:
+                    self.assertEqual(self.src.prop(ps, DEVICE_IFACE, "Migration"), "/")
+            self.check_invariants(sjob, djob, fault)
+        self.assertEqual(self.proxy.errors, [])
+
+    def wait_decided(self, side, job, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            p = side.phase(job)
+            if p in ("completed", "failed", "cancelled", INDETERMINATE):
+                return p
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{side.name}: {job} still {p} after {timeout}s: {side.job(job)}")
+            time.sleep(0.02)
+
+    def check_source_devices(self, outcome, sjob):
+        for ps in self.src_devs:
+            state = self.src.state(ps)
+            if outcome == FAILED:
+                self.assertEqual(state, "running", ps)
+                self.assertEqual(self.src.prop(ps, DEVICE_IFACE, "Migration"), "/")
+            else:
+                self.assertEqual(state, "stop-copy", ps)
+                self.assertEqual(self.src.prop(ps, DEVICE_IFACE, "Migration"), sjob)
+            self.assertEqual(self.src.digest(ps), self.digests[ps], f"{ps}: the source state changed")
+
+    def check_invariants(self, sjob, djob, fault):
+        """Never both sides running the state; never a completed source while the destination
+        lacks it. A killed side runs nothing."""
+        src_alive = self.src.daemon is not None and self.src.conn is not None and fault != "kill-src"
+        dst_alive = self.dst.daemon is not None and self.dst.conn is not None and fault != "kill-dst"
+        src_running = src_alive and any(self.src.state(ps) == "running" for ps in self.src_devs)
+        dst_committed = dst_alive and self.dst.job(djob)["Committed"]
+        dst_running_state = dst_alive and any(
+            self.dst.state(pd) == "running" and self.dst.digest(pd) == self.digests[ps]
+            for ps, pd in zip(self.src_devs, self.dst_devs))
+        if src_running and (dst_committed or dst_running_state):
+            self.fail(f"both sides run the devices: source {self.src.job(sjob)}, destination {self.dst.job(djob)}")
+        if src_alive and self.src.phase(sjob) == "completed" and dst_alive:
+            self.assertTrue(dst_committed, "the source reports success, the destination did not commit")
+            for ps, pd in zip(self.src_devs, self.dst_devs):
+                self.assertEqual(self.dst.digest(pd), self.digests[ps])
+
+
+def add_cases(cls, faults):
+    for message in MESSAGES:
+        key = message_key(message)
+        for fault in faults:
+            name = f"test_{fault.replace('-', '_')}_at_{key.replace('-', '_').replace(':', '')}"
+            setattr(cls, name, lambda self, k=key, f=fault: self.run_case(k, f))
+
+
+class CommitFaultsLoopback(CommitFaultCase):
+    """Drop, delay and kill -9 of either daemon, over loopback."""
+
+
+add_cases(CommitFaultsLoopback, ("drop", "delay", "kill-src", "kill-dst"))
+
+
+if __name__ == "__main__":
+    h.main([h.require_root, lambda: h.require_programs("dbus-daemon", "busctl"), h.require_daemon,
+            lambda: h.require_files(h.BUS_POLICY)])
