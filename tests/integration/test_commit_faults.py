@@ -366,6 +366,73 @@ class CommitFaultsLoopback(CommitFaultCase):
 add_cases(CommitFaultsLoopback, ("drop", "delay", "kill-src", "kill-dst"))
 
 
+class NetnsSide(Side):
+    """A Side whose daemon runs in a network namespace (ip netns exec execs it: the PID is the
+    daemon's). The bus is a socket file, which every network namespace reaches."""
+
+    def __init__(self, name, netns, listen):
+        super().__init__(name, listen=listen)
+        self.netns = netns
+
+    def start_daemon(self):
+        self.daemon = h.Daemon(self.bus, args=self.daemon_args(), wrapper=["ip", "netns", "exec", self.netns]).start()
+        self.connect()
+
+
+def ip(*args):
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
+
+
+class CommitFaultsLinkDown(CommitFaultCase):
+    """Link down: the source daemon in one network namespace, the destination in another, each
+    joined to this (the proxy's) namespace by a veth pair made here. At the fault point both
+    veth ends on the proxy's side go down: the daemons' packets go nowhere, nobody sees a FIN or
+    a reset, only the timers can end it."""
+
+    @classmethod
+    def setUpClass(cls):
+        tag = os.getpid() % 250
+        cls.netns = (f"vfmf-src-{os.getpid()}", f"vfmf-dst-{os.getpid()}")
+        cls.links = (f"vfmfs{tag}", f"vfmfd{tag}")       # the proxy's ends; the daemons' end in "p"
+        cls.nets = ((f"10.213.{tag}.1", f"10.213.{tag}.2"), (f"10.213.{tag}.5", f"10.213.{tag}.6"))
+        cls.addClassCleanup(cls.remove_netns)
+        for ns, link, (here, there) in zip(cls.netns, cls.links, cls.nets):
+            ip("netns", "add", ns)
+            ip("link", "add", link, "type", "veth", "peer", "name", link + "p", "netns", ns)
+            ip("addr", "add", f"{here}/30", "dev", link)
+            ip("link", "set", link, "up")
+            ip("-n", ns, "addr", "add", f"{there}/30", "dev", link + "p")
+            ip("-n", ns, "link", "set", link + "p", "up")
+            ip("-n", ns, "link", "set", "lo", "up")
+        cls.proxy_host = cls.nets[0][0]
+        cls.src = NetnsSide("src", cls.netns[0], f"{cls.nets[0][1]}:0")
+        cls.addClassCleanup(cls.src.stop)
+        cls.src.start()
+        cls.dst = NetnsSide("dst", cls.netns[1], f"{cls.nets[1][1]}:0")
+        cls.addClassCleanup(cls.dst.stop)
+        cls.dst.start()
+
+    @classmethod
+    def remove_netns(cls):
+        for ns in cls.netns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # takes its veth pair along
+        for link in cls.links:
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+
+    def take_links_down(self):
+        for link in self.links:
+            ip("link", "set", link, "down")
+
+    def links_up(self):
+        for link in self.links:
+            ip("link", "set", link, "up")
+
+
+add_cases(CommitFaultsLinkDown, ("link-down",))
+
+
 if __name__ == "__main__":
     h.main([h.require_root, lambda: h.require_programs("dbus-daemon", "busctl"), h.require_daemon,
-            lambda: h.require_files(h.BUS_POLICY)])
+            lambda: h.require_files(h.BUS_POLICY), lambda: h.require_programs("ip")])
