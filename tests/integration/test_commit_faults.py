@@ -92,58 +92,82 @@ NONE = ("", "")
 SW, DATA0, END0, BLOB0, DATA1, END1, BLOB1, COMPLETE = ("switchover", "last-data:0", "end:0", "blob:0",
                                                         "last-data:1", "end:1", "blob:1", "complete")
 
-# (message, fault): (source, its error, destination, its error, resolve with)
+# The outcome table of proto/stream-protocol.md §3.2, row by row: the source and destination
+# outcomes each row allows. Every case below names its row, and is checked against it here.
+SPEC_ROWS = {
+    "R1": ("anything fails before the source handed its last byte", {FAILED}, {FAILED}),
+    "R2": ("the destination sends ABORT (any time before it commits)", {FAILED}, {FAILED}),
+    "R4": ("every byte handed; the connection breaks, or no COMPLETE within the stall timeout",
+           {INDETERMINATE}, {FAILED, COMMITTED}),
+    "R5": ("the destination commits, COMPLETE is lost", {INDETERMINATE}, {COMMITTED}),
+    "R7": ("the source daemon dies (SIGKILL) before its last byte", {KILLED}, {FAILED}),
+    "R8": ("the source daemon dies after its last byte", {KILLED}, {FAILED, COMMITTED}),
+    "R10": ("the destination daemon dies before it committed", {FAILED, INDETERMINATE}, {KILLED}),
+    "R11": ("the destination daemon dies after it committed", {INDETERMINATE, "completed"}, {KILLED}),
+}
+# Which error each row names at the source (None: no source job left to say).
+SPEC_SOURCE_ERRORS = {"R1": {PEER_LOST}, "R2": {PEER_ABORTED}, "R4": {PEER_LOST}, "R5": {PEER_LOST},
+                      "R7": {None}, "R8": {None}, "R10": {PEER_LOST}, "R11": {PEER_LOST}}
+R1, R2, R4, R5, R7, R8, R10, R11 = SPEC_ROWS
+
+# (message, fault): (source, its error, destination, its error, resolve with, the row of the
+# specification's outcome table it falls under)
 CASES = {
     # drop: the message and everything after it are lost, every connection is cut
-    (SW, "drop"):            (FAILED, CLOSED, FAILED, CLOSED, None),
-    (DATA0, "drop"):         (FAILED, CLOSED, FAILED, CLOSED, None),
-    (END0, "drop"):          (FAILED, CLOSED, FAILED, CLOSED, None),
-    (BLOB0, "drop"):         (FAILED, CLOSED, FAILED, CLOSED, None),
-    (DATA1, "drop"):         (INDETERMINATE, CLOSED, FAILED, CLOSED, NOT_COMMITTED),
-    (END1, "drop"):          (INDETERMINATE, CLOSED, FAILED, CLOSED, NOT_COMMITTED),
-    (BLOB1, "drop"):         (INDETERMINATE, CLOSED, FAILED, CLOSED, NOT_COMMITTED),
-    (COMPLETE, "drop"):      (INDETERMINATE, CLOSED, COMMITTED, NONE, COMMITTED),
+    (SW, "drop"):            (FAILED, CLOSED, FAILED, CLOSED, None, R1),
+    (DATA0, "drop"):         (FAILED, CLOSED, FAILED, CLOSED, None, R1),
+    (END0, "drop"):          (FAILED, CLOSED, FAILED, CLOSED, None, R1),
+    (BLOB0, "drop"):         (FAILED, CLOSED, FAILED, CLOSED, None, R1),
+    (DATA1, "drop"):         (INDETERMINATE, CLOSED, FAILED, CLOSED, NOT_COMMITTED, R4),
+    (END1, "drop"):          (INDETERMINATE, CLOSED, FAILED, CLOSED, NOT_COMMITTED, R4),
+    (BLOB1, "drop"):         (INDETERMINATE, CLOSED, FAILED, CLOSED, NOT_COMMITTED, R4),
+    (COMPLETE, "drop"):      (INDETERMINATE, CLOSED, COMMITTED, NONE, COMMITTED, R5),
     # delay past the stall timeouts, then everything is delivered. Before SWITCHOVER arrives the
     # destination's clock does not run and the source's stops it; after, the destination's
     # stops it first and its ABORT tells the source.
-    (SW, "delay"):           (FAILED, SEND_STALL, FAILED, CLOSED, None),
-    (DATA0, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None),
-    (END0, "delay"):         (FAILED, ABORTED, FAILED, DST_STALL, None),
-    (BLOB0, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None),
-    (DATA1, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None),
-    (END1, "delay"):         (FAILED, ABORTED, FAILED, DST_STALL, None),
-    (BLOB1, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None),
-    (COMPLETE, "delay"):     (INDETERMINATE, COMMIT_STALL, COMMITTED, NONE, COMMITTED),
+    (SW, "delay"):           (FAILED, SEND_STALL, FAILED, CLOSED, None, R1),
+    (DATA0, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None, R2),
+    (END0, "delay"):         (FAILED, ABORTED, FAILED, DST_STALL, None, R2),
+    (BLOB0, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None, R2),
+    (DATA1, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None, R2),
+    (END1, "delay"):         (FAILED, ABORTED, FAILED, DST_STALL, None, R2),
+    (BLOB1, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None, R2),
+    (COMPLETE, "delay"):     (INDETERMINATE, COMMIT_STALL, COMMITTED, NONE, COMMITTED, R5),
     # kill -9 of the source daemon when the proxy sees the message (which is lost)
-    (SW, "kill-src"):        (KILLED, None, FAILED, CLOSED, None),
-    (DATA0, "kill-src"):     (KILLED, None, FAILED, CLOSED, None),
-    (END0, "kill-src"):      (KILLED, None, FAILED, CLOSED, None),
-    (BLOB0, "kill-src"):     (KILLED, None, FAILED, CLOSED, None),
-    (DATA1, "kill-src"):     (KILLED, None, FAILED, CLOSED, None),
-    (END1, "kill-src"):      (KILLED, None, FAILED, CLOSED, None),
-    (BLOB1, "kill-src"):     (KILLED, None, FAILED, CLOSED, None),
-    (COMPLETE, "kill-src"):  (KILLED, None, COMMITTED, NONE, None),
+    (SW, "kill-src"):        (KILLED, None, FAILED, CLOSED, None, R7),
+    (DATA0, "kill-src"):     (KILLED, None, FAILED, CLOSED, None, R7),
+    (END0, "kill-src"):      (KILLED, None, FAILED, CLOSED, None, R7),
+    (BLOB0, "kill-src"):     (KILLED, None, FAILED, CLOSED, None, R7),
+    (DATA1, "kill-src"):     (KILLED, None, FAILED, CLOSED, None, R8),
+    (END1, "kill-src"):      (KILLED, None, FAILED, CLOSED, None, R8),
+    (BLOB1, "kill-src"):     (KILLED, None, FAILED, CLOSED, None, R8),
+    (COMPLETE, "kill-src"):  (KILLED, None, COMMITTED, NONE, None, R8),
     # kill -9 of the destination daemon when the proxy sees the message (which is lost)
-    (SW, "kill-dst"):        (FAILED, CLOSED, KILLED, None, None),
-    (DATA0, "kill-dst"):     (FAILED, CLOSED, KILLED, None, None),
-    (END0, "kill-dst"):      (FAILED, CLOSED, KILLED, None, None),
-    (BLOB0, "kill-dst"):     (FAILED, CLOSED, KILLED, None, None),
-    (DATA1, "kill-dst"):     (INDETERMINATE, CLOSED, KILLED, None, NOT_COMMITTED),
-    (END1, "kill-dst"):      (INDETERMINATE, CLOSED, KILLED, None, NOT_COMMITTED),
-    (BLOB1, "kill-dst"):     (INDETERMINATE, CLOSED, KILLED, None, NOT_COMMITTED),
-    (COMPLETE, "kill-dst"):  (INDETERMINATE, CLOSED, KILLED, None, COMMITTED),
+    (SW, "kill-dst"):        (FAILED, CLOSED, KILLED, None, None, R10),
+    (DATA0, "kill-dst"):     (FAILED, CLOSED, KILLED, None, None, R10),
+    (END0, "kill-dst"):      (FAILED, CLOSED, KILLED, None, None, R10),
+    (BLOB0, "kill-dst"):     (FAILED, CLOSED, KILLED, None, None, R10),
+    (DATA1, "kill-dst"):     (INDETERMINATE, CLOSED, KILLED, None, NOT_COMMITTED, R10),
+    (END1, "kill-dst"):      (INDETERMINATE, CLOSED, KILLED, None, NOT_COMMITTED, R10),
+    (BLOB1, "kill-dst"):     (INDETERMINATE, CLOSED, KILLED, None, NOT_COMMITTED, R10),
+    (COMPLETE, "kill-dst"):  (INDETERMINATE, CLOSED, KILLED, None, COMMITTED, R11),
     # both links down at the message (lost); up again, and the connections closed, once both
     # sides decided (or, before SWITCHOVER, the source did: the destination's clock does not run)
-    (SW, "link-down"):       (FAILED, SEND_STALL, FAILED, CLOSED, None),
-    (DATA0, "link-down"):    (FAILED, SEND_STALL, FAILED, DST_STALL, None),
-    (END0, "link-down"):     (FAILED, SEND_STALL, FAILED, DST_STALL, None),
-    (BLOB0, "link-down"):    (FAILED, SEND_STALL, FAILED, DST_STALL, None),
-    (DATA1, "link-down"):    (INDETERMINATE, COMMIT_STALL, FAILED, DST_STALL, NOT_COMMITTED),
-    (END1, "link-down"):     (INDETERMINATE, COMMIT_STALL, FAILED, DST_STALL, NOT_COMMITTED),
-    (BLOB1, "link-down"):    (INDETERMINATE, COMMIT_STALL, FAILED, DST_STALL, NOT_COMMITTED),
-    (COMPLETE, "link-down"): (INDETERMINATE, COMMIT_STALL, COMMITTED, NONE, COMMITTED),
+    (SW, "link-down"):       (FAILED, SEND_STALL, FAILED, CLOSED, None, R1),
+    (DATA0, "link-down"):    (FAILED, SEND_STALL, FAILED, DST_STALL, None, R1),
+    (END0, "link-down"):     (FAILED, SEND_STALL, FAILED, DST_STALL, None, R1),
+    (BLOB0, "link-down"):    (FAILED, SEND_STALL, FAILED, DST_STALL, None, R1),
+    (DATA1, "link-down"):    (INDETERMINATE, COMMIT_STALL, FAILED, DST_STALL, NOT_COMMITTED, R4),
+    (END1, "link-down"):     (INDETERMINATE, COMMIT_STALL, FAILED, DST_STALL, NOT_COMMITTED, R4),
+    (BLOB1, "link-down"):    (INDETERMINATE, COMMIT_STALL, FAILED, DST_STALL, NOT_COMMITTED, R4),
+    (COMPLETE, "link-down"): (INDETERMINATE, COMMIT_STALL, COMMITTED, NONE, COMMITTED, R5),
 }
 assert len(CASES) == len(MESSAGES) * len(FAULTS)
+for _case, (_src, _src_error, _dst, _dst_error, _resolve, _row) in CASES.items():
+    _what, _srcs, _dsts = SPEC_ROWS[_row]
+    assert _src in _srcs and _dst in _dsts, f"{_case}: {_src}/{_dst} is not what the specification says: {_what}"
+    assert (_src_error[0] if _src_error else None) in SPEC_SOURCE_ERRORS[_row], f"{_case}: {_src_error}"
+    assert (_resolve is not None) == (_src == INDETERMINATE), _case
 
 
 def message_key(message):
@@ -222,7 +246,7 @@ class CommitFaultCase(PairCase):
 
     def run_case(self, key, fault):
         message = parse_message(key)
-        want_src, want_src_error, want_dst, want_dst_error, resolve = CASES[(key, fault)]
+        want_src, want_src_error, want_dst, want_dst_error, resolve, _row = CASES[(key, fault)]
         self.attach_pair()
         djob, token, addresses = self.dst.prepare(self.dst_devs, run=True, **{"stall-timeout": DST_STALL_MS})
         self.proxy = FaultProxy(addresses[0], message, fault, listen_host=self.proxy_host, delay=DELAY_S,
@@ -351,6 +375,62 @@ class CommitFaultCase(PairCase):
                 self.assertEqual(self.dst.digest(pd), self.digests[ps])
 
 
+# The other order of the stall timers: the source's the shorter. At a delayed tail the source
+# gives up first (every byte handed: indeterminate) and sends ABORT, which travels right behind
+# the tail once the delay ends; the destination then reads the last BLOB and that ABORT almost
+# at once. Whether it commits first is a race inside the destination (its writer applying the
+# BLOB against its receiver reading the ABORT), and the specification's row R4 allows both:
+# not committed (failed, PeerAborted, reset) or committed (Committed=true, the state kept). The
+# source is resolved with whichever answer the destination gives.
+RACE_SRC_STALL_MS, RACE_DST_STALL_MS = 1500, 8000
+RACE_MESSAGES = (DATA1, END1, BLOB1)
+
+
+class RaceMixin:
+    def run_race(self, key):
+        self.attach_pair()
+        djob, token, addresses = self.dst.prepare(self.dst_devs, run=True, **{"stall-timeout": RACE_DST_STALL_MS})
+        self.proxy = FaultProxy(addresses[0], parse_message(key), "delay", listen_host=self.proxy_host,
+                                delay=RACE_SRC_STALL_MS / 1000 + 2)
+        self.sjob = sjob = self.src.start_migration(self.src_devs, self.proxy.address, token, precopy=False,
+                                                    channels=1, **{"stall-timeout": RACE_SRC_STALL_MS})
+        self.proxy.wait_hit(30)
+        self.assertEqual(self.wait_decided(self.src, sjob, 20), INDETERMINATE, self.src.job(sjob))
+        j = self.src.job(sjob)
+        self.assertEqual((j["ErrorName"], COMMIT_STALL[1] in j["Error"]), (PEER_LOST, True), j)
+        self.check_source_devices(INDETERMINATE, sjob)
+        self.check_invariants(sjob, djob, "delay")
+        d_phase = self.dst.wait_final(djob, 25)
+        dj = self.dst.job(djob)
+        h.log(f"{key} x delay (source first): destination {d_phase} committed={dj['Committed']} "
+              f"{dj['ErrorName']}: {dj['Error']}")
+        states = [self.dst.state(pd) for pd in self.dst_devs]
+        held = all(self.dst.digest(pd) == self.digests[ps] for ps, pd in zip(self.src_devs, self.dst_devs))
+        if dj["Committed"]:
+            self.assertTrue(held, dj)
+            if d_phase == "completed":
+                self.assertEqual(states, ["running"] * 2, dj)
+            else:
+                # COMPLETE could not be sent: the state is kept, stopped, for the orchestrator
+                self.assertEqual((d_phase, dj["ErrorName"]), ("failed", PEER_LOST), dj)
+                # what it tells the orchestrator: the source waits to be resolved, it does not run
+                self.assertIn("the devices committed the state", dj["Error"])
+                self.assertIn("resolved as committed", dj["Error"])
+                self.assertEqual(states, ["stop"] * 2, dj)
+        else:
+            self.assertEqual((d_phase, dj["ErrorName"]), ("failed", PEER_ABORTED), dj)
+            self.assertFalse(held, dj)
+        self.check_invariants(sjob, djob, "delay")
+        answer = COMMITTED if dj["Committed"] else NOT_COMMITTED
+        self.src.call(sjob, MIGRATION_IFACE, "Resolve", "s", answer)
+        self.check_source_devices(FAILED if answer == NOT_COMMITTED else "stopped", sjob) \
+            if answer == NOT_COMMITTED else [self.assertEqual(self.src.state(ps), "stop") for ps in self.src_devs]
+        self.assertEqual(self.src.phase(sjob), "completed" if answer == COMMITTED else "failed")
+        self.check_invariants(sjob, djob, "delay")
+        self.proxy.cut()
+        self.assertEqual(self.proxy.errors, [])
+
+
 def add_cases(cls, faults):
     for message in MESSAGES:
         key = message_key(message)
@@ -359,11 +439,15 @@ def add_cases(cls, faults):
             setattr(cls, name, lambda self, k=key, f=fault: self.run_case(k, f))
 
 
-class CommitFaultsLoopback(CommitFaultCase):
-    """Drop, delay and kill -9 of either daemon, over loopback."""
+class CommitFaultsLoopback(RaceMixin, CommitFaultCase):
+    """Drop, delay and kill -9 of either daemon, over loopback; and the race of the other order
+    of the stall timers."""
 
 
 add_cases(CommitFaultsLoopback, ("drop", "delay", "kill-src", "kill-dst"))
+for _key in RACE_MESSAGES:
+    setattr(CommitFaultsLoopback, f"test_delay_source_first_at_{_key.replace('-', '_').replace(':', '')}",
+            lambda self, k=_key: self.run_race(k))
 
 
 class NetnsSide(Side):
