@@ -423,9 +423,13 @@ class RaceMixin:
         self.check_invariants(sjob, djob, "delay")
         answer = COMMITTED if dj["Committed"] else NOT_COMMITTED
         self.src.call(sjob, MIGRATION_IFACE, "Resolve", "s", answer)
-        self.check_source_devices(FAILED if answer == NOT_COMMITTED else "stopped", sjob) \
-            if answer == NOT_COMMITTED else [self.assertEqual(self.src.state(ps), "stop") for ps in self.src_devs]
-        self.assertEqual(self.src.phase(sjob), "completed" if answer == COMMITTED else "failed")
+        if answer == COMMITTED:
+            self.assertEqual(self.src.phase(sjob), "completed")
+            for ps in self.src_devs:
+                self.assertEqual((self.src.state(ps), self.src.digest(ps)), ("stop", self.digests[ps]))
+        else:
+            self.assertEqual(self.src.phase(sjob), "failed")
+            self.check_source_devices(FAILED, sjob)
         self.check_invariants(sjob, djob, "delay")
         self.proxy.cut()
         self.assertEqual(self.proxy.errors, [])
@@ -515,6 +519,32 @@ class CommitFaultsLinkDown(CommitFaultCase):
 
 
 add_cases(CommitFaultsLinkDown, ("link-down",))
+
+
+def test_link_stays_down_at_switchover(self):
+    """SWITCHOVER lost with the link, and the link stays down: the destination, waiting in
+    pre-copy with nothing owed (no stall clock), learns of it only from TCP keepalive and
+    TCP_USER_TIMEOUT, within about 30 s (proto/stream-protocol.md §3.3, vfiomigd(8))."""
+    self.attach_pair()
+    djob, token, addresses = self.dst.prepare(self.dst_devs, run=True, **{"stall-timeout": DST_STALL_MS})
+    self.proxy = FaultProxy(addresses[0], SW, "link-down", listen_host=self.proxy_host, on_hit=self.on_hit)
+    self.sjob = sjob = self.src.start_migration(self.src_devs, self.proxy.address, token, precopy=False, channels=1,
+                                                **{"stall-timeout": SRC_STALL_MS})
+    t0 = self.proxy.wait_hit(30)["time"]
+    self.assertEqual(self.wait_decided(self.src, sjob, 20), FAILED, self.src.job(sjob))
+    self.check_source_devices(FAILED, sjob)
+    self.assertEqual(self.dst.phase(djob), "precopy", self.dst.job(djob))
+    d_phase = self.dst.wait_final(djob, 50)
+    took = time.monotonic() - t0
+    dj = self.dst.job(djob)
+    h.log(f"link stays down: destination {d_phase} after {took:.1f} s: {dj['ErrorName']}: {dj['Error']}")
+    self.assertEqual((d_phase, dj["ErrorName"], dj["Committed"]), ("failed", PEER_LOST, False), dj)
+    self.assertGreater(took, 9, "before keepalive's first probe (10 s idle)")
+    self.assertLess(took, 40, "the documented figure is about 30 s")
+    self.check_invariants(sjob, djob, "link-down")
+
+
+CommitFaultsLinkDown.test_link_stays_down_at_switchover = test_link_stays_down_at_switchover
 
 
 if __name__ == "__main__":
