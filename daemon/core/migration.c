@@ -545,8 +545,10 @@ static const char *engine_error_name(const Migration *j, const StreamEvent *e) {
         case EHOSTUNREACH:
         case ENETUNREACH:
         case EADDRNOTAVAIL:
-                return VFIOMIG_ERROR_PEER_UNREACHABLE;
         case ETIMEDOUT:
+                /* PeerUnreachable means the source could not connect (org.vfiomig1(5)). A channel
+                 * that was up and then died of a lost route reports EHOSTUNREACH or ETIMEDOUT,
+                 * whichever soft error the kernel kept: both are a lost peer. */
                 return j->phase == MIGRATION_SETUP && j->direction == MIGRATION_OUTGOING ? VFIOMIG_ERROR_PEER_UNREACHABLE
                                                                                            : VFIOMIG_ERROR_PEER_LOST;
         case ECONNRESET:
