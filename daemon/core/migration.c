@@ -570,8 +570,10 @@ static const char *engine_error_name(const Migration *j, const StreamEvent *e) {
         case EHOSTUNREACH:
         case ENETUNREACH:
         case EADDRNOTAVAIL:
-                return VFIOMIG_ERROR_PEER_UNREACHABLE;
         case ETIMEDOUT:
+                /* PeerUnreachable means the source could not connect (org.vfiomig1(5)). A channel
+                 * that was up and then died of a lost route reports EHOSTUNREACH or ETIMEDOUT,
+                 * whichever soft error the kernel kept: both are a lost peer. */
                 return j->phase == MIGRATION_SETUP && j->direction == MIGRATION_OUTGOING ? VFIOMIG_ERROR_PEER_UNREACHABLE
                                                                                            : VFIOMIG_ERROR_PEER_LOST;
         case ECONNRESET:
@@ -873,16 +875,17 @@ static void commit(Migration *j) {
         if (j->switchover_usec != 0)
                 j->downtime_ms = (now_usec() - j->switchover_usec + 999) / 1000; /* rounded up: 0 means unknown */
 
-        /* The source learns of the commit before anything runs here: should that fail, the
-         * source will run its devices again, and these must then not run too. */
+        /* The source learns of the commit before anything runs here. Should that fail, the
+         * source (which handed out every byte) is indeterminate and waits for Resolve(): these
+         * devices keep the state stopped, and the orchestrator, seeing Committed, decides. */
         r = stream_in_complete(j->in);
         refresh_stats(j);
         j->bytes_expected = j->stats.bytes;
         stop_engine(j);
         if (r < 0) {
                 set_error(j, VFIOMIG_ERROR_PEER_LOST, "the devices committed the state, but telling the source failed "
-                          "(%s): they stay stopped; the source will report a failure and run its devices again",
-                          strerror(-r));
+                          "(%s): they keep it, stopped; the source job is indeterminate until it is resolved as "
+                          "committed", strerror(-r));
                 return finish(j, MIGRATION_FAILED);
         }
         if (j->options.run) {
