@@ -374,7 +374,7 @@ static void transfer_done(void *userdata) {
         if (r < 0)
                 log_warning_errno(r, "Failed to reply to a state transfer of %s, ignoring: %m", d->id);
         reply_to_cancels(j);
-        safe_close(t->client_fd); /* state_transfer_run() closed it, unless it never ran */
+        state_transfer_close(t); /* state_transfer_run() did, unless it never ran */
         sd_bus_message_unref(j->call);
         free(j);
 }
@@ -451,11 +451,10 @@ static int method_transfer_state(sd_bus_message *m, Device *d, StateTransferKind
                 .deadline = state_transfer_deadline(timeout_msec),
         };
         /* The message keeps the received fd; the worker needs one of its own. */
-        r = state_transfer_open_client(kind, fd, &j->transfer.client_fd, &j->transfer.client_io, &err);
+        r = state_transfer_open_client(&j->transfer, fd, &err);
         if (r < 0) {
                 free(j);
-                return bus_error_from_message(error, r == -EINVAL ? SD_BUS_ERROR_INVALID_ARGS
-                                                                  : VFIOMIG_ERROR_TRANSFER_FAILED, r, &err);
+                return bus_error_from_message(error, VFIOMIG_ERROR_TRANSFER_FAILED, r, &err);
         }
         j->call = sd_bus_message_ref(m);
         d->busy = kind == STATE_TRANSFER_SAVE ? "saving its state" : "loading a state";
@@ -464,7 +463,7 @@ static int method_transfer_state(sd_bus_message *m, Device *d, StateTransferKind
         if (r < 0) {
                 d->busy = NULL;
                 d->transfer = NULL;
-                safe_close(j->transfer.client_fd);
+                state_transfer_close(&j->transfer);
                 sd_bus_message_unref(j->call);
                 free(j);
                 return r;

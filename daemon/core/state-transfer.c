@@ -32,7 +32,7 @@ void state_transfer_cancel(StateTransfer *t, StateTransferCancel why) {
 }
 
 /* Only what the worker can wait on with a timeout, or what never waits for a peer. A character
- * device (a terminal, say) may block a write forever and cannot be reopened without side effects;
+ * device (a terminal, say) may block a write forever and cannot be made non-blocking for us alone;
  * a file on FUSE is served by whoever mounted it, who may never answer. */
 static int check_file_type(int fd, ErrorMessage *err) {
         struct statfs sfs;
@@ -53,39 +53,38 @@ static int check_file_type(int fd, ErrorMessage *err) {
         return 0;
 }
 
-int state_transfer_open_client(StateTransferKind kind, int client_fd, int *ret_fd, StateTransferClientIo *ret_io,
-                               ErrorMessage *err) {
-        char path[sizeof "/proc/self/fd/" + 12];
+int state_transfer_open_client(StateTransfer *t, int client_fd, ErrorMessage *err) {
         struct stat st;
-        int flags, fd;
+        int fd;
 
-        flags = fcntl(client_fd, F_GETFL);
-        if (flags < 0 || fstat(client_fd, &st) < 0)
+        t->client_fd = -EBADF;
+        t->relay[0] = t->relay[1] = -EBADF;
+        t->relay_pending = 0;
+        if (fstat(client_fd, &st) < 0)
                 return error_setf(err, -EBADF, "the file descriptor is not usable: %m");
-        if ((kind == STATE_TRANSFER_SAVE && (flags & O_ACCMODE) == O_RDONLY) ||
-            (kind == STATE_TRANSFER_LOAD && (flags & O_ACCMODE) == O_WRONLY) || (flags & O_PATH) == O_PATH)
-                return error_setf(err, -EINVAL, "the file descriptor is not open for %s",
-                                  kind == STATE_TRANSFER_SAVE ? "writing" : "reading");
-
+        fd = fcntl(client_fd, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return error_setf(err, -errno, "cannot duplicate the file descriptor: %m");
         if (S_ISFIFO(st.st_mode)) {
-                /* Setting O_NONBLOCK on the caller's own open file would change it under the caller:
-                 * open the pipe again instead, in the direction the caller's descriptor allows. */
-                (void) snprintf(path, sizeof path, "/proc/self/fd/%d", client_fd);
-                fd = open(path, (kind == STATE_TRANSFER_SAVE ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC |
-                          O_NOCTTY);
-                if (fd < 0 && errno == ENXIO)
-                        return error_setf(err, -EINVAL, "nobody has the pipe open for reading");
-                if (fd < 0)
-                        return error_setf(err, -errno, "cannot open the pipe: %m");
-                *ret_io = STATE_TRANSFER_IO_NONBLOCKING;
-        } else {
-                fd = fcntl(client_fd, F_DUPFD_CLOEXEC, 3);
-                if (fd < 0)
-                        return error_setf(err, -errno, "cannot duplicate the file descriptor: %m");
-                *ret_io = S_ISSOCK(st.st_mode) ? STATE_TRANSFER_IO_SOCKET : STATE_TRANSFER_IO_FILE;
-        }
-        *ret_fd = fd;
+                if (pipe2(t->relay, O_CLOEXEC | O_NONBLOCK) < 0) {
+                        int r = -errno;
+                        t->relay[0] = t->relay[1] = -EBADF;
+                        safe_close(fd);
+                        return error_setf(err, r, "cannot make a relay pipe: %m");
+                }
+                t->client_io = STATE_TRANSFER_IO_PIPE;
+        } else
+                t->client_io = S_ISSOCK(st.st_mode) ? STATE_TRANSFER_IO_SOCKET : STATE_TRANSFER_IO_FILE;
+        t->client_fd = fd;
         return 0;
+}
+
+void state_transfer_close(StateTransfer *t) {
+        t->client_fd = safe_close(t->client_fd);
+        if (t->client_io == STATE_TRANSFER_IO_PIPE) {
+                t->relay[0] = safe_close(t->relay[0]);
+                t->relay[1] = safe_close(t->relay[1]);
+        }
 }
 
 int state_transfer_check(StateTransferKind kind, VfioDev *dev, int client_fd, ErrorMessage *err) {
@@ -192,7 +191,47 @@ static ssize_t client_read(StateTransfer *t, uint8_t *buf, size_t n) {
         return read(t->client_fd, buf, n);
 }
 
+/* Into the relay, then spliced to the client's pipe without blocking on it, until all of buf is
+ * with the client. */
+static int pipe_write_all(StateTransfer *t, const uint8_t *buf, size_t n) {
+        while (n > 0 || t->relay_pending > 0) {
+                ssize_t k;
+                int r;
+
+                r = check_stop(t);
+                if (r < 0)
+                        return r;
+                if (n > 0) {
+                        k = write(t->relay[1], buf, n);
+                        if (k > 0) {
+                                buf += k;
+                                n -= (size_t) k;
+                                t->relay_pending += (size_t) k;
+                        } else if (k < 0 && errno != EAGAIN && errno != EINTR)
+                                return -errno;
+                }
+                k = splice(t->relay[0], NULL, t->client_fd, NULL, t->relay_pending, SPLICE_F_NONBLOCK);
+                if (k > 0) {
+                        t->relay_pending -= (size_t) k;
+                        t->bytes += (uint64_t) k;
+                        continue;
+                }
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0 && errno == EAGAIN) {
+                        r = wait_client(t, POLLOUT);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                return k < 0 ? -errno : -EIO;
+        }
+        return 0;
+}
+
 static int write_all(StateTransfer *t, const uint8_t *buf, size_t n) {
+        if (t->client_io == STATE_TRANSFER_IO_PIPE)
+                return pipe_write_all(t, buf, n);
         while (n > 0) {
                 ssize_t k;
                 int r;
@@ -219,6 +258,24 @@ static int write_all(StateTransfer *t, const uint8_t *buf, size_t n) {
         return 0;
 }
 
+/* What the client's pipe holds, spliced into the (empty) relay without blocking, then read. */
+static ssize_t pipe_read_some(StateTransfer *t, uint8_t *buf, size_t n) {
+        ssize_t k = splice(t->client_fd, NULL, t->relay[1], NULL, n, SPLICE_F_NONBLOCK);
+        size_t got = 0;
+
+        if (k <= 0)
+                return k;
+        while (got < (size_t) k) {
+                ssize_t m = read(t->relay[0], buf + got, (size_t) k - got);
+                if (m < 0 && errno == EINTR)
+                        continue;
+                if (m <= 0)
+                        return m < 0 ? -1 : (errno = EIO, -1);
+                got += (size_t) m;
+        }
+        return k;
+}
+
 static ssize_t read_some(StateTransfer *t, uint8_t *buf, size_t n) {
         for (;;) {
                 ssize_t k;
@@ -227,7 +284,7 @@ static ssize_t read_some(StateTransfer *t, uint8_t *buf, size_t n) {
                 r = check_stop(t);
                 if (r < 0)
                         return r;
-                k = client_read(t, buf, n);
+                k = t->client_io == STATE_TRANSFER_IO_PIPE ? pipe_read_some(t, buf, n) : client_read(t, buf, n);
                 if (k >= 0)
                         return k;
                 if (errno == EINTR)
@@ -375,9 +432,11 @@ int state_transfer_run(StateTransfer *t) {
         t->message = (ErrorMessage) {};
 
         buf = malloc(STATE_TRANSFER_CHUNK);
-        if (!buf)
+        if (!buf) {
+                state_transfer_close(t);
                 return fail(t, STATE_TRANSFER_CLIENT_IO, -ENOMEM, "out of memory");
+        }
         r = t->kind == STATE_TRANSFER_SAVE ? run_save(t, buf) : run_load(t, buf);
-        t->client_fd = safe_close(t->client_fd);
+        state_transfer_close(t);
         return r;
 }

@@ -58,7 +58,8 @@ typedef enum StateTransferCancel {
 /* How the worker reaches the client's file without ever blocking on it for long. */
 typedef enum StateTransferClientIo {
         STATE_TRANSFER_IO_FILE,         /* a regular file or block device: I/O does not wait for a peer */
-        STATE_TRANSFER_IO_NONBLOCKING,  /* our own non-blocking open of the client's pipe or FIFO */
+        STATE_TRANSFER_IO_PIPE,         /* a pipe or FIFO: spliced to/from a relay pipe of our own with
+                                         * SPLICE_F_NONBLOCK (the caller's file keeps its flags) */
         STATE_TRANSFER_IO_SOCKET,       /* send()/recv() with MSG_DONTWAIT on the client's socket */
 } StateTransferClientIo;
 
@@ -68,6 +69,8 @@ typedef struct StateTransfer {
         VfioDev *dev;
         int client_fd;               /* owned by the transfer */
         StateTransferClientIo client_io;
+        int relay[2];                /* STATE_TRANSFER_IO_PIPE only: our pipe, non-blocking both ends */
+        size_t relay_pending;        /* bytes in the relay not yet spliced to the client */
         uint64_t deadline;           /* CLOCK_MONOTONIC µs; 0 = none */
         uint64_t timeout_msec;       /* what the deadline was made of, for the message */
         atomic_int cancel;           /* a StateTransferCancel, set by any thread */
@@ -83,12 +86,14 @@ typedef struct StateTransfer {
 /* Checks that can be made before starting, on the main thread. -EINVAL for a file descriptor the
  * transfer cannot bound in time (a character device, a file on FUSE) or opened the wrong way. */
 int state_transfer_check(StateTransferKind kind, VfioDev *dev, int client_fd, ErrorMessage *err);
-/* A descriptor of the worker's own for client_fd (which stays the caller's) and how to use it: a
- * pipe or FIFO is opened again, non-blocking, in the one direction the transfer needs (the
- * caller's descriptor allows it: never more access than the caller gave); anything else is
- * duplicated. */
-int state_transfer_open_client(StateTransferKind kind, int client_fd, int *ret_fd, StateTransferClientIo *ret_io,
-                               ErrorMessage *err);
+/* Sets t->client_fd to a descriptor of the transfer's own for client_fd (which stays the
+ * caller's), and how to use it without ever blocking on it: t->kind must be set. O_NONBLOCK cannot
+ * be set on the caller's open file (it would change under the caller), and reopening a pipe
+ * through /proc needs access the daemon (without CAP_DAC_OVERRIDE) lacks to another user's pipe:
+ * a pipe or FIFO is spliced through a relay pipe instead. */
+int state_transfer_open_client(StateTransfer *t, int client_fd, ErrorMessage *err);
+/* Closes what the transfer holds (state_transfer_run() does it when it ends). Idempotent. */
+void state_transfer_close(StateTransfer *t);
 /* The deadline for a timeout in milliseconds from now. */
 uint64_t state_transfer_deadline(uint64_t timeout_msec);
 /* Asks a running transfer to give up, from any thread; the first reason sticks. */

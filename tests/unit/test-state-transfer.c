@@ -190,7 +190,7 @@ static void start_like_the_daemon(StateTransfer *t, StateTransferKind kind, Vfio
         *t = (StateTransfer) { .kind = kind, .dev = d, .timeout_msec = timeout_msec,
                                .deadline = state_transfer_deadline(timeout_msec) };
         cr_assert_eq(state_transfer_check(kind, d, fd, &err), 0, "%s", err.text);
-        cr_assert_eq(state_transfer_open_client(kind, fd, &t->client_fd, &t->client_io, &err), 0, "%s", err.text);
+        cr_assert_eq(state_transfer_open_client(t, fd, &err), 0, "%s", err.text);
 }
 
 Test(state_transfer, a_pipe_nobody_reads_meets_the_deadline) {
@@ -201,7 +201,7 @@ Test(state_transfer, a_pipe_nobody_reads_meets_the_deadline) {
 
         cr_assert_eq(pipe2(p, O_CLOEXEC), 0); /* blocking, as a caller's pipe usually is */
         start_like_the_daemon(&t, STATE_TRANSFER_SAVE, a, p[1], 300);
-        cr_assert_eq(t.client_io, STATE_TRANSFER_IO_NONBLOCKING);
+        cr_assert_eq(t.client_io, STATE_TRANSFER_IO_PIPE);
         cr_assert_eq(fcntl(p[1], F_GETFL) & O_NONBLOCK, 0, "the caller's own file stays blocking");
         start = mono_msec();
         cr_assert_eq(state_transfer_run(&t), -ETIMEDOUT);
