@@ -877,7 +877,7 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
                 r = persist_state_parse(json, json_size, &root, &why);
                 if (r == -ENOMEM) {
                         p->restoring = false;
-                        return r;
+                        return error_setf(err, r, "out of memory while reading %s", best_name);
                 }
                 if (r < 0)
                         return refuse(p, received, best_name, why.text);
@@ -889,7 +889,7 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
                         r = kernel_context_restore(p->manager->kernel, kernel, received, &why);
                         if (r == -ENOMEM) {
                                 p->restoring = false;
-                                return r;
+                                return error_setf(err, r, "out of memory while adopting the kernel objects");
                         }
                         if (r < 0)
                                 return refuse(p, received, best_name, why.text[0] ? why.text : strerror(-r));
@@ -933,8 +933,8 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
         }
         p->restoring = false;
 
-        r = persist_save(p);
-        if (r < 0)
-                return r;
+        /* A failure to save is logged there and is no reason to exit: the store still holds the
+         * state just restored, and exiting could only start a crash loop. */
+        (void) persist_save(p);
         return (int) restored;
 }

@@ -17,7 +17,7 @@ a $NOTIFY_SOCKET it reads, and an fd store it hands back as $LISTEN_FDS):
 * A second vfiomigd on a bus where org.vfiomig1 is owned exits non-zero, saying so, without
   "Serving org.vfiomig1." and without READY=1; the first keeps the name and keeps answering.
 * A saved state record that is wrong -- every field in turn given a value of the wrong type,
-  values out of range, arrays past their caps, nesting past the parser's depth, text that is no
+  values out of range, an array past its cap, nesting past the parser's depth, text that is no
   JSON, no intact state at all -- is refused with one log line naming the field: the daemon does
   not crash, reports READY=1 with nothing restored and a STATUS= that says so, sends no
   FDSTOREREMOVE and no FDSTORE (the store keeps every descriptor: no crash loop can end in the
@@ -188,7 +188,7 @@ class FakeServiceManager:
             env.update(LISTEN_FDS=str(len(names)), LISTEN_FDNAMES=":".join(names))
             # $LISTEN_PID must be the daemon's own: set by the exec'ing wrapper, which also moves the
             # descriptors to 3, 4, ... (through numbers above all of them, so none is overwritten).
-            wrapper = [sys.executable, "-c", (
+            wrapper = [sys.executable, "-S", "-c", (
                 "import os, sys\n"
                 "src = [int(x) for x in sys.argv[1].split(',')]\n"
                 "hi = [os.dup(s) for s in src]\n"
@@ -317,6 +317,9 @@ def with_value(record, path, value):
     return copy
 
 
+NULL_PATHS = {("version",), ("devices", 0, "sim"), ("spaces", 0, "mappings", 0, "iova"), ("kernel", "containers")}
+
+
 class RefusedState(h.unittest.TestCase):
     """A bad saved state is refused, the fd store kept whole, and the daemon never crashes."""
 
@@ -387,7 +390,7 @@ class RefusedState(h.unittest.TestCase):
         status = [f["STATUS"] for f in fake.sent("STATUS")]
         self.assertTrue(any("saved state was refused" in st for st in status), status)
         self.assertEqual(listed, ([[]], [[]]))
-        fake.drain(0.2)
+        fake.drain(0.05)  # it has exited: what it sent is queued, the reader takes it within 50 ms
         # Nothing removed, nothing replaced: the store holds exactly what it handed over.
         self.assertEqual(fake.sent("FDSTOREREMOVE"), [])
         self.assertEqual(fake.sent("FDSTORE"), [])
@@ -405,36 +408,29 @@ class RefusedState(h.unittest.TestCase):
             original = self.record
             for p in path:
                 original = original[p]
-            for bad in (wrong_value(original), None):
+            # Every field once with a value of another type (test-persist-state.c tries every
+            # type on every field without a daemon); null on a few.
+            for bad in (wrong_value(original),) + ((None,) if path in NULL_PATHS else ()):
                 with self.subTest(field=path_text(path), value=bad):
                     line = self.refuse_record(with_value(self.record, path, bad), path_text(path))
                     self.assertRegex(line, r"must be|outside|is missing|does not match|exactly one")
 
     def test_out_of_range(self):
+        # A sample with a daemon behind it; test-persist-state.c has them all.
         cases = [
             (("version",), 2, "version is 2"),
             (("version",), -1, "version must be an unsigned integer, not negative"),
             (("next-space",), 1 << 32, "next-space is 4294967296"),
             (("devices", 0, "sim", "state-size"), 0, "devices[0].sim.state-size is 0"),
-            (("devices", 0, "sim", "state-size"), 1 << 40, "devices[0].sim.state-size is"),
             (("devices", 0, "sim", "state-size"), 1.5, "devices[0].sim.state-size must be an unsigned integer"),
-            (("devices", 0, "sim", "state-size"), 1 << 64, "devices[0].sim.state-size"),
             (("devices", 0, "sim", "flags"), 0, "devices[0].sim"),
             (("devices", 0, "sim", "state"), "bogus", "devices[0].sim.state 'bogus'"),
             (("devices", 0, "sim", "gens", 0), [1 << 20, 1], "devices[0].sim.gens[0][0] is 1048576"),
-            (("devices", 0, "sim", "gens", 0), [1], "devices[0].sim.gens[0] must be a [block, generation] pair"),
             (("devices", 0, "sim", "gens", 0, 1), 1 << 32, "devices[0].sim.gens[0][1] is 4294967296"),
             (("devices", 0, "address"), "sim:no/such", "devices[0].sim is a simulated device's record"),
-            (("devices", 0, "id"), "a/b", "devices[0].id 'a/b'"),
-            (("devices", 0, "clients"), [""], "devices[0].clients[0] must be a bus name"),
             (("devices", 0, "clients"), [":1.%d" % i for i in range(17)], "devices[0].clients has 17 entries"),
-            (("devices", 0, "address"), "x" * 300, "devices[0].address must be 1 to 256 characters"),
-            (("devices", 0, "backend"), "kernel", "devices[0].backend 'kernel' is no device backend"),
             (("devices", 0, "backend"), "iommufd", "devices[0].backend 'iommufd' does not match its sim record"),
-            (("spaces", 0, "backend"), "bogus", "spaces[0].backend 'bogus'"),
             (("spaces", 0, "mappings", 0, "access"), 0, "spaces[0].mappings[0].access is 0"),
-            (("spaces", 0, "mappings", 0, "access"), 4, "spaces[0].mappings[0].access is 4"),
-            (("spaces", 0, "mappings", 0, "length"), 0, "spaces[0].mappings[0].length is 0"),
             (("spaces", 0, "mappings", 0, "iova"), (1 << 64) - 1, "spaces[0].mappings[0] ends past 2^64"),
             (("spaces", 0, "mappings", 0, "serial"), 1 << 20, "spaces[0].mappings[0].serial is 1048576"),
             (("spaces", 1), {"id": "s0", "backend": "sim", "prepared": False, "next-serial": 0,
@@ -453,28 +449,20 @@ class RefusedState(h.unittest.TestCase):
                 self.refuse_record(record, fragment)
 
     def test_huge_and_deep(self):
+        # Records of several MiB (70000 mappings, 5 million values) are in test-persist-state.c:
+        # this file's CRC32C in Python takes seconds per MiB.
         cases = [
             ("5000 devices", with_value(self.record, ("devices",), [self.record["devices"][1]] * 5000),
              "devices has 5000 entries, more than the 4096 allowed"),
-            ("gens past the device's blocks", with_value(self.record, ("devices", 0, "sim", "gens"),
-                                                          [[0, 1]] * 17), "devices[0].sim.gens has 17 entries"),
-            ("70000 mappings", with_value(self.record, ("spaces", 0, "mappings"),
-                                          [self.record["spaces"][0]["mappings"][0]] * 70000),
-             "spaces[0].mappings has 70000 entries"),
         ]
         for what, record, fragment in cases:
             with self.subTest(what):
                 self.refuse_record(record, fragment)
         deep = b'{"version": 1, "next-space": 1, "devices": ' + b"[" * 100000 + b"]" * 100000 + b"}"
-        huge = b'{"version": 1, "x": [' + b",".join([b"0"] * 5000000) + b"]}"
         for what, body, fragment in (
                 ("nesting 100000 deep", deep, "the state is not JSON: nesting too deep"),
-                ("five million values", huge, "the state holds more than 4194304 JSON values"),
                 ("not JSON", b"{version: 1}", "the state is not JSON"),
-                ("truncated", json.dumps(self.record).encode()[:-10], "the state is not JSON"),
-                ("trailing data", json.dumps(self.record).encode() + b" {}", "the state is not JSON"),
                 ("a NUL byte", json.dumps(self.record).encode()[:-1] + b"\0}", "the state contains a NUL byte"),
-                ("an array", b"[]", "the state must be an object, not an array"),
                 ("null", b"null", "the state must be an object, not null")):
             with self.subTest(what):
                 self.refuse_record(body, fragment)

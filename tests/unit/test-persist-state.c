@@ -250,8 +250,8 @@ Test(persist_state, huge_deep_and_not_json) {
         assert_text_refused(deep, strlen(deep), "nesting too deep");
         assert_text_refused(values, strlen(values), "more than 4194304 JSON values");
 
-        devices = repeat("{\"version\":1,\"next-space\":0,\"devices\":[", dev, 4097, "");
-        p = strrchr(devices, ',');
+        devices = repeat("{\"version\":1,\"next-space\":0,\"devices\":[", dev, 4097, " ");
+        p = strrchr(devices, ',');  /* the last ",", and the " " after it: room for "]}" */
         strcpy(p, "]}");
         assert_text_refused(devices, strlen(devices), "devices has 4097 entries, more than the 4096 allowed");
         clients = repeat("{\"version\":1,\"next-space\":0,\"devices\":[{\"id\":\"sim_a\",\"address\":\"sim:a\","
