@@ -144,7 +144,7 @@ struct StreamOut {
         bool torn_down;
         bool exiting;
         bool completed;                 /* COMPLETE arrived and matched */
-        bool switchover_queued, switchover_out;  /* SWITCHOVER queued; handed to the sender */
+        bool switchover_out;            /* SWITCHOVER was handed to the sender */
         unsigned devices_out;           /* devices whose BLOB was handed to a sender */
         bool handed_all;                /* every byte of the migration was handed to a sender */
         uint64_t stall_usec;
@@ -241,8 +241,8 @@ _printf_(4, 5) static void out_fail_locked(StreamOut *o, int error, uint32_t abo
 _printf_(3, 4) static void out_conn_failed_locked(StreamOut *o, int error, const char *format, ...) {
         va_list ap;
 
-        if (o->teardown || o->deferred)
-                return;
+        if (o->teardown || o->deferred || o->completed)
+                return; /* after COMPLETE the destination may hang up any channel, in any order */
         o->deferred = true;
         o->deferred_error = error;
         o->deferred_deadline = stream_now_usec() + STREAM_PEER_ABORT_WAIT_USEC;
@@ -1534,7 +1534,7 @@ static void *supervisor_thread(void *arg) {
         while (!o->teardown) {
                 uint64_t deadline = 0, now = stream_now_usec();
 
-                if (o->deferred) {
+                if (o->deferred && !o->completed) {
                         if (now >= o->deferred_deadline) {
                                 out_fail_locked(o, o->deferred_error, 0, "%s", o->deferred_text);
                                 break;
@@ -1893,8 +1893,6 @@ int stream_out_switchover(StreamOut *o) {
                 r = -ENOTCONN;
         else
                 r = enqueue_control_locked(o, STREAM_PACKET_SWITCHOVER, NULL, 0);
-        if (r >= 0)
-                o->switchover_queued = true;
         pthread_mutex_unlock(&o->lock);
         return r;
 }
