@@ -149,6 +149,7 @@ struct StreamOut {
         bool handed_all;                /* every byte of the migration was handed to a sender */
         uint64_t stall_usec;
         uint64_t last_progress_usec;    /* a send completed or a packet arrived */
+        bool sup_unarmed;               /* the supervisor waits without a stall deadline */
         uint8_t job_id[STREAM_JOB_ID_SIZE];
         bool peer_aborted;
         bool abort_done;                /* our ABORT went out */
@@ -293,7 +294,8 @@ static void channel_push_locked(StreamOut *o, OutChannel *ch, OutPacket *p, bool
         p->next = NULL;
         if (o->queued_total == 0) {
                 o->last_progress_usec = stream_now_usec(); /* the stall clock runs from here */
-                pthread_cond_broadcast(&o->sup_cond);
+                if (o->sup_unarmed) /* it sleeps without a deadline: give it one */
+                        pthread_cond_broadcast(&o->sup_cond);
         }
         if (urgent) {
                 if (ch->urgent_tail)
@@ -1555,6 +1557,7 @@ static void *supervisor_thread(void *arg) {
                         }
                         deadline = deadline ? MIN(deadline, stall) : stall;
                 }
+                o->sup_unarmed = deadline == 0;
                 stream_cond_wait_until(&o->sup_cond, &o->lock, deadline);
         }
 
