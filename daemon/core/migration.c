@@ -257,7 +257,7 @@ int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection d
                 return error_setf(err, -E2BIG, "%u migrations are running already, the most there can be",
                                   MIGRATIONS_RUNNING_MAX);
         if (dir == MIGRATION_INCOMING) {
-                uint64_t held = 0, cap = migration_budget_total_max();
+                uint64_t held = 0, cap = m->options.max_reassembly_bytes ?: migration_budget_total_max();
                 for (size_t i = 0; i < m->n_migrations; i++) {
                         Migration *other = m->migrations[i];
                         if (other->direction == MIGRATION_INCOMING && !migration_phase_is_final(other->phase))
@@ -265,8 +265,9 @@ int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection d
                 }
                 if (held + job_budget(o) > cap)
                         return error_setf(err, -E2BIG, "the incoming jobs may hold %" PRIu64 " MiB of reassembly memory "
-                                          "together (a quarter of the memory); %" PRIu64 " MiB are taken, this job "
-                                          "asks for %" PRIu64 " MiB", cap >> 20, held >> 20, job_budget(o) >> 20);
+                                          "together (%s); %" PRIu64 " MiB are taken, this job asks for %" PRIu64 " MiB",
+                                          cap >> 20, m->options.max_reassembly_bytes ? "max-reassembly-bytes" :
+                                          "a quarter of the memory", held >> 20, job_budget(o) >> 20);
         }
         return 0;
 }
