@@ -1900,6 +1900,15 @@ int stream_out_switchover(StreamOut *o) {
         return r;
 }
 
+bool stream_out_completed(StreamOut *o) {
+        bool b;
+
+        pthread_mutex_lock(&o->lock);
+        b = o->completed;
+        pthread_mutex_unlock(&o->lock);
+        return b;
+}
+
 bool stream_out_handed_all(StreamOut *o) {
         bool b;
 
