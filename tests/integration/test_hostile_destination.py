@@ -19,7 +19,8 @@ which proves the codec here agrees with the daemon.
 
 CommitFaults: two real daemons, the destination killed (SIGKILL) during stop-copy (the source
 runs again) and as soon as it committed (the source completes or is indeterminate, never fails
-with its devices running).
+with its devices running), and the source killed once the destination committed (the destination
+keeps the state).
 
 Standard library only. Everything started here is stopped by PID (harness.py).
 """
@@ -523,6 +524,25 @@ class CommitFaults(PairCase):
         self.assertEqual(self.src.phase(sjob), "completed")
         self.assertTrue(self.src.prop(sjob, MIGRATION_IFACE, "Committed"))
         self.assertEqual(self.src.state(ps), "stop")
+
+    def test_source_killed_after_the_last_byte(self):
+        """The source dies once the destination has every byte: the destination commits anyway
+        and keeps the state (Committed), whether or not its COMPLETE could still be sent; it never
+        resets a committed device."""
+        ps, pd = self.pair(8 * MiB, (SC, P2P))
+        digest = self.src.digest(ps)
+        djob, token, addresses = self.dst.prepare([pd])
+        self.src.start_migration([ps], addresses[0], token, channels=2, precopy=False)
+        self.dst.wait_prop(djob, MIGRATION_IFACE, "Committed", bool, timeout=20, what="Committed")
+        self.src.kill9()
+        phase = self.dst.wait_final(djob, 15)
+        j = self.dst.job(djob)
+        self.assertIn(phase, ("completed", "failed"), j)
+        if phase == "failed":
+            self.assertEqual(j["ErrorName"], E_PEER_LOST, j)
+        self.assertTrue(j["Committed"])
+        self.assertEqual(self.dst.state(pd), "stop")
+        self.assertEqual(self.dst.digest(pd), digest)
 
 
 if __name__ == "__main__":
