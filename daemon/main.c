@@ -270,6 +270,7 @@ static int run(int argc, char *argv[]) {
         options.max_spaces = config.max_spaces;
         options.max_mappings = config.max_mappings;
         options.max_pinned_bytes = config.max_pinned_bytes;
+        options.max_reassembly_bytes = config.max_reassembly_bytes;
         options.stream_listen = arg_stream_listen ?: config.stream_listen;
         r = setup_tls(&config, &tls);
         if (r < 0)

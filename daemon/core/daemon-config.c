@@ -310,6 +310,13 @@ int daemon_config_parse_full(const char *text, const char *pki_dir, DaemonConfig
                         if (!json_object_is_type(val, json_type_int) || json_object_get_int64(val) < 4096)
                                 return error_setf(err, -EINVAL, "max-pinned-bytes must be an integer of at least 4096");
                         c.max_pinned_bytes = json_object_get_uint64(val);
+                } else if (streq(key, "max-reassembly-bytes")) {
+                        if (!json_object_is_type(val, json_type_int) ||
+                            json_object_get_int64(val) < (int64_t) MANAGER_MAX_REASSEMBLY_BYTES_MIN)
+                                return error_setf(err, -EINVAL, "max-reassembly-bytes must be an integer of at least "
+                                                  "%llu (one job's smallest budget)",
+                                                  (unsigned long long) MANAGER_MAX_REASSEMBLY_BYTES_MIN);
+                        c.max_reassembly_bytes = json_object_get_uint64(val);
                 } else if (streq(key, "stream-listen")) {
                         struct sockaddr_storage sa;
                         ErrorMessage why = {};

@@ -3,8 +3,9 @@
 
 /*
  * vfiomigd.conf(5): a JSON object with "allow-simulated", the caps "max-devices", "max-spaces",
- * "max-mappings" and "max-pinned-bytes", "stream-listen" (HOST:PORT incoming migrations are
- * taken on), "tls" (the stream's credentials), "allow-cleartext", and "devices" (each
+ * "max-mappings", "max-pinned-bytes" and "max-reassembly-bytes", "stream-listen" (HOST:PORT
+ * incoming migrations are taken on), "tls" (the stream's credentials), "allow-cleartext", and
+ * "devices" (each
  * {"address": ..., "options": {sim options}}). Unknown keys and wrong types are errors that name
  * the offending member, so a typo never silently changes behaviour.
  */
@@ -41,6 +42,7 @@ typedef struct DaemonConfig {
         unsigned max_spaces;         /* 0 = default */
         unsigned max_mappings;       /* per space; 0 = default */
         uint64_t max_pinned_bytes;   /* 0 = the machine's memory */
+        uint64_t max_reassembly_bytes; /* all incoming migrations together; 0 = a quarter of the memory */
         char *stream_listen;         /* NULL = [::]:7179 */
         ConfigTls tls;
         bool allow_cleartext;        /* without TLS: migrate to and from non-loopback addresses anyway */

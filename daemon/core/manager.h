@@ -23,6 +23,7 @@
 #define MANAGER_MAX_SPACES_LIMIT 1024u
 #define MANAGER_MAX_MAPPINGS_DEFAULT 1024u
 #define MANAGER_MAX_MAPPINGS_LIMIT IOMMU_MAPPINGS_KERNEL_MAX
+#define MANAGER_MAX_REASSEMBLY_BYTES_MIN (UINT64_C(64) << 20) /* one job's smallest reassembly budget */
 
 typedef struct StreamListener StreamListener;
 
@@ -35,6 +36,7 @@ typedef struct ManagerOptions {
         unsigned max_spaces;       /* 0 = default */
         unsigned max_mappings;     /* per space; 0 = default */
         uint64_t max_pinned_bytes; /* over all spaces; 0 = the machine's physical memory */
+        uint64_t max_reassembly_bytes; /* budgets of all incoming migrations; 0 = a quarter of the memory */
         KernelContextOptions kernel;
 } ManagerOptions;
 

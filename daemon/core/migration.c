@@ -275,7 +275,7 @@ int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection d
                 return error_setf(err, -E2BIG, "%u migrations are running already, the most there can be",
                                   MIGRATIONS_RUNNING_MAX);
         if (dir == MIGRATION_INCOMING) {
-                uint64_t held = 0, cap = migration_budget_total_max();
+                uint64_t held = 0, cap = m->options.max_reassembly_bytes ?: migration_budget_total_max();
                 for (size_t i = 0; i < m->n_migrations; i++) {
                         Migration *other = m->migrations[i];
                         if (other->direction == MIGRATION_INCOMING && !migration_phase_is_final(other->phase))
@@ -283,8 +283,9 @@ int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection d
                 }
                 if (held + job_budget(o) > cap)
                         return error_setf(err, -E2BIG, "the incoming jobs may hold %" PRIu64 " MiB of reassembly memory "
-                                          "together (a quarter of the memory); %" PRIu64 " MiB are taken, this job "
-                                          "asks for %" PRIu64 " MiB", cap >> 20, held >> 20, job_budget(o) >> 20);
+                                          "together (%s); %" PRIu64 " MiB are taken, this job asks for %" PRIu64 " MiB",
+                                          cap >> 20, m->options.max_reassembly_bytes ? "max-reassembly-bytes" :
+                                          "a quarter of the memory", held >> 20, job_budget(o) >> 20);
         }
         return 0;
 }
@@ -522,6 +523,8 @@ static void become_indeterminate(Migration *j) {
                 m->hooks.migration_finished(m, j, m->hooks.userdata);
 }
 
+static void outgoing_completed(Migration *j);
+
 /* Every failure ends here: stop the data path, give the devices back, say why. */
 static void fail(Migration *j, MigrationPhase phase, uint32_t abort_reason, const char *error_name,
                  const char *format, ...) _printf_(5, 6);
@@ -533,6 +536,12 @@ static void fail(Migration *j, MigrationPhase phase, uint32_t abort_reason, cons
 
         if (migration_phase_is_final(j->phase) || j->phase == MIGRATION_INDETERMINATE)
                 return;
+        if (j->direction == MIGRATION_OUTGOING && j->out && stream_out_completed(j->out)) {
+                /* A valid COMPLETE arrived and waits in the event queue: the destination has
+                 * committed, which no cancel or later failure can undo. */
+                log_notice("Migration %u: the destination had already proved its commit; the job completes.", j->id);
+                return outgoing_completed(j);
+        }
         va_start(ap, format);
         if (vasprintf(&text, format, ap) < 0)
                 text = NULL;
@@ -813,10 +822,25 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
         return 0;
 }
 
-static void outgoing_event(Migration *j, const StreamEvent *e) {
+/* The destination proved its commit (a COMPLETE that passed the engine's checks). */
+static void outgoing_completed(Migration *j) {
         ErrorMessage err = {};
         int r;
 
+        j->downtime_ms = (now_usec() - j->switchover_usec + 999) / 1000; /* rounded up: 0 means unknown */
+        refresh_stats(j);
+        stop_engine(j);
+        r = move_group(j, VFIO_DEVICE_STATE_STOP, &err);
+        if (r < 0)
+                /* The destination has the state; the source devices stay in stop-copy. */
+                log_warning("Migration %u: the destination committed, but the source devices could not "
+                            "leave stop-copy: %s", j->id, err.text);
+        j->bytes_expected = j->stats.bytes;
+        j->committed = true;
+        finish(j, MIGRATION_COMPLETED);
+}
+
+static void outgoing_event(Migration *j, const StreamEvent *e) {
         switch (e->type) {
         case STREAM_EVENT_CONNECTED:
                 log_info("Migration %u: %u channel%s to %s up.", j->id, j->options.channels,
@@ -839,17 +863,7 @@ static void outgoing_event(Migration *j, const StreamEvent *e) {
                         j->device_done[e->device] = true;
                 return;
         case STREAM_EVENT_COMPLETE:
-                j->downtime_ms = (now_usec() - j->switchover_usec + 999) / 1000; /* rounded up: 0 means unknown */
-                refresh_stats(j);
-                stop_engine(j);
-                r = move_group(j, VFIO_DEVICE_STATE_STOP, &err);
-                if (r < 0)
-                        /* The destination has the state; the source devices stay in stop-copy. */
-                        log_warning("Migration %u: the destination committed, but the source devices could not "
-                                    "leave stop-copy: %s", j->id, err.text);
-                j->bytes_expected = j->stats.bytes;
-                j->committed = true;
-                return finish(j, MIGRATION_COMPLETED);
+                return outgoing_completed(j);
         default:
                 return engine_event_common(j, e);
         }

@@ -157,7 +157,8 @@ int migration_cancel(Migration *j, ErrorMessage *err);
  * "not-committed" runs them again and fails it. -EINVAL for another outcome, -EBUSY unless the
  * job is indeterminate. */
 int migration_resolve(Migration *j, const char *outcome, ErrorMessage *err);
-/* The reassembly memory all incoming jobs may hold together: a quarter of the memory. */
+/* The reassembly memory all incoming jobs may hold together by default: a quarter of the memory
+ * (vfiomigd.conf's max-reassembly-bytes overrides it). */
 uint64_t migration_budget_total_max(void);
 /* A running job is cancelled first (reason: the daemon stops), without hooks. */
 Migration *migration_free(Migration *j);

@@ -110,6 +110,8 @@ void stream_out_abort(StreamOut *o, uint32_t reason, const char *text);
  * may hold everything and commit, so a failure without COMPLETE or ABORT leaves the outcome
  * unknown (proto/stream-protocol.md §3.2). */
 bool stream_out_handed_all(StreamOut *o);
+/* A COMPLETE arrived and passed the commit rule (its event may still be queued). */
+bool stream_out_completed(StreamOut *o);
 void stream_out_stats(StreamOut *o, StreamStats *ret);
 /* Stops the threads and closes everything. */
 StreamOut *stream_out_free(StreamOut *o);

@@ -148,11 +148,12 @@ struct StreamOut {
         bool torn_down;
         bool exiting;
         bool completed;                 /* COMPLETE arrived and matched */
-        bool switchover_queued, switchover_out;  /* SWITCHOVER queued; handed to the sender */
+        bool switchover_out;            /* SWITCHOVER was handed to the sender */
         unsigned devices_out;           /* devices whose BLOB was handed to a sender */
         bool handed_all;                /* every byte of the migration was handed to a sender */
         uint64_t stall_usec;
         uint64_t last_progress_usec;    /* a send completed or a packet arrived */
+        bool sup_unarmed;               /* the supervisor waits without a stall deadline */
         uint8_t job_id[STREAM_JOB_ID_SIZE];
         bool peer_aborted;
         bool abort_done;                /* our ABORT went out */
@@ -245,8 +246,8 @@ _printf_(4, 5) static void out_fail_locked(StreamOut *o, int error, uint32_t abo
 _printf_(3, 4) static void out_conn_failed_locked(StreamOut *o, int error, const char *format, ...) {
         va_list ap;
 
-        if (o->teardown || o->deferred)
-                return;
+        if (o->teardown || o->deferred || o->completed)
+                return; /* after COMPLETE the destination may hang up any channel, in any order */
         o->deferred = true;
         o->deferred_error = error;
         o->deferred_deadline = stream_now_usec() + STREAM_PEER_ABORT_WAIT_USEC;
@@ -297,7 +298,8 @@ static void channel_push_locked(StreamOut *o, OutChannel *ch, OutPacket *p, bool
         p->next = NULL;
         if (o->queued_total == 0) {
                 o->last_progress_usec = stream_now_usec(); /* the stall clock runs from here */
-                pthread_cond_broadcast(&o->sup_cond);
+                if (o->sup_unarmed) /* it sleeps without a deadline: give it one */
+                        pthread_cond_broadcast(&o->sup_cond);
         }
         if (urgent) {
                 if (ch->urgent_tail)
@@ -1642,7 +1644,7 @@ static void *supervisor_thread(void *arg) {
         while (!o->teardown) {
                 uint64_t deadline = 0, now = stream_now_usec();
 
-                if (o->deferred) {
+                if (o->deferred && !o->completed) {
                         if (now >= o->deferred_deadline) {
                                 out_fail_locked(o, o->deferred_error, 0, "%s", o->deferred_text);
                                 break;
@@ -1663,6 +1665,7 @@ static void *supervisor_thread(void *arg) {
                         }
                         deadline = deadline ? MIN(deadline, stall) : stall;
                 }
+                o->sup_unarmed = deadline == 0;
                 stream_cond_wait_until(&o->sup_cond, &o->lock, deadline);
         }
 
@@ -2011,10 +2014,17 @@ int stream_out_switchover(StreamOut *o) {
                 r = -ENOTCONN;
         else
                 r = enqueue_control_locked(o, STREAM_PACKET_SWITCHOVER, NULL, 0);
-        if (r >= 0)
-                o->switchover_queued = true;
         pthread_mutex_unlock(&o->lock);
         return r;
+}
+
+bool stream_out_completed(StreamOut *o) {
+        bool b;
+
+        pthread_mutex_lock(&o->lock);
+        b = o->completed;
+        pthread_mutex_unlock(&o->lock);
+        return b;
 }
 
 bool stream_out_handed_all(StreamOut *o) {

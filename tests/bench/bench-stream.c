@@ -592,6 +592,9 @@ static void drive(StreamOut *out, StreamIn *in, unsigned devices, const int *src
                 while (stream_out_next_event(out, &e) > 0) {
                         if (e.type == STREAM_EVENT_CONNECTED) {
                                 *t_start = now_sec();
+                                /* as a job does: the destination's COMPLETE counts only after it */
+                                if (stream_out_switchover(out) < 0)
+                                        die("switchover", -EIO);
                                 for (unsigned d = 0; d < devices; d++)
                                         if (stream_out_start_stopcopy(out, d, src_fds[d]) < 0)
                                                 die("start_stopcopy", -EINVAL);

@@ -17,6 +17,11 @@ SWITCHOVER; the connection closed right after the last byte (indeterminate, then
 ways); silence after the last byte (indeterminate by the stall timer); and an honest COMPLETE,
 which proves the codec here agrees with the daemon.
 
+CommitFaults: two real daemons, the destination killed (SIGKILL) during stop-copy (the source
+runs again) and as soon as it committed (the source completes or is indeterminate, never fails
+with its devices running), and the source killed once the destination committed (the destination
+keeps the state).
+
 Standard library only. Everything started here is stopped by PID (harness.py).
 """
 
@@ -33,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dbus_wire  # noqa: E402
 import harness as h  # noqa: E402
 import stream_wire as w  # noqa: E402
-from test_migration import DEVICE_IFACE, MIGRATION_IFACE, MiB, PRE, SC, P2P, Side  # noqa: E402
+from test_migration import DEVICE_IFACE, MIGRATION_IFACE, MiB, PRE, SC, P2P, PairCase, Side  # noqa: E402
 
 E = "org.vfiomig1.Error."
 E_PEER_VIOLATION = E + "PeerViolation"
@@ -470,6 +475,74 @@ class HostileDestination(unittest.TestCase):
         self.src.call(job, MIGRATION_IFACE, "Resolve", "s", "not-committed")
         self.assertRunningIntact()
         self.assertNoLeak()
+
+
+class CommitFaults(PairCase):
+    """Two real daemons; the destination dies at a point of the commit. Whatever the timing, the
+    source never reports failure with its devices running once the destination may have
+    committed, and never reports success unless the destination proved the commit."""
+
+    def test_destination_killed_in_stop_copy(self):
+        """Stop-copy is under way (slowed by a bandwidth limit, so not everything went out): the
+        source fails with PeerLost and runs its devices again, state intact."""
+        ps, pd = self.pair(16 * MiB, (SC, P2P))
+        digest = self.src.digest(ps)
+        djob, token, addresses = self.dst.prepare([pd])
+        sjob = self.src.start_migration([ps], addresses[0], token, channels=2, precopy=False,
+                                        **{"bandwidth-limit": 4 * MiB})
+        self.src.wait_prop(sjob, MIGRATION_IFACE, "BytesTransferred", lambda v: v > 2 * MiB, timeout=20,
+                           what="2 MiB sent")
+        self.assertEqual(self.src.phase(sjob), "stop-copy")
+        self.dst.kill9()
+        self.assertEqual(self.src.wait_final(sjob, 15), "failed")
+        j = self.src.job(sjob)
+        self.assertEqual(j["ErrorName"], E_PEER_LOST, j)
+        self.assertFalse(j["Committed"])
+        self.assertEqual(self.src.state(ps), "running")
+        self.assertEqual(self.src.digest(ps), digest)
+
+    def test_destination_killed_once_committed(self):
+        """Killed as soon as its job says Committed: the COMPLETE was sent before that (the
+        commit sends it before anything else happens on the destination's main loop), so the
+        source completes, or, had it been lost, would be indeterminate; never failed."""
+        ps, pd = self.pair(8 * MiB, (SC, P2P))
+        digest = self.src.digest(ps)
+        djob, token, addresses = self.dst.prepare([pd])
+        sjob = self.src.start_migration([ps], addresses[0], token, channels=2, precopy=False)
+        self.dst.wait_prop(djob, MIGRATION_IFACE, "Committed", bool, timeout=20, what="Committed")
+        self.assertEqual(self.dst.digest(pd), digest, "the destination holds the source's state")
+        self.dst.kill9()
+        deadline = time.monotonic() + 15
+        while self.src.phase(sjob) not in ("completed", "failed", "cancelled", "indeterminate"):
+            self.assertLess(time.monotonic(), deadline, self.src.job(sjob))
+            time.sleep(0.02)
+        phase = self.src.phase(sjob)
+        self.assertIn(phase, ("completed", "indeterminate"), self.src.job(sjob))
+        if phase == "indeterminate":
+            self.assertEqual(self.src.state(ps), "stop-copy")
+            self.src.call(sjob, MIGRATION_IFACE, "Resolve", "s", "committed")
+        self.assertEqual(self.src.phase(sjob), "completed")
+        self.assertTrue(self.src.prop(sjob, MIGRATION_IFACE, "Committed"))
+        self.assertEqual(self.src.state(ps), "stop")
+
+    def test_source_killed_after_the_last_byte(self):
+        """The source dies once the destination has every byte: the destination commits anyway
+        and keeps the state (Committed), whether or not its COMPLETE could still be sent; it never
+        resets a committed device."""
+        ps, pd = self.pair(8 * MiB, (SC, P2P))
+        digest = self.src.digest(ps)
+        djob, token, addresses = self.dst.prepare([pd])
+        self.src.start_migration([ps], addresses[0], token, channels=2, precopy=False)
+        self.dst.wait_prop(djob, MIGRATION_IFACE, "Committed", bool, timeout=20, what="Committed")
+        self.src.kill9()
+        phase = self.dst.wait_final(djob, 15)
+        j = self.dst.job(djob)
+        self.assertIn(phase, ("completed", "failed"), j)
+        if phase == "failed":
+            self.assertEqual(j["ErrorName"], E_PEER_LOST, j)
+        self.assertTrue(j["Committed"])
+        self.assertEqual(self.dst.state(pd), "stop")
+        self.assertEqual(self.dst.digest(pd), digest)
 
 
 if __name__ == "__main__":

@@ -1640,6 +1640,27 @@ class Refusals(PairCase):
         for j in jobs[1:] + [job]:
             self.dst.call(j, MIGRATION_IFACE, "Cancel")
 
+    def test_total_reassembly_cap_from_the_config(self):
+        """vfiomigd.conf's max-reassembly-bytes sets the total: two 64 MiB budgets fit in 128 MiB,
+        a third does not, and the refusal names the setting."""
+        tmp = h.TempDir()
+        self.addCleanup(tmp.stop)
+        conf = str(tmp / "vfiomigd.conf")
+        with open(conf, "w") as f:
+            json.dump({"allow-simulated": True, "max-reassembly-bytes": 128 * MiB}, f)
+        side = Side("capped", [f"--config={conf}"])
+        self.addCleanup(side.stop)
+        side.start()
+        small = {"reassembly-budget": 64 * MiB}
+        devs = [side.attach(size=64 * KiB) for _ in range(3)]
+        jobs = [side.prepare([d], **small)[0] for d in devs[:2]]
+        e = self.assertWireError(E_LIMIT_EXCEEDED, side.prepare, [devs[2]], **small)
+        self.assertIn("max-reassembly-bytes", e.message)
+        self.assertEqual(side.state(devs[2]), "running")
+        side.call(jobs[0], MIGRATION_IFACE, "Cancel")
+        job = side.prepare([devs[2]], **small)[0]
+        self.assertEqual(side.phase(job), "setup")
+
     def test_prepared_job_expires(self):
         """A prepared job no source joins ends after setup-timeout, its devices reset; it cannot be
         told to wait forever."""

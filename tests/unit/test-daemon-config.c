@@ -42,6 +42,10 @@ Test(daemon_config, full_example) {
         cr_assert_eq(s->fail_in_place, SIM_ARC_BIT(VFIO_DEVICE_STATE_STOP, VFIO_DEVICE_STATE_STOP_COPY));
         daemon_config_done(&c);
 
+        cr_assert_eq(parse("{ \"max-reassembly-bytes\": 1073741824 }", &c, &err), 0, "%s", err.text);
+        cr_assert_eq(c.max_reassembly_bytes, UINT64_C(1) << 30);
+        daemon_config_done(&c);
+
         cr_assert_eq(parse("{}", &c, &err), 0);
         cr_assert(!c.allow_simulated && c.max_devices == 0 && c.n_devices == 0);
         cr_assert_null(c.stream_listen);
@@ -88,6 +92,8 @@ Test(daemon_config, errors_name_the_offending_member) {
                   "error-arcs: 'stop' is not an arc" },
                 { "{ \"devices\": [ { \"address\": \"sim:a\", \"options\": { \"mtty-quirks\": 1 } } ] }",
                   "'mtty-quirks' must be true or false" },
+                { "{ \"max-reassembly-bytes\": 1048576 }", "max-reassembly-bytes must be an integer of at least" },
+                { "{ \"max-reassembly-bytes\": \"1G\" }", "max-reassembly-bytes must be an integer" },
                 { "{ \"stream-listen\": 7179 }", "stream-listen must be a string" },
                 { "{ \"stream-listen\": \"7179\" }", "stream-listen: '7179' is not HOST:PORT" },
                 { "{ \"stream-listen\": \"[::]:7179:1\" }", "stream-listen: '[::]:7179:1' has no valid port" },

@@ -267,7 +267,9 @@ Test(migration, cancel_in_each_phase) {
                         char name[32];
                         snprintf(name, sizeof name, "sim:c%d_%zu", side, p);
                         Device *a = attach(&src, name, 4 << 20, flags, 8 << 20);
-                        Device *b = attach(&dst, name, 4 << 20, flags, 8 << 20);
+                        /* No dirtying on the destination: a running device rewrites its state, so
+                         * its digest would depend on how long it ran before and after the job. */
+                        Device *b = attach(&dst, name, 4 << 20, flags, 0);
                         uint64_t digest_b = sim_device_state_digest(b->dev);
                         MigrationOptions oo, io;
                         ErrorMessage err = {};
@@ -481,4 +483,55 @@ Test(migration, automatic_switchover_under_a_bandwidth_limit) {
         cr_assert_leq(jobs[0]->rate_measured, 40 << 20);
         for (int i = 0; i < 2; i++)
                 cr_assert_eq(sim_device_state_digest(s[i]->dev), sim_device_state_digest(d[i]->dev));
+}
+
+/* Both jobs say the destination holds the state; Resolve is only for an indeterminate job; the
+ * timeouts have ranges (a prepared job cannot wait forever). */
+Test(migration, committed_resolve_and_timeout_ranges) {
+        const uint32_t flags = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P;
+        Device *a = attach(&src, "sim:c", 1 << 20, flags, 0), *b = attach(&dst, "sim:c", 1 << 20, flags, 0);
+        MigrationOptions oo, io;
+        Migration *jobs[2], *j = NULL;
+        ErrorMessage err = {};
+        static const char token[] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+        migration_options_init(&oo);
+        migration_options_init(&io);
+        cr_assert_eq(io.setup_timeout_ms, 600000, "ten minutes by default");
+
+        oo.stall_timeout_ms = 999;
+        cr_assert_eq(migration_start(src.m, &a, 1, "127.0.0.1:7179", token, &oo, &j, &err), -EINVAL);
+        cr_assert(strstr(err.text, "stall timeout"), "%s", err.text);
+        oo.stall_timeout_ms = 0;
+        io.setup_timeout_ms = 0;
+        err = (ErrorMessage) {};
+        cr_assert_eq(migration_prepare_incoming(dst.m, &b, 1, &io, &j, &err), -EINVAL);
+        cr_assert(strstr(err.text, "cannot wait forever"), "%s", err.text);
+        io.setup_timeout_ms = UINT64_C(25) * 3600 * 1000;
+        err = (ErrorMessage) {};
+        cr_assert_eq(migration_prepare_incoming(dst.m, &b, 1, &io, &j, &err), -EINVAL);
+        io.setup_timeout_ms = 600000;
+        io.budget = migration_budget_total_max() + 1;
+        err = (ErrorMessage) {};
+        cr_assert_lt(migration_prepare_incoming(dst.m, &b, 1, &io, &j, &err), 0, "more than a quarter of the memory");
+        io.budget = 0;
+        cr_assert_eq(a->state, VFIO_DEVICE_STATE_RUNNING);
+        cr_assert_eq(b->state, VFIO_DEVICE_STATE_RUNNING);
+
+        oo.stall_timeout_ms = 5000;
+        migrate(&a, &b, 1, &oo, &io, &jobs[0], &jobs[1]);
+        cr_assert(!jobs[0]->committed && !jobs[1]->committed);
+        run_until(both_finished, jobs, 30000);
+        cr_assert_eq(jobs[0]->phase, MIGRATION_COMPLETED, "%s", jobs[0]->error ?: "");
+        cr_assert(jobs[0]->committed, "the source saw a COMPLETE that proved the commit");
+        cr_assert(jobs[1]->committed);
+
+        err = (ErrorMessage) {};
+        cr_assert_eq(migration_resolve(jobs[0], "maybe", &err), -EINVAL);
+        err = (ErrorMessage) {};
+        cr_assert_eq(migration_resolve(jobs[0], "not-committed", &err), -EBUSY, "a completed job is not resolved");
+        cr_assert(strstr(err.text, "only an indeterminate outgoing job"), "%s", err.text);
+        cr_assert_eq(migration_resolve(jobs[1], "committed", &err), -EBUSY);
+        cr_assert_eq(jobs[0]->phase, MIGRATION_COMPLETED);
+        cr_assert_eq(a->state, VFIO_DEVICE_STATE_STOP);
 }
