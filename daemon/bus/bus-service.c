@@ -40,7 +40,7 @@ static int emit_pending(sd_event_source *source, void *userdata) {
                 if (bus_migration_path(s->changed_migrations[i]->id, &path) < 0)
                         continue;
                 r = sd_bus_emit_properties_changed(s->bus, path, VFIOMIG_MIGRATION_INTERFACE, "Phase", "Peer",
-                                                   "Channels", "BytesTransferred", "BytesExpected", "Rate",
+                                                   "Channels", "Transport", "BytesTransferred", "BytesExpected", "Rate",
                                                    "InitialDataLoaded", "SwitchoverRequested", "EstimatedDowntime",
                                                    "Downtime", "Duration", "Error", "ErrorName", "Committed", NULL);
                 if (r < 0)

@@ -1523,3 +1523,17 @@ void stream_in_stats(StreamIn *in, StreamStats *ret) {
                 ret->buffered = reassembly_buffered_bytes(in->reasm) + in->inflight;
         pthread_mutex_unlock(&in->lock);
 }
+
+int stream_in_test_channel_binding(StreamIn *in, unsigned channel, uint8_t out[STREAM_TLS_BINDING_SIZE]) {
+        int r = 0;
+
+        pthread_mutex_lock(&in->lock);
+        if (channel >= STREAM_CHANNELS_MAX || !in->channels[channel].adopted)
+                r = -ENOTCONN;
+        else if (!in->channels[channel].tls)
+                r = -ENOPROTOOPT;
+        else
+                memcpy(out, in->channels[channel].binding, STREAM_TLS_BINDING_SIZE);
+        pthread_mutex_unlock(&in->lock);
+        return r;
+}

@@ -2074,6 +2074,20 @@ void stream_out_stats(StreamOut *o, StreamStats *ret) {
         pthread_mutex_unlock(&o->lock);
 }
 
+int stream_out_test_channel_binding(StreamOut *o, unsigned channel, uint8_t out[STREAM_TLS_BINDING_SIZE]) {
+        int r = 0;
+
+        pthread_mutex_lock(&o->lock);
+        if (channel >= o->n_channels || !o->connected)
+                r = -ENOTCONN;
+        else if (!o->channels[channel].tls)
+                r = -ENOPROTOOPT;
+        else
+                memcpy(out, o->channels[channel].binding, STREAM_TLS_BINDING_SIZE);
+        pthread_mutex_unlock(&o->lock);
+        return r;
+}
+
 void stream_out_test_set_channel_rate(StreamOut *o, unsigned channel, uint64_t bytes_per_second) {
         if (channel < o->n_channels)
                 atomic_store(&o->channels[channel].rate, bytes_per_second);

@@ -16,6 +16,10 @@ void stream_out_test_set_channel_rate(StreamOut *o, unsigned channel, uint64_t b
 void stream_listener_test_set_limits(StreamListener *l, uint64_t hello_timeout_usec, unsigned max_pending);
 /* How many unauthenticated connections the listener holds now. */
 unsigned stream_listener_test_pending(StreamListener *l);
+/* A channel's TLS channel binding (the exporter), once the channel is up: -ENOTCONN before,
+ * -ENOPROTOOPT on a cleartext channel. */
+int stream_out_test_channel_binding(StreamOut *o, unsigned channel, uint8_t out[STREAM_TLS_BINDING_SIZE]);
+int stream_in_test_channel_binding(StreamIn *i, unsigned channel, uint8_t out[STREAM_TLS_BINDING_SIZE]);
 /* SO_SNDBUF/SO_RCVBUF for new channels (0: the kernel's autotuning, the default). */
 void stream_test_set_socket_buffers(int sndbuf, int rcvbuf);
 int stream_test_get_sndbuf(void);

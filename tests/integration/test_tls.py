@@ -22,6 +22,7 @@ Standard library only; everything started here is stopped by PID or name (harnes
 
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -216,6 +217,45 @@ class Tls(TlsBase):
         self.refused(x509("src"), None, E_INSECURE,
                      "the destination does not speak TLS: it refused channel 0 in cleartext",
                      "started a TLS handshake, but this daemon has no TLS credentials")
+
+    def test_a_hostile_bytes(self):
+        """Garbage that looks like TLS, and a connection that says nothing, cost the TLS-only
+        destination a log line and a closed socket within its deadline; the prepared job then
+        still takes the honest source."""
+        self.configure(self.src, x509("src"))
+        self.configure(self.dst, x509("dst"))
+        ps, pd = self.pair()
+        digest = self.src.digest(ps)
+        djob, token, addresses = self.dst.prepare([pd])
+        host, _, port = addresses[0].rpartition(":")
+        junk = socket.create_connection((host, int(port)), timeout=10)
+        # a handshake record longer than TLS allows (2^14 + 256): refused on sight, not waited for
+        junk.sendall(b"\x16\x03\x01\xff\xff" + bytes(range(64)) + bytes.fromhex(token))
+        t0 = time.monotonic()
+        answer = b""
+        try:
+            while True:
+                chunk = junk.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:
+            pass  # closed with our bytes unread: a reset, after the alert (if it came first)
+        junk.close()
+        self.assertLess(time.monotonic() - t0, 3.0, "the garbage was not dropped at once")
+        self.assertTrue(answer == b"" or answer[0] == 21, f"not a TLS alert: {answer[:16]!r}")
+        self.wait_log(self.dst, "stream listener: TLS with 127.0.0.1:")
+        silent = socket.create_connection((host, int(port)), timeout=15)
+        t0 = time.monotonic()
+        self.assertEqual(silent.recv(4096), b"", "a silent connection got an answer")
+        took = time.monotonic() - t0
+        silent.close()
+        self.assertLess(took, 8.0, f"a silent connection was held {took:.1f} s (the HELLO deadline is 5 s)")
+        self.assertEqual(self.dst.job(djob)["Phase"], "setup")
+        sjob = self.src.start_migration([ps], addresses[0], token, channels=2)
+        self.assertEqual(self.src.wait_final(sjob, 60), "completed", self.src.job(sjob))
+        self.assertEqual(self.dst.wait_final(djob, 60), "completed", self.dst.job(djob))
+        self.assertEqual(self.dst.digest(pd), digest)
 
     def test_9_secure_by_default(self):
         """Without credentials: no cleartext to a non-loopback address, unless allowed."""

@@ -321,6 +321,22 @@ static void run_migration(const Params *p, Run *ret) {
                 cr_assert_eq(ret->in_stats.transport, t, "%s", stream_transport_to_string(ret->in_stats.transport));
         }
         cr_assert_leq(ret->in_stats.buffered_peak, p->budget ?: STREAM_BUDGET_DEFAULT);
+        /* each channel's binding: equal on both ends, different from every other channel's */
+        for (unsigned c = 0; c < p->channels; c++) {
+                uint8_t a[STREAM_TLS_BINDING_SIZE], b[STREAM_TLS_BINDING_SIZE], z[STREAM_TLS_BINDING_SIZE] = {};
+                int ra = stream_out_test_channel_binding(out, c, a), rb = stream_in_test_channel_binding(in, c, b);
+                cr_assert_eq(ra, p->tls ? 0 : -ENOPROTOOPT);
+                cr_assert_eq(rb, p->tls ? 0 : -ENOPROTOOPT);
+                if (!p->tls)
+                        continue;
+                cr_assert_arr_eq(a, b, sizeof a, "channel %u: the two ends bind to different values", c);
+                cr_assert_arr_neq(a, z, sizeof a);
+                for (unsigned d = 0; d < c; d++) {
+                        uint8_t e[STREAM_TLS_BINDING_SIZE];
+                        cr_assert_eq(stream_out_test_channel_binding(out, d, e), 0);
+                        cr_assert_arr_neq(a, e, sizeof a, "channels %u and %u share a binding", d, c);
+                }
+        }
 
         stream_out_free(out);
         stream_in_free(in);
