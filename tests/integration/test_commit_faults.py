@@ -28,13 +28,21 @@ source cannot know). The rule (proto/stream-protocol.md, the commit-failure tabl
     and sends COMPLETE; it never sends ABORT after committing.
 
 The table below (CASES) is the expected outcome of every (message x fault), checked case by
-case; every case also checks the invariants, at the moment the source decides and again at the
-end: never both sides' devices running (a committed destination's devices run here), never a
-source reporting success while the destination lacks the state, and a failed source's devices
-running with their state digest intact. An indeterminate source is resolved with the
-destination's answer: Committed when its job still exists; when its daemon was killed, what the
-proxy saw it send (a COMPLETE proves it had committed; before that it had not, and its devices
-died with it).
+case, and each case names the row of the specification's outcome table (§3.2) it falls under;
+the table is checked against those rows when the module loads. Every case also checks the
+invariants: a sampler on bus connections of its own reads both sides every 20 ms (never a
+committed destination running its devices while a source device runs), and at the moment the
+source decides and again at the end: never a source reporting success while the destination
+lacks the state, and a failed source's devices running with their state digest intact. An
+indeterminate source is resolved with the destination's answer: Committed when its job still
+exists; when its daemon was killed, what the proxy saw it send (a COMPLETE proves it had
+committed; before that it had not, and its devices died with it).
+
+Besides the table: a control run through the proxy without a fault (which also proves the
+sampler sees a source run next to a committed destination); the other order of the stall timers
+at the tail, where the destination's commit races the source's ABORT (all three outcomes allowed
+by the spec, each checked); and a link that stays down at SWITCHOVER, where only keepalive and
+TCP_USER_TIMEOUT end the idle destination (about 30 s, the longest case).
 
 Runs as root (the harness needs it); the link-down cases need `ip` and network namespaces.
 Standard library only. Everything started here is stopped by PID (harness.py).
@@ -44,6 +52,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -51,8 +60,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import dbus_wire  # noqa: E402
 import harness as h  # noqa: E402
+import stream_wire as w  # noqa: E402
 from fault_proxy import FaultProxy  # noqa: E402
-from test_migration import DEVICE_IFACE, MIGRATION_IFACE, KiB, MiB, P2P, PairCase, SC, Side  # noqa: E402
+from test_migration import DEVICE_IFACE, MIGRATION_IFACE, KiB, MiB, P2P, PairCase, SC, Side, unwrap  # noqa: E402
 
 E = "org.vfiomig1.Error."
 PEER_LOST, PEER_ABORTED, TIMEOUT = E + "PeerLost", E + "PeerAborted", E + "Timeout"
@@ -181,6 +191,55 @@ def parse_message(key):
     return key
 
 
+class InvariantSampler:
+    """Watches both sides every 20 ms during a case, on bus connections of its own: once the
+    destination job says Committed and one of its devices runs, no source device may run (the
+    destination is read first, so a source seen running afterwards really runs after it). A
+    killed daemon just stops answering, and is skipped."""
+
+    def __init__(self, src, dst, src_devs, dst_devs, djob):
+        self.sides = [(dst, dbus_wire.WireConnection(dst.bus.address, timeout=5), dst_devs),
+                      (src, dbus_wire.WireConnection(src.bus.address, timeout=5), src_devs)]
+        self.djob = djob
+        self.samples, self.violations = 0, []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="invariants", daemon=True)
+        self.thread.start()
+
+    def _get(self, conn, path, iface, name):
+        return unwrap(conn.call(h.BUS_NAME, path, h.PROPS_IFACE, "Get", "ss", (iface, name))[0])
+
+    def _run(self):
+        while not self.done.wait(0.02):
+            self.sample()
+
+    def sample(self):
+        (_dst, dconn, ddevs), (_src, sconn, sdevs) = self.sides
+        self.samples += 1
+        try:
+            committed = self._get(dconn, self.djob, MIGRATION_IFACE, "Committed")
+            dst_running = [d for d in ddevs if self._get(dconn, d, DEVICE_IFACE, "State") == "running"]
+        except (dbus_wire.WireError, OSError, ValueError):
+            return
+        if not (committed and dst_running):
+            return
+        try:
+            src_running = [d for d in sdevs if self._get(sconn, d, DEVICE_IFACE, "State") == "running"]
+        except (dbus_wire.WireError, OSError, ValueError):
+            return
+        if src_running:
+            self.violations.append(f"destination committed and runs {dst_running}, then the source runs "
+                                   f"{src_running}")
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(10)
+        self.sample()  # and the end state, however short the case was
+        for _side, conn, _devs in self.sides:
+            conn.close()
+        return self.samples, self.violations
+
+
 class CommitFaultCase(PairCase):
     """The daemons of PairCase (loopback); a killed one is started again in tearDown."""
 
@@ -189,9 +248,12 @@ class CommitFaultCase(PairCase):
 
     def setUp(self):
         self.proxy = None
+        self.sampler = None
         self.devices = []
 
     def tearDown(self):
+        if self.sampler is not None:
+            self.sampler.stop()
         if self.proxy is not None:
             self.proxy.stop()
         self.links_up()
@@ -251,6 +313,7 @@ class CommitFaultCase(PairCase):
         djob, token, addresses = self.dst.prepare(self.dst_devs, run=True, **{"stall-timeout": DST_STALL_MS})
         self.proxy = FaultProxy(addresses[0], message, fault, listen_host=self.proxy_host, delay=DELAY_S,
                                 on_hit=self.on_hit)
+        self.sampler = InvariantSampler(self.src, self.dst, self.src_devs, self.dst_devs, djob)
         self.sjob = sjob = self.src.start_migration(self.src_devs, self.proxy.address, token, precopy=False,
                                                     channels=1, **{"stall-timeout": SRC_STALL_MS})
         hit = self.proxy.wait_hit(30)
@@ -335,6 +398,10 @@ class CommitFaultCase(PairCase):
                     self.assertEqual(self.src.prop(ps, DEVICE_IFACE, "Migration"), "/")
             self.check_invariants(sjob, djob, fault)
         self.assertEqual(self.proxy.errors, [])
+        samples, violations = self.sampler.stop()
+        self.sampler = None
+        h.log(f"{key} x {fault}: {samples} samples of both sides, no moment with both running")
+        self.assertEqual(violations, [])
 
     def wait_decided(self, side, job, timeout):
         deadline = time.monotonic() + timeout
@@ -446,6 +513,36 @@ def add_cases(cls, faults):
 class CommitFaultsLoopback(RaceMixin, CommitFaultCase):
     """Drop, delay and kill -9 of either daemon, over loopback; and the race of the other order
     of the stall timers."""
+
+    def test_control_no_fault_and_the_sampler_sees_both_running(self):
+        """Through the proxy without a fault the migration completes exactly (the relay is
+        invisible to the proofs and the commit check); then, running the source devices by hand
+        next to the committed, running destination is what the sampler must report."""
+        self.attach_pair()
+        djob, token, addresses = self.dst.prepare(self.dst_devs, run=True, **{"stall-timeout": DST_STALL_MS})
+        self.proxy = FaultProxy(addresses[0], listen_host=self.proxy_host)
+        self.sampler = InvariantSampler(self.src, self.dst, self.src_devs, self.dst_devs, djob)
+        self.sjob = sjob = self.src.start_migration(self.src_devs, self.proxy.address, token, precopy=False,
+                                                    channels=1, **{"stall-timeout": SRC_STALL_MS})
+        self.assertEqual(self.src.wait_final(sjob, 30), "completed", self.src.job(sjob))
+        self.assertEqual(self.dst.wait_final(djob, 30), "completed", self.dst.job(djob))
+        self.assertTrue(self.dst.job(djob)["Committed"])
+        for ps, pd in zip(self.src_devs, self.dst_devs):
+            self.assertEqual((self.src.state(ps), self.dst.state(pd)), ("stop", "running"))
+            self.assertEqual(self.dst.digest(pd), self.digests[ps])
+        self.assertTrue(self.proxy.delivered("d2s", w.COMPLETE))
+        self.assertIsNone(self.proxy.hit)
+        time.sleep(0.2)
+        self.assertEqual(self.sampler.violations, [])
+        self.src.call(self.src_devs[0], DEVICE_IFACE, "SetState", "sa{sv}", "running", {})
+        deadline = time.monotonic() + 5
+        while not self.sampler.violations and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _samples, violations = self.sampler.stop()
+        self.sampler = None
+        self.assertTrue(violations, "the sampler did not see both sides running")
+        self.assertIn(self.src_devs[0], violations[0])
+        self.assertEqual(self.proxy.errors, [])
 
 
 add_cases(CommitFaultsLoopback, ("drop", "delay", "kill-src", "kill-dst"))
