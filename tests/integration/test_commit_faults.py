@@ -98,6 +98,9 @@ COMMIT_STALL = (PEER_LOST, "did not confirm the commit")     # the source's stal
 DST_STALL = (PEER_LOST, "stalled: no packet applied")         # the destination's stall timer
 ABORTED = (PEER_ABORTED, "the destination aborted: stalled")  # ... and its ABORT, at the source
 NONE = ("", "")
+# After a delayed SWITCHOVER the destination gets SWITCHOVER at last, then whatever the failed
+# source's kernel still delivers: the end of the channel, or nothing for its stall timeout.
+CLOSED_OR_DST_STALL = (CLOSED, DST_STALL)
 
 SW, DATA0, END0, BLOB0, DATA1, END1, BLOB1, COMPLETE = ("switchover", "last-data:0", "end:0", "blob:0",
                                                         "last-data:1", "end:1", "blob:1", "complete")
@@ -135,7 +138,7 @@ CASES = {
     # delay past the stall timeouts, then everything is delivered. Before SWITCHOVER arrives the
     # destination's clock does not run and the source's stops it; after, the destination's
     # stops it first and its ABORT tells the source.
-    (SW, "delay"):           (FAILED, SEND_STALL, FAILED, CLOSED, None, R1),
+    (SW, "delay"):           (FAILED, SEND_STALL, FAILED, CLOSED_OR_DST_STALL, None, R1),
     (DATA0, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None, R2),
     (END0, "delay"):         (FAILED, ABORTED, FAILED, DST_STALL, None, R2),
     (BLOB0, "delay"):        (FAILED, ABORTED, FAILED, DST_STALL, None, R2),
@@ -352,8 +355,9 @@ class CommitFaultCase(PairCase):
             dj = self.dst.job(djob)
             h.log(f"{key} x {fault}: destination {d_phase} committed={dj['Committed']} {dj['ErrorName']}: "
                   f"{dj['Error']}")
-            self.assertEqual(dj["ErrorName"], want_dst_error[0], dj)
-            self.assertIn(want_dst_error[1], dj["Error"], dj)
+            alternatives = want_dst_error if isinstance(want_dst_error[0], tuple) else (want_dst_error,)
+            self.assertTrue(any(dj["ErrorName"] == name and text in dj["Error"] for name, text in alternatives),
+                            f"destination error not one of {alternatives}: {dj}")
             if want_dst == COMMITTED:
                 self.assertEqual(d_phase, "completed", dj)
                 self.assertTrue(dj["Committed"], dj)
