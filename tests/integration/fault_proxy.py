@@ -82,8 +82,9 @@ class FaultProxy:
     """Listens on listen_host:0 and relays each accepted channel to upstream ('HOST:PORT').
 
     message/fault: see the module text; fault=None relays everything (a control run).
-    on_hit(proxy, hit): called in a proxy thread at the fault point for kill-* and link-down;
-    it must return once the fault is in place. hit: {"message", "fault", "direction", "time"}.
+    on_hit(proxy, hit): called in a proxy thread at the fault point for kill-* and link-down,
+    with everything held; it returns once the fault is in place, and only then does wait_hit()
+    return. hit: {"message", "fault", "direction", "time"}.
     """
 
     def __init__(self, upstream, message=None, fault=None, listen_host="127.0.0.1", delay=3.0, drain=512 * KiB,
@@ -297,6 +298,12 @@ class FaultProxy:
         """At the fault point. Returns True when this pump ends."""
         hit = {"message": message_name(self.message), "fault": self.fault, "direction": direction,
                "time": time.monotonic()}
+        if self.fault in ("kill-src", "kill-dst", "link-down"):
+            with self.lock:
+                self.silent = True  # nothing crosses while the test acts
+            if self.on_hit:
+                self.on_hit(self, hit)
+        # Published once the fault is in place: wait_hit() returns after the kill or link down.
         with self.lock:
             self.hit = hit
             self.lock.notify_all()
@@ -306,13 +313,7 @@ class FaultProxy:
                 self._send(out, direction, p)
             return False
         if self.fault == "link-down":
-            with self.lock:
-                self.silent = True
-            if self.on_hit:
-                self.on_hit(self, hit)
             return False  # keeps reading (and discarding) until the test cuts
-        if self.fault in ("kill-src", "kill-dst") and self.on_hit:
-            self.on_hit(self, hit)
         if self.fault != "kill-src" and direction == "s2d":
             self._drain(inp)
         self.cut()
