@@ -53,13 +53,13 @@
 #define VFIOMIG_ERROR_PEER_ABORTED VFIOMIG_ERROR_PREFIX "PeerAborted"          /* the peer sent ABORT */
 #define VFIOMIG_ERROR_PEER_LOST VFIOMIG_ERROR_PREFIX "PeerLost"                /* a channel broke or stalled */
 #define VFIOMIG_ERROR_CANCELLED VFIOMIG_ERROR_PREFIX "Cancelled"
-#define VFIOMIG_ERROR_TIMEOUT VFIOMIG_ERROR_PREFIX "Timeout"                  /* a prepared job no source joined */
+/* a deadline passed: a prepared job no source joined, a SaveState/LoadState past its timeout */
+#define VFIOMIG_ERROR_TIMEOUT VFIOMIG_ERROR_PREFIX "Timeout"
 /* TLS: a side refused the other's credentials (unknown CA, expired, identity not allowed, PSK mismatch) */
 #define VFIOMIG_ERROR_AUTHENTICATION_FAILED VFIOMIG_ERROR_PREFIX "AuthenticationFailed"
 /* cleartext where it is not allowed: no credentials and a non-loopback peer, or a peer without TLS */
 #define VFIOMIG_ERROR_INSECURE_TRANSPORT VFIOMIG_ERROR_PREFIX "InsecureTransport"
-/* Device state transfers (SaveState/LoadState): past their deadline; none to cancel. */
-#define VFIOMIG_ERROR_TIMED_OUT VFIOMIG_ERROR_PREFIX "TimedOut"
+/* CancelTransfer with no state transfer running */
 #define VFIOMIG_ERROR_NO_TRANSFER VFIOMIG_ERROR_PREFIX "NoTransfer"
 
 /*

@@ -306,7 +306,7 @@ static const char *transfer_error_name(StateTransferFailure f) {
         case STATE_TRANSFER_CANCELLED:
                 return VFIOMIG_ERROR_CANCELLED;
         case STATE_TRANSFER_TIMED_OUT:
-                return VFIOMIG_ERROR_TIMED_OUT;
+                return VFIOMIG_ERROR_TIMEOUT;
         default:
                 return VFIOMIG_ERROR_TRANSFER_FAILED;
         }

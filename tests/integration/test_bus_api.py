@@ -10,7 +10,7 @@ pre-attached from the configuration file.
 
 State transfers (SaveState/LoadState, over dbus_wire: busctl cannot send an fd) into a pipe
 nobody reads or from one nobody writes: the deadline ("timeout" option) and CancelTransfer end
-them with TimedOut and Cancelled, every other change of the busy device is refused with Busy, the
+them with Timeout and Cancelled, every other change of the busy device is refused with Busy, the
 device is usable afterwards, and no descriptor or thread is left behind. SIGTERM during such a
 SaveState (also under the ASan build, when build-asan exists) exits 0 with no sanitizer report.
 """
@@ -514,7 +514,7 @@ class SigtermExit(h.unittest.TestCase):
         self.assertFalse(c.name_has_owner(BUS_NAME))
 
 
-E_TIMED_OUT = "org.vfiomig1.Error.TimedOut"
+E_TIMED_OUT = "org.vfiomig1.Error.Timeout"
 E_CANCELLED = "org.vfiomig1.Error.Cancelled"
 E_NO_TRANSFER = "org.vfiomig1.Error.NoTransfer"
 STATE_SIZE = 4 << 20  # far more than a pipe holds
