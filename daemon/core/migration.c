@@ -201,6 +201,29 @@ static uint64_t job_budget(const MigrationOptions *o) {
         return o->budget ?: STREAM_BUDGET_DEFAULT;
 }
 
+/* The reassembly budget an incoming job gets: the one asked for, when all incoming jobs together
+ * stay within the total cap; without one, the default, shrunk to what the cap leaves (a small
+ * host takes a job with less memory rather than none), but never below four packets of the
+ * largest size. */
+static int incoming_budget(Manager *m, const MigrationOptions *o, uint64_t *ret, ErrorMessage *err) {
+        uint64_t held = 0, cap = m->options.max_reassembly_bytes ?: migration_budget_total_max(), want;
+        const uint64_t floor = 4 * (uint64_t) STREAM_PAYLOAD_MAX;
+
+        for (size_t i = 0; i < m->n_migrations; i++) {
+                Migration *other = m->migrations[i];
+                if (other->direction == MIGRATION_INCOMING && !migration_phase_is_final(other->phase))
+                        held += job_budget(&other->options);
+        }
+        want = o->budget ?: MIN((uint64_t) STREAM_BUDGET_DEFAULT, held < cap ? MAX(cap - held, floor) : floor);
+        if (held + want > cap)
+                return error_setf(err, -E2BIG, "the incoming jobs may hold %" PRIu64 " MiB of reassembly memory "
+                                  "together (%s); %" PRIu64 " MiB are taken, this job asks for %" PRIu64 " MiB",
+                                  cap >> 20, m->options.max_reassembly_bytes ? "max-reassembly-bytes" :
+                                  "a quarter of the memory", held >> 20, want >> 20);
+        *ret = want;
+        return 0;
+}
+
 int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection dir, const MigrationOptions *o,
                     ErrorMessage *err) {
         bool all_precopy = true, all_p2p = true;
@@ -275,17 +298,8 @@ int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection d
                 return error_setf(err, -E2BIG, "%u migrations are running already, the most there can be",
                                   MIGRATIONS_RUNNING_MAX);
         if (dir == MIGRATION_INCOMING) {
-                uint64_t held = 0, cap = m->options.max_reassembly_bytes ?: migration_budget_total_max();
-                for (size_t i = 0; i < m->n_migrations; i++) {
-                        Migration *other = m->migrations[i];
-                        if (other->direction == MIGRATION_INCOMING && !migration_phase_is_final(other->phase))
-                                held += job_budget(&other->options);
-                }
-                if (held + job_budget(o) > cap)
-                        return error_setf(err, -E2BIG, "the incoming jobs may hold %" PRIu64 " MiB of reassembly memory "
-                                          "together (%s); %" PRIu64 " MiB are taken, this job asks for %" PRIu64 " MiB",
-                                          cap >> 20, m->options.max_reassembly_bytes ? "max-reassembly-bytes" :
-                                          "a quarter of the memory", held >> 20, job_budget(o) >> 20);
+                uint64_t budget;
+                return incoming_budget(m, o, &budget, err);
         }
         return 0;
 }
@@ -1059,6 +1073,7 @@ int migration_prepare_incoming(Manager *m, Device **devices, size_t n, const Mig
         _cleanup_(migration_freep) Migration *j = NULL;
         StreamListener *listener;
         StreamInConfig c = {};
+        uint64_t budget;
         int r;
 
         r = migration_check(m, devices, n, MIGRATION_INCOMING, o, err);
@@ -1079,9 +1094,13 @@ int migration_prepare_incoming(Manager *m, Device **devices, size_t n, const Mig
                                 return check_cleartext("from the non-loopback address", *a, err);
                 }
         }
+        r = incoming_budget(m, o, &budget, err);
+        if (r < 0)
+                return r;
         r = job_new(m, MIGRATION_INCOMING, devices, n, o, &j);
         if (r < 0)
                 return r;
+        j->options.budget = budget; /* what the job holds, for the total cap */
         if (getrandom(j->token, sizeof j->token, 0) != (ssize_t) sizeof j->token)
                 return error_setf(err, -EIO, "cannot make a migration token: %m");
         format_token(j->token, j->token_hex);
@@ -1101,7 +1120,7 @@ int migration_prepare_incoming(Manager *m, Device **devices, size_t n, const Mig
         j->transport = !m->options.tls ? STREAM_TRANSPORT_CLEARTEXT
                        : stream_tls_context_ktls(m->options.tls) ? STREAM_TRANSPORT_TLS_KERNEL : STREAM_TRANSPORT_TLS_USER;
         c.device_count = (unsigned) n;
-        c.budget = o->budget;
+        c.budget = budget;
         c.stall_timeout_usec = o->stall_timeout_ms * 1000;
         c.io_uring = o->io_uring;
         for (size_t i = 0; i < n; i++) {
