@@ -360,11 +360,16 @@ class HostileDestination(unittest.TestCase):
         self.assertNoLeak()
 
     def test_control_packets_on_channel_1(self):
-        for ptype, payload in ((w.COMPLETE, w.complete_payload([(0, 0, bytes(32))])),
-                               (w.ABORT, struct.pack("<I", w.ABORT_CANCELLED) + b"wrong channel")):
-            with self.subTest(packet=ptype):
+        """Also with plain blocking sockets, whose receiver polls the other channels itself."""
+        for ptype, payload, uring in ((w.COMPLETE, w.complete_payload([(0, 0, bytes(32))]), True),
+                                      (w.ABORT, struct.pack("<I", w.ABORT_CANCELLED) + b"wrong channel", True),
+                                      (w.COMPLETE, w.complete_payload([(0, 0, bytes(32))]), False)):
+            with self.subTest(packet=ptype, io_uring=uring):
+                self.dev = self.src.attach(size=2 * MiB, flags=(SC, P2P, PRE))
+                self.digest = self.src.digest(self.dev)
+                self.before = counts(self.pid)
                 dest = self.dest(channels=2)
-                job = self.start(dest, channels=2, precopy=True, switchover="manual")
+                job = self.start(dest, channels=2, precopy=True, switchover="manual", **{"io-uring": uring})
                 dest.handshake()
                 dest.start_reading()
                 self.wait_phase(job, "precopy")
@@ -410,9 +415,9 @@ class HostileDestination(unittest.TestCase):
 
     # ---- an unknown outcome ----
 
-    def close_after_last_byte(self):
+    def close_after_last_byte(self, uring=True):
         dest = self.dest(channels=2)
-        job = self.start(dest, channels=2)
+        job = self.start(dest, channels=2, **{"io-uring": uring})
         dest.handshake()
         dest.start_reading()
         dest.wait_blobs(1)
@@ -442,6 +447,13 @@ class HostileDestination(unittest.TestCase):
         with self.assertRaises(dbus_wire.WireError) as cm:
             self.src.call(job, MIGRATION_IFACE, "Resolve", "s", "committed")
         self.assertEqual(cm.exception.name, E_BUSY)
+        self.assertNoLeak()
+
+    def test_closed_after_last_byte_blocking_io(self):
+        job = self.close_after_last_byte(uring=False)
+        self.src.call(job, MIGRATION_IFACE, "Resolve", "s", "not-committed")
+        self.assertEqual(self.src.phase(job), "failed")
+        self.assertRunningIntact()
         self.assertNoLeak()
 
     def test_closed_after_last_byte_committed(self):
