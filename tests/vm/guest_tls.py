@@ -14,19 +14,14 @@ where kernel TLS (TCP_ULP "tls", TLS_TX/TLS_RX) meets vfiomigd for real:
 * throughput  the same migration size (simulated devices, --allow-simulated) over cleartext,
               kernel TLS and user-space TLS at 1 and 4 channels, in this guest, one after the
               other: MiB/s and CPU-s/GiB (both daemons' utime+stime) and the ratios against
-              cleartext. Under TCG the simulated device's generating and checking of its
-              content costs more than the crypto, so the stream engine alone is measured too
-              (tests/bench/bench-stream --only memfd|tls: a memfd stand-in device, cleartext on
-              io_uring and on blocking I/O against kernel TLS). Figures only, never asserted:
-              TCG is slow and noisy.
+              cleartext. Figures only, never asserted: TCG emulates the CPU (AES-NI and
+              CLMUL included), is slow and noisy.
 
-Environment: VM_TLS_BENCH_MIB (device state per daemon migration, default 16),
-VM_TLS_BENCH_RUNS (migrations per row, the best is kept; default 1), VM_TLS_ENGINE_MIB (the
-engine benchmark's size, default 64).
+Environment (from vm.py's VFIOMIGD_VM_TLS_BENCH_MIB and _RUNS): VM_TLS_BENCH_MIB (device state
+per migration, default 16), VM_TLS_BENCH_RUNS (migrations per row, the best is kept; default 1).
 """
 
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -103,7 +98,6 @@ def run(g):
         for kernel_tls in (True, False):
             mtty_over_tls(g, pki.path, kernel_tls)
         throughput(g, pki.path)
-        engine_throughput(g)
     finally:
         pki.stop()
 
@@ -282,37 +276,3 @@ def one_migration(C, src, dst, size, channels, want, what):
         return None
     return {"mibps": mibps, "cpu_per_gib": cpu / (sj["BytesTransferred"] / (1 << 30))}
 
-
-def engine_throughput(g):
-    """bench-stream's engine with a memfd stand-in device: cleartext (io_uring, and blocking I/O,
-    which user-space TLS runs on) against kernel TLS, 1 and 4 channels, in this guest."""
-    C = g.C
-    size = int(os.environ.get("VM_TLS_ENGINE_MIB") or 64)
-    bench = h.BUILD_ROOT / "tests" / "bench" / "bench-stream"
-    rows = {}
-    with g.section(f"throughput: the stream engine alone (bench-stream, {size} MiB memfd), cleartext against kTLS"):
-        for channels in (1, 4):
-            for label, args in (("cleartext", ["--only", "memfd"]), ("cleartext, blocking I/O", ["--only", "memfd", "--blocking"]),
-                                ("tls-kernel", ["--only", "tls"])):
-                r = subprocess.run([str(bench), f"--size-mib={size}", "--runs=1", f"--channels={channels}"] + args,
-                                   capture_output=True, text=True, timeout=600)
-                out = r.stdout + r.stderr
-                m = re.search(r"×\d+: ([\d.]+) GiB/s, ([\d.]+) CPU-s/GiB", out)
-                ok = C.check(r.returncode == 0 and m is not None, f"bench-stream {' '.join(args)} --channels={channels}",
-                             out.strip().splitlines()[-1] if out.strip() else f"rc={r.returncode}")
-                if label == "tls-kernel":
-                    C.check("kernel TLS available (kTLS, io_uring)" in out, "bench-stream runs kernel TLS here",
-                            next((line for line in out.splitlines() if "TLS 1.3" in line), "no TLS line"))
-                if ok:
-                    rows[(label, channels)] = (float(m.group(1)) * 1024, float(m.group(2)))
-        print(f"  ..    {'engine, memfd':<24} {'ch':>2} {'MiB/s':>8} {'CPU-s/GiB':>10} {'vs cleartext':>13} {'CPU':>6}",
-              flush=True)
-        for label in ("cleartext", "cleartext, blocking I/O", "tls-kernel"):
-            for channels in (1, 4):
-                r, base = rows.get((label, channels)), rows.get(("cleartext", channels))
-                if not r:
-                    print(f"  ..    {label:<24} {channels:>2}  (no result)", flush=True)
-                    continue
-                ratio = f"{r[0] / base[0]:.2f}x" if base and base[0] else "-"
-                cpu = f"{r[1] / base[1]:.2f}x" if base and base[1] else "-"
-                print(f"  ..    {label:<24} {channels:>2} {r[0]:8.1f} {r[1]:10.2f} {ratio:>13} {cpu:>6}", flush=True)

@@ -29,8 +29,10 @@ not installed, 99 when the guest produced no result, 2 when the set-up on the ho
 Environment: SOURCE_ROOT, BUILD_ROOT (meson sets both); VFIOMIGD_VM_CACHE; VFIOMIGD_VM_TIMEOUT
 (seconds the VM may run, default 900); VFIOMIGD_VM_MEMORY (default 512M); VFIOMIGD_VM_STRICT_PIN=1
 (a vanished pin is an error, not a fallback); VFIOMIGD_VM_ONLY=mtty, migration, tls or edu (one part
-of the guest tests; mtty includes migration); VFIOMIGD_VM_SHELL=1 (interactive: a shell on the
-console instead of the tests; /run/vmtest/run-tests in it runs them).
+of the guest tests; mtty includes migration); VFIOMIGD_VM_TLS_BENCH_MIB and _RUNS (the TLS
+throughput figures: device state per migration, default 16, and migrations per row, default 1);
+VFIOMIGD_VM_SHELL=1 (interactive: a shell on the console instead of the tests;
+/run/vmtest/run-tests in it runs them).
 """
 
 import argparse
@@ -515,6 +517,8 @@ def write_guest_env(work, assets, note):
         "VM_KERNEL_NOTE": note or "",
         "VM_GUEST_TESTS": str(GUEST_TESTS),
         "VM_ONLY": os.environ.get("VFIOMIGD_VM_ONLY", ""),
+        "VM_TLS_BENCH_MIB": os.environ.get("VFIOMIGD_VM_TLS_BENCH_MIB", ""),
+        "VM_TLS_BENCH_RUNS": os.environ.get("VFIOMIGD_VM_TLS_BENCH_RUNS", ""),
     }
     (work / "guest.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
 
