@@ -794,7 +794,8 @@ def mtty_migration(pair, precopy, run, seeds):
         C.equal((out["ErrorName"], inc["ErrorName"]), ("", ""), "no ErrorName on either job")
         ups = [[line for line in d.log().splitlines() if "channels up" in line][-1:] or ["no 'channels up' line"]
                for d in (pair.src_daemon, pair.dst_daemon)]
-        C.check(all("(io_uring" in up[0] for up in ups), "both sides streamed through io_uring (the daemons' logs)",
+        C.check(all(re.search(r"\((?:[a-z-]+, )?io_uring\b", up[0]) for up in ups),
+                "both sides streamed through io_uring (the daemons' logs)",
                 " / ".join(up[0] for up in ups))
         C.equal(src.dev_prop(a, "State"), "stop", "A is stopped")
         C.equal(dst.dev_prop(b, "State"), "running" if run else "stop",
@@ -808,9 +809,9 @@ def mtty_migration(pair, precopy, run, seeds):
             C.equal(bytes(got), blob, "the blob set on A arrived on B (GetMigrationBlob)")
 
 
-def mtty_migration_cancelled(pair):
+def mtty_migration_cancelled(pair, how=""):
     src, dst, a, b = pair.src, pair.dst, pair.a, pair.b
-    with section("mtty migration: the destination cancels during pre-copy"):
+    with section(f"mtty migration{how}: the destination cancels during pre-copy"):
         state_a, state_b = pair.fresh(5, 6)
         in_job, token, addresses = pair.prepare({})
         # Manual switchover: the source stays in pre-copy until the cancel comes.

@@ -128,6 +128,8 @@ def mtty_over_tls(g, pki, kernel_tls):
             pair = g.MttyPair(src_bus, dst_bus, src, dst, paths[g.MDEV_A], paths[g.MDEV_B])
         if pair is None:
             return
+        # ABORT from the destination and the source's devices back, over this transport
+        g.mtty_migration_cancelled(pair, f" over {label}")
         with g.section(f"mtty migration over {label}: A -> B, pre-copy, run=true"):
             state_a, _ = pair.fresh(7, 8)
             blob = f"config space of A over {want}".encode()
