@@ -197,10 +197,8 @@ uint64_t migration_budget_total_max(void) {
         return MAX(cap, 4 * (uint64_t) STREAM_PAYLOAD_MAX);
 }
 
-/* The default is lowered to the per-job cap (a quarter of the memory), which is also the total
- * cap: on a host with less than 1 GiB a job asking for nothing must still fit. */
 static uint64_t job_budget(const MigrationOptions *o) {
-        return o->budget ?: MIN(STREAM_BUDGET_DEFAULT, migration_budget_max());
+        return o->budget ?: STREAM_BUDGET_DEFAULT;
 }
 
 int migration_check(Manager *m, Device **devices, size_t n, MigrationDirection dir, const MigrationOptions *o,
@@ -1089,7 +1087,7 @@ int migration_prepare_incoming(Manager *m, Device **devices, size_t n, const Mig
         j->transport = !m->options.tls ? STREAM_TRANSPORT_CLEARTEXT
                        : stream_tls_context_ktls(m->options.tls) ? STREAM_TRANSPORT_TLS_KERNEL : STREAM_TRANSPORT_TLS_USER;
         c.device_count = (unsigned) n;
-        c.budget = job_budget(o);
+        c.budget = o->budget;
         c.stall_timeout_usec = o->stall_timeout_ms * 1000;
         c.io_uring = o->io_uring;
         for (size_t i = 0; i < n; i++) {
