@@ -794,8 +794,7 @@ def mtty_migration(pair, precopy, run, seeds):
         C.equal((out["ErrorName"], inc["ErrorName"]), ("", ""), "no ErrorName on either job")
         ups = [[line for line in d.log().splitlines() if "channels up" in line][-1:] or ["no 'channels up' line"]
                for d in (pair.src_daemon, pair.dst_daemon)]
-        C.check(all(re.search(r"\((?:[a-z-]+, )?io_uring\b", up[0]) for up in ups),
-                "both sides streamed through io_uring (the daemons' logs)",
+        C.check(all(", io_uring" in up[0] for up in ups), "both sides streamed through io_uring (the daemons' logs)",
                 " / ".join(up[0] for up in ups))
         C.equal(src.dev_prop(a, "State"), "stop", "A is stopped")
         C.equal(dst.dev_prop(b, "State"), "running" if run else "stop",
