@@ -232,7 +232,9 @@ static int setup_tls(const DaemonConfig *config, StreamTlsContext **ret) {
                 return log_error_errno(r, "Failed to load the TLS credentials: %s", err.text);
         log_info("Migration channels run TLS 1.3: %s%s; %s.", stream_tls_context_describe(*ret),
                  t->allowed_peers ? ", with an allow-list of peers" : "",
-                 stream_tls_context_ktls(*ret) ? "kernel TLS is available" : "no kernel TLS here, records are sealed in user space");
+                 stream_tls_context_ktls(*ret) ? "kernel TLS is available"
+                 : !t->kernel_tls            ? "kernel TLS is turned off (kernel-tls: false), records are sealed in user space"
+                                             : "no kernel TLS here, records are sealed in user space");
         return 0;
 }
 

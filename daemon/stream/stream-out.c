@@ -874,8 +874,12 @@ static struct io_uring_sqe *ring_sqe(struct io_uring *ring) {
 static void ring_prep_send(OutRing *rg, OutChannel *ch) {
         struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
 
+        /* MSG_WAITALL makes io_uring retry a short send itself; it also reaches the socket's
+         * sendmsg, which TCP ignores but kernel TLS refuses (EOPNOTSUPP: tls_sw_sendmsg takes
+         * only MSG_MORE, MSG_DONTWAIT, MSG_NOSIGNAL and MSG_EOR). There short sends come back
+         * here for the rest. */
         io_uring_prep_send(sqe, ch->fd, ch->inflight->buf + ch->sent, ch->inflight->size - ch->sent,
-                           MSG_NOSIGNAL | MSG_WAITALL);
+                           ch->tls ? MSG_NOSIGNAL : MSG_NOSIGNAL | MSG_WAITALL);
         io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, ch->index));
         rg->outstanding++;
 }

@@ -147,6 +147,7 @@ stage2() {
                 SOURCE_ROOT="$SOURCE_ROOT" BUILD_ROOT="$BUILD_ROOT" VM_WORK="$VM_WORK" \
                 VM_KERNEL_RELEASE="$VM_KERNEL_RELEASE" VM_KERNEL_VERSION="$VM_KERNEL_VERSION" \
                 VM_KERNEL_NOTE="$VM_KERNEL_NOTE" VM_ONLY="$VM_ONLY" VM_EDU="$EDU" VM_MDEV_A="$MDEV_A" VM_MDEV_B="$MDEV_B" \
+                VM_TLS_BENCH_MIB="$VM_TLS_BENCH_MIB" VM_TLS_BENCH_RUNS="$VM_TLS_BENCH_RUNS" \
                 /usr/bin/python3 -u "$VM_GUEST_TESTS"
 
         if [ "$shell" = 1 ]; then

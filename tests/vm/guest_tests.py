@@ -26,6 +26,9 @@ integration tier's harness.py: PrivateBus, Daemon, SystemdUserManager), against 
             kill -9 of the daemon (the fd store brings everything back; the VADDR of the
             mapping is invalidated and registered again while DMA goes on), and DMA to an
             unmapped IOVA faulting in the IOMMU.
+* tls       kernel TLS (tls.ko) against user-space TLS and cleartext: mtty A to B with the job's
+            Transport "tls-kernel", then "tls-user" with kernel-tls false, and a throughput
+            comparison of the three in this guest (tests/vm/guest_tls.py).
 
 Every check prints one line ("ok" or "FAIL"); the last line is "vm: N passed, N failed". A check
 that fails never stops the run; an exception ends only its own section (counted as a failure).
@@ -805,9 +808,9 @@ def mtty_migration(pair, precopy, run, seeds):
             C.equal(bytes(got), blob, "the blob set on A arrived on B (GetMigrationBlob)")
 
 
-def mtty_migration_cancelled(pair):
+def mtty_migration_cancelled(pair, how=""):
     src, dst, a, b = pair.src, pair.dst, pair.a, pair.b
-    with section("mtty migration: the destination cancels during pre-copy"):
+    with section(f"mtty migration{how}: the destination cancels during pre-copy"):
         state_a, state_b = pair.fresh(5, 6)
         in_job, token, addresses = pair.prepare({})
         # Manual switchover: the source stays in pre-copy until the cancel comes.
@@ -1090,12 +1093,15 @@ def restart_under_dma(manager, bus, vmm, dev, space, what, planned):
 
 def main():
     print(f"vfiomigd VM tier: kernel {os.uname().release}, guest tests in {SOURCE_ROOT}", flush=True)
-    only = set(filter(None, os.environ.get("VM_ONLY", "").split(",")))   # VFIOMIGD_VM_ONLY=mtty,migration,edu
+    only = set(filter(None, os.environ.get("VM_ONLY", "").split(",")))   # VFIOMIGD_VM_ONLY=mtty,migration,tls,edu
     test_kernel()
     if not only or "mtty" in only:
         run_mtty()
     if not only or "mtty" in only or "migration" in only:
         run_mtty_migration()
+    if not only or "tls" in only:
+        import guest_tls
+        guest_tls.run(sys.modules[__name__])
     if not only or "edu" in only:
         edu_tests()
     h.run_all_cleanups()

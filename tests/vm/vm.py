@@ -28,9 +28,11 @@ not installed, 99 when the guest produced no result, 2 when the set-up on the ho
 
 Environment: SOURCE_ROOT, BUILD_ROOT (meson sets both); VFIOMIGD_VM_CACHE; VFIOMIGD_VM_TIMEOUT
 (seconds the VM may run, default 900); VFIOMIGD_VM_MEMORY (default 512M); VFIOMIGD_VM_STRICT_PIN=1
-(a vanished pin is an error, not a fallback); VFIOMIGD_VM_ONLY=mtty, migration or edu (one part
-of the guest tests; mtty includes migration); VFIOMIGD_VM_SHELL=1 (interactive: a shell on the
-console instead of the tests; /run/vmtest/run-tests in it runs them).
+(a vanished pin is an error, not a fallback); VFIOMIGD_VM_ONLY=mtty, migration, tls or edu (one part
+of the guest tests; mtty includes migration); VFIOMIGD_VM_TLS_BENCH_MIB and _RUNS (the TLS
+throughput figures: device state per migration, default 16, and migrations per row, default 1);
+VFIOMIGD_VM_SHELL=1 (interactive: a shell on the console instead of the tests;
+/run/vmtest/run-tests in it runs them).
 """
 
 import argparse
@@ -74,6 +76,20 @@ MODULES = [
     ("vfio-pci-core", "drivers/vfio/pci/vfio-pci-core.ko"),
     ("vfio-pci", "drivers/vfio/pci/vfio-pci.ko"),
     ("mdev", "drivers/vfio/mdev/mdev.ko"),
+    # Kernel TLS (kTLS: TCP_ULP "tls", TLS_TX/TLS_RX) and the AEAD it instantiates for the ciphers
+    # vfiomigd negotiates (AES-GCM): the crypto API would request_module() "gcm(aes)" and
+    # "ghash" on first use, but the guest has no modprobe that can find these, so they are loaded
+    # up front. The AES-NI and CLMUL versions are what user-space GnuTLS uses too (TCG's -cpu max
+    # has both), so the throughput comparison sets like against like.
+    ("gf128mul", "lib/crypto/gf128mul.ko"),
+    ("crypto_null", "crypto/crypto_null.ko"),
+    ("cryptd", "crypto/cryptd.ko"),
+    ("crypto_simd", "crypto/crypto_simd.ko"),
+    ("ghash-generic", "crypto/ghash-generic.ko"),
+    ("gcm", "crypto/gcm.ko"),
+    ("aesni-intel", "arch/x86/crypto/aesni-intel.ko"),
+    ("ghash-clmulni-intel", "arch/x86/crypto/ghash-clmulni-intel.ko"),
+    ("tls", "net/tls/tls.ko"),
 ]
 # Built here from linux-source's samples/vfio-mdev/mtty.c; loaded last.
 MTTY = "mtty"
@@ -501,6 +517,8 @@ def write_guest_env(work, assets, note):
         "VM_KERNEL_NOTE": note or "",
         "VM_GUEST_TESTS": str(GUEST_TESTS),
         "VM_ONLY": os.environ.get("VFIOMIGD_VM_ONLY", ""),
+        "VM_TLS_BENCH_MIB": os.environ.get("VFIOMIGD_VM_TLS_BENCH_MIB", ""),
+        "VM_TLS_BENCH_RUNS": os.environ.get("VFIOMIGD_VM_TLS_BENCH_RUNS", ""),
     }
     (work / "guest.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
 
