@@ -364,7 +364,7 @@ static bool pending_first(StreamListener *l, Pending *p) {
         return true;
 }
 
-static bool pending_tls(Pending *p) {
+static bool pending_tls(StreamListener *l, Pending *p) {
         ErrorMessage err = {};
         StreamTransport t;
         int r;
@@ -386,6 +386,9 @@ static bool pending_tls(Pending *p) {
                   stream_tls_cipher_name(p->tls), stream_transport_to_string(t));
         p->phase = PENDING_HELLO;
         p->events = POLLIN;
+        /* The HELLO's own window starts now: a source sends its HELLOs once every channel's TLS
+         * handshake is done, and on a slow host those take a while one after another. */
+        p->deadline = stream_now_usec() + atomic_load(&l->hello_timeout_usec);
         return true;
 }
 
@@ -409,7 +412,7 @@ static bool pending_read(StreamListener *l, Pending *p, bool *handed_over) {
                         continue;
                 }
                 if (p->phase == PENDING_TLS) {
-                        if (!pending_tls(p))
+                        if (!pending_tls(l, p))
                                 return false;
                         if (p->phase == PENDING_TLS)
                                 return true;
