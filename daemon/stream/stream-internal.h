@@ -2,7 +2,7 @@
 #pragma once
 
 /*
- * What the engine's three parts (stream-out.c, stream-in.c, stream-listener.c) share and nobody
+ * What the engine's three parts (stream-out*.c, stream-in*.c, stream-listener.c) share and nobody
  * else needs: the event queue, deadline-bounded socket I/O, io_uring setup, and the hand-over of
  * an accepted channel from the listener to its StreamIn.
  */
