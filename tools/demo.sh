@@ -364,13 +364,16 @@ paths=()
 for d in "${DEVICES[@]}"; do paths+=("$(device_path "$d")"); done
 if [ $HAVE_MIGRATE = 1 ]; then
         # What it prints for the operator (the command to run on the source) comes after its result.
-        say "dst\$ vfiomigctl incoming ${DEVICES[*]}"
-        out=$("$CLI" --address="$DST" incoming "${DEVICES[@]}" 2>"$WORK/incoming.hints") ||
+        # The token goes to a file only its owner can read, never onto a command line (which
+        # every local user can read in /proc); an operator copies the file to the source host.
+        TOKEN_FILE=$WORK/job.token
+        say "dst\$ vfiomigctl incoming ${DEVICES[*]} --token-file=$TOKEN_FILE"
+        out=$("$CLI" --address="$DST" incoming "${DEVICES[@]}" --token-file="$TOKEN_FILE" 2>"$WORK/incoming.hints") ||
                 { cat "$WORK/incoming.hints" >&2; die "vfiomigctl incoming failed"; }
         say "$out"
         cat "$WORK/incoming.hints"
         DST_JOB=$(sed -n 's/^Prepared incoming migration [0-9]* (\(.*\))$/\1/p' <<<"$out")
-        TOKEN=$(sed -n 's/^Token: //p' <<<"$out")
+        TOKEN=$([ -s "$TOKEN_FILE" ] && echo "in $TOKEN_FILE")
         TO=$(sed -n 's/^Addresses: \([^ ]*\).*/\1/p' <<<"$out")
 else
         say "dst\$ busctl call org.vfiomig1 /org/vfiomig1 org.vfiomig1.Manager PrepareIncoming aoa{sv} ..."
@@ -389,7 +392,11 @@ step "Source: migrate the group to $TO with pre-copy; the devices keep running u
 if [ "$BANDWIDTH_MIB" != 0 ]; then
         say "(at most $BANDWIDTH_MIB MiB/s, so that the progress can be watched)"
 fi
-MIGRATE_OPTS=(--to="$TO" --token="$TOKEN" --bandwidth="${BANDWIDTH_MIB}M/s")
+if [ $HAVE_MIGRATE = 1 ]; then
+        MIGRATE_OPTS=(--to="$TO" --token-file="$TOKEN_FILE" --bandwidth="${BANDWIDTH_MIB}M/s")
+else
+        MIGRATE_OPTS=(--to="$TO" --token="$TOKEN" --bandwidth="${BANDWIDTH_MIB}M/s")
+fi
 rc=0
 if [ $HAVE_MIGRATE = 1 ] && [ -t 2 ]; then
         # vfiomigctl draws the progress bar on the terminal (standard error). After $TIMEOUT s
