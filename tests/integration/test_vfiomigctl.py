@@ -87,6 +87,9 @@ class Usage(CliCase):
     def test_help_and_version(self):
         r = self.ctl("--help")
         self.assertIn("set-states STATE DEV...", r.stdout)
+        for text in ("resolve JOB committed|not-committed", "cancel-transfer DEV", "--setup-timeout=MS",
+                     "[--stall-timeout=MS] [--no-io-uring] [--no-wait]"):
+            self.assertIn(text, r.stdout)
         r = self.ctl("--version")
         self.assertRegex(r.stdout, r"^vfiomigctl \d+\.\d+")
 
@@ -113,6 +116,19 @@ class Usage(CliCase):
             (["set-state", "sim_a", "stop", "--recover=bogus"], "bogus"),
             (["set-states", "stop"], "too few"),
             (["set-states", "bogus", "sim_a"], "bogus"),
+            (["resolve", "1"], "too few"),
+            (["resolve", "1", "Committed"], "invalid outcome 'committed'"),
+            (["resolve", "1", "yes"], "invalid outcome 'yes'"),
+            (["resolve", "x", "committed"], "x"),
+            (["resolve", "1", "committed", "--stall-timeout=1s"], "only valid with"),
+            (["cancel-transfer"], "too few"),
+            (["cancel-transfer", "sim_a", "--setup-timeout=1s"], "only valid with 'incoming'"),
+            (["incoming", "sim_a", "--setup-timeout=0"], "--setup-timeout="),
+            (["incoming", "sim_a", "--setup-timeout=1min"], "--setup-timeout="),
+            (["migrate", "sim_a", "--to=h", "--token=-", "--stall-timeout=-1"], "--stall-timeout="),
+            (["migrate", "sim_a", "--to=h", "--token=-", "--setup-timeout=1s"], "only valid with 'incoming'"),
+            (["--timeout=86400.001", "save-state", "sim_a", "/dev/null"], "at most a day"),
+            (["--timeout=100000", "load-state", "sim_a", "/dev/null"], "at most a day"),
         ]
         for args, fragment in cases:
             with self.subTest(args=args):
@@ -641,6 +657,16 @@ class Transfers(StepSixCase):
         self.assertEqual(self.src.state(self.dev), "stop")
         r = self.ctl("--timeout=86401", "save-state", self.dev, self.fifo, expect=2)
         self.assertIn("at most a day", r.stderr)
+
+    def test_load_state_timeout(self):
+        # a writer (this test) that never writes: the daemon's deadline ends the load, which resets
+        writer = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.addCleanup(os.close, writer)
+        r = self.ctl("--timeout=1", "load-state", self.dev, self.fifo, expect=1, timeout=30)
+        self.assertIn("timed out after 1000 ms", r.stderr)
+        self.assertIn("vfiomigd gave up waiting", r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertEqual(self.src.state(self.dev), "running")
 
     def test_cancel_transfer(self):
         r = self.ctl("cancel-transfer", self.dev, expect=1)
