@@ -1690,8 +1690,9 @@ static int print_wait_result(const CtlWaitResult *res) {
         (void) fflush(stdout);
         if (streq(res->result, "indeterminate")) {
                 log_error("Migration %" PRIu32 " is indeterminate: every byte was sent, but the destination neither "
-                          "confirmed nor refused the commit (%s). The source devices stay stopped until the job is "
-                          "resolved.", i->id, job_error_text(i, res->error));
+                          "confirmed nor refused the commit (%s%s%s). The source devices stay stopped until the job "
+                          "is resolved.", i->id, job_error_text(i, res->error),
+                          i->error_name && *i->error_name ? ", " : "", i->error_name ?: "");
                 log_hint("run 'vfiomigctl job N' on the destination (N: its incoming job); if Committed is yes, "
                          "'vfiomigctl resolve %" PRIu32 " committed' here, else 'vfiomigctl resolve %" PRIu32
                          " not-committed' to run the source devices again", i->id, i->id);

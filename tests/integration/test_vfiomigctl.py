@@ -520,6 +520,7 @@ class Indeterminate(StepSixCase):
         self.assertTrue(m, out)
         jid = int(m.group(1))
         self.assertIn(f"Migration {jid} is indeterminate", err)
+        self.assertIn(", org.vfiomig1.Error.PeerLost)", err)  # the daemon's error, named
         self.assertIn("'vfiomigctl job N' on the destination", err)
         self.assertIn(f"'vfiomigctl resolve {jid} committed'", err)
         self.assertIn(f"'vfiomigctl resolve {jid} not-committed'", err)
