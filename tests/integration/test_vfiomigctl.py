@@ -404,6 +404,15 @@ class Token(CliCase):
         r = self.ctl("migrate", "sim_src", f"--to={address}", f"--token-file={self.tmp / 'token'}")
         self.assertNotIn((self.tmp / "token").read_text().strip(), r.stdout + r.stderr)
         self.assertEqual(self.client.get_property(djob, "org.vfiomig1.Migration", "Phase"), "completed")
+        # What an operator resolving an indeterminate source reads on the destination: Committed.
+        out = self.ctl("job", djob).stdout
+        self.assertIn("Direction: incoming\n", out)
+        self.assertIn("Committed: yes\n", out)
+        self.assertIn("Transport: cleartext\n", out)  # loopback, no credentials configured
+        rows = {l.split()[-1]: l.split() for l in self.ctl("jobs").stdout.splitlines()[1:]}
+        sjob = [j[4] for j in self.jobs() if j[1] == "outgoing"][-1]
+        for job in (djob, sjob):
+            self.assertEqual((rows[job][2], rows[job][-3], rows[job][-2]), ("completed", "yes", "cleartext"), rows)
 
     def test_migrate_token_stdin(self):
         djob, address = self.prepare()
