@@ -125,6 +125,17 @@ const char *ctl_bus_error_hint(const char *name) {
                 { VFIOMIG_ERROR_PEER_LOST,
                   "a connection broke or made no progress; check the network between the hosts (the destination "
                   "waits --stall-timeout before it gives up)" },
+                { VFIOMIG_ERROR_TIMEOUT,
+                  "vfiomigd gave up waiting: a transfer's --timeout, a migration's --stall-timeout or an incoming "
+                  "job's --setup-timeout passed; the devices were put back (see the message)" },
+                { VFIOMIG_ERROR_NO_TRANSFER,
+                  "no save-state or load-state runs on that device (it may have ended just now)" },
+                { VFIOMIG_ERROR_AUTHENTICATION_FAILED,
+                  "the peer did not prove its identity: check the CA, certificates, allow-list or PSK in "
+                  "vfiomigd.conf(5) on both hosts" },
+                { VFIOMIG_ERROR_INSECURE_TRANSPORT,
+                  "cleartext was refused: configure TLS credentials on both hosts (vfiomigd.conf(5)), or allow "
+                  "cleartext explicitly where that is safe" },
                 { VFIOMIG_ERROR_CANCELLED,
                   "the job was cancelled ('vfiomigctl cancel' or Ctrl-C); the source devices keep running" },
                 { DBUS_ERROR_PREFIX "AccessDenied",
@@ -702,6 +713,8 @@ const CtlProperty ctl_migration_properties[] = {
         { "Downtime", "t", offsetof(MigrationInfo, downtime) },
         { "Error", "s", offsetof(MigrationInfo, error) },
         { "ErrorName", "s", offsetof(MigrationInfo, error_name) },
+        { "Committed", "b", offsetof(MigrationInfo, committed) },
+        { "Transport", "s", offsetof(MigrationInfo, transport) },
         {},
 };
 
@@ -715,6 +728,7 @@ void migration_info_done(MigrationInfo *i) {
         free(i->phase);
         free(i->peer);
         free(i->error);
+        free(i->transport);
         free(i->error_name);
         *i = (MigrationInfo) {};
 }

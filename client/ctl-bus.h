@@ -153,6 +153,8 @@ typedef struct MigrationInfo {
         uint64_t downtime;              /* ms, 0: unknown */
         char *error;
         char *error_name;
+        bool committed;         /* the destination's devices hold the state (proven, or Resolve said so) */
+        char *transport;        /* "tls-kernel", "tls-user", "cleartext"; NULL from a daemon without it */
 } MigrationInfo;
 
 /* The property map of org.vfiomig1.Migration into MigrationInfo, for ctl_read_properties(). */

@@ -779,6 +779,26 @@ bool ctl_phase_is_final(const char *phase) {
         return streq_ptr(phase, "completed") || streq_ptr(phase, "failed") || streq_ptr(phase, "cancelled");
 }
 
+int ctl_transfer_timeout_msec(uint64_t usec, uint64_t *ret_msec) {
+        uint64_t msec;
+
+        if (usec == 0)
+                return -EINVAL;
+        msec = usec / 1000 + (usec % 1000 != 0);
+        if (msec > CTL_TRANSFER_TIMEOUT_MAX_MSEC)
+                return -ERANGE;
+        *ret_msec = msec;
+        return 0;
+}
+
+bool ctl_phase_ends_wait(const char *phase) {
+        return ctl_phase_is_final(phase) || streq_ptr(phase, "indeterminate");
+}
+
+bool ctl_outcome_is_valid(const char *s) {
+        return streq_ptr(s, VFIOMIG_OUTCOME_COMMITTED) || streq_ptr(s, VFIOMIG_OUTCOME_NOT_COMMITTED);
+}
+
 bool ctl_switchover_mode_is_valid(const char *s) {
         return streq_ptr(s, "auto") || streq_ptr(s, "manual");
 }

@@ -38,6 +38,12 @@ int ctl_parse_strv(const char *s, char ***ret);
 /* Positive decimal seconds with up to six fractional digits ("30", "2.5"), in µs. */
 int ctl_parse_timeout(const char *s, uint64_t *ret_usec);
 
+/* A --timeout= of ctl_parse_timeout() as the deadline SaveState and LoadState take: whole
+ * milliseconds, rounded up, so a deadline is never shorter than asked. -ERANGE past a day
+ * (86400000 ms), the daemon's limit. */
+#define CTL_TRANSFER_TIMEOUT_MAX_MSEC UINT64_C(86400000)
+int ctl_transfer_timeout_msec(uint64_t usec, uint64_t *ret_msec);
+
 /* A bus state name → its index in VFIOMIG_STATE_NAMES (the kernel's enum value), or -EINVAL. */
 int ctl_state_from_string(const char *s);
 /* Whether a client may ask for s: every known state except "error", which is only reached. */
@@ -157,6 +163,12 @@ int ctl_migration_id_from_path(const char *path, uint32_t *ret);
  * ("completed", "failed", "cancelled", which are also the results of Completed). */
 bool ctl_phase_is_known(const char *phase);
 bool ctl_phase_is_final(const char *phase);
+/* Whether a wait for the job is over: a final phase, or "indeterminate", which only Resolve (an
+ * operator's decision after asking the destination) can move on, so waiting longer is pointless. */
+bool ctl_phase_ends_wait(const char *phase);
+
+/* Resolve's outcome: "committed" or "not-committed". */
+bool ctl_outcome_is_valid(const char *s);
 
 /* "auto" or "manual". */
 bool ctl_switchover_mode_is_valid(const char *s);

@@ -175,7 +175,7 @@ static int on_properties_changed(sd_bus_message *m, void *userdata, sd_bus_error
         }
 
         /* Completed ends the wait; a final phase does too, so that a lost signal cannot hang us. */
-        if (ctl_phase_is_final(w->info.phase)) {
+        if (ctl_phase_ends_wait(w->info.phase)) {
                 finish(w, w->info.phase, NULL);
                 return 0;
         }
@@ -390,7 +390,7 @@ int ctl_migration_watch_wait(CtlMigrationWatch *w, const char *path, bool progre
         if (r < 0)
                 return r;
 
-        if (ctl_phase_is_final(w->info.phase))
+        if (ctl_phase_ends_wait(w->info.phase))
                 finish(w, w->info.phase, NULL);
         else
                 progress_draw(w);

@@ -24,6 +24,10 @@
 /* Failures exit 1; a command line we cannot act on exits 2, so that a script can tell its own
  * mistake from a refusal by the daemon. run() and the verbs return it as a positive value. */
 #define EXIT_USAGE 2
+/* migrate and wait: the source sent everything and cannot know whether the destination committed.
+ * Neither success nor failure: the devices stay stopped until an operator resolves the job, so a
+ * script must not treat it as either. */
+#define EXIT_INDETERMINATE 3
 
 #define usage_error(...) (log_error(__VA_ARGS__), EXIT_USAGE)
 
@@ -46,6 +50,8 @@ static int arg_access = -1; /* CTL_ACCESS_* bits; unset means read and write */
 static bool arg_run = false;
 static uint64_t arg_reassembly_budget = 0, arg_stall_timeout = 0;
 static bool arg_reassembly_budget_set = false, arg_stall_timeout_set = false;
+static uint64_t arg_setup_timeout = 0;
+static bool arg_setup_timeout_set = false;
 static const char *arg_to = NULL;
 static const char *arg_token = NULL;
 static const char *arg_token_file = NULL;
@@ -1409,6 +1415,11 @@ static int verb_sim_dma_read(int argc, char *argv[]) {
 
 /* ---- device state to and from files ---- */
 
+/* How much longer than the transfer's deadline the call waits for the daemon's answer. */
+#define TRANSFER_TIMEOUT_GRACE_USEC (UINT64_C(5) * 1000000)
+
+static int append_option_u64(sd_bus_message *m, const char *key, uint64_t t);
+
 /* "-" is our own stdin or stdout, so the state can flow through a pipe. */
 static int open_state_file(const char *path, bool save) {
         int fd;
@@ -1429,12 +1440,18 @@ static int transfer_state(const char *dev, const char *file, bool save) {
         _cleanup_(json_object_putp) json_object *j = NULL;
         _cleanup_free_ char *path = NULL;
         _cleanup_close_ int fd = -EBADF;
-        uint64_t bytes;
+        uint64_t bytes, timeout_msec = 0;
         int r;
 
         r = check_device_name(dev);
         if (r != 0)
                 return r;
+        if (arg_timeout_usec > 0) {
+                r = ctl_transfer_timeout_msec(arg_timeout_usec, &timeout_msec);
+                if (r < 0)
+                        return usage_error("--timeout= of %s is the transfer's deadline, at most a day (86400).",
+                                           save ? "save-state" : "load-state");
+        }
         if (save && streq(file, "-") && arg_json != JSON_FORMAT_OFF)
                 return usage_error("'save-state DEV -' writes the state to stdout, which --json would share.");
         fd = open_state_file(file, save);
@@ -1444,16 +1461,29 @@ static int transfer_state(const char *dev, const char *file, bool save) {
         r = acquire_bus(&bus);
         if (r < 0)
                 return r;
-        /* A device's state may take a while to move: no timeout unless --timeout= asks for one. */
+        /* A device's state may take a while to move. Without --timeout= the daemon's own deadline
+         * (10 minutes) ends a stuck transfer, so the call need not time out here. With it, the
+         * daemon gets it as the transfer's deadline and the call waits a little longer, so that
+         * the daemon's Timeout, which says the device was put back, is what the user sees. */
         if (arg_timeout_usec == 0)
-                (void) sd_bus_set_method_call_timeout(bus, UINT64_MAX);
+                r = sd_bus_set_method_call_timeout(bus, UINT64_MAX);
+        else
+                r = sd_bus_set_method_call_timeout(bus, arg_timeout_usec + TRANSFER_TIMEOUT_GRACE_USEC);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set the method call timeout: %m");
         r = ctl_resolve_device(bus, dev, &path);
         if (r < 0)
                 return r;
         r = ctl_new_method_call(bus, path, VFIOMIG_DEVICE_INTERFACE, save ? "SaveState" : "LoadState", &m);
         if (r < 0)
                 return r;
-        r = sd_bus_message_append(m, "ha{sv}", fd, 0);
+        r = sd_bus_message_append(m, "h", fd);
+        if (r >= 0)
+                r = sd_bus_message_open_container(m, SD_BUS_TYPE_ARRAY, "{sv}");
+        if (r >= 0 && arg_timeout_usec > 0)
+                r = append_option_u64(m, VFIOMIG_OPTION_TIMEOUT, timeout_msec);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
         if (r < 0)
                 return log_error_errno(r, "Failed to append arguments: %m");
         fd = safe_close(fd); /* the message holds its own copy: EOF reaches the daemon when it is done */
@@ -1485,6 +1515,20 @@ static int verb_save_state(int argc, char *argv[]) {
 
 static int verb_load_state(int argc, char *argv[]) {
         return transfer_state(argv[1], argv[2], false);
+}
+
+static int verb_cancel_transfer(int argc, char *argv[]) {
+        int r;
+
+        r = check_device_name(argv[1]);
+        if (r != 0)
+                return r;
+        r = call_device_method(argv[1], "CancelTransfer", NULL);
+        if (r < 0)
+                return r;
+        if (!arg_quiet)
+                printf("The transfer of %s was cancelled; the device is idle again.\n", argv[1]);
+        return 0;
 }
 
 static int verb_revoke_clients(int argc, char *argv[]) {
@@ -1598,6 +1642,10 @@ static int migration_to_json(const MigrationInfo *i, json_object **ret) {
                 r = json_add_string(j, "error_name", i->error_name);
         if (r >= 0)
                 r = json_add_string(j, "error", i->error);
+        if (r >= 0)
+                r = json_add_bool(j, "committed", i->committed);
+        if (r >= 0)
+                r = json_add_string(j, "transport", i->transport);
         if (r < 0)
                 return r;
 
@@ -1640,6 +1688,16 @@ static int print_wait_result(const CtlWaitResult *res) {
                 return 0;
 
         (void) fflush(stdout);
+        if (streq(res->result, "indeterminate")) {
+                log_error("Migration %" PRIu32 " is indeterminate: every byte was sent, but the destination neither "
+                          "confirmed nor refused the commit (%s%s%s). The source devices stay stopped until the job "
+                          "is resolved.", i->id, job_error_text(i, res->error),
+                          i->error_name && *i->error_name ? ", " : "", i->error_name ?: "");
+                log_hint("run 'vfiomigctl job N' on the destination (N: its incoming job); if Committed is yes, "
+                         "'vfiomigctl resolve %" PRIu32 " committed' here, else 'vfiomigctl resolve %" PRIu32
+                         " not-committed' to run the source devices again", i->id, i->id);
+                return EXIT_INDETERMINATE;
+        }
         if (i->error_name && *i->error_name)
                 log_error("Migration %" PRIu32 " %s: %s (%s)", i->id, res->result, job_error_text(i, res->error),
                           i->error_name);
@@ -1771,6 +1829,8 @@ static int verb_incoming(int argc, char *argv[]) {
                 r = append_option_u64(m, VFIOMIG_OPTION_REASSEMBLY_BUDGET, arg_reassembly_budget);
         if (r >= 0 && arg_stall_timeout_set)
                 r = append_option_u64(m, VFIOMIG_OPTION_STALL_TIMEOUT, arg_stall_timeout);
+        if (r >= 0 && arg_setup_timeout_set)
+                r = append_option_u64(m, VFIOMIG_OPTION_SETUP_TIMEOUT, arg_setup_timeout);
         if (r >= 0 && arg_force_without_p2p)
                 r = append_option_bool(m, VFIOMIG_OPTION_FORCE_WITHOUT_P2P, true);
         if (r >= 0)
@@ -1963,6 +2023,8 @@ static int verb_migrate(int argc, char *argv[]) {
                 r = sd_bus_message_append(m, "{sv}", VFIOMIG_OPTION_SWITCHOVER, "s", arg_switchover);
         if (r >= 0 && arg_downtime_set)
                 r = append_option_u64(m, VFIOMIG_OPTION_DOWNTIME_LIMIT, arg_downtime);
+        if (r >= 0 && arg_stall_timeout_set)
+                r = append_option_u64(m, VFIOMIG_OPTION_STALL_TIMEOUT, arg_stall_timeout);
         if (r >= 0 && arg_no_io_uring)
                 r = append_option_bool(m, VFIOMIG_OPTION_IO_URING, false);
         if (r >= 0 && arg_force_without_p2p)
@@ -1998,12 +2060,27 @@ static int verb_migrate(int argc, char *argv[]) {
         return wait_for_job(watch, path, start);
 }
 
+typedef struct MigrationInfos {
+        MigrationInfo *infos;
+        size_t n_infos;
+} MigrationInfos;
+
+static void migration_infos_done(MigrationInfos *mi) {
+        for (size_t i = 0; i < mi->n_infos; i++)
+                migration_info_done(&mi->infos[i]);
+        mi->infos = mfree(mi->infos);
+        mi->n_infos = 0;
+}
+
 static int verb_jobs(int argc, char *argv[]) {
-        static const char *const headers[] = { "ID", "DIRECTION", "PHASE", "BYTES", "OBJECT" };
+        static const char *const headers[] = { "ID", "DIRECTION", "PHASE", "BYTES", "COMMITTED", "TRANSPORT",
+                                               "OBJECT" };
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         _cleanup_(json_object_putp) json_object *array = NULL;
         _cleanup_(migration_list_done) MigrationList l = {};
         _cleanup_(table_freep) Table *t = NULL;
+        _cleanup_(migration_infos_done) MigrationInfos mi = {};
+        MigrationInfo *infos;
         int r;
 
         r = acquire_bus(&bus);
@@ -2012,6 +2089,16 @@ static int verb_jobs(int argc, char *argv[]) {
         r = ctl_get_migrations(bus, &l);
         if (r < 0)
                 return r;
+        /* ListMigrations carries neither; a job that went meanwhile shows "-". */
+        infos = mi.infos = new0(MigrationInfo, l.n_entries ?: 1);
+        if (!infos)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        mi.n_infos = l.n_entries;
+        for (size_t i = 0; i < l.n_entries; i++) {
+                r = ctl_get_migration_info(bus, l.entries[i].object, /* gone_ok= */ true, &infos[i]);
+                if (r < 0)
+                        return r;
+        }
 
         if (arg_json != JSON_FORMAT_OFF) {
                 array = json_object_new_array();
@@ -2032,6 +2119,10 @@ static int verb_jobs(int argc, char *argv[]) {
                                 r = json_add_string(j, "phase", e->phase);
                         if (r >= 0)
                                 r = json_add_uint64(j, "bytes_transferred", e->bytes_transferred);
+                        if (r >= 0 && infos[i].object)
+                                r = json_add_bool(j, "committed", infos[i].committed);
+                        if (r >= 0 && infos[i].object)
+                                r = json_add_string(j, "transport", infos[i].transport);
                         if (r >= 0)
                                 r = json_append(array, TAKE_PTR(j));
                         if (r < 0)
@@ -2050,7 +2141,8 @@ static int verb_jobs(int argc, char *argv[]) {
                 (void) snprintf(id, sizeof(id), "%" PRIu32, e->id);
                 r = table_add_row(t, (const char *const[]) {
                         id, e->direction, e->phase, format_bytes(bytes, sizeof(bytes), e->bytes_transferred),
-                        e->object });
+                        infos[i].object ? yes_no(infos[i].committed) : "-",
+                        infos[i].object && infos[i].transport ? infos[i].transport : "-", e->object });
                 if (r < 0)
                         return log_error_errno(r, "Failed to build table: %m");
         }
@@ -2092,7 +2184,7 @@ static int verb_job(int argc, char *argv[]) {
         printf("Id: %" PRIu32 "\n"
                "Object: %s\n"
                "Direction: %s\n"
-               "Phase: %s\n"
+               "Phase: %s%s\n"
                "Peer: %s\n"
                "Devices: %s\n"
                "Channels: %" PRIu32 "\n"
@@ -2100,7 +2192,8 @@ static int verb_job(int argc, char *argv[]) {
                "SwitchoverMode: %s\n"
                "DowntimeLimit: %" PRIu64 "ms\n"
                "BytesTransferred: %" PRIu64 " (%s)\n",
-               i.id, i.object, na(i.direction), na(i.phase), na(i.peer), na(devices), i.channels,
+               i.id, i.object, na(i.direction), na(i.phase),
+               streq_ptr(i.phase, "indeterminate") ? " (outcome unknown, devices stopped: resolve it)" : "", na(i.peer), na(devices), i.channels,
                yes_no(i.precopy), na(i.switchover_mode), i.downtime_limit, i.bytes_transferred,
                format_bytes(b1, sizeof(b1), i.bytes_transferred));
         if (i.bytes_expected > 0)
@@ -2118,8 +2211,13 @@ static int verb_job(int argc, char *argv[]) {
         else
                 printf("Downtime: n/a\n");
         printf("ErrorName: %s\n"
-               "Error: %s\n",
-               na(i.error_name), na(i.error));
+               "Error: %s\n"
+               "Committed: %s\n"
+               "Transport: %s\n",
+               na(i.error_name), na(i.error), yes_no(i.committed), na(i.transport));
+        if (streq_ptr(i.phase, "indeterminate"))
+                log_hint("the outcome is unknown: ask the destination ('vfiomigctl job N' there); then "
+                         "'vfiomigctl resolve %" PRIu32 " committed' or 'not-committed'", i.id);
         return 0;
 }
 
@@ -2164,6 +2262,44 @@ static int call_migration_method(const char *job, const char *member) {
 
 static int verb_switchover(int argc, char *argv[]) {
         return call_migration_method(argv[1], "Switchover");
+}
+
+static int verb_resolve(int argc, char *argv[]) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_free_ char *path = NULL;
+        bool committed;
+        uint32_t id = 0;
+        int r;
+
+        r = check_job_name(argv[1], &path);
+        if (r != 0)
+                return r;
+        if (!ctl_outcome_is_valid(argv[2]))
+                return usage_error("Invalid outcome '%s': expected '" VFIOMIG_OUTCOME_COMMITTED "' (the destination "
+                                   "job says Committed: yes) or '" VFIOMIG_OUTCOME_NOT_COMMITTED "'.", argv[2]);
+        committed = streq(argv[2], VFIOMIG_OUTCOME_COMMITTED);
+        (void) ctl_migration_id_from_path(path, &id);
+
+        r = acquire_bus(&bus);
+        if (r < 0)
+                return r;
+        r = ctl_new_method_call(bus, path, VFIOMIG_MIGRATION_INTERFACE, "Resolve", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "s", argv[2]);
+        if (r < 0)
+                return log_error_errno(r, "Failed to append Resolve arguments: %m");
+        r = ctl_call(bus, m, NULL);
+        if (r < 0)
+                return r;
+        if (!arg_quiet)
+                printf(committed ? "Migration %" PRIu32 " resolved as committed: the source devices stay stopped "
+                                   "(the destination runs the workload) and the job is completed.\n"
+                                 : "Migration %" PRIu32 " resolved as not committed: the source devices run again "
+                                   "with their state and the job is failed.\n",
+                       id);
+        return 0;
 }
 
 static int verb_cancel(int argc, char *argv[]) {
@@ -2310,6 +2446,7 @@ enum {
         VERB_TAKES_NO_IO_URING = 1 << 22,
         VERB_TAKES_NO_WAIT = 1 << 23,
         VERB_TAKES_TOKEN_FILE = 1 << 24,
+        VERB_TAKES_SETUP_TIMEOUT = 1 << 25,
 };
 
 #define VERB_ANY ((unsigned) -1)
@@ -2343,11 +2480,11 @@ static const Verb blob_verbs[] = {
 
 #define INCOMING_FLAGS                                                                                   \
         (VERB_TAKES_RUN | VERB_TAKES_REASSEMBLY_BUDGET | VERB_TAKES_STALL_TIMEOUT | VERB_TAKES_FORCE_WITHOUT_P2P | \
-         VERB_TAKES_TOKEN_FILE)
+         VERB_TAKES_TOKEN_FILE | VERB_TAKES_SETUP_TIMEOUT)
 #define MIGRATE_FLAGS                                                                                    \
         (VERB_TAKES_TO | VERB_TAKES_TOKEN | VERB_TAKES_TOKEN_FILE | VERB_TAKES_CHANNELS | VERB_TAKES_NO_PRECOPY | VERB_TAKES_BANDWIDTH | \
          VERB_TAKES_DOWNTIME | VERB_TAKES_SWITCHOVER | VERB_TAKES_NO_IO_URING | VERB_TAKES_FORCE_WITHOUT_P2P |   \
-         VERB_TAKES_NO_WAIT)
+         VERB_TAKES_NO_WAIT | VERB_TAKES_STALL_TIMEOUT)
 
 #define MAP_FLAGS (VERB_TAKES_FILE | VERB_TAKES_OFFSET | VERB_TAKES_LENGTH | VERB_TAKES_IOVA | VERB_TAKES_ACCESS)
 
@@ -2367,6 +2504,7 @@ static const Verb verbs[] = {
         { "revoke-clients", 2, 2,        0,                            verb_revoke_clients },
         { "save-state",     3, 3,        0,                            verb_save_state },
         { "load-state",     3, 3,        0,                            verb_load_state },
+        { "cancel-transfer", 2, 2,       0,                            verb_cancel_transfer },
         { "sim-dma",        2, VERB_ANY, 0, NULL, sim_dma_verbs, ELEMENTSOF(sim_dma_verbs) },
         { "incoming",       2, VERB_ANY, INCOMING_FLAGS,               verb_incoming },
         { "migrate",        2, VERB_ANY, MIGRATE_FLAGS,                verb_migrate },
@@ -2375,6 +2513,7 @@ static const Verb verbs[] = {
         { "wait",           2, 2,        0,                            verb_wait },
         { "switchover",     2, 2,        0,                            verb_switchover },
         { "cancel",         2, 2,        0,                            verb_cancel },
+        { "resolve",        3, 3,        0,                            verb_resolve },
         { "blob",           2, VERB_ANY, 0, NULL, blob_verbs, ELEMENTSOF(blob_verbs) },
 };
 
@@ -2413,6 +2552,7 @@ static int help(void) {
                "  revoke-clients DEV         Forget the clients of a device's fd and reset it\n"
                "  save-state DEV FILE        Save a stopped device's state to FILE ('-': stdout)\n"
                "  load-state DEV FILE        Load a stopped device's state from FILE ('-': stdin)\n"
+               "  cancel-transfer DEV        End the save-state or load-state running on DEV\n"
                "  sim-dma write DEV --iova=N --data=STRING|--file=PATH\n"
                "                             DMA into memory from a simulated device\n"
                "  sim-dma read DEV --iova=N --length=N [--output=PATH]\n"
@@ -2420,19 +2560,21 @@ static int help(void) {
                "\n"
                "Migrations:\n"
                "  incoming DEV... [--run] [--reassembly-budget=SIZE] [--stall-timeout=MS]\n"
-               "          [--token-file=FILE]\n"
+               "          [--setup-timeout=MS] [--token-file=FILE]\n"
                "                             Prepare this host to receive devices; prints the job,\n"
                "                             its token and the addresses to migrate to\n"
                "  migrate DEV... --to=HOST[:PORT] --token-file=FILE|--token=-|--token=TOKEN\n"
                "          [--channels=N] [--no-precopy]\n"
                "          [--bandwidth=RATE] [--downtime=MS] [--switchover=auto|manual]\n"
-               "          [--no-io-uring] [--no-wait]\n"
+               "          [--stall-timeout=MS] [--no-io-uring] [--no-wait]\n"
                "                             Send devices to a prepared host and wait for the end\n"
                "  jobs                       List migration jobs\n"
                "  job JOB                    Show a migration job\n"
                "  wait JOB                   Wait for a migration job to end, showing progress\n"
                "  switchover JOB             Stop the source devices now and send the rest\n"
                "  cancel JOB                 Cancel a migration job\n"
+               "  resolve JOB committed|not-committed\n"
+               "                             End an indeterminate job as the destination says\n"
                "  blob set DEV FILE          Set the blob sent after the device's data ('-': stdin)\n"
                "  blob get DEV [FILE]        Write the blob set or received to FILE or stdout\n"
                "\n"
@@ -2441,7 +2583,8 @@ static int help(void) {
                "     --version               Show package version\n"
                "     --address=ADDRESS       Connect to this bus instead of the system bus\n"
                "     --json=short|pretty|off Print JSON instead of text\n"
-               "     --timeout=SECONDS       Wait this long for each method call\n"
+               "     --timeout=SECONDS       Wait this long for each method call; save-state,\n"
+               "                             load-state: the transfer's deadline (default 600)\n"
                "  -q --quiet                 Print nothing on success ('incoming': only the token)\n"
                "     --option KEY=VALUE      attach: set an option of a simulated device\n"
                "     --recover=STATE         set-state: state to return to if the move fails\n"
@@ -2460,7 +2603,10 @@ static int help(void) {
                "     --run                   incoming: run the devices once they are loaded\n"
                "     --reassembly-budget=SIZE\n"
                "                             incoming: bytes held for reordering (default 256M)\n"
-               "     --stall-timeout=MS      incoming: fail after this long without progress\n"
+               "     --stall-timeout=MS      incoming, migrate: fail after this long without\n"
+               "                             progress (default 30s)\n"
+               "     --setup-timeout=MS      incoming: fail when no source joins in this long\n"
+               "                             (default 10 minutes)\n"
                "     --to=HOST[:PORT]        migrate: the destination (port default %5$d)\n"
                "     --token-file=FILE       incoming: write the token to a new FILE (mode 0600)\n"
                "                             instead of printing it; migrate: read it from FILE\n"
@@ -2559,6 +2705,7 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 ARG_RUN,
                 ARG_REASSEMBLY_BUDGET,
                 ARG_STALL_TIMEOUT,
+                ARG_SETUP_TIMEOUT,
                 ARG_TO,
                 ARG_TOKEN,
                 ARG_TOKEN_FILE,
@@ -2592,6 +2739,7 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 { "run",               no_argument,       NULL, ARG_RUN               },
                 { "reassembly-budget", required_argument, NULL, ARG_REASSEMBLY_BUDGET },
                 { "stall-timeout",     required_argument, NULL, ARG_STALL_TIMEOUT     },
+                { "setup-timeout",     required_argument, NULL, ARG_SETUP_TIMEOUT     },
                 { "to",                required_argument, NULL, ARG_TO                },
                 { "token",             required_argument, NULL, ARG_TOKEN             },
                 { "token-file",        required_argument, NULL, ARG_TOKEN_FILE        },
@@ -2745,9 +2893,12 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                         break;
 
                 case ARG_STALL_TIMEOUT:
+                case ARG_SETUP_TIMEOUT:
                 case ARG_DOWNTIME: {
-                        const char *name = c == ARG_STALL_TIMEOUT ? "--stall-timeout=" : "--downtime=";
-                        uint64_t *v = c == ARG_STALL_TIMEOUT ? &arg_stall_timeout : &arg_downtime;
+                        const char *name = c == ARG_STALL_TIMEOUT ? "--stall-timeout=" :
+                                           c == ARG_SETUP_TIMEOUT ? "--setup-timeout=" : "--downtime=";
+                        uint64_t *v = c == ARG_STALL_TIMEOUT ? &arg_stall_timeout :
+                                      c == ARG_SETUP_TIMEOUT ? &arg_setup_timeout : &arg_downtime;
 
                         r = ctl_parse_msec(optarg, v);
                         if (r == -ERANGE)
@@ -2759,6 +2910,8 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                                 return usage_error("Invalid %s '%s': must be more than 0.", name, optarg);
                         if (c == ARG_STALL_TIMEOUT)
                                 arg_stall_timeout_set = true;
+                        else if (c == ARG_SETUP_TIMEOUT)
+                                arg_setup_timeout_set = true;
                         else
                                 arg_downtime_set = true;
                         break;
@@ -2888,6 +3041,7 @@ static int check_verb_options(const Verb *verb) {
                 { VERB_TAKES_RUN,               "--run",               arg_run               },
                 { VERB_TAKES_REASSEMBLY_BUDGET, "--reassembly-budget=", arg_reassembly_budget_set },
                 { VERB_TAKES_STALL_TIMEOUT,     "--stall-timeout=",    arg_stall_timeout_set },
+                { VERB_TAKES_SETUP_TIMEOUT,     "--setup-timeout=",    arg_setup_timeout_set },
                 { VERB_TAKES_TO,                "--to=",               arg_to                },
                 { VERB_TAKES_TOKEN,             "--token=",            arg_token             },
                 { VERB_TAKES_TOKEN_FILE,        "--token-file=",       arg_token_file        },

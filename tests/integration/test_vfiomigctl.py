@@ -13,6 +13,17 @@ anything, never following a symlink) and prints everything but the token; '-q in
 token alone; 'migrate --token-file FILE' and '--token -' (standard input) carry a real migration
 (the daemon migrating between two of its own devices over loopback); an unreadable, short, long
 or non-hex token is a usage error (exit 2) before any bus is contacted, and never echoed.
+
+Step 6: 'migrate' to a raw destination (test_hostile_destination.RawDestination) that closes
+right after the last byte exits 3 with what to do; 'job', 'jobs' (human and JSON) show the phase,
+Committed and Transport; 'wait' on it exits 3 at once; 'cancel' is refused (Busy), a bad outcome
+is a usage error; 'resolve JOB not-committed' runs the devices again with their state, 'resolve
+JOB committed' leaves them stopped and completes the job, and a second resolve is refused.
+'migrate --stall-timeout=' reaches the daemon (its InvalidArgs under 1 s; a destination that stops
+reading fails the job with PeerLost, devices running, state intact); 'incoming --setup-timeout='
+(InvalidArgs under 1 s; a job nobody joins fails with Timeout); 'save-state --timeout=' against a
+FIFO nobody reads ends in the daemon's Timeout with the device back in stop; 'cancel-transfer'
+ends a running save-state (Cancelled there) and is refused with NoTransfer when none runs.
 """
 
 import json
@@ -21,10 +32,13 @@ import re
 import stat
 import subprocess
 import sys
+import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
+from test_hostile_destination import RawDestination  # noqa: E402
+from test_migration import DEVICE_IFACE, MiB, P2P, PRE, SC, Side  # noqa: E402
 
 V = lambda sig, value: (sig, value)  # noqa: E731
 
@@ -73,6 +87,9 @@ class Usage(CliCase):
     def test_help_and_version(self):
         r = self.ctl("--help")
         self.assertIn("set-states STATE DEV...", r.stdout)
+        for text in ("resolve JOB committed|not-committed", "cancel-transfer DEV", "--setup-timeout=MS",
+                     "[--stall-timeout=MS] [--no-io-uring] [--no-wait]"):
+            self.assertIn(text, r.stdout)
         r = self.ctl("--version")
         self.assertRegex(r.stdout, r"^vfiomigctl \d+\.\d+")
 
@@ -99,6 +116,19 @@ class Usage(CliCase):
             (["set-state", "sim_a", "stop", "--recover=bogus"], "bogus"),
             (["set-states", "stop"], "too few"),
             (["set-states", "bogus", "sim_a"], "bogus"),
+            (["resolve", "1"], "too few"),
+            (["resolve", "1", "Committed"], "invalid outcome 'committed'"),
+            (["resolve", "1", "yes"], "invalid outcome 'yes'"),
+            (["resolve", "x", "committed"], "x"),
+            (["resolve", "1", "committed", "--stall-timeout=1s"], "only valid with"),
+            (["cancel-transfer"], "too few"),
+            (["cancel-transfer", "sim_a", "--setup-timeout=1s"], "only valid with 'incoming'"),
+            (["incoming", "sim_a", "--setup-timeout=0"], "--setup-timeout="),
+            (["incoming", "sim_a", "--setup-timeout=1min"], "--setup-timeout="),
+            (["migrate", "sim_a", "--to=h", "--token=-", "--stall-timeout=-1"], "--stall-timeout="),
+            (["migrate", "sim_a", "--to=h", "--token=-", "--setup-timeout=1s"], "only valid with 'incoming'"),
+            (["--timeout=86400.001", "save-state", "sim_a", "/dev/null"], "at most a day"),
+            (["--timeout=100000", "load-state", "sim_a", "/dev/null"], "at most a day"),
         ]
         for args, fragment in cases:
             with self.subTest(args=args):
@@ -374,6 +404,15 @@ class Token(CliCase):
         r = self.ctl("migrate", "sim_src", f"--to={address}", f"--token-file={self.tmp / 'token'}")
         self.assertNotIn((self.tmp / "token").read_text().strip(), r.stdout + r.stderr)
         self.assertEqual(self.client.get_property(djob, "org.vfiomig1.Migration", "Phase"), "completed")
+        # What an operator resolving an indeterminate source reads on the destination: Committed.
+        out = self.ctl("job", djob).stdout
+        self.assertIn("Direction: incoming\n", out)
+        self.assertIn("Committed: yes\n", out)
+        self.assertIn("Transport: cleartext\n", out)  # loopback, no credentials configured
+        rows = {l.split()[-1]: l.split() for l in self.ctl("jobs").stdout.splitlines()[1:]}
+        sjob = [j[4] for j in self.jobs() if j[1] == "outgoing"][-1]
+        for job in (djob, sjob):
+            self.assertEqual((rows[job][2], rows[job][-3], rows[job][-2]), ("completed", "yes", "cleartext"), rows)
 
     def test_migrate_token_stdin(self):
         djob, address = self.prepare()
@@ -424,6 +463,234 @@ class Token(CliCase):
         os.chmod(self.tmp / "token", 0o644)
         r = self.ctl("migrate", "sim_src", f"--to={address}", f"--token-file={self.tmp / 'token'}")
         self.assertIn("readable by users other than its owner", r.stderr)
+
+
+# ---- Step 6: an unknown outcome, timeouts, transfers ----
+
+def _ctl(test, address, *args, expect=0, stdin=None, timeout=60):
+    cmd = [str(h.CLI), f"--address={address}"] + [str(a) for a in args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=h.clean_env(), timeout=timeout,
+                       **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}))
+    if expect is not None:
+        test.assertEqual(r.returncode, expect, f"{' '.join(cmd)}\nstdout: {r.stdout}\nstderr: {r.stderr}")
+    return r
+
+
+class StepSixCase(unittest.TestCase):
+    """One source daemon (test_migration.Side) for the class."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.src = Side("cli", listen=None)
+        cls.addClassCleanup(cls.src.stop)
+        cls.src.start()
+
+    def ctl(self, *args, **kw):
+        return _ctl(self, self.src.bus.address, *args, **kw)
+
+    def spawn(self, *args, stdin_text=None):
+        cmd = [str(h.CLI), f"--address={self.src.bus.address}"] + [str(a) for a in args]
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=h.clean_env())
+
+        def reap():
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=10)
+        self.addCleanup(reap)
+        if stdin_text is not None:
+            p.stdin.write(stdin_text)
+            p.stdin.close()
+            p.stdin = None  # so that communicate() does not flush it
+        return p
+
+
+class Indeterminate(StepSixCase):
+    """migrate to a raw destination that closes right after the last byte (as
+    test_hostile_destination does): migrate and wait exit 3 with what to do, job and jobs show
+    it, resolve ends it either way."""
+
+    def setUp(self):
+        self.dev = self.src.attach(size=2 * MiB, flags=(SC, P2P, PRE))
+        self.digest = self.src.digest(self.dev)
+
+    def indeterminate(self):
+        dest = RawDestination(channels=2)
+        self.addCleanup(dest.close)
+        p = self.spawn("migrate", self.dev, f"--to={dest.address}", "--token=-", "--channels=2", "--no-precopy",
+                       stdin_text=dest.token.hex() + "\n")
+        dest.handshake()
+        dest.start_reading()
+        dest.wait_blobs(1)
+        dest.close()
+        out, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 3, f"stdout: {out}\nstderr: {err}")
+        m = re.match(r"^Migration (\d+) \(outgoing\) indeterminate", out)
+        self.assertTrue(m, out)
+        jid = int(m.group(1))
+        self.assertIn(f"Migration {jid} is indeterminate", err)
+        self.assertIn(", org.vfiomig1.Error.PeerLost)", err)  # the daemon's error, named
+        self.assertIn("'vfiomigctl job N' on the destination", err)
+        self.assertIn(f"'vfiomigctl resolve {jid} committed'", err)
+        self.assertIn(f"'vfiomigctl resolve {jid} not-committed'", err)
+        # kept stopped, owned by the job
+        self.assertEqual(self.src.state(self.dev), "stop-copy")
+        job = f"/org/vfiomig1/migration/_{jid}"
+        self.assertEqual(self.src.phase(job), "indeterminate")
+        return jid, job
+
+    def test_show_wait_and_resolve_not_committed(self):
+        jid, job = self.indeterminate()
+        r = self.ctl("job", jid)
+        self.assertIn("Phase: indeterminate (outcome unknown, devices stopped: resolve it)\n", r.stdout)
+        self.assertIn("Committed: no\n", r.stdout)
+        self.assertIn("Transport: cleartext\n", r.stdout)
+        self.assertIn(f"'vfiomigctl resolve {jid} committed'", r.stderr)
+        j = json.loads(self.ctl("--json=short", "job", jid).stdout)
+        self.assertEqual((j["phase"], j["committed"], j["transport"]), ("indeterminate", False, "cleartext"))
+        rows = [l.split() for l in self.ctl("jobs").stdout.splitlines()]
+        self.assertEqual(rows[0], ["ID", "DIRECTION", "PHASE", "BYTES", "COMMITTED", "TRANSPORT", "OBJECT"])
+        row = [x for x in rows[1:] if x[0] == str(jid)][0]
+        self.assertEqual((row[2], row[-3], row[-2], row[-1]), ("indeterminate", "no", "cleartext", job))
+        entry = [e for e in json.loads(self.ctl("--json=short", "jobs").stdout) if e["id"] == jid][0]
+        self.assertEqual((entry["phase"], entry["committed"], entry["transport"]), ("indeterminate", False, "cleartext"))
+        # wait returns at once with the same verdict: no Completed will come until resolve
+        r = self.ctl("wait", jid, expect=3, timeout=10)
+        self.assertIn(f"Migration {jid} is indeterminate", r.stderr)
+        # cancel is refused by the daemon (Busy); a bad outcome never reaches it
+        r = self.ctl("cancel", jid, expect=1)
+        self.assertIn("resolve", r.stderr.lower())
+        r = self.ctl("resolve", jid, "maybe", expect=2)
+        self.assertIn("Invalid outcome 'maybe'", r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertEqual(self.src.phase(job), "indeterminate")
+        self.assertEqual(self.src.state(self.dev), "stop-copy")
+
+        r = self.ctl("resolve", jid, "not-committed")
+        self.assertEqual(r.stdout, f"Migration {jid} resolved as not committed: the source devices run again with "
+                                   "their state and the job is failed.\n")
+        self.assertEqual(self.src.phase(job), "failed")
+        self.assertEqual(self.src.state(self.dev), "running")
+        self.assertEqual(self.src.digest(self.dev), self.digest)
+        # the daemon's Busy: it is not indeterminate any more, and nothing changes
+        r = self.ctl("resolve", jid, "committed", expect=1)
+        self.assertTrue(r.stderr.startswith("vfiomigctl: "), r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertEqual(self.src.phase(job), "failed")
+        self.assertEqual(self.src.state(self.dev), "running")
+        self.assertIn("Committed: no\n", self.ctl("job", jid).stdout)
+
+    def test_resolve_committed(self):
+        jid, job = self.indeterminate()
+        r = self.ctl("resolve", f"_{jid}", "committed")
+        self.assertIn(f"Migration {jid} resolved as committed", r.stdout)
+        self.assertEqual(self.src.phase(job), "completed")
+        self.assertEqual(self.src.state(self.dev), "stop")
+        self.assertEqual(self.src.digest(self.dev), self.digest)
+        r = self.ctl("job", jid)
+        self.assertIn("Phase: completed\n", r.stdout)
+        self.assertIn("Committed: yes\n", r.stdout)
+        self.ctl("wait", jid, expect=0, timeout=10)
+        self.src.call(self.dev, DEVICE_IFACE, "SetState", "sa{sv}", "running", {})
+
+
+class Timeouts(StepSixCase):
+
+    def test_migrate_stall_timeout_reaches_the_daemon(self):
+        dev = self.src.attach(size=1 * MiB, flags=(SC, P2P, PRE))
+        dest = RawDestination(channels=1)
+        self.addCleanup(dest.close)
+        jobs = len(self.src.manager("ListMigrations")[0])
+        # under a second: the daemon's InvalidArgs, so the option did reach it
+        r = self.ctl("migrate", dev, f"--to={dest.address}", "--token=-", "--stall-timeout=500ms",
+                     stdin=dest.token.hex(), expect=1)
+        self.assertIn("stall", r.stderr.lower())
+        self.assertIn("vfiomigd rejected an argument", r.stderr)  # the hint of InvalidArgs
+        self.assertEqual(len(self.src.manager("ListMigrations")[0]), jobs, "a refused StartMigration made a job")
+        self.assertEqual(self.src.state(dev), "running")
+        r = self.ctl("migrate", dev, f"--to={dest.address}", "--token=-", "--stall-timeout=0", expect=2)
+        self.assertIn("--stall-timeout=", r.stderr)
+
+    def test_migrate_stall_timeout_gives_up_on_a_destination_that_stops_reading(self):
+        dev = self.src.attach(size=48 * MiB, flags=(SC, P2P, PRE))
+        digest = self.src.digest(dev)
+        dest = RawDestination(channels=1)
+        self.addCleanup(dest.close)
+        p = self.spawn("migrate", dev, f"--to={dest.address}", "--token=-", "--channels=1", "--no-precopy",
+                       "--stall-timeout=2s", stdin_text=dest.token.hex())
+        dest.handshake()
+        out, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 1, f"stdout: {out}\nstderr: {err}")
+        self.assertRegex(out, r"^Migration \d+ \(outgoing\) failed")
+        self.assertIn("(org.vfiomig1.Error.PeerLost)", err)
+        self.assertIn("stalled", err)
+        self.assertEqual(self.src.state(dev), "running")
+        self.assertEqual(self.src.digest(dev), digest)
+
+    def test_incoming_setup_timeout(self):
+        side = Side("clin", listen="127.0.0.1:0")
+        self.addCleanup(side.stop)
+        side.start()
+        dev = side.attach(size=1 * MiB, flags=(SC, P2P, PRE))
+        r = _ctl(self, side.bus.address, "incoming", dev, "--setup-timeout=999", expect=1)
+        self.assertIn("setup", r.stderr.lower())
+        self.assertEqual(side.manager("ListMigrations")[0], [])
+        r = _ctl(self, side.bus.address, "--json=short", "incoming", dev, "--setup-timeout=1s")
+        job = json.loads(r.stdout)["migration"]
+        r = _ctl(self, side.bus.address, "wait", job, expect=1, timeout=20)
+        self.assertIn("(org.vfiomig1.Error.Timeout)", r.stderr)
+        self.assertEqual(side.phase(job), "failed")
+        r = _ctl(self, side.bus.address, "migrate", dev, "--to=127.0.0.1", "--token=-", "--setup-timeout=1s",
+                 stdin="00" * 32, expect=2)
+        self.assertIn("--setup-timeout= is only valid with 'incoming'", r.stderr)
+
+
+class Transfers(StepSixCase):
+    """save-state --timeout= and cancel-transfer against a reader that never reads (a FIFO this
+    test holds open)."""
+
+    def setUp(self):
+        self.tmp = h.TempDir("vfm-xfer-", mode=0o700)
+        self.addCleanup(self.tmp.stop)
+        self.dev = self.src.attach(size=16 * MiB, flags=(SC, P2P, PRE))
+        self.src.call(self.dev, DEVICE_IFACE, "SetState", "sa{sv}", "stop", {})
+        self.fifo = self.tmp / "fifo"
+        os.mkfifo(self.fifo, 0o600)
+        self.reader = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.addCleanup(os.close, self.reader)
+
+    def test_save_state_timeout(self):
+        r = self.ctl("--timeout=1", "save-state", self.dev, self.fifo, expect=1, timeout=30)
+        # the daemon's Timeout (its text, and the hint kept for that name), not the client's own
+        self.assertIn("timed out after 1000 ms", r.stderr)
+        self.assertIn("vfiomigd gave up waiting", r.stderr)
+        self.assertEqual(self.src.state(self.dev), "stop")
+        r = self.ctl("--timeout=86401", "save-state", self.dev, self.fifo, expect=2)
+        self.assertIn("at most a day", r.stderr)
+
+    def test_load_state_timeout(self):
+        # a writer (this test) that never writes: the daemon's deadline ends the load, which resets
+        writer = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.addCleanup(os.close, writer)
+        r = self.ctl("--timeout=1", "load-state", self.dev, self.fifo, expect=1, timeout=30)
+        self.assertIn("timed out after 1000 ms", r.stderr)
+        self.assertIn("vfiomigd gave up waiting", r.stderr)
+        self.assertEqual(r.stdout, "")
+        self.assertEqual(self.src.state(self.dev), "running")
+
+    def test_cancel_transfer(self):
+        r = self.ctl("cancel-transfer", self.dev, expect=1)
+        self.assertIn("no save-state or load-state runs", r.stderr)
+        p = self.spawn("save-state", self.dev, self.fifo)
+        self.src.wait_prop(self.dev, DEVICE_IFACE, "State", lambda s: s == "stop-copy", timeout=10)
+        r = self.ctl("cancel-transfer", self.dev)
+        self.assertEqual(r.stdout, f"The transfer of {self.dev} was cancelled; the device is idle again.\n")
+        out, err = p.communicate(timeout=15)
+        self.assertEqual(p.returncode, 1, err)
+        self.assertIn("cancel", err.lower())
+        self.assertEqual(out, "")
+        self.assertEqual(self.src.state(self.dev), "stop")
+
 
 
 if __name__ == "__main__":

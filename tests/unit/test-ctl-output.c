@@ -414,6 +414,17 @@ Test(ctl_output, summary_line) {
                 .downtime_ms = 2500,
         }, "Migration 7 (outgoing) completed: 15.9 EiB in 0ms (15.9 EiB/s), downtime 2.5s");
 
+        /* The outcome is unknown: no downtime claimed (the source's devices are still stopped and
+         * may never run there), the phase shown as the daemon names it. */
+        assert_summary(&(MigrationSummary) {
+                .id = 8,
+                .direction = "outgoing",
+                .result = "indeterminate",
+                .bytes = UINT64_C(2) << 20,
+                .duration_usec = 1000000,
+                .downtime_ms = 300,
+        }, "Migration 8 (outgoing) indeterminate: 2.0 MiB in 1.0s (2.0 MiB/s)");
+
         cr_assert_null(format_migration_summary(NULL));
 }
 

@@ -770,7 +770,7 @@ Test(ctl_parse, migration_names) {
 
 Test(ctl_parse, phases) {
         static const char *const all[] = { "setup", "precopy", "stop-copy", "resuming", "completed", "failed",
-                                           "cancelled" };
+                                           "cancelled", "indeterminate" };
 
         for (size_t i = 0; i < ELEMENTSOF(all); i++)
                 cr_assert(ctl_phase_is_known(all[i]), "%s", all[i]);
@@ -787,6 +787,25 @@ Test(ctl_parse, phases) {
         cr_assert_not(ctl_phase_is_final("stop-copy"));
         cr_assert_not(ctl_phase_is_final("resuming"));
         cr_assert_not(ctl_phase_is_final(NULL));
+        /* Resolve can still end it: not final, but nothing more happens without an operator. */
+        cr_assert_not(ctl_phase_is_final("indeterminate"));
+
+        for (size_t i = 0; i < ELEMENTSOF(all); i++)
+                cr_assert_eq(ctl_phase_ends_wait(all[i]),
+                             ctl_phase_is_final(all[i]) || streq(all[i], "indeterminate"), "%s", all[i]);
+        cr_assert(ctl_phase_ends_wait("indeterminate"));
+        cr_assert_not(ctl_phase_ends_wait("stop-copy"));
+        cr_assert_not(ctl_phase_ends_wait("Indeterminate"));
+        cr_assert_not(ctl_phase_ends_wait(NULL));
+
+        cr_assert(ctl_outcome_is_valid("committed"));
+        cr_assert(ctl_outcome_is_valid("not-committed"));
+        cr_assert_not(ctl_outcome_is_valid("Committed"));
+        cr_assert_not(ctl_outcome_is_valid("not_committed"));
+        cr_assert_not(ctl_outcome_is_valid("uncommitted"));
+        cr_assert_not(ctl_outcome_is_valid("yes"));
+        cr_assert_not(ctl_outcome_is_valid(""));
+        cr_assert_not(ctl_outcome_is_valid(NULL));
 
         cr_assert(ctl_switchover_mode_is_valid("auto"));
         cr_assert(ctl_switchover_mode_is_valid("manual"));
@@ -808,4 +827,26 @@ Test(ctl_parse, pick_peer_address) {
         cr_assert_str_eq(ctl_pick_peer_address(junk_first), "10.1.2.3:7179");
         cr_assert_null(ctl_pick_peer_address(empty));
         cr_assert_null(ctl_pick_peer_address(NULL));
+}
+
+Test(ctl_parse, transfer_timeout_msec) {
+        uint64_t v = SENTINEL;
+
+        cr_assert_eq(ctl_transfer_timeout_msec(1000, &v), 0);
+        cr_assert_eq(v, 1);
+        /* Rounded up: a deadline is never shorter than asked, and 1 µs is not 0 (the default). */
+        cr_assert_eq(ctl_transfer_timeout_msec(1, &v), 0);
+        cr_assert_eq(v, 1);
+        cr_assert_eq(ctl_transfer_timeout_msec(1500, &v), 0);
+        cr_assert_eq(v, 2);
+        cr_assert_eq(ctl_transfer_timeout_msec(UINT64_C(30) * 1000000, &v), 0);
+        cr_assert_eq(v, 30000);
+        cr_assert_eq(ctl_transfer_timeout_msec(UINT64_C(86400) * 1000000, &v), 0);
+        cr_assert_eq(v, CTL_TRANSFER_TIMEOUT_MAX_MSEC);
+
+        v = SENTINEL;
+        cr_assert_eq(ctl_transfer_timeout_msec(UINT64_C(86400) * 1000000 + 1, &v), -ERANGE);
+        cr_assert_eq(ctl_transfer_timeout_msec(UINT64_MAX, &v), -ERANGE);
+        cr_assert_eq(ctl_transfer_timeout_msec(0, &v), -EINVAL);
+        cr_assert_eq(v, SENTINEL, "a failure wrote the result");
 }
