@@ -938,16 +938,36 @@ class Cancel(PairCase):
             djob, token, addresses = self.dst.prepare([pd])
             sjob = self.src.start_migration([ps], addresses[0], token, precopy=False,
                                             **{"bandwidth-limit": 4 * MiB})
-        self.src.wait_phase(sjob, phase)
-        self.dst.wait_phase(djob, phase)
+        try:
+            self.src.wait_phase(sjob, phase)
+            self.dst.wait_phase(djob, phase)
+        except AssertionError as e:
+            e.jobs = (sjob, djob)
+            raise
         return sjob, djob
 
     def cancel_case(self, phase, side):
         size = 24 * MiB if phase == "stop-copy" else 4 * MiB
-        ps, pd = self.pair(size, (SC, P2P, PRE), src_opts={"precopy_size": 2 * MiB, "dirty_rate": 1 * MiB}
-                           if phase == "precopy" else None)
-        before = self.dst.digest(pd)
-        sjob, djob = self.start_in(phase, ps, pd)
+        for attempt in range(3):
+            ps, pd = self.pair(size, (SC, P2P, PRE), src_opts={"precopy_size": 2 * MiB, "dirty_rate": 1 * MiB}
+                               if phase == "precopy" else None)
+            before = self.dst.digest(pd)
+            try:
+                sjob, djob = self.start_in(phase, ps, pd)
+                break
+            except AssertionError as e:
+                # KNOWN PROBLEM (README, "Migration between hosts"): now and then, in a full run of
+                # this file, the test's calls to the source went unanswered for the ~6 s of a bandwidth-
+                # limited stop-copy, so the pair finished before the test could see stop-copy on
+                # both sides. Unexplained so far; a new pair catches the phase. Any other failure
+                # to reach the phase still fails the test.
+                jobs = getattr(e, "jobs", None)
+                if phase != "stop-copy" or not jobs or self.dst.phase(jobs[1]) != "completed":
+                    raise
+                self.assertEqual(self.src.wait_final(jobs[0]), "completed")
+                h.log(f"attempt {attempt + 1}: the pair finished before both sides were seen in {phase}: {e}")
+        else:
+            self.fail(f"three pairs finished before both sides were seen in {phase}")
         if phase == "stop-copy":
             self.assertEqual(self.src.state(ps), "stop-copy")
         if side == "source":
