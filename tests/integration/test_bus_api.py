@@ -756,6 +756,12 @@ class SigtermDuringTransfer(h.unittest.TestCase):
         started = time.monotonic()
         if drain:
             os.kill(daemon.pid, h.signal.SIGTERM)
+            # Read only once the daemon has asked the worker to give up: reading earlier lets a
+            # busy machine's worker finish the whole 4 MiB before the daemon sees the signal, and
+            # the transfer then succeeds (what CI once saw). From here on the worker moves data
+            # while the daemon shuts down, which is the case this test is for.
+            h.wait_until(lambda: "waiting for its state transfer to give up" in daemon.log(), 10,
+                         what="the daemon to cancel the transfer")
             os.set_blocking(r, False)
             while daemon.proc.poll() is None and time.monotonic() - started < 30:
                 with contextlib.suppress(BlockingIOError):
