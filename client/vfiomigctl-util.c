@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Helpers every verb family of vfiomigctl uses: names checked before any bus is touched,
+ * printing in the --json or table form, whole-file I/O and the {sv} options of a call.
+ */
+
+#include <fcntl.h>
+#include <inttypes.h>
+
+#include "vfiomigctl.h"
+
+const char *yes_no(bool b) {
+        return b ? "yes" : "no";
+}
+
+/* Empty values read better as "n/a" than as nothing after the colon. */
+const char *na(const char *s) {
+        return s && *s ? s : "n/a";
+}
+
+int acquire_bus(sd_bus **ret) {
+        return ctl_bus_connect(arg_address, arg_timeout_usec, ret);
+}
+
+int check_device_name(const char *dev) {
+        if (!ctl_device_name_is_valid(dev))
+                return usage_error("Invalid device '%s': expected an id, an address or an object path.", dev);
+        return 0;
+}
+
+int check_space_name(const char *space) {
+        if (!ctl_space_name_is_valid(space))
+                return usage_error("Invalid address space '%s': expected an id such as s0, or an object path "
+                                   "%s/ID.", space, VFIOMIG_SPACE_PATH_PREFIX);
+        return 0;
+}
+
+/* A usage error unless the option a verb needs was given. */
+int require_option(const char *verb, bool given, const char *option) {
+        if (!given)
+                return usage_error("'%s' needs %s. See '%s --help'.", verb, option, PROGRAM_NAME);
+        return 0;
+}
+
+int check_state(const char *what, const char *state) {
+        _cleanup_free_ char *states = NULL;
+
+        if (ctl_state_is_settable(state))
+                return 0;
+
+        states = ctl_settable_states_list();
+        if (!states)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        if (streq(state, "error"))
+                return usage_error("Invalid %s 'error': a device only ever falls into it; valid states: %s.",
+                                   what, states);
+        return usage_error("Invalid %s '%s'; valid states: %s.", what, state, states);
+}
+
+int print_json(json_object *j) {
+        if (arg_quiet)
+                return 0;
+        return json_print(j, arg_json, stdout);
+}
+
+/* A listing's table, or the empty message when it has no rows; nothing with --quiet. */
+int print_table(Table *t, size_t n_rows, const char *empty) {
+        if (arg_quiet)
+                return 0;
+        if (n_rows == 0) {
+                puts(empty);
+                return 0;
+        }
+        return table_print(t, stdout);
+}
+
+/* All of fd, at most max bytes. -EFBIG past max, for the caller to word; other failures are logged
+ * naming name. */
+int read_whole_fd(int fd, const char *name, uint64_t max, void **ret, size_t *ret_size) {
+        _cleanup_free_ uint8_t *buf = NULL;
+        size_t size = 0, allocated = 0;
+
+        for (;;) {
+                ssize_t n;
+
+                if (size == allocated) {
+                        uint8_t *grown;
+
+                        if (allocated > max)
+                                return -EFBIG;
+                        allocated = allocated ? allocated * 2 : 65536;
+                        grown = realloc(buf, allocated);
+                        if (!grown)
+                                return log_error_errno(ENOMEM, "Out of memory.");
+                        buf = grown;
+                }
+                n = read(fd, buf + size, allocated - size);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return log_error_errno(errno, "Failed to read %s: %m", name);
+                }
+                if (n == 0)
+                        break;
+                size += (size_t) n;
+        }
+        if (size > max)
+                return -EFBIG;
+
+        *ret = TAKE_PTR(buf);
+        *ret_size = size;
+        return 0;
+}
+
+int read_whole_file(const char *path, uint64_t max, void **ret, size_t *ret_size) {
+        _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return log_error_errno(errno, "Failed to open %s: %m", path);
+        r = read_whole_fd(fd, path, max, ret, ret_size);
+        if (r == -EFBIG)
+                return log_error_errno(r, "%s is larger than %" PRIu64 " bytes.", path, max);
+        return r;
+}
+
+int write_all(int fd, const void *data, size_t size) {
+        const uint8_t *p = data;
+
+        while (size > 0) {
+                ssize_t n = write(fd, p, size);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                p += n;
+                size -= (size_t) n;
+        }
+        return 0;
+}
+
+int check_job_name(const char *job, char **ret_path) {
+        int r;
+
+        r = ctl_migration_path(job, ret_path);
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Out of memory.");
+        if (r == -ERANGE)
+                return usage_error("Invalid migration '%s': the id is past 2^32-1.", job);
+        if (r < 0)
+                return usage_error("Invalid migration '%s': expected its id N (3), _N or the object path %s/_N.",
+                                   job, VFIOMIG_MIGRATION_PATH_PREFIX);
+        return 0;
+}
+
+/* The object paths of DEV... in the order given. */
+int resolve_devices(sd_bus *bus, char **devs, size_t n, char ***ret) {
+        _cleanup_strv_free_ char **paths = NULL;
+
+        paths = new0(char *, n + 1);
+        if (!paths)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        for (size_t i = 0; i < n; i++) {
+                int r = ctl_resolve_device(bus, devs[i], &paths[i]);
+                if (r < 0)
+                        return r;
+        }
+        *ret = TAKE_PTR(paths);
+        return 0;
+}
+
+int append_object_paths(sd_bus_message *m, char **paths) {
+        int r;
+
+        r = sd_bus_message_open_container(m, SD_BUS_TYPE_ARRAY, "o");
+        for (char **p = paths; r >= 0 && *p; p++)
+                r = sd_bus_message_append_basic(m, 'o', *p);
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        return r;
+}
+
+int append_option_bool(sd_bus_message *m, const char *key, bool b) {
+        return sd_bus_message_append(m, "{sv}", key, "b", (int) b);
+}
+
+int append_option_u64(sd_bus_message *m, const char *key, uint64_t t) {
+        return sd_bus_message_append(m, "{sv}", key, "t", t);
+}
