@@ -774,7 +774,6 @@ int verb_blob_get(int argc, char *argv[]) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_(json_object_putp) json_object *j = NULL;
         _cleanup_free_ char *path = NULL, *encoded = NULL;
-        _cleanup_close_ int fd = -EBADF;
         const char *file = argc > 2 ? argv[2] : NULL;
         const void *data;
         size_t size;
@@ -818,21 +817,5 @@ int verb_blob_get(int argc, char *argv[]) {
                 return print_json(j);
         }
 
-        if (!file || streq(file, "-")) {
-                if (arg_quiet || size == 0)
-                        return 0;
-                if (fwrite(data, 1, size, stdout) != size)
-                        return log_error_errno(EIO, "Failed to write output: %m");
-                return 0;
-        }
-
-        fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0600);
-        if (fd < 0)
-                return log_error_errno(errno, "Failed to open %s: %m", file);
-        r = write_all(fd, data, size);
-        if (r < 0)
-                return log_error_errno(r, "Failed to write %s: %m", file);
-        if (close(TAKE_FD(fd)) < 0)
-                return log_error_errno(errno, "Failed to write %s: %m", file);
-        return 0;
+        return write_output(file ?: "-", 0600, data, size);
 }

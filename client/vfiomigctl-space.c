@@ -481,7 +481,6 @@ int verb_sim_dma_read(int argc, char *argv[]) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
         _cleanup_(json_object_putp) json_object *j = NULL;
         _cleanup_free_ char *path = NULL, *encoded = NULL;
-        _cleanup_close_ int fd = -EBADF;
         const void *data;
         size_t size;
         int r;
@@ -515,24 +514,8 @@ int verb_sim_dma_read(int argc, char *argv[]) {
         if (r < 0)
                 return log_error_errno(r, "Failed to parse DmaRead reply: %m");
 
-        if (arg_output) {
-                if (streq(arg_output, "-")) {
-                        if (arg_quiet)
-                                return 0;
-                        if (fwrite(data, 1, size, stdout) != size)
-                                return log_error_errno(EIO, "Failed to write output: %m");
-                        return 0;
-                }
-                fd = open(arg_output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0666);
-                if (fd < 0)
-                        return log_error_errno(errno, "Failed to open %s: %m", arg_output);
-                r = write_all(fd, data, size);
-                if (r < 0)
-                        return log_error_errno(r, "Failed to write %s: %m", arg_output);
-                if (close(TAKE_FD(fd)) < 0)
-                        return log_error_errno(errno, "Failed to write %s: %m", arg_output);
-                return 0;
-        }
+        if (arg_output)
+                return write_output(arg_output, 0666, data, size);
 
         if (arg_json != JSON_FORMAT_OFF) {
                 encoded = base64_encode(data, size);

@@ -190,3 +190,26 @@ int append_option_bool(sd_bus_message *m, const char *key, bool b) {
 int append_option_u64(sd_bus_message *m, const char *key, uint64_t t) {
         return sd_bus_message_append(m, "{sv}", key, "t", t);
 }
+
+/* data into path ("-": stdout, where --quiet prints nothing), created with mode when new. */
+int write_output(const char *path, mode_t mode, const void *data, size_t size) {
+        _cleanup_close_ int fd = -EBADF;
+        int r;
+
+        if (streq(path, "-")) {
+                if (arg_quiet || size == 0)
+                        return 0;
+                if (fwrite(data, 1, size, stdout) != size)
+                        return log_error_errno(EIO, "Failed to write output: %m");
+                return 0;
+        }
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, mode);
+        if (fd < 0)
+                return log_error_errno(errno, "Failed to open %s: %m", path);
+        r = write_all(fd, data, size);
+        if (r < 0)
+                return log_error_errno(r, "Failed to write %s: %m", path);
+        if (close(TAKE_FD(fd)) < 0)
+                return log_error_errno(errno, "Failed to write %s: %m", path);
+        return 0;
+}

@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "config.h"
 #include "ctl-bus.h"
@@ -76,6 +77,7 @@ int print_table(Table *t, size_t n_rows, const char *empty);
 int read_whole_fd(int fd, const char *name, uint64_t max, void **ret, size_t *ret_size);
 int read_whole_file(const char *path, uint64_t max, void **ret, size_t *ret_size);
 int write_all(int fd, const void *data, size_t size);
+int write_output(const char *path, mode_t mode, const void *data, size_t size);
 int check_job_name(const char *job, char **ret_path);
 int resolve_devices(sd_bus *bus, char **devs, size_t n, char ***ret);
 int append_object_paths(sd_bus_message *m, char **paths);
