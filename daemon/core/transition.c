@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -226,35 +227,93 @@ static int member_move(GroupMember *m, MigState target, MigState *cur) {
         return 0;
 }
 
-/* Moves members from cur[] to to[] in P2P-safe phases; stops at the first failure and returns
- * it with *ret_failed set to the failing member. cur[] is kept up to date. */
+/* One member's arc of a phase. A thread touches only its own PhaseMove and member. */
+typedef struct PhaseMove {
+        GroupMember *member;
+        MigState target;
+        MigState *cur;
+        int result;
+        pthread_t thread;
+        bool threaded;
+} PhaseMove;
+
+static void *phase_move_thread(void *userdata) {
+        PhaseMove *p = userdata;
+
+        p->result = member_move(p->member, p->target, p->cur);
+        return NULL;
+}
+
+/* Moves every member to targets[i] at once: real drivers take milliseconds to seconds per arc,
+ * and the members of one phase do not depend on each other (the P2P invariant holds in any
+ * interleaving of one phase's arcs), so the phase costs its slowest arc, not the sum. Each arc
+ * but the last starts in a thread of its own (a member whose thread cannot start moves in the
+ * caller's turn, one after another); every thread is joined before this returns. All arcs of
+ * the phase run to their end even when one fails; the lowest failing member is reported. */
+static int run_phase(GroupMember *m, size_t n, MigState *cur, const MigState *targets, size_t *ret_failed) {
+        _cleanup_free_ PhaseMove *moves = NULL;
+        size_t n_moves = 0;
+        int r = 0;
+
+        moves = new0(PhaseMove, n);
+        if (!moves)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                if (cur[i] != targets[i])
+                        moves[n_moves++] = (PhaseMove) { .member = &m[i], .target = targets[i], .cur = &cur[i] };
+
+        for (size_t k = 0; k + 1 < n_moves; k++) {
+                int e = pthread_create(&moves[k].thread, NULL, phase_move_thread, &moves[k]);
+                if (e == 0)
+                        moves[k].threaded = true;
+                else
+                        log_debug_errno(e, "Failed to start a thread for %s's arc, moving it in turn: %m",
+                                        moves[k].member->dev->address);
+        }
+        for (size_t k = 0; k < n_moves; k++)
+                if (!moves[k].threaded)
+                        phase_move_thread(&moves[k]);
+        for (size_t k = 0; k < n_moves; k++)
+                if (moves[k].threaded)
+                        (void) pthread_join(moves[k].thread, NULL);
+
+        for (size_t k = 0; k < n_moves; k++)
+                if (moves[k].result < 0) {
+                        *ret_failed = (size_t) (moves[k].member - m);
+                        r = moves[k].result;
+                        break;
+                }
+        return r;
+}
+
+/* Moves members from cur[] to to[] in P2P-safe phases, each phase's arcs in parallel; stops after
+ * the first phase in which a member failed and returns the error with *ret_failed set to that
+ * member. cur[] is kept up to date. */
 static int run_phases(GroupMember *m, size_t n, MigState *cur, const MigState *to, size_t *ret_failed) {
+        _cleanup_free_ MigState *targets = NULL;
         int r;
+
+        targets = new_array(MigState, n);
+        if (!targets)
+                return -ENOMEM;
 
         if (group_needs_quiesce(m, n, cur, to)) {
                 /* 1: nothing may initiate P2P DMA while anything is stopped */
                 for (size_t i = 0; i < n; i++)
-                        if (has_p2p(m[i].dev) && mig_state_is_p2p_active(cur[i]) &&
-                            (r = member_move(&m[i], mig_state_p2p_quiesced(cur[i]), &cur[i])) < 0) {
-                                *ret_failed = i;
-                                return r;
-                        }
+                        targets[i] = has_p2p(m[i].dev) && mig_state_is_p2p_active(cur[i]) ?
+                                             mig_state_p2p_quiesced(cur[i]) : cur[i];
+                r = run_phase(m, n, cur, targets, ret_failed);
+                if (r < 0)
+                        return r;
                 /* 2: everybody to the target, or to its quiesced twin if the target runs freely */
-                for (size_t i = 0; i < n; i++) {
-                        MigState t = has_p2p(m[i].dev) ? mig_state_p2p_quiesced(to[i]) : to[i];
-                        if ((r = member_move(&m[i], t, &cur[i])) < 0) {
-                                *ret_failed = i;
-                                return r;
-                        }
-                }
+                for (size_t i = 0; i < n; i++)
+                        targets[i] = has_p2p(m[i].dev) ? mig_state_p2p_quiesced(to[i]) : to[i];
+                r = run_phase(m, n, cur, targets, ret_failed);
+                if (r < 0)
+                        return r;
         }
         /* 3: the rest of the way; with nothing stopping this is the only phase */
-        for (size_t i = 0; i < n; i++)
-                if ((r = member_move(&m[i], to[i], &cur[i])) < 0) {
-                        *ret_failed = i;
-                        return r;
-                }
-        return 0;
+        return run_phase(m, n, cur, to, ret_failed);
 }
 
 /* Where a device goes back to: where it started, unless the uAPI forbids the way back

@@ -15,6 +15,9 @@
  * peer-to-peer DMA runs while another is stopped: all to RUNNING_P2P/PRE_COPY_P2P before any
  * stops, all to RUNNING_P2P before any runs freely. A group that includes a device without P2P
  * support is refused unless forced. A failure rolls every device back to where it started.
+ * The devices of one phase move in parallel (a thread per device but one, joined before the next
+ * phase), so a phase costs its slowest device's arc, not the sum; a failing device does not stop
+ * the others of its phase, and the rollback then starts from wherever each one got.
  */
 
 #include "error-message.h"
@@ -74,8 +77,10 @@ typedef struct GroupMember {
 } GroupMember;
 
 /*
- * Moves every member to its target in P2P-safe order. With one member this is
- * transition_run() without a recover state. Returns 0 when all reached their targets; else
+ * Moves every member to its target in P2P-safe order, each phase's members in parallel. The
+ * VfioDev backends must allow operations on different devices from different threads at once
+ * (each device is used by one thread at a time). With one member this is transition_run()
+ * without a recover state, on the calling thread. Returns 0 when all reached their targets; else
  * the first error, after rolling all members back to their original states where possible
  * (each member's result and reached state say how that went). -EOPNOTSUPP with
  * force_without_p2p false: a member of a multi-device group lacks P2P; nothing was changed.

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "macro.h"
@@ -45,6 +47,30 @@ static FakeDev *fakes[MAX_FAKES];
 static size_t n_fakes;
 static unsigned hazards;
 static char trace[4096];
+/* Group moves run a phase's arcs in threads: the fakes' state, the trace and the hazard check
+ * are shared, so every fake operation holds this lock. */
+static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t fake_cond = PTHREAD_COND_INITIALIZER;
+/* When set to n: the first SET of each of n devices waits until all n are inside a SET at once,
+ * which only a parallel phase achieves (a serial one leaves the first waiting for nobody). */
+static unsigned rendezvous_left;
+static bool rendezvous_missed;
+
+static void rendezvous(void) {
+        struct timespec deadline;
+
+        if (rendezvous_left == 0)
+                return;
+        rendezvous_left--;
+        pthread_cond_broadcast(&fake_cond);
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 30; /* only a serial phase ever waits this long */
+        while (rendezvous_left > 0)
+                if (pthread_cond_timedwait(&fake_cond, &fake_lock, &deadline) != 0) {
+                        rendezvous_missed = true;
+                        rendezvous_left = 0;
+                }
+}
 
 static void check_p2p_safety(void) {
         bool any_stopped = false, any_free = false;
@@ -57,7 +83,7 @@ static void check_p2p_safety(void) {
                 hazards++;
 }
 
-static int fake_get(VfioDev *d, MigState *ret) {
+static int fake_get_locked(VfioDev *d, MigState *ret) {
         FakeDev *f = (FakeDev *) d;
         f->gets++;
         if (f->get_fails_after_failed_set && f->set_failed)
@@ -66,9 +92,10 @@ static int fake_get(VfioDev *d, MigState *ret) {
         return 0;
 }
 
-static int fake_set(VfioDev *d, MigState target, int *ret_fd) {
+static int fake_set_locked(VfioDev *d, MigState target, int *ret_fd) {
         FakeDev *f = (FakeDev *) d;
         f->sets++;
+        rendezvous();
         while (f->state != target) {
                 MigState next;
                 if (mig_next_state(d->migration_flags, f->state, target, &next) < 0)
@@ -96,7 +123,7 @@ static int fake_set(VfioDev *d, MigState target, int *ret_fd) {
         return 0;
 }
 
-static int fake_reset(VfioDev *d) {
+static int fake_reset_locked(VfioDev *d) {
         FakeDev *f = (FakeDev *) d;
         f->resets++;
         if (f->reset_fails)
@@ -104,6 +131,27 @@ static int fake_reset(VfioDev *d) {
         f->state = RUN;
         check_p2p_safety();
         return 0;
+}
+
+static int fake_get(VfioDev *d, MigState *ret) {
+        pthread_mutex_lock(&fake_lock);
+        int r = fake_get_locked(d, ret);
+        pthread_mutex_unlock(&fake_lock);
+        return r;
+}
+
+static int fake_set(VfioDev *d, MigState target, int *ret_fd) {
+        pthread_mutex_lock(&fake_lock);
+        int r = fake_set_locked(d, target, ret_fd);
+        pthread_mutex_unlock(&fake_lock);
+        return r;
+}
+
+static int fake_reset(VfioDev *d) {
+        pthread_mutex_lock(&fake_lock);
+        int r = fake_reset_locked(d);
+        pthread_mutex_unlock(&fake_lock);
+        return r;
 }
 
 static int fake_unused_info(VfioDev *d, int fd, uint64_t *a, uint64_t *b) {
@@ -155,6 +203,39 @@ static void reset_fakes(void) {
         n_fakes = 0;
         hazards = 0;
         trace[0] = 0;
+        rendezvous_left = 0;
+        rendezvous_missed = false;
+}
+
+/* The position (in arcs) of the first, or last, arc of any device into state. */
+static int arc_position(const char *trace_text, const char *state, bool last) {
+        char copy[sizeof trace], *save = NULL;
+        int i = 0, found = -1;
+
+        snprintf(copy, sizeof copy, "%s", trace_text);
+        for (char *tok = strtok_r(copy, " ", &save); tok; tok = strtok_r(NULL, " ", &save), i++) {
+                const char *colon = strchr(tok, ':');
+                if (colon && strcmp(colon + 1, state) == 0) {
+                        found = i;
+                        if (!last)
+                                break;
+                }
+        }
+        return found;
+}
+
+/* The trace's arcs of device dev, in order, e.g. "stop stop-copy". */
+static const char *arcs_of(const char *trace_text, const char *dev) {
+        static char out[1024];
+        char copy[sizeof trace], *save = NULL;
+        size_t prefix = strlen(dev);
+
+        out[0] = 0;
+        snprintf(copy, sizeof copy, "%s", trace_text);
+        for (char *tok = strtok_r(copy, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+                if (strncmp(tok, dev, prefix) == 0 && tok[prefix] == ':')
+                        snprintf(out + strlen(out), sizeof out - strlen(out), "%s%s", out[0] ? " " : "", tok + prefix + 1);
+        return out;
 }
 
 TestSuite(transition, .fini = reset_fakes);
@@ -390,11 +471,36 @@ Test(transition, group_order_for_a_stop_and_a_start) {
         uint32_t flags[2] = { ALL, ALL };
         MigState running[2] = { RUN, RUN }, stopped[2] = { STOP, STOP };
 
+        /* Within a phase the devices move in parallel, so only each device's own order and the
+         * phase boundary are fixed: both quiesce before either stops, both reach RUNNING_P2P
+         * before either runs freely. */
         run_group(running, 2, flags, SC, false, 0);
-        cr_assert_str_eq(trace, "d0:running-p2p d1:running-p2p d0:stop d0:stop-copy d1:stop d1:stop-copy ");
+        cr_assert_str_eq(arcs_of(trace, "d0"), "running-p2p stop stop-copy", "%s", trace);
+        cr_assert_str_eq(arcs_of(trace, "d1"), "running-p2p stop stop-copy", "%s", trace);
+        cr_assert_lt(arc_position(trace, "running-p2p", true), arc_position(trace, "stop", false),
+                     "a device stopped before both were quiesced: %s", trace);
+        cr_assert_eq(hazards, 0, "%s", trace);
         reset_fakes();
         run_group(stopped, 2, flags, RUN, false, 0);
-        cr_assert_str_eq(trace, "d0:running-p2p d1:running-p2p d0:running d1:running ");
+        cr_assert_str_eq(arcs_of(trace, "d0"), "running-p2p running", "%s", trace);
+        cr_assert_str_eq(arcs_of(trace, "d1"), "running-p2p running", "%s", trace);
+        cr_assert_lt(arc_position(trace, "running-p2p", true), arc_position(trace, "running", false),
+                     "a device ran freely before both left STOP: %s", trace);
+        cr_assert_eq(hazards, 0, "%s", trace);
+}
+
+Test(transition, group_phase_moves_its_devices_in_parallel) {
+        uint32_t flags[3] = { ALL, ALL, ALL };
+        MigState running[3] = { RUN, RUN, RUN };
+
+        /* The first arcs (all three to RUNNING_P2P) can only complete if all three are in flight
+         * at once; a serial phase would leave the first waiting and set rendezvous_missed. */
+        rendezvous_left = 3;
+        run_group(running, 3, flags, SC, false, 0);
+        cr_assert_not(rendezvous_missed, "the phase's arcs ran one after another: %s", trace);
+        for (size_t i = 0; i < 3; i++)
+                cr_assert_eq(fakes[i]->state, SC);
+        cr_assert_eq(hazards, 0, "%s", trace);
 }
 
 Test(transition, group_without_p2p_is_refused_unless_forced) {
@@ -420,7 +526,8 @@ Test(transition, group_failure_rolls_everyone_back_safely) {
                 m[i].dev = &fake_new(name, ALL, PC)->base;
                 m[i].target = SC;
         }
-        /* d1 fails entering STOP_COPY and stays in PRE_COPY_P2P, after d0 already reached it. */
+        /* d1 fails entering STOP_COPY and stays in PRE_COPY_P2P, while d0 and d2 reach it in the
+         * same (parallel) phase. */
         fakes[1]->fail_at = SC;
         fakes[1]->fail_count = 1;
         cr_assert_eq(group_transition_run(m, 3, false, &err), -EIO);
@@ -428,12 +535,13 @@ Test(transition, group_failure_rolls_everyone_back_safely) {
         cr_assert_eq(m[1].result, -EIO);
         cr_assert_eq(m[0].result, -ECANCELED);
         cr_assert_eq(m[2].result, -ECANCELED);
-        /* d0 cannot go from STOP_COPY back to PRE_COPY (forbidden): its cancelled pre-copy resumes
-         * plain running; the others return to PRE_COPY. Nobody ran freely next to a stopped device. */
+        /* d0 and d2 cannot go from STOP_COPY back to PRE_COPY (forbidden): their cancelled
+         * pre-copy resumes plain running; d1 returns to PRE_COPY. Nobody ran freely next to a
+         * stopped device. */
         cr_assert_eq(hazards, 0, "trace: %s", trace);
         cr_assert_eq(fakes[0]->state, RUN);
         cr_assert_eq(fakes[1]->state, PC);
-        cr_assert_eq(fakes[2]->state, PC);
+        cr_assert_eq(fakes[2]->state, RUN);
         for (int i = 0; i < 3; i++) {
                 cr_assert_eq(m[i].reached, (int) fakes[i]->state);
                 cr_assert_eq(m[i].data_fd, -EBADF, "no session fd survives a failed group move");
