@@ -279,6 +279,9 @@ static int run(int argc, char *argv[]) {
                 return r;
         options.tls = tls;
         options.allow_cleartext = config.allow_cleartext;
+        options.serial_transitions = config.serial_transitions;
+        if (config.serial_transitions)
+                log_info("parallel-transitions is off: group moves change one device's state at a time.");
         r = manager_new(&options, &manager);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up: %m");

@@ -104,6 +104,8 @@
                 { "mtty-quirks", "b" },  /* read() returns 0, not ENOMSG, in pre-copy */ \
                 { "fail-arcs", "as" },   /* testing: "FROM>TO" arcs fail, device stays */ \
                 { "error-arcs", "as" },  /* testing: "FROM>TO" arcs fail into error */  \
+                { "arc-latency-usec", "t" }, /* testing: each arc takes this long */    \
+                { "latency-arcs", "as" },    /* testing: only these "FROM>TO" arcs do */ \
         }
 
 /* Options of Manager.CreateAddressSpace. */

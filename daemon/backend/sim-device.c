@@ -104,6 +104,11 @@ int sim_config_validate(const SimConfig *c, ErrorMessage *err) {
                                   "flags must contain stop-copy, optionally with p2p and/or pre-copy");
         if (c->fail_to_error & c->fail_in_place)
                 return error_setf(err, -EINVAL, "an arc cannot both fail in place and fail into error");
+        if (c->arc_latency_usec > SIM_ARC_LATENCY_MAX_USEC)
+                return error_setf(err, -EINVAL, "arc-latency-usec must be at most %llu (a minute)",
+                                  (unsigned long long) SIM_ARC_LATENCY_MAX_USEC);
+        if (c->latency_arcs && !c->arc_latency_usec)
+                return error_setf(err, -EINVAL, "latency-arcs needs arc-latency-usec");
         return 0;
 }
 
@@ -444,10 +449,27 @@ static bool arc_fails(SimDevice *s, MigState from, MigState to, bool *ret_to_err
         return (s->config.fail_to_error | s->config.fail_in_place) & bit;
 }
 
+/* A slow driver's arc: the time passes whatever happens (signals restart the sleep). */
+static void arc_delay(SimDevice *s, MigState from, MigState to) {
+        struct timespec left;
+
+        if (s->config.arc_latency_usec == 0 ||
+            (s->config.latency_arcs && !(s->config.latency_arcs & SIM_ARC_BIT(from, to))))
+                return;
+        left = (struct timespec) {
+                .tv_sec = (time_t) (s->config.arc_latency_usec / 1000000),
+                .tv_nsec = (long) (s->config.arc_latency_usec % 1000000) * 1000,
+        };
+        while (nanosleep(&left, &left) < 0 && errno == EINTR)
+                ;
+}
+
 /* Executes one direct arc, as a driver's step function does. */
 static int run_arc(SimDevice *s, MigState from, MigState to, int *data_fd) {
         bool to_error;
         int r;
+
+        arc_delay(s, from, to);
 
         if (arc_fails(s, from, to, &to_error)) {
                 log_debug("sim %s: injected failure on arc %s→%s%s", s->base.name, mig_state_to_string(from),

@@ -27,6 +27,7 @@
 #define SIM_STATE_SIZE_MAX (UINT64_C(64) << 30)
 #define SIM_DIRTY_RATE_MAX (UINT64_C(64) << 30)
 #define SIM_NAME_MAX 64
+#define SIM_ARC_LATENCY_MAX_USEC (UINT64_C(60) * 1000000)
 
 typedef uint64_t (*SimClock)(void *userdata);
 
@@ -43,6 +44,10 @@ typedef struct SimConfig {
          * leaves the device in ERROR (fail_to_error) or where it was (fail_in_place). */
         uint64_t fail_to_error;
         uint64_t fail_in_place;
+        /* Each arc (or each arc in latency_arcs, when not 0) takes this long, with the device's
+         * lock held as a driver holds its state mutex: a GET waits too. */
+        uint64_t arc_latency_usec;
+        uint64_t latency_arcs;
         SimClock clock;             /* microseconds; NULL = CLOCK_MONOTONIC */
         void *clock_userdata;
 } SimConfig;

@@ -335,6 +335,10 @@ int daemon_config_parse_full(const char *text, const char *pki_dir, DaemonConfig
                         if (!json_object_is_type(val, json_type_boolean))
                                 return error_setf(err, -EINVAL, "allow-cleartext must be true or false");
                         c.allow_cleartext = json_object_get_boolean(val);
+                } else if (streq(key, "parallel-transitions")) {
+                        if (!json_object_is_type(val, json_type_boolean))
+                                return error_setf(err, -EINVAL, "parallel-transitions must be true or false");
+                        c.serial_transitions = !json_object_get_boolean(val);
                 } else if (streq(key, "devices")) {
                         if (!json_object_is_type(val, json_type_array))
                                 return error_setf(err, -EINVAL, "devices must be an array");

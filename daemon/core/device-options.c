@@ -88,6 +88,10 @@ int sim_config_apply(SimConfig *c, const char *key, const OptionValue *v, ErrorM
                 return parse_arcs(key, v->strv, &c->fail_in_place, err);
         else if (streq(key, "error-arcs"))
                 return parse_arcs(key, v->strv, &c->fail_to_error, err);
+        else if (streq(key, "arc-latency-usec"))
+                c->arc_latency_usec = v->u64;
+        else if (streq(key, "latency-arcs"))
+                return parse_arcs(key, v->strv, &c->latency_arcs, err);
         else
                 return error_setf(err, -EINVAL, "unknown option '%s'", key);
         return 0;

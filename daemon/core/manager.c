@@ -352,7 +352,10 @@ int manager_set_states_for(Manager *m, const Migration *owner, Device **devices,
                 members[i].target = target;
         }
 
-        r = group_transition_run(members, n, force_without_p2p, err);
+        r = group_transition_run(members, n,
+                                 (force_without_p2p ? GROUP_FORCE_WITHOUT_P2P : 0) |
+                                         (m->options.serial_transitions ? GROUP_SERIAL : 0),
+                                 err);
 
         /* Any member that took a step moved; a refusal is decided before the first step. */
         for (size_t i = 0; i < n; i++)

@@ -37,6 +37,7 @@ typedef struct ManagerOptions {
         unsigned max_mappings;     /* per space; 0 = default */
         uint64_t max_pinned_bytes; /* over all spaces; 0 = the machine's physical memory */
         uint64_t max_reassembly_bytes; /* budgets of all incoming migrations; 0 = a quarter of the memory */
+        bool serial_transitions;   /* group moves one device after another (GROUP_SERIAL) */
         KernelContextOptions kernel;
 } ManagerOptions;
 

@@ -107,6 +107,16 @@ static int get_u64(json_object *o, const Path *parent, const char *key, uint64_t
         return r < 0 ? r : check_u64(v, &p, min, max, ret, err);
 }
 
+/* An optional unsigned integer: *ret keeps its value when the field is absent (records written
+ * before the field existed). */
+static int get_u64_optional(json_object *o, const Path *parent, const char *key, uint64_t min, uint64_t max,
+                            uint64_t *ret, ErrorMessage *err) {
+        json_object *v;
+        Path p;
+        int r = field(o, parent, key, false, &v, &p, err);
+        return r <= 0 ? r : check_u64(v, &p, min, max, ret, err);
+}
+
 static int get_bool(json_object *o, const Path *parent, const char *key, bool *ret, ErrorMessage *err) {
         json_object *v;
         Path p;
@@ -381,6 +391,11 @@ static int validate_sim(json_object *o, const Path *p, const char *address, Erro
                 r = get_u64(o, p, "fail-to-error", 0, UINT64_MAX, &config.fail_to_error, err);
         if (r >= 0)
                 r = get_u64(o, p, "fail-in-place", 0, UINT64_MAX, &config.fail_in_place, err);
+        if (r >= 0)
+                r = get_u64_optional(o, p, "arc-latency-usec", 0, SIM_ARC_LATENCY_MAX_USEC, &config.arc_latency_usec,
+                                     err);
+        if (r >= 0)
+                r = get_u64_optional(o, p, "latency-arcs", 0, UINT64_MAX, &config.latency_arcs, err);
         if (r >= 0)
                 r = get_u64(o, p, "seed", 0, UINT64_MAX, NULL, err);
         if (r >= 0)

@@ -236,6 +236,10 @@ static int serialize_sim(VfioDev *d, json_object **ret) {
         if (r >= 0)
                 r = add_u64(o, "fail-in-place", snap.config.fail_in_place);
         if (r >= 0)
+                r = add_u64(o, "arc-latency-usec", snap.config.arc_latency_usec);
+        if (r >= 0)
+                r = add_u64(o, "latency-arcs", snap.config.latency_arcs);
+        if (r >= 0)
                 r = add_u64(o, "seed", snap.seed);
         if (r >= 0)
                 r = add_string(o, "state", mig_state_to_string(snap.state));
@@ -692,6 +696,8 @@ static int restore_sim(json_object *o, const char *name, NamedFds *fds, VfioDev 
         snap.config.mtty_quirks = get_bool(o, "mtty-quirks");
         snap.config.fail_to_error = get_u64(o, "fail-to-error");
         snap.config.fail_in_place = get_u64(o, "fail-in-place");
+        snap.config.arc_latency_usec = get_u64(o, "arc-latency-usec");
+        snap.config.latency_arcs = get_u64(o, "latency-arcs");
         snap.seed = get_u64(o, "seed");
         state = mig_state_from_string(get_string(o, "state"));
         if (state < 0 || snap.config.state_size == 0 || snap.config.state_size > SIM_STATE_SIZE_MAX)

@@ -250,7 +250,8 @@ static void *phase_move_thread(void *userdata) {
  * but the last starts in a thread of its own (a member whose thread cannot start moves in the
  * caller's turn, one after another); every thread is joined before this returns. All arcs of
  * the phase run to their end even when one fails; the lowest failing member is reported. */
-static int run_phase(GroupMember *m, size_t n, MigState *cur, const MigState *targets, size_t *ret_failed) {
+static int run_phase(GroupMember *m, size_t n, MigState *cur, const MigState *targets, bool serial,
+                     size_t *ret_failed) {
         _cleanup_free_ PhaseMove *moves = NULL;
         size_t n_moves = 0;
         int r = 0;
@@ -262,7 +263,7 @@ static int run_phase(GroupMember *m, size_t n, MigState *cur, const MigState *ta
                 if (cur[i] != targets[i])
                         moves[n_moves++] = (PhaseMove) { .member = &m[i], .target = targets[i], .cur = &cur[i] };
 
-        for (size_t k = 0; k + 1 < n_moves; k++) {
+        for (size_t k = 0; !serial && k + 1 < n_moves; k++) {
                 int e = pthread_create(&moves[k].thread, NULL, phase_move_thread, &moves[k]);
                 if (e == 0)
                         moves[k].threaded = true;
@@ -289,7 +290,7 @@ static int run_phase(GroupMember *m, size_t n, MigState *cur, const MigState *ta
 /* Moves members from cur[] to to[] in P2P-safe phases, each phase's arcs in parallel; stops after
  * the first phase in which a member failed and returns the error with *ret_failed set to that
  * member. cur[] is kept up to date. */
-static int run_phases(GroupMember *m, size_t n, MigState *cur, const MigState *to, size_t *ret_failed) {
+static int run_phases(GroupMember *m, size_t n, MigState *cur, const MigState *to, bool serial, size_t *ret_failed) {
         _cleanup_free_ MigState *targets = NULL;
         int r;
 
@@ -302,18 +303,18 @@ static int run_phases(GroupMember *m, size_t n, MigState *cur, const MigState *t
                 for (size_t i = 0; i < n; i++)
                         targets[i] = has_p2p(m[i].dev) && mig_state_is_p2p_active(cur[i]) ?
                                              mig_state_p2p_quiesced(cur[i]) : cur[i];
-                r = run_phase(m, n, cur, targets, ret_failed);
+                r = run_phase(m, n, cur, targets, serial, ret_failed);
                 if (r < 0)
                         return r;
                 /* 2: everybody to the target, or to its quiesced twin if the target runs freely */
                 for (size_t i = 0; i < n; i++)
                         targets[i] = has_p2p(m[i].dev) ? mig_state_p2p_quiesced(to[i]) : to[i];
-                r = run_phase(m, n, cur, targets, ret_failed);
+                r = run_phase(m, n, cur, targets, serial, ret_failed);
                 if (r < 0)
                         return r;
         }
         /* 3: the rest of the way; with nothing stopping this is the only phase */
-        return run_phase(m, n, cur, to, ret_failed);
+        return run_phase(m, n, cur, to, serial, ret_failed);
 }
 
 /* Where a device goes back to: where it started, unless the uAPI forbids the way back
@@ -334,7 +335,7 @@ void group_members_close_fds(GroupMember *members, size_t n) {
                 members[i].data_fd = safe_close(members[i].data_fd);
 }
 
-int group_transition_run(GroupMember *m, size_t n, bool force_without_p2p, ErrorMessage *err) {
+int group_transition_run(GroupMember *m, size_t n, GroupFlags flags, ErrorMessage *err) {
         _cleanup_free_ MigState *orig = NULL, *cur = NULL, *to = NULL;
         size_t failed = 0;
         int r;
@@ -377,7 +378,7 @@ int group_transition_run(GroupMember *m, size_t n, bool force_without_p2p, Error
                                                         mig_verdict_to_string(v));
                 }
         }
-        if (n > 1 && !force_without_p2p)
+        if (n > 1 && !(flags & GROUP_FORCE_WITHOUT_P2P))
                 for (size_t i = 0; i < n; i++)
                         if (!has_p2p(m[i].dev))
                                 return m[i].result = error_setf(
@@ -386,7 +387,7 @@ int group_transition_run(GroupMember *m, size_t n, bool force_without_p2p, Error
                                                "could let one DMA into a stopped peer (force to override)",
                                                m[i].dev->address);
 
-        r = run_phases(m, n, cur, to, &failed);
+        r = run_phases(m, n, cur, to, flags & GROUP_SERIAL, &failed);
         if (r >= 0)
                 return 0;
 
@@ -407,7 +408,7 @@ int group_transition_run(GroupMember *m, size_t n, bool force_without_p2p, Error
         }
         for (size_t attempt = 0; attempt < n; attempt++) {
                 size_t rollback_failed = 0;
-                int k = run_phases(m, n, cur, orig, &rollback_failed);
+                int k = run_phases(m, n, cur, orig, flags & GROUP_SERIAL, &rollback_failed);
                 if (k >= 0)
                         break;
                 log_error_errno(k, "Failed to roll %s back to %s: %m", m[rollback_failed].dev->address,

@@ -76,14 +76,23 @@ typedef struct GroupMember {
         TransitionReport report; /* the step that failed, or the last step taken */
 } GroupMember;
 
+typedef enum GroupFlags {
+        /* move a group that includes devices without P2P support, without quiescing them */
+        GROUP_FORCE_WITHOUT_P2P = 1 << 0,
+        /* one device after another within each phase, for drivers that cannot take concurrent
+         * transitions of their devices (vfiomigd.conf "parallel-transitions": false) */
+        GROUP_SERIAL = 1 << 1,
+} GroupFlags;
+
 /*
- * Moves every member to its target in P2P-safe order, each phase's members in parallel. The
+ * Moves every member to its target in P2P-safe order, each phase's members in parallel (unless
+ * GROUP_SERIAL). The
  * VfioDev backends must allow operations on different devices from different threads at once
  * (each device is used by one thread at a time). With one member this is transition_run()
  * without a recover state, on the calling thread. Returns 0 when all reached their targets; else
  * the first error, after rolling all members back to their original states where possible
  * (each member's result and reached state say how that went). -EOPNOTSUPP with
- * force_without_p2p false: a member of a multi-device group lacks P2P; nothing was changed.
+ * GROUP_FORCE_WITHOUT_P2P unset: a member of a multi-device group lacks P2P; nothing was changed.
  */
-int group_transition_run(GroupMember *members, size_t n, bool force_without_p2p, ErrorMessage *err);
+int group_transition_run(GroupMember *members, size_t n, GroupFlags flags, ErrorMessage *err);
 void group_members_close_fds(GroupMember *members, size_t n);

@@ -189,6 +189,7 @@ Test(ctl_parse, sim_options_match_the_contract) {
         } expected[] = {
                 { "state-size", "t" }, { "precopy-size", "t" }, { "dirty-rate", "t" }, { "flags", "as" },
                 { "seed", "t" }, { "mtty-quirks", "b" }, { "fail-arcs", "as" }, { "error-arcs", "as" },
+                { "arc-latency-usec", "t" }, { "latency-arcs", "as" },
         };
         _cleanup_free_ char *keys = NULL;
 
@@ -206,7 +207,8 @@ Test(ctl_parse, sim_options_match_the_contract) {
 
         keys = ctl_sim_option_keys_list();
         cr_assert_not_null(keys);
-        cr_assert_str_eq(keys, "state-size, precopy-size, dirty-rate, flags, seed, mtty-quirks, fail-arcs, error-arcs");
+        cr_assert_str_eq(keys, "state-size, precopy-size, dirty-rate, flags, seed, mtty-quirks, fail-arcs, error-arcs, "
+                         "arc-latency-usec, latency-arcs");
 }
 
 Test(ctl_parse, split_assignment) {
@@ -277,6 +279,7 @@ Test(ctl_parse, every_contract_option_can_be_given_as_text) {
         /* A signature added to VFIOMIG_SIM_OPTIONS that the client cannot build fails here first. */
         static const char *const keys[] = {
                 "state-size", "precopy-size", "dirty-rate", "flags", "seed", "mtty-quirks", "fail-arcs", "error-arcs",
+                "arc-latency-usec", "latency-arcs",
         };
 
         for (size_t i = 0; i < ELEMENTSOF(keys); i++) {

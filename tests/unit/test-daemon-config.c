@@ -173,6 +173,10 @@ Test(daemon_config, tls) {
         /* nothing in the PKI directory, no "tls": cleartext, and loopback only by default */
         cr_assert_eq(daemon_config_parse_full("{}", dir, &c, &err), 0, "%s", err.text);
         cr_assert(!c.tls.enabled && !c.allow_cleartext);
+        cr_assert(!c.serial_transitions, "group moves are parallel by default");
+        daemon_config_done(&c);
+        cr_assert_eq(daemon_config_parse_full("{ \"parallel-transitions\": false }", dir, &c, &err), 0, "%s", err.text);
+        cr_assert(c.serial_transitions);
         daemon_config_done(&c);
 
         /* a certificate in the PKI directory switches TLS on, with the libvirt file names */
@@ -224,6 +228,7 @@ Test(daemon_config, tls) {
                 { "{ \"tls\": { \"allowed-peers\": [ 1 ] } }", "tls.allowed-peers[0] must be a non-empty string" },
                 { "{ \"tls\": { \"kernel-tls\": 1 } }", "tls.kernel-tls must be true or false" },
                 { "{ \"allow-cleartext\": \"yes\" }", "allow-cleartext must be true or false" },
+                { "{ \"parallel-transitions\": 0 }", "parallel-transitions must be true or false" },
         };
         for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
                 err = (ErrorMessage) {};

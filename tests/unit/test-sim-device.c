@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "mig-state.h"
@@ -431,6 +432,38 @@ Test(sim_device, failure_in_place_stops_mid_path) {
         vfio_dev_free(d);
 }
 
+static uint64_t now_usec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+Test(sim_device, arcs_take_their_latency) {
+        SimConfig c = config(ALL_FLAGS, SIM_BLOCK_SIZE, 0);
+        c.arc_latency_usec = 50000;
+        c.latency_arcs = SIM_ARC_BIT(RP2P, STOP);
+        VfioDev *d = new_dev("slow", &c);
+        uint64_t start;
+        int fd = -1;
+
+        /* RUNNING→RUNNING_P2P→STOP: only the second arc is slow, and it is at least that slow. */
+        start = now_usec();
+        cr_assert_eq(vfio_dev_set_state(d, STOP, &fd), 0);
+        cr_assert_geq(now_usec() - start, c.arc_latency_usec);
+        cr_assert_eq(state_of(d), STOP);
+        vfio_dev_free(d);
+
+        /* Without a list every arc is: RUNNING→RUNNING_P2P→STOP→STOP_COPY takes three. */
+        c.latency_arcs = 0;
+        d = new_dev("slower", &c);
+        start = now_usec();
+        cr_assert_eq(vfio_dev_set_state(d, SC, &fd), 0);
+        cr_assert_geq(now_usec() - start, 3 * c.arc_latency_usec);
+        cr_assert_geq(fd, 0);
+        close(fd);
+        vfio_dev_free(d);
+}
+
 Test(sim_device, config_and_names_are_validated) {
         SimConfig c;
         ErrorMessage err = {};
@@ -454,6 +487,16 @@ Test(sim_device, config_and_names_are_validated) {
         sim_config_init(&c);
         c.fail_to_error = c.fail_in_place = SIM_ARC_BIT(RUN, STOP);
         cr_assert_eq(sim_config_validate(&c, NULL), -EINVAL);
+        sim_config_init(&c);
+        c.arc_latency_usec = SIM_ARC_LATENCY_MAX_USEC + 1;
+        ErrorMessage too_slow = {};
+        cr_assert_eq(sim_config_validate(&c, &too_slow), -EINVAL);
+        cr_assert(strstr(too_slow.text, "arc-latency-usec"), "%s", too_slow.text);
+        sim_config_init(&c);
+        c.latency_arcs = SIM_ARC_BIT(RUN, STOP);
+        ErrorMessage no_latency = {};
+        cr_assert_eq(sim_config_validate(&c, &no_latency), -EINVAL);
+        cr_assert(strstr(no_latency.text, "latency-arcs needs arc-latency-usec"), "%s", no_latency.text);
 
         sim_config_init(&c);
         cr_assert_eq(sim_device_new("bad name", &c, &d, NULL), -EINVAL);

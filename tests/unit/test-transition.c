@@ -416,7 +416,7 @@ static void run_group(MigState *init, size_t n, uint32_t *flags, MigState target
                 m[i].dev = &fake_new(name, flags[i], init[i])->base;
                 m[i].target = target;
         }
-        int r = group_transition_run(m, n, force, NULL);
+        int r = group_transition_run(m, n, force ? GROUP_FORCE_WITHOUT_P2P : 0, NULL);
         cr_assert_eq(r, expect, "group to %s: %d (trace: %s)", mig_state_to_string(target), r, trace);
         if (r == 0)
                 for (size_t i = 0; i < n; i++) {
@@ -489,6 +489,20 @@ Test(transition, group_order_for_a_stop_and_a_start) {
         cr_assert_eq(hazards, 0, "%s", trace);
 }
 
+Test(transition, serial_groups_move_one_device_after_another) {
+        GroupMember m[2] = {};
+
+        for (int i = 0; i < 2; i++) {
+                char name[4] = { 'd', (char) ('0' + i), 0 };
+                m[i].dev = &fake_new(name, ALL, RUN)->base;
+                m[i].target = SC;
+        }
+        cr_assert_eq(group_transition_run(m, 2, GROUP_SERIAL, NULL), 0);
+        cr_assert_str_eq(trace, "d0:running-p2p d1:running-p2p d0:stop d0:stop-copy d1:stop d1:stop-copy ");
+        cr_assert_eq(hazards, 0);
+        group_members_close_fds(m, 2);
+}
+
 Test(transition, group_phase_moves_its_devices_in_parallel) {
         uint32_t flags[3] = { ALL, ALL, ALL };
         MigState running[3] = { RUN, RUN, RUN };
@@ -530,7 +544,7 @@ Test(transition, group_failure_rolls_everyone_back_safely) {
          * same (parallel) phase. */
         fakes[1]->fail_at = SC;
         fakes[1]->fail_count = 1;
-        cr_assert_eq(group_transition_run(m, 3, false, &err), -EIO);
+        cr_assert_eq(group_transition_run(m, 3, 0, &err), -EIO);
         cr_assert(strstr(err.text, "d1"), "%s", err.text);
         cr_assert_eq(m[1].result, -EIO);
         cr_assert_eq(m[0].result, -ECANCELED);
@@ -554,7 +568,7 @@ Test(transition, group_refuses_duplicates_and_invalid_members) {
 
         m[0].dev = m[1].dev = &fake_new("d", ALL, RUN)->base;
         m[0].target = m[1].target = STOP;
-        cr_assert_eq(group_transition_run(m, 2, false, &err), -EINVAL);
+        cr_assert_eq(group_transition_run(m, 2, 0, &err), -EINVAL);
         cr_assert(strstr(err.text, "listed twice"));
         cr_assert_eq(fakes[0]->sets, 0);
 }
