@@ -12,6 +12,7 @@
 #include <systemd/sd-event.h>
 
 #include "bus-device.h"
+#include "bus-move.h"
 #include "bus-service.h"
 #include "config.h"
 #include "daemon-config.h"
@@ -190,8 +191,12 @@ static int on_stop_signal(sd_event_source *s, const struct signalfd_siginfo *si,
         /* State transfers first: they give up within a poll slice, their devices go back to stop
          * (a load is reset), their callers hear Cancelled, and the state saved below records
          * where the devices really are. */
-        if (daemon->service)
+        if (daemon->service) {
                 bus_device_stop_transfers(daemon->service);
+                /* A driver's arc cannot be interrupted: wait for state changes to end, so that
+                 * their callers hear the outcome and the state saved below is where they ended. */
+                bus_moves_join(daemon->service);
+        }
         /* Migration data sessions do not survive a restart: end the jobs while their clients can
          * still hear it, and before the state is saved, so it records where the devices are. */
         manager_stop_migrations(daemon->manager, "the daemon is stopping");
@@ -348,6 +353,7 @@ static int run(int argc, char *argv[]) {
         /* However the loop ended, no worker may outlive what it uses: the cleanups below free
          * the service, the persistence and the manager. */
         bus_device_stop_transfers(service);
+        bus_moves_join(service);
         (void) sd_notify(false, "STOPPING=1\nSTATUS=Shutting down.");
         if (r < 0)
                 return r; /* whoever ended the loop with an error logged why */

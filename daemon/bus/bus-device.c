@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "bus-device.h"
+#include "bus-move.h"
 #include "bus-polkit.h"
 #include "bus-service.h"
 #include "bus-util.h"
@@ -74,29 +75,6 @@ int bus_device_node_enumerator(sd_bus *bus, const char *path, void *userdata, ch
         return 1;
 }
 
-static int transition_error(sd_bus_error *error, Device *d, int r, const TransitionReport *report,
-                            const ErrorMessage *err) {
-        _cleanup_free_ char *steps = NULL;
-
-        if (r == -EOPNOTSUPP)
-                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_MIGRATABLE, r, err);
-        if (r == -EBUSY)
-                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, err);
-        if (r == -EBADMSG)
-                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
-        if (report->verdict == MIG_VERDICT_CURRENT_ERROR)
-                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_IN_ERROR, r, err);
-        if (report->verdict != MIG_VERDICT_OK)
-                return bus_error_from_message(error, VFIOMIG_ERROR_INVALID_TRANSITION, r, err);
-        if (report->n_steps <= 1)
-                /* not even the state could be read */
-                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
-
-        (void) transition_report_format(report, &steps);
-        return sd_bus_error_setf(error, VFIOMIG_ERROR_TRANSITION_FAILED, "%s. Steps: %s", err->text,
-                                 steps ?: "unavailable");
-}
-
 static int method_set_state(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Device *d = userdata;
         const char *target_name, *recover_name = NULL;
@@ -104,8 +82,6 @@ static int method_set_state(sd_bus_message *m, void *userdata, sd_bus_error *err
                 { VFIOMIG_OPTION_RECOVER_STATE, "s", &recover_name },
                 {},
         };
-        TransitionReport report;
-        ErrorMessage err = {};
         int target, recover = TRANSITION_NO_RECOVER, r;
 
         r = sd_bus_message_read(m, "s", &target_name);
@@ -134,10 +110,7 @@ static int method_set_state(sd_bus_message *m, void *userdata, sd_bus_error *err
         if (r == 0)
                 return 1;
 
-        r = device_set_state(d, target, recover, &report, &err);
-        if (r < 0)
-                return transition_error(error, d, r, &report, &err);
-        return sd_bus_reply_method_return(m, "s", mig_state_to_string(target));
+        return bus_move_device(service_of(d), m, d, /* reset= */ false, target, recover, error);
 }
 
 static int method_get_precopy_info(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -159,7 +132,6 @@ static int method_get_precopy_info(sd_bus_message *m, void *userdata, sd_bus_err
 static int method_reset(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         Device *d = userdata;
         BusService *s = service_of(d);
-        ErrorMessage err = {};
         int r;
 
         const char *details[] = { "device", d->id, "target", "reset", NULL };
@@ -169,14 +141,7 @@ static int method_reset(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         if (r == 0)
                 return 1;
 
-        r = device_reset(d, &err);
-        if (r == -EBUSY)
-                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, &err);
-        if (r == -EOPNOTSUPP)
-                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_SUPPORTED, r, &err);
-        if (r < 0)
-                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, &err);
-        return sd_bus_reply_method_return(m, NULL);
+        return bus_move_device(s, m, d, /* reset= */ true, VFIO_DEVICE_STATE_RUNNING, TRANSITION_NO_RECOVER, error);
 }
 
 static int method_attach_address_space(sd_bus_message *m, void *userdata, sd_bus_error *error) {

@@ -4,6 +4,7 @@
 
 #include <string.h>
 
+#include "bus-move.h"
 #include "bus-polkit.h"
 #include "bus-service.h"
 #include "bus-util.h"
@@ -192,28 +193,6 @@ static int method_get_device(sd_bus_message *m, void *userdata, sd_bus_error *er
         return sd_bus_reply_method_return(m, "o", path);
 }
 
-static int group_error(sd_bus_error *error, GroupOutcome outcome, int r, const ErrorMessage *err) {
-        switch (outcome) {
-        case GROUP_REFUSED_NOT_MIGRATABLE:
-                return bus_error_from_message(error, VFIOMIG_ERROR_NOT_MIGRATABLE, r, err);
-        case GROUP_REFUSED_INVALID_TRANSITION:
-                return bus_error_from_message(error, VFIOMIG_ERROR_INVALID_TRANSITION, r, err);
-        case GROUP_REFUSED_DEVICE_IN_ERROR:
-                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_IN_ERROR, r, err);
-        case GROUP_REFUSED_NO_P2P:
-                return bus_error_from_message(error, VFIOMIG_ERROR_P2P_REQUIRED, r, err);
-        case GROUP_REFUSED_DUPLICATE:
-                return bus_error_from_message(error, SD_BUS_ERROR_INVALID_ARGS, r, err);
-        case GROUP_DEVICE_UNREADABLE:
-        case GROUP_REFUSED_REFUSED_DATA:
-                return bus_error_from_message(error, VFIOMIG_ERROR_DEVICE_FAILED, r, err);
-        case GROUP_REFUSED_BUSY:
-                return bus_error_from_message(error, VFIOMIG_ERROR_BUSY, r, err);
-        default:
-                return bus_error_from_message(error, VFIOMIG_ERROR_TRANSITION_FAILED, r, err);
-        }
-}
-
 /* Resolving is validation too: unknown or repeated devices fail before polkit is asked. After
  * polkit answers the handler runs again, so a device detached meanwhile is caught. */
 static int resolve_devices(BusService *s, char **paths, size_t max, Device ***ret, size_t *ret_n,
@@ -246,18 +225,14 @@ static int resolve_devices(BusService *s, char **paths, size_t max, Device ***re
 }
 
 static int method_set_states(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_strv_free_ char **paths = NULL;
         _cleanup_free_ Device **devices = NULL;
-        _cleanup_free_ int *results = NULL;
         BusService *s = userdata;
         bool force = false;
         const BusOption options[] = {
                 { VFIOMIG_OPTION_FORCE_WITHOUT_P2P, "b", &force },
                 {},
         };
-        GroupOutcome outcome;
-        ErrorMessage err = {};
         const char *target_name;
         size_t n = 0;
         int target, r;
@@ -278,9 +253,6 @@ static int method_set_states(sd_bus_message *m, void *userdata, sd_bus_error *er
         r = resolve_devices(s, paths, s->manager->options.max_devices, &devices, &n, error);
         if (r < 0)
                 return r;
-        results = new0(int, n);
-        if (!results)
-                return -ENOMEM;
 
         r = bus_verify_polkit_async(m, VFIOMIG_ACTION_SET_STATE, (const char *const[]) { "target", target_name, NULL },
                                     &s->polkit, error);
@@ -289,32 +261,7 @@ static int method_set_states(sd_bus_message *m, void *userdata, sd_bus_error *er
         if (r == 0)
                 return 1;
 
-        r = manager_set_states(s->manager, devices, n, target, force, results, &outcome, &err);
-        if (r < 0 && outcome == GROUP_FAILED) {
-                /* Say where every device ended up: the caller gets no result array. */
-                size_t len = strlen(err.text);
-                for (size_t i = 0; i < n && len < sizeof err.text; i++)
-                        len += (size_t) snprintf(err.text + len, sizeof err.text - len, "%s %s %s", i == 0 ? ". Now:" : ",",
-                                                 devices[i]->id, mig_state_to_string(results[i]) ?: "unknown");
-        }
-        if (r < 0)
-                return group_error(error, outcome, r, &err);
-
-        r = sd_bus_message_new_method_return(m, &reply);
-        if (r < 0)
-                return r;
-        r = sd_bus_message_open_container(reply, 'a', "(os)");
-        if (r < 0)
-                return r;
-        for (size_t i = 0; i < n; i++) {
-                r = sd_bus_message_append(reply, "(os)", paths[i], mig_state_to_string(results[i]) ?: "");
-                if (r < 0)
-                        return r;
-        }
-        r = sd_bus_message_close_container(reply);
-        if (r < 0)
-                return r;
-        return sd_bus_send(NULL, reply, NULL);
+        return bus_move_group(s, m, TAKE_PTR(devices), TAKE_PTR(paths), n, target, force, error);
 }
 
 static int method_create_address_space(sd_bus_message *m, void *userdata, sd_bus_error *error) {

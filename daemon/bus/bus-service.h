@@ -23,6 +23,8 @@ typedef struct ClientTrack {
         sd_bus_track *track;
 } ClientTrack;
 
+typedef struct MoveJob MoveJob;
+
 typedef struct BusService {
         sd_event *event;
         sd_bus *bus;
@@ -44,6 +46,8 @@ typedef struct BusService {
         bool device_count_changed;
 
         bool name_acquired;
+
+        MoveJob *moves;              /* state changes running on worker threads (bus-move.c) */
 } BusService;
 
 /* persist may be NULL (no state is saved then). */

@@ -120,6 +120,15 @@ int device_refresh_state(Device *d, MigState *ret) {
 
         if (!d->dev->migratable)
                 return -EOPNOTSUPP;
+        if (d->moving) {
+                /* A worker is moving it: the driver holds its state lock for the whole move, and a
+                 * read would stall the event loop until then. The last state known stands. */
+                if (!d->state_known)
+                        return -EBUSY;
+                if (ret)
+                        *ret = d->state;
+                return 0;
+        }
         r = vfio_dev_get_state(d->dev, &s);
         if (r < 0) {
                 set_cached_state(d, -1);
@@ -224,36 +233,100 @@ int device_check_state_change_for(Device *d, const Migration *owner, ErrorMessag
                           "unbind and rebind its driver)", d->id);
 }
 
-int device_set_state(Device *d, MigState target, int recover_state, TransitionReport *ret_report, ErrorMessage *err) {
-        _cleanup_free_ char *steps = NULL, *summary = NULL;
-        int data_fd = -EBADF, r;
+int device_move_begin(DeviceMove *mv, Device *d, const Migration *owner, bool reset, MigState target,
+                      int recover_state, ErrorMessage *err) {
+        int r;
 
-        *ret_report = (TransitionReport) { .initial = -1, .final = -1 };
-        r = device_check_state_change(d, err);
+        *mv = (DeviceMove) {
+                .device = d,
+                .reset = reset,
+                .target = target,
+                .recover_state = recover_state,
+                .data_fd = -EBADF,
+                .report = { .initial = -1, .final = -1 },
+        };
+        r = reset ? check_idle_for(d, owner, err) : device_check_state_change_for(d, owner, err);
         if (r < 0)
                 return r;
+        d->busy = reset ? "being reset" : "changing its state";
+        d->moving = true;
+        return 0;
+}
 
-        log_set_context_device(d->id);
-        r = transition_run(d->dev, target, recover_state, ret_report, &data_fd, err);
+void device_move_run(DeviceMove *mv) {
+        /* Only the VfioDev and mv itself: this may run on a worker thread. */
+        log_set_context_device(mv->device->id);
+        if (mv->reset)
+                mv->result = vfio_dev_reset(mv->device->dev);
+        else
+                mv->result = transition_run(mv->device->dev, mv->target, mv->recover_state, &mv->report,
+                                            &mv->data_fd, &mv->err);
         log_set_context_device(NULL);
+}
+
+static int reset_end(DeviceMove *mv, ErrorMessage *err) {
+        Device *d = mv->device;
+
+        if (mv->result < 0) {
+                (void) device_refresh_state(d, NULL);
+                return error_setf(err, mv->result, "Failed to reset %s: %s", d->id, strerror(-mv->result));
+        }
+        log_notice("%s: reset", d->id);
+        d->holds_refused_data = false;
+        device_note_outcome(d, -1, -EBADF, "reset");
+        (void) device_refresh_state(d, NULL);
+        return 0;
+}
+
+int device_move_end(DeviceMove *mv, ErrorMessage *err) {
+        _cleanup_free_ char *steps = NULL, *summary = NULL;
+        Device *d = mv->device;
+        TransitionReport *report = &mv->report;
+        int r = mv->result;
+
+        d->busy = NULL;
+        d->moving = false;
+        if (mv->reset)
+                return reset_end(mv, err);
+        if (err && mv->err.text[0] && !err->text[0])
+                *err = mv->err;
 
         if (r >= 0) {
-                if (asprintf(&summary, "%s → %s: ok", mig_state_to_string(ret_report->initial),
-                             mig_state_to_string(target)) < 0)
+                if (asprintf(&summary, "%s → %s: ok", mig_state_to_string(report->initial),
+                             mig_state_to_string(mv->target)) < 0)
                         summary = NULL;
                 log_info("%s: %s", d->id, summary ?: "transition done");
-        } else if (ret_report->n_steps > 1 || ret_report->verdict != MIG_VERDICT_OK) {
+        } else if (report->n_steps > 1 || report->verdict != MIG_VERDICT_OK) {
                 /* Refusals are not recorded: they changed nothing. Failures are, with every step. */
-                if (ret_report->verdict == MIG_VERDICT_OK) {
-                        (void) transition_report_format(ret_report, &steps);
-                        if (asprintf(&summary, "%s → %s failed: %s", mig_state_to_string(ret_report->initial),
-                                     mig_state_to_string(target), steps ?: strerror(-r)) < 0)
+                if (report->verdict == MIG_VERDICT_OK) {
+                        (void) transition_report_format(report, &steps);
+                        if (asprintf(&summary, "%s → %s failed: %s", mig_state_to_string(report->initial),
+                                     mig_state_to_string(mv->target), steps ?: strerror(-r)) < 0)
                                 summary = NULL;
                         log_error("%s: %s", d->id, summary ?: "transition failed");
                 }
         }
-        device_note_outcome(d, r >= 0 ? (int) target : ret_report->final, data_fd,
-                            ret_report->verdict == MIG_VERDICT_OK ? summary : NULL);
+        device_note_outcome(d, r >= 0 ? (int) mv->target : report->final, mv->data_fd,
+                            report->verdict == MIG_VERDICT_OK ? summary : NULL);
+        mv->data_fd = -EBADF; /* the device owns it now */
+        return r;
+}
+
+void device_move_abort(DeviceMove *mv) {
+        mv->device->busy = NULL;
+        mv->device->moving = false;
+}
+
+int device_set_state(Device *d, MigState target, int recover_state, TransitionReport *ret_report, ErrorMessage *err) {
+        DeviceMove mv;
+        int r;
+
+        r = device_move_begin(&mv, d, NULL, /* reset= */ false, target, recover_state, err);
+        if (r >= 0) {
+                device_move_run(&mv);
+                r = device_move_end(&mv, err);
+        }
+        *ret_report = mv.report;
         return r;
 }
 
@@ -262,21 +335,14 @@ int device_reset(Device *d, ErrorMessage *err) {
 }
 
 int device_reset_for(Device *d, const Migration *owner, ErrorMessage *err) {
+        DeviceMove mv;
         int r;
 
-        r = check_idle_for(d, owner, err);
+        r = device_move_begin(&mv, d, owner, /* reset= */ true, VFIO_DEVICE_STATE_RUNNING, TRANSITION_NO_RECOVER, err);
         if (r < 0)
                 return r;
-        r = vfio_dev_reset(d->dev);
-        if (r < 0) {
-                (void) device_refresh_state(d, NULL);
-                return error_setf(err, r, "Failed to reset %s: %m", d->id);
-        }
-        log_notice("%s: reset", d->id);
-        d->holds_refused_data = false;
-        device_note_outcome(d, -1, -EBADF, "reset");
-        (void) device_refresh_state(d, NULL);
-        return 0;
+        device_move_run(&mv);
+        return device_move_end(&mv, err);
 }
 
 int device_precopy_info(Device *d, uint64_t *ret_initial, uint64_t *ret_dirty, ErrorMessage *err) {

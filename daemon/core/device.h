@@ -31,6 +31,7 @@ typedef struct Device {
         int session_fd;         /* data fd of the open save/load session, or -EBADF */
         char *last_transition;  /* "running → stop-copy: ok", or the failure report */
         const char *busy;       /* what a worker thread is doing with the device ("saving its state"), or NULL */
+        bool moving;            /* a DeviceMove or group move runs: device_refresh_state() keeps to the cache */
         StateTransfer *transfer; /* the SaveState/LoadState that worker runs, or NULL */
         /* A refused LoadState left its bytes in the device (still RESUMING) and no reset cleared
          * them: any move out of RESUMING would commit them, so only a reset may follow. */
@@ -68,6 +69,29 @@ void device_note_refused_load(Device *d, bool reset, int final_state);
 
 /* A validated transition with recovery (core/transition.h); keeps the session fd, the cached
  * state and LastTransition up to date. *ret_report is always filled. */
+/* A state change or reset in three parts, so that the slow middle can run on a worker thread:
+ * begin checks and marks the device busy (on the event loop), run touches only the VfioDev and
+ * the DeviceMove (any thread), end records the outcome and clears busy (on the event loop). */
+typedef struct DeviceMove {
+        Device *device;
+        bool reset;
+        MigState target;
+        int recover_state;          /* or TRANSITION_NO_RECOVER */
+        /* run()'s results */
+        int result;
+        int data_fd;                /* a session the move opened; end() hands it to the device */
+        TransitionReport report;
+        ErrorMessage err;
+} DeviceMove;
+
+int device_move_begin(DeviceMove *mv, Device *d, const Migration *owner, bool reset, MigState target,
+                      int recover_state, ErrorMessage *err);
+void device_move_run(DeviceMove *mv);
+int device_move_end(DeviceMove *mv, ErrorMessage *err);
+/* Instead of run and end, when run never started: the device is idle again, nothing recorded. */
+void device_move_abort(DeviceMove *mv);
+
+/* All three parts on the calling thread. */
 int device_set_state(Device *d, MigState target, int recover_state, TransitionReport *ret_report, ErrorMessage *err);
 int device_reset(Device *d, ErrorMessage *err);
 /* The same on behalf of the migration job that owns the device. */

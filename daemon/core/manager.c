@@ -331,12 +331,12 @@ int manager_set_states(Manager *m, Device **devices, size_t n, MigState target, 
         return manager_set_states_for(m, NULL, devices, n, target, force_without_p2p, results, ret_outcome, err);
 }
 
-int manager_set_states_for(Manager *m, const Migration *owner, Device **devices, size_t n, MigState target,
-                           bool force_without_p2p, int *results, GroupOutcome *ret_outcome, ErrorMessage *err) {
+int manager_group_move_begin(GroupMove *g, Manager *m, const Migration *owner, Device **devices, size_t n,
+                             MigState target, bool force_without_p2p, GroupOutcome *ret_outcome, ErrorMessage *err) {
         _cleanup_free_ GroupMember *members = NULL;
-        bool moved = false;
         int r;
 
+        *g = (GroupMove) {};
         for (size_t i = 0; i < n; i++) {
                 r = device_check_state_change_for(devices[i], owner, err);
                 if (r < 0) {
@@ -350,12 +350,41 @@ int manager_set_states_for(Manager *m, const Migration *owner, Device **devices,
         for (size_t i = 0; i < n; i++) {
                 members[i].dev = devices[i]->dev;
                 members[i].target = target;
+                members[i].data_fd = -EBADF;
         }
+        for (size_t i = 0; i < n; i++) {
+                devices[i]->busy = "changing its state with others";
+                devices[i]->moving = true;
+        }
+        *g = (GroupMove) {
+                .manager = m,
+                .devices = devices,
+                .n = n,
+                .target = target,
+                .flags = (force_without_p2p ? GROUP_FORCE_WITHOUT_P2P : 0) |
+                         (m->options.serial_transitions ? GROUP_SERIAL : 0),
+                .members = TAKE_PTR(members),
+        };
+        return 0;
+}
 
-        r = group_transition_run(members, n,
-                                 (force_without_p2p ? GROUP_FORCE_WITHOUT_P2P : 0) |
-                                         (m->options.serial_transitions ? GROUP_SERIAL : 0),
-                                 err);
+void manager_group_move_run(GroupMove *g) {
+        g->result = group_transition_run(g->members, g->n, g->flags, &g->err);
+}
+
+int manager_group_move_end(GroupMove *g, int *results, GroupOutcome *ret_outcome, ErrorMessage *err) {
+        _cleanup_free_ GroupMember *members = TAKE_PTR(g->members);
+        Device **devices = g->devices;
+        size_t n = g->n;
+        bool moved = false;
+        int r = g->result;
+
+        for (size_t i = 0; i < n; i++) {
+                devices[i]->busy = NULL;
+                devices[i]->moving = false;
+        }
+        if (err && g->err.text[0] && !err->text[0])
+                *err = g->err;
 
         /* Any member that took a step moved; a refusal is decided before the first step. */
         for (size_t i = 0; i < n; i++)
@@ -366,11 +395,11 @@ int manager_set_states_for(Manager *m, const Migration *owner, Device **devices,
                 int k = 0;
 
                 if (moved && members[i].result == 0)
-                        k = asprintf(&summary, "group move → %s: ok", mig_state_to_string(target));
+                        k = asprintf(&summary, "group move → %s: ok", mig_state_to_string(g->target));
                 else if (moved)
-                        k = asprintf(&summary, "group move → %s %s: %s", mig_state_to_string(target),
+                        k = asprintf(&summary, "group move → %s %s: %s", mig_state_to_string(g->target),
                                      members[i].result == -ECANCELED ? "rolled back" : "failed",
-                                     err && err->text[0] ? err->text : strerror(-members[i].result));
+                                     g->err.text[0] ? g->err.text : strerror(-members[i].result));
                 if (k < 0)
                         summary = NULL;
                 device_note_outcome(devices[i], members[i].reached, members[i].data_fd, summary);
@@ -379,9 +408,29 @@ int manager_set_states_for(Manager *m, const Migration *owner, Device **devices,
         }
 
         if (r >= 0)
-                log_info("Moved %zu device%s to %s together.", n, n == 1 ? "" : "s", mig_state_to_string(target));
+                log_info("Moved %zu device%s to %s together.", n, n == 1 ? "" : "s", mig_state_to_string(g->target));
         *ret_outcome = r >= 0 ? GROUP_DONE : moved ? GROUP_FAILED : outcome_of_refusal(members, n, r);
         return r;
+}
+
+void manager_group_move_abort(GroupMove *g) {
+        for (size_t i = 0; i < g->n; i++) {
+                g->devices[i]->busy = NULL;
+                g->devices[i]->moving = false;
+        }
+        g->members = mfree(g->members);
+}
+
+int manager_set_states_for(Manager *m, const Migration *owner, Device **devices, size_t n, MigState target,
+                           bool force_without_p2p, int *results, GroupOutcome *ret_outcome, ErrorMessage *err) {
+        GroupMove g;
+        int r;
+
+        r = manager_group_move_begin(&g, m, owner, devices, n, target, force_without_p2p, ret_outcome, err);
+        if (r < 0)
+                return r;
+        manager_group_move_run(&g);
+        return manager_group_move_end(&g, results, ret_outcome, err);
 }
 
 int manager_status_text(Manager *m, char **ret) {

@@ -158,5 +158,26 @@ int manager_set_states(Manager *m, Device **devices, size_t n, MigState target, 
 int manager_set_states_for(Manager *m, const Migration *owner, Device **devices, size_t n, MigState target,
                            bool force_without_p2p, int *results, GroupOutcome *ret_outcome, ErrorMessage *err);
 
+/* manager_set_states_for() in three parts, as DeviceMove (device.h): begin checks and marks every
+ * device busy, run (any thread) touches only the VfioDevs and g, end records the outcome on every
+ * device. devices must stay valid until end (busy devices cannot be detached). */
+typedef struct GroupMove {
+        Manager *manager;
+        Device **devices;
+        size_t n;
+        MigState target;
+        GroupFlags flags;
+        GroupMember *members;
+        int result;
+        ErrorMessage err;
+} GroupMove;
+
+int manager_group_move_begin(GroupMove *g, Manager *m, const Migration *owner, Device **devices, size_t n,
+                             MigState target, bool force_without_p2p, GroupOutcome *ret_outcome, ErrorMessage *err);
+void manager_group_move_run(GroupMove *g);
+int manager_group_move_end(GroupMove *g, int *results, GroupOutcome *ret_outcome, ErrorMessage *err);
+/* Instead of run and end, when run never started: the devices are idle again, nothing recorded. */
+void manager_group_move_abort(GroupMove *g);
+
 /* "3 devices attached (2 simulated)" for STATUS= */
 int manager_status_text(Manager *m, char **ret);

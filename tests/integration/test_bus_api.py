@@ -524,27 +524,44 @@ def threads(pid):
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-class Transfer:
+class Pending:
+    """One method call sent without waiting on a connection of its own; answered() peeks whether
+    the reply is there, result() collects it (its first value; an error raises DBusError)."""
+
+    def __init__(self, address, path, iface, member, sig="", args=(), fds=()):
+        self.wire = w.WireConnection(address)
+        self.serial = self.wire.send(BUS_NAME, path, iface, member, sig, list(args), fds=list(fds))
+        self.reply = None
+
+    def _take(self, timeout):
+        deadline = time.monotonic() + timeout
+        while self.reply is None:
+            self.wire.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            msg = self.wire.receive()
+            msg.close_fds()
+            if msg.fields.get(w.F_REPLY_SERIAL) == self.serial:
+                self.reply = msg
+
+    def answered(self):
+        with contextlib.suppress(TimeoutError, socket.timeout, BlockingIOError):
+            self._take(0.001)
+        return self.reply is not None
+
+    def result(self, timeout=30):
+        try:
+            self._take(timeout)
+        finally:
+            self.wire.close()
+        if self.reply.type == w.ERROR:
+            raise DBusError(self.reply.fields.get(w.F_ERROR_NAME), self.reply.body[0] if self.reply.body else "")
+        return self.reply.body[0] if self.reply.body else None
+
+
+class Transfer(Pending):
     """One SaveState/LoadState sent without waiting; result() collects its reply."""
 
     def __init__(self, address, path, member, fd, options=None):
-        self.wire = w.WireConnection(address)
-        self.serial = self.wire.send(BUS_NAME, path, DEVICE_IFACE, member, "ha{sv}", [0, options or {}], fds=[fd])
-
-    def result(self, timeout=30):
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                self.wire.sock.settimeout(max(0.001, deadline - time.monotonic()))
-                msg = self.wire.receive()
-                msg.close_fds()
-                if msg.fields.get(w.F_REPLY_SERIAL) != self.serial:
-                    continue
-                if msg.type == w.ERROR:
-                    raise DBusError(msg.fields.get(w.F_ERROR_NAME), msg.body[0] if msg.body else "")
-                return msg.body[0]
-        finally:
-            self.wire.close()
+        super().__init__(address, path, DEVICE_IFACE, member, "ha{sv}", [0, options or {}], fds=[fd])
 
 
 class StateTransfers(ApiTestCase):
@@ -724,6 +741,75 @@ class StateTransfers(ApiTestCase):
         self.assertNothingLeft()
 
 
+SLOW_ARC_USEC = 2_000_000  # running-p2p>stop takes this long on the slow device
+
+
+class SlowTransitions(ApiTestCase):
+    """State changes run off the event loop: while a driver takes its time the bus answers
+    everything else, the device itself is Busy, and the caller hears the outcome at the end."""
+
+    def setUp(self):
+        self.slow = self.attach("sim:slow", {"arc-latency-usec": V("t", SLOW_ARC_USEC),
+                                             "latency-arcs": V("as", ["running-p2p>stop"])})
+        self.other = self.attach("sim:quick")
+
+    def pending(self, path, iface, member, sig, *args):
+        call = Pending(self.bus.address, path, iface, member, sig, args)
+        self.addCleanup(call.wire.close)
+        return call
+
+    def assertAnsweredMeanwhile(self, call):
+        """The daemon answers others while call waits for its slow arc."""
+        started = time.monotonic()
+        self.client.call(MANAGER_PATH, "org.freedesktop.DBus.Peer", "Ping")
+        self.assertEqual(self.state(self.other), "running")
+        self.assertEqual(self.client.mgr_prop("DeviceCount"), 2)
+        answered = call.answered()
+        h.log(f"{self.id()}: Ping and two property reads took {time.monotonic() - started:.3f} s "
+              f"during a {SLOW_ARC_USEC / 1e6:.0f} s arc")
+        self.assertFalse(answered, "the slow move ended before the other calls were answered")
+
+    def test_set_state_leaves_the_bus_free(self):
+        call = self.pending(self.slow, DEVICE_IFACE, "SetState", "sa{sv}", "stop", {})
+        self.assertAnsweredMeanwhile(call)
+        # The moving device: State is where it started, every change is refused as Busy, and it
+        # stays attached.
+        self.assertEqual(self.state(self.slow), "running")
+        e = self.assertDBusError(h.E_BUSY, self.set_state, self.slow, "running")
+        self.assertIn("is busy changing its state", e.message)
+        e = self.assertDBusError(h.E_BUSY, self.client.call, self.slow, DEVICE_IFACE, "Reset")
+        self.assertIn("is busy changing its state", e.message)
+        self.assertDBusError(h.E_BUSY, self.client.call, MANAGER_PATH, MANAGER_IFACE, "DetachDevice", "s", "sim_slow")
+        self.assertEqual(call.result(), "stop")
+        self.assertEqual(self.state(self.slow), "stop")
+        # Idle again: quick moves need no worker to wait for.
+        self.assertEqual(self.set_state(self.slow, "running"), "running")
+
+    def test_set_states_and_reset_leave_the_bus_free(self):
+        call = self.pending(MANAGER_PATH, MANAGER_IFACE, "SetStates", "aosa{sv}", [self.slow, self.other], "stop", {})
+        self.assertAnsweredMeanwhile(call)
+        e = self.assertDBusError(h.E_BUSY, self.set_state, self.other, "running")
+        self.assertIn("changing its state with others", e.message)
+        self.assertEqual(sorted(tuple(x) for x in call.result()), sorted([(self.slow, "stop"), (self.other, "stop")]))
+        self.assertEqual((self.state(self.slow), self.state(self.other)), ("stop", "stop"))
+        # A reset of a device whose reset is quick, while the slow one is moving back.
+        back = self.pending(self.slow, DEVICE_IFACE, "SetState", "sa{sv}", "stop-copy", {})
+        self.client.call(self.other, DEVICE_IFACE, "Reset")
+        self.assertEqual(self.state(self.other), "running")
+        self.assertEqual(back.result(), "stop-copy")
+
+    def test_a_failed_move_is_reported_at_its_end(self):
+        slow_fail = self.attach("sim:slowfail", {"arc-latency-usec": V("t", SLOW_ARC_USEC),
+                                                 "latency-arcs": V("as", ["running-p2p>stop"]),
+                                                 "fail-arcs": V("as", ["stop>stop-copy"])})
+        call = self.pending(slow_fail, DEVICE_IFACE, "SetState", "sa{sv}", "stop-copy", {})
+        with self.assertRaises(DBusError) as cm:
+            call.result()
+        self.assertEqual(cm.exception.name, "org.vfiomig1.Error.TransitionFailed", cm.exception.message)
+        self.assertIn("Steps:", cm.exception.message)
+        self.assertEqual(self.state(slow_fail), "stop")
+
+
 ASAN_DAEMON = h.SOURCE_ROOT / "build-asan" / "daemon" / "vfiomigd"
 
 
@@ -787,6 +873,27 @@ class SigtermDuringTransfer(h.unittest.TestCase):
 
     def test_sigterm_during_save(self):
         self.shutdown_during_save()
+
+    def test_sigterm_during_a_slow_state_change(self):
+        """An arc cannot be interrupted: the daemon waits for it, the caller hears the outcome,
+        and the state saved at the stop is where the device ended."""
+        bus = h.PrivateBus().start()
+        self.addCleanup(bus.stop)
+        daemon = h.Daemon(bus).start()
+        self.addCleanup(daemon.stop, None)
+        path = bus.client.call1(MANAGER_PATH, MANAGER_IFACE, "AttachDevice", "sa{sv}", "sim:slow",
+                                {"arc-latency-usec": V("t", SLOW_ARC_USEC), "latency-arcs": V("as", ["running-p2p>stop"])})
+        tasks = threads(daemon.pid)
+        call = Pending(bus.address, path, DEVICE_IFACE, "SetState", "sa{sv}", ["stop", {}])
+        self.addCleanup(call.wire.close)
+        h.wait_until(lambda: threads(daemon.pid) == tasks + 1, 10, what="the move's worker thread")
+        os.kill(daemon.pid, h.signal.SIGTERM)
+        self.assertEqual(call.result(), "stop")
+        rc = daemon.terminate(timeout=30)
+        text = daemon.log()
+        self.assertEqual(rc, 0, text)
+        self.assertIn("Waiting for a state change of sim_slow to end.", text)
+        self.assertIn("sim_slow: running → stop: ok", text)
 
     def test_sigterm_during_save_draining(self):
         self.shutdown_during_save(drain=True)
