@@ -20,13 +20,13 @@ configure() {
         fi
 }
 
-configure build
+configure build -Dwerror=true
 ninja -C build
-configure build-asan -Db_sanitize=address,undefined -Db_lundef=false
+configure build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 ninja -C build-asan
 # The libFuzzer targets need clang; the fuzz build instruments everything it compiles (see
 # tests/fuzz/meson.build), and a short run of each target keeps them from rotting.
-CC=clang configure build-fuzz -Dfuzz=true -Db_lundef=false
+CC=clang configure build-fuzz -Dwerror=true -Dfuzz=true -Db_lundef=false
 ninja -C build-fuzz
 
 status=0

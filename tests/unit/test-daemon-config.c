@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "daemon-config.h"
+#include "manager.h"
 #include "device-options.h"
 
 static int parse(const char *text, DaemonConfig *c, ErrorMessage *err) {
@@ -236,4 +237,27 @@ Test(daemon_config, tls) {
                 cr_assert(strstr(err.text, bad[i].message), "%s: got \"%s\"", bad[i].text, err.text);
         }
         (void) rmdir(dir);
+}
+
+Test(daemon_config, the_installed_example_is_valid_and_changes_nothing) {
+        const char *path = getenv("EXAMPLE_CONFIG");
+        DaemonConfig example = {}, none = {};
+        ErrorMessage err = {};
+
+        cr_assert_not_null(path, "meson passes EXAMPLE_CONFIG");
+        cr_assert_eq(daemon_config_load(path, true, &example, &err), 0, "%s: %s", path, err.text);
+        cr_assert_eq(daemon_config_parse("{}", &none, &err), 0, "%s", err.text);
+        cr_assert_eq(example.allow_simulated, none.allow_simulated);
+        cr_assert_eq(example.max_devices == 0 ? MANAGER_MAX_DEVICES_DEFAULT : example.max_devices,
+                     MANAGER_MAX_DEVICES_DEFAULT);
+        cr_assert_eq(example.max_spaces == 0 ? MANAGER_MAX_SPACES_DEFAULT : example.max_spaces,
+                     MANAGER_MAX_SPACES_DEFAULT);
+        cr_assert_eq(example.max_mappings == 0 ? MANAGER_MAX_MAPPINGS_DEFAULT : example.max_mappings,
+                     MANAGER_MAX_MAPPINGS_DEFAULT);
+        cr_assert_eq(example.allow_cleartext, none.allow_cleartext);
+        cr_assert_eq(example.serial_transitions, none.serial_transitions);
+        cr_assert_eq(example.tls.enabled, none.tls.enabled);
+        cr_assert_eq(example.n_devices, 0);
+        daemon_config_done(&example);
+        daemon_config_done(&none);
 }
