@@ -23,15 +23,21 @@ int bus_migration_path(unsigned id, char **ret) {
 Migration *bus_migration_from_path(BusService *s, const char *path, sd_bus_error *error) {
         const size_t n = strlen(VFIOMIG_MIGRATION_PATH_PREFIX);
         Migration *j = NULL;
+        unsigned long id = 0;
 
         if (path && strncmp(path, VFIOMIG_MIGRATION_PATH_PREFIX, n) == 0 && path[n] == '/' && path[n + 1] == '_' &&
             path[n + 2] >= '1' && path[n + 2] <= '9') {
                 char *end;
-                unsigned long id = strtoul(path + n + 2, &end, 10);
-                if (*end == 0 && id <= UINT32_MAX)
+                id = strtoul(path + n + 2, &end, 10);
+                if (*end != 0 || id > UINT32_MAX)
+                        id = 0;
+                else
                         j = manager_find_migration(s->manager, (unsigned) id);
         }
-        if (!j)
+        if (!j && id > 0)
+                sd_bus_error_setf(error, VFIOMIG_ERROR_NO_SUCH_MIGRATION,
+                                  "No migration job %lu: it never existed, or it ended and was forgotten", id);
+        else if (!j)
                 sd_bus_error_setf(error, VFIOMIG_ERROR_NO_SUCH_MIGRATION, "No migration at %s", path ?: "");
         return j;
 }

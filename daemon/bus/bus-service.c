@@ -359,6 +359,35 @@ static int on_name_acquired(sd_bus_message *reply, void *userdata, sd_bus_error 
         return 0;
 }
 
+/* For method calls on a path below prefix that names no object (the prefix itself is the
+ * enumerators'). Calls on an existing object go on to its vtable. */
+static bool names_no_object(sd_bus_message *m, const char *prefix) {
+        const char *path = sd_bus_message_get_path(m);
+        return sd_bus_message_is_method_call(m, NULL, NULL) && path && !streq(path, prefix) &&
+               !sd_bus_message_is_method_call(m, "org.freedesktop.DBus.Peer", NULL);
+}
+
+static int refuse_unknown_device(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        if (!names_no_object(m, VFIOMIG_DEVICE_PATH_PREFIX) ||
+            bus_device_from_path(userdata, sd_bus_message_get_path(m), error))
+                return 0;
+        return -ENXIO; /* with error set: the reply */
+}
+
+static int refuse_unknown_space(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        if (!names_no_object(m, VFIOMIG_SPACE_PATH_PREFIX) ||
+            bus_space_from_path(userdata, sd_bus_message_get_path(m), error))
+                return 0;
+        return -ENXIO;
+}
+
+static int refuse_unknown_migration(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        if (!names_no_object(m, VFIOMIG_MIGRATION_PATH_PREFIX) ||
+            bus_migration_from_path(userdata, sd_bus_message_get_path(m), error))
+                return 0;
+        return -ENXIO;
+}
+
 int bus_service_new(sd_event *event, Manager *manager, Persist *persist, BusService **ret) {
         _cleanup_(bus_service_freep) BusService *s = NULL;
         ManagerHooks hooks;
@@ -376,6 +405,16 @@ int bus_service_new(sd_event *event, Manager *manager, Persist *persist, BusServ
         if (r < 0)
                 return log_error_errno(r, "Failed to connect to the system bus (%s): %m",
                                        getenv("DBUS_SYSTEM_BUS_ADDRESS") ?: "default address");
+
+        /* Before the vtables: a call to an object that does not exist gets our named error
+         * (NoSuchDevice, NoSuchAddressSpace, NoSuchMigration) instead of sd-bus's UnknownObject. */
+        r = sd_bus_add_fallback(s->bus, NULL, VFIOMIG_DEVICE_PATH_PREFIX, refuse_unknown_device, s);
+        if (r >= 0)
+                r = sd_bus_add_fallback(s->bus, NULL, VFIOMIG_SPACE_PATH_PREFIX, refuse_unknown_space, s);
+        if (r >= 0)
+                r = sd_bus_add_fallback(s->bus, NULL, VFIOMIG_MIGRATION_PATH_PREFIX, refuse_unknown_migration, s);
+        if (r < 0)
+                return log_error_errno(r, "Failed to register the unknown-object handlers: %m");
 
         r = sd_bus_add_object_vtable(s->bus, NULL, VFIOMIG_MANAGER_PATH, VFIOMIG_MANAGER_INTERFACE,
                                      bus_manager_vtable, s);

@@ -177,7 +177,7 @@ class MalformedInput(h.DaemonTestCase):
                            ["read"])
         self.assertRefused("org.freedesktop.DBus.Error.InconsistentMessage", self.space, h.SPACE_IFACE, "Map",
                            "htttas", 1, 0, PAGE, 0x2_0000_0000, ["read"], fds=[self.guest])
-        self.assertRefused("org.freedesktop.DBus.Error.UnknownObject", h.SPACE_PATH_PREFIX + "nope", h.SPACE_IFACE,
+        self.assertRefused("org.vfiomig1.Error.NoSuchAddressSpace", h.SPACE_PATH_PREFIX + "nope", h.SPACE_IFACE,
                            "Map", "htttas", 0, 0, PAGE, 0x2_0000_0000, ["read"], fds=[self.guest])
 
     def test_bad_ranges(self):

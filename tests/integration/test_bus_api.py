@@ -169,10 +169,7 @@ class ManagerMethods(ApiTestCase):
         # The object is gone, not just unlisted.
         with self.assertRaises(DBusError) as cm:
             self.client.dev_prop(dev_path("sim_a"), "State")
-        self.assertIn(cm.exception.name, ("org.freedesktop.DBus.Error.UnknownObject",
-                                          "org.freedesktop.DBus.Error.UnknownInterface",
-                                          "org.freedesktop.DBus.Error.UnknownMethod",
-                                          "org.freedesktop.DBus.Error.UnknownProperty"))
+        self.assertEqual(cm.exception.name, "org.vfiomig1.Error.NoSuchDevice", cm.exception.message)
 
     def test_detach_busy_outside_running(self):
         path = self.attach("sim:a")
@@ -382,8 +379,8 @@ class SetState(ApiTestCase):
         with self.unchanged():
             with self.assertRaises(DBusError) as cm:
                 self.set_state(dev_path("sim_nope"), "stop")
-        self.assertIn(cm.exception.name, ("org.freedesktop.DBus.Error.UnknownObject",
-                                          "org.freedesktop.DBus.Error.UnknownMethod"))
+        self.assertEqual(cm.exception.name, "org.vfiomig1.Error.NoSuchDevice", cm.exception.message)
+        self.assertIn("No device is attached at /org/vfiomig1/device/sim_nope", cm.exception.message)
 
 
 class SetStates(ApiTestCase):

@@ -587,7 +587,7 @@ class Transfers(PairCase):
             self.assertIn(("s", "completed"), phases)
         self.assertWireError(E_BUSY, self.src.call, sjob, MIGRATION_IFACE, "Cancel")
         self.assertWireError(E_BUSY, self.src.call, sjob, MIGRATION_IFACE, "Switchover")
-        self.assertWireError("org.freedesktop.DBus.Error.UnknownObject", self.src.prop,
+        self.assertWireError("org.vfiomig1.Error.NoSuchMigration", self.src.prop,
                              "/org/vfiomig1/migration/_999", MIGRATION_IFACE, "Phase")
 
     def test_incoming_peer_known(self):
@@ -1716,7 +1716,7 @@ class Refusals(PairCase):
         self.assertIn(running, listed)
         self.assertNotIn(first, listed)
         self.assertLessEqual(len([j for j in self.dst.manager("ListMigrations")[0] if j[2] in FINAL]), 16)
-        self.assertWireError("org.freedesktop.DBus.Error.UnknownObject", self.dst.prop, first, MIGRATION_IFACE,
+        self.assertWireError("org.vfiomig1.Error.NoSuchMigration", self.dst.prop, first, MIGRATION_IFACE,
                              "Phase")
 
 

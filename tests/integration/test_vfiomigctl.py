@@ -320,6 +320,13 @@ class Commands(CliCase):
         self.assertEqual(self.list_devices(), [])
         self.assertHumanError(self.ctl("detach", "sim_d1", expect=None), "sim_d1")
 
+    def test_unknown_objects_are_named(self):
+        # The daemon's named errors, not the bus's UnknownObject, with the client's hint.
+        r = self.ctl("cancel", "999", expect=None)
+        self.assertHumanError(r, "No migration job 999", "vfiomigctl jobs")
+        r = self.ctl("space", "show", "s999", expect=None)
+        self.assertHumanError(r, "No address space at /org/vfiomig1/space/s999", "vfiomigctl space list")
+
     def test_quiet(self):
         for args in (["attach", "sim:q"], ["list"], ["status"], ["status", "sim_q"], ["set-state", "sim_q", "stop"],
                      ["set-states", "running", "sim_q"], ["reset", "sim_q"]):
