@@ -46,6 +46,7 @@ bool arg_bandwidth_set = false, arg_downtime_set = false;
 const char *arg_switchover = NULL;
 bool arg_no_io_uring = false;
 bool arg_no_wait = false;
+static bool arg_help = false;
 
 static void arg_options_free(void) {
         for (size_t i = 0; i < arg_n_options; i++)
@@ -153,7 +154,7 @@ static const Verb verbs[] = {
         { "blob",           2, VERB_ANY, 0, NULL, blob_verbs, ELEMENTSOF(blob_verbs) },
 };
 
-static int help(void) {
+static int help_write(FILE *f) {
         _cleanup_free_ char *states = NULL, *keys = NULL;
 
         states = ctl_settable_states_list();
@@ -161,7 +162,7 @@ static int help(void) {
         if (!states || !keys)
                 return log_error_errno(ENOMEM, "Out of memory.");
 
-        printf("%1$s [OPTIONS...] COMMAND [ARGS...]\n"
+        fprintf(f, "%1$s [OPTIONS...] COMMAND [ARGS...]\n"
                "\n"
                "Control the VFIO devices and DMA address spaces owned by vfiomigd.\n"
                "\n"
@@ -271,6 +272,120 @@ static int help(void) {
         return 0;
 }
 
+static int help(void) {
+        return help_write(stdout);
+}
+
+static bool has_prefix(const char *s, const char *prefix) {
+        return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* Whether name ("migrate", "space create") is in the list of verbs a description clause starts
+ * with ("set-states, incoming, migrate: ...", "sim-dma write: ..."), before its colon. */
+static bool clause_names(const char *clause, const char *colon, const char *name) {
+        size_t n = strlen(name);
+
+        for (const char *p = clause; (p = strstr(p, name)) && p < colon; p += n)
+                if ((p == clause || p[-1] == ' ') && (p[n] == ',' || p[n] == ':'))
+                        return true;
+        return false;
+}
+
+/* Whether an option's description is for the verb: one of its clauses ("incoming: write the
+ * token ...; migrate: read it from FILE") names the verb, or the verb and its subverb. */
+static bool option_for(const char *description, const char *verb, const char *full_name) {
+        for (const char *clause = description; clause; ) {
+                const char *colon = strchr(clause, ':'), *end = strstr(clause, "; ");
+
+                if (colon && (!end || colon < end) &&
+                    (clause_names(clause, colon, verb) || clause_names(clause, colon, full_name)))
+                        return true;
+                clause = end ? end + 2 : NULL;
+        }
+        return false;
+}
+
+#define HELP_TEXT_COLUMN 29 /* where the help's descriptions start */
+
+/* VERB --help: the verb's lines of the help above (its synopsis and description, the options
+ * every verb takes and the ones it takes), then the notes on argument syntax. One text, so the
+ * two cannot disagree. */
+static int help_verb(const char *verb, const char *subverb) {
+        _cleanup_free_ char *text = NULL, *prefix = NULL;
+        _cleanup_fclose_ FILE *f = NULL;
+        size_t size = 0;
+        enum { COMMANDS, OPTIONS, NOTES } part = COMMANDS;
+        bool taking = false, general = true;
+        int r;
+
+        if (asprintf(&prefix, "  %s%s%s", verb, subverb ? " " : "", subverb ?: "") < 0)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        f = open_memstream(&text, &size);
+        if (!f)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        r = help_write(f);
+        if (r < 0)
+                return r;
+        if (fflush(f) != 0)
+                return log_error_errno(ENOMEM, "Out of memory.");
+
+        printf("%s [OPTIONS...] %s%s%s ...\n\n", PROGRAM_NAME, verb, subverb ? " " : "", subverb ?: "");
+        for (char *line = text, *next; line && *line; line = next) {
+                bool continuation = strspn(line, " ") >= 4;
+
+                next = strchr(line, '\n');
+                if (next)
+                        *next++ = 0;
+                if (streq(line, "Options:")) {
+                        part = OPTIONS;
+                        puts("\nOptions:");
+                        continue;
+                }
+                if (part == OPTIONS && *line == 0) {
+                        part = NOTES;
+                        putchar('\n');
+                        continue;
+                }
+                if (part == NOTES) {
+                        puts(line);
+                        continue;
+                }
+                if (part == OPTIONS) {
+                        /* An option and the lines that continue its description; the options
+                         * listed before --option apply to every verb. */
+                        if (strspn(line, " ") < HELP_TEXT_COLUMN) {
+                                char description[512] = "";
+                                size_t len = 0;
+
+                                if (has_prefix(line, "     --option "))
+                                        general = false;
+                                /* The whole description: the rest of this line, and the lines
+                                 * below indented to its column. */
+                                if (strlen(line) > HELP_TEXT_COLUMN && line[HELP_TEXT_COLUMN - 1] == ' ')
+                                        len = (size_t) snprintf(description, sizeof description, "%s",
+                                                                line + HELP_TEXT_COLUMN);
+                                for (const char *l = next; l && strspn(l, " ") >= HELP_TEXT_COLUMN && len < sizeof description;
+                                     l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+                                        len += (size_t) snprintf(description + len, sizeof description - len, "%s%.*s",
+                                                                 len > 0 ? " " : "",
+                                                                 (int) strcspn(l + HELP_TEXT_COLUMN, "\n"),
+                                                                 l + HELP_TEXT_COLUMN);
+                                taking = general || option_for(description, verb, prefix + 2);
+                        }
+                        if (taking)
+                                puts(line);
+                        continue;
+                }
+                /* Commands: a synopsis starts with two blanks and the verb; its other lines are
+                 * indented further. */
+                if (!continuation)
+                        taking = has_prefix(line, prefix) && (line[strlen(prefix)] == ' ' || line[strlen(prefix)] == 0);
+                if (taking)
+                        puts(line);
+        }
+        return 0;
+}
+
 static int parse_sim_option(const char *assignment) {
         _cleanup_free_ char *key = NULL, *keys = NULL;
         const CtlSimOption *option;
@@ -319,6 +434,8 @@ static int parse_sim_option(const char *assignment) {
 /* parse_argv() returns this when the command is to be run; 0 when done (--help, --version),
  * EXIT_USAGE or a negative errno on failure. */
 #define ARGV_RUN 1
+
+static const Verb *find_verb(const Verb *table, size_t n, const char *name);
 
 static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_args) {
         enum {
@@ -409,7 +526,8 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                         break;
 
                 case 'h':
-                        return help();
+                        arg_help = true;
+                        break;
 
                 case ARG_VERSION:
                         puts(PROGRAM_NAME " " PACKAGE_VERSION);
@@ -617,6 +735,16 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
         /* After "--", getopt stops and leaves the rest for us. */
         for (int i = optind; i < argc; i++)
                 args[n_args++] = argv[i];
+
+        if (arg_help) {
+                const Verb *v = n_args > 0 ? find_verb(verbs, ELEMENTSOF(verbs), args[0]) : NULL;
+                const Verb *sub = v && v->n_subverbs > 0 && n_args > 1 ?
+                                          find_verb(v->subverbs, v->n_subverbs, args[1]) : NULL;
+
+                if (!v)
+                        return help();
+                return help_verb(v->name, sub ? sub->name : NULL);
+        }
 
         *ret_args = TAKE_PTR(args);
         *ret_n_args = n_args;

@@ -93,6 +93,28 @@ class Usage(CliCase):
         r = self.ctl("--version")
         self.assertRegex(r.stdout, r"^vfiomigctl \d+\.\d+")
 
+    def test_verb_help(self):
+        # A verb's own lines of the help: its synopsis, the options every verb takes and its own.
+        r = self.ctl("migrate", "--help")
+        self.assertTrue(r.stdout.startswith("vfiomigctl [OPTIONS...] migrate ...\n"), r.stdout)
+        for text in ("  migrate DEV... --to=HOST[:PORT]", "--address=ADDRESS", "--to=HOST[:PORT]", "--no-wait",
+                     "--token-file=FILE", "--stall-timeout=MS", "JOB is a migration id"):
+            self.assertIn(text, r.stdout)
+        for text in ("Commands:", "  incoming DEV", "--backend=", "--run ", "--setup-timeout", "sim-dma"):
+            self.assertNotIn(text, r.stdout)
+        r = self.ctl("space", "create", "--help")
+        self.assertIn("  space create ", r.stdout)
+        self.assertIn("--backend=iommufd|legacy|sim", r.stdout)
+        self.assertNotIn("  space list", r.stdout)
+        self.assertNotIn("--to=", r.stdout)
+        # --help alone or after an unknown word: the whole help, exit 0; -h before the verb works too.
+        for args in (["--help"], ["bogus", "--help"]):
+            with self.subTest(args=args):
+                self.assertIn("Commands:", self.ctl(*args).stdout)
+        r = self.ctl("-h", "list")
+        self.assertIn("  list ", r.stdout)
+        self.assertNotIn("Commands:", r.stdout)
+
     def test_usage_errors_exit_2(self):
         cases = [
             ([], "missing command"),
