@@ -282,7 +282,9 @@ int verb_incoming(int argc, char *argv[]) {
                 j = json_object_new_object();
                 if (!j)
                         return log_error_errno(ENOMEM, "Out of memory.");
-                r = json_add_string(j, "migration", path);
+                r = have_id ? json_add_uint64(j, "id", id) : 0;
+                if (r >= 0)
+                        r = json_add_string(j, "migration", path);
                 if (r >= 0)
                         r = arg_token_file ? json_add_string(j, "token_file", arg_token_file)
                                            : json_add_string(j, "token", token);
@@ -461,16 +463,26 @@ int verb_migrate(int argc, char *argv[]) {
                 return log_error_errno(r, "Failed to parse StartMigration reply: %m");
 
         if (arg_no_wait) {
+                /* The job number, as jobs, job and wait show and take it. */
+                uint32_t id;
+                bool have_id = ctl_migration_id_from_path(path, &id) >= 0;
+
                 if (arg_json != JSON_FORMAT_OFF) {
                         j = json_object_new_object();
                         if (!j)
                                 return log_error_errno(ENOMEM, "Out of memory.");
-                        r = json_add_string(j, "migration", path);
+                        r = have_id ? json_add_uint64(j, "id", id) : 0;
+                        if (r >= 0)
+                                r = json_add_string(j, "migration", path);
                         if (r < 0)
                                 return log_error_errno(r, "Failed to build JSON: %m");
                         return print_json(j);
                 }
-                if (!arg_quiet)
+                if (arg_quiet)
+                        return 0;
+                if (have_id)
+                        printf("%" PRIu32 "\n", id);
+                else
                         puts(path);
                 return 0;
         }

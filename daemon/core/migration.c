@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "config.h" /* SYSCONFDIR, for DAEMON_CONFIG_PKI_DIR */
+#include "daemon-config.h"
 #include "hexdecoct.h"
 #include "log.h"
 #include "manager.h"
@@ -88,7 +90,7 @@ bool migration_address_is_loopback(const struct sockaddr_storage *ss) {
 static int check_cleartext(const char *what, const char *address, ErrorMessage *err) {
         return error_setf(err, -ENOKEY,
                           "cleartext migration %s %s refused: this daemon has no TLS credentials (see vfiomigd.conf(5): "
-                          "put them in /etc/pki/vfiomigd, or set allow-cleartext, which is unsafe)",
+                          "put them in " DAEMON_CONFIG_PKI_DIR ", or set allow-cleartext, which is unsafe)",
                           what, address);
 }
 

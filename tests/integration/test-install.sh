@@ -68,6 +68,7 @@ $prefix/share/dbus-1/interfaces/org.vfiomig1.Device.xml
 $prefix/share/dbus-1/interfaces/org.vfiomig1.Manager.xml
 $prefix/share/dbus-1/interfaces/org.vfiomig1.Migration.xml
 $prefix/share/dbus-1/interfaces/org.vfiomig1.SimDevice.xml
+$prefix/share/bash-completion/completions/vfiomigctl
 $prefix/share/doc/vfiomigd/vfiomigd.conf.example
 $prefix/share/man/man1/vfiomigctl.1
 $prefix/share/man/man5/org.vfiomig1.5

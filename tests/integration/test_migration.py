@@ -1822,8 +1822,9 @@ class Vfiomigctl(PairCase):
         djob, token, address = self.incoming(pd)
         out = self.ctl_json(self.src, "migrate", ps, f"--to={address}", f"--token={token}",
                             "--switchover=manual", "--no-wait")
-        self.assertEqual(sorted(out), ["migration"], out)
+        self.assertEqual(sorted(out), ["id", "migration"], out)
         sjob = out["migration"]
+        self.assertEqual(sjob, f"/org/vfiomig1/migration/_{out['id']}")
         self.assertEqual(self.src.prop(sjob, MIGRATION_IFACE, "SwitchoverMode"), "manual")
         self.src.wait_prop(sjob, MIGRATION_IFACE, "InitialDataLoaded", bool)
         self.ctl(self.src, "cancel", sjob.rsplit("_", 1)[1])

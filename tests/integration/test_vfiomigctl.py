@@ -29,6 +29,7 @@ ends a running save-state (Cancelled there) and is refused with NoTransfer when 
 import json
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -403,6 +404,55 @@ class Spaces(CliCase):
         # A device that does not exist is named as such.
         self.assertHumanError(self.ctl("sim-dma", "read", "sim_nope", "--iova=0", "--length=1", expect=None),
                               "sim_nope")
+
+
+COMPLETION = h.SOURCE_ROOT / "client" / "completion" / "vfiomigctl.bash"
+
+
+class Completion(CliCase):
+    """The bash completion, sourced into a real bash and asked as bash asks it."""
+
+    daemon_kwargs = {"args": ["--stream-listen=127.0.0.1:0"]}
+
+    def complete(self, *words):
+        line = ["vfiomigctl", f"--address={self.bus.address}", *words]
+        script = (f"source {COMPLETION}\n"
+                  f"COMP_WORDS=({' '.join(shlex.quote(w) for w in line)})\n"
+                  f"COMP_CWORD={len(line) - 1}\n"
+                  "_vfiomigctl\n"
+                  'printf "%s\\n" "${COMPREPLY[@]}"\n')
+        env = h.clean_env(PATH=f"{h.CLI.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+        r = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True,
+                           env=env, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return [x for x in r.stdout.splitlines() if x]
+
+    def test_every_command_and_option_of_the_help(self):
+        text = self.ctl("--help").stdout
+        commands = set(re.findall(r"^  ([a-z][a-z-]*)", text, re.M))
+        options = set(re.findall(r"^(?:  -\w |     )(--[a-z0-9-]+=?)", text, re.M))
+        self.assertGreater(len(commands), 20)
+        self.assertGreater(len(options), 25)
+        self.assertEqual(set(self.complete("")), commands)
+        self.assertEqual(set(self.complete("--")), options)
+        self.assertEqual(self.complete("mig"), ["migrate"])
+        self.assertEqual(self.complete("space", ""), ["create", "list", "show", "destroy"])
+
+    def test_values_and_the_daemons_objects(self):
+        self.attach("sim:comp1")
+        self.attach("sim:comp2")
+        self.assertEqual(sorted(self.complete("reset", "")), ["sim_comp1", "sim_comp2"])
+        self.assertEqual(self.complete("set-state", "sim_comp1", "stop-"), ["stop-copy"])
+        self.assertEqual(sorted(self.complete("set-states", "running", "sim_comp")), ["sim_comp1", "sim_comp2"])
+        self.assertEqual(self.complete("--json="), ["--json=short", "--json=pretty", "--json=off"])
+        self.assertEqual(self.complete("map", "s0", "--access=r"), ["--access=rw", "--access=r"])
+        space = self.ctl_json("space", "create", "--backend=sim")["id"]
+        self.addCleanup(self.ctl, "space", "destroy", space, expect=None)
+        self.assertEqual(self.complete("space", "show", ""), [space])
+        job = self.ctl_json("incoming", "sim_comp2")["id"]
+        self.assertIn(str(job), self.complete("cancel", ""))
+        self.assertEqual(self.complete("resolve", str(job), "n"), ["not-committed"])
+        self.ctl("cancel", str(job))
 
 
 TOKEN_RE = r"^[0-9a-f]{64}$"
