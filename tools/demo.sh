@@ -409,7 +409,8 @@ if [ $HAVE_MIGRATE = 1 ] && [ -t 2 ]; then
         SRC_JOB=$(sed -n 's/^Migration \([0-9]*\) .*/\1/p' <<<"$out")
         SRC_JOB=${SRC_JOB:+/org/vfiomig1/migration/_$SRC_JOB}
 elif [ $HAVE_MIGRATE = 1 ]; then
-        SRC_JOB=$(ctl src migrate "${DEVICES[@]}" "${MIGRATE_OPTS[@]}" --no-wait)
+        SRC_JOB=$(ctl src migrate "${DEVICES[@]}" "${MIGRATE_OPTS[@]}" --no-wait) # the job's number
+        SRC_JOB=${SRC_JOB:+/org/vfiomig1/migration/_$SRC_JOB}
         follow_job "$SRC" "$SRC_JOB"
         ctl src wait "$SRC_JOB" || rc=$?
 else

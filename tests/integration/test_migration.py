@@ -1756,7 +1756,8 @@ class Vfiomigctl(PairCase):
 
     def incoming(self, *args):
         out = self.ctl_json(self.dst, "incoming", *args)
-        self.assertEqual(sorted(out), ["addresses", "migration", "token"], out)
+        self.assertEqual(sorted(out), ["addresses", "id", "migration", "token"], out)
+        self.assertEqual(out["migration"], f"/org/vfiomig1/migration/_{out['id']}")
         self.assertRegex(out["migration"], r"^/org/vfiomig1/migration/_[1-9][0-9]*$")
         self.assertRegex(out["token"], "^[0-9a-f]{64}$")
         self.assertEqual(out["addresses"], self.dst.prop(MANAGER_PATH, MANAGER_IFACE, "StreamAddresses"))

@@ -522,7 +522,7 @@ class Token(CliCase):
 
     def prepare(self):
         out = self.ctl_json("incoming", "sim_dst", f"--token-file={self.tmp / 'token'}")
-        self.assertEqual(sorted(out), ["addresses", "migration", "token_file"])
+        self.assertEqual(sorted(out), ["addresses", "id", "migration", "token_file"])
         self.assertEqual(out["token_file"], str(self.tmp / "token"))
         return out["migration"], out["addresses"][0]
 
