@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 
+#include "ctl-polkit-agent.h"
 #include "vfiomigctl.h"
 
 const char *yes_no(bool b) {
@@ -19,7 +20,22 @@ const char *na(const char *s) {
 }
 
 int acquire_bus(sd_bus **ret) {
-        return ctl_bus_connect(arg_address, arg_timeout_usec, ret);
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
+        int r;
+
+        r = ctl_bus_connect(arg_address, arg_timeout_usec, &bus);
+        if (r < 0)
+                return r;
+        /* Let polkit ask for a password (auth_admin, auth_self) instead of refusing, and have
+         * an agent on this terminal to ask it; --no-ask-password keeps both off. */
+        if (arg_ask_password) {
+                r = sd_bus_set_allow_interactive_authorization(bus, true);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to allow interactive authorization: %m");
+                ctl_polkit_agent_open(arg_address);
+        }
+        *ret = TAKE_PTR(bus);
+        return 0;
 }
 
 int check_device_name(const char *dev) {

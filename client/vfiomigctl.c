@@ -46,6 +46,7 @@ bool arg_bandwidth_set = false, arg_downtime_set = false;
 const char *arg_switchover = NULL;
 bool arg_no_io_uring = false;
 bool arg_no_wait = false;
+bool arg_ask_password = true;
 static bool arg_help = false;
 
 static void arg_options_free(void) {
@@ -223,6 +224,7 @@ static int help_write(FILE *f) {
                "     --timeout=SECONDS       Wait this long for each method call; save-state,\n"
                "                             load-state: the transfer's deadline (default 600)\n"
                "  -q --quiet                 Print nothing on success ('incoming': only the token)\n"
+               "     --no-ask-password       Never ask for a password for polkit: fail instead\n"
                "     --option KEY=VALUE      attach: set an option of a simulated device\n"
                "     --recover=STATE         set-state: state to return to if the move fails\n"
                "     --force-without-p2p     set-states, incoming, migrate: allow devices lacking P2P\n"
@@ -469,6 +471,7 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 ARG_SWITCHOVER,
                 ARG_NO_IO_URING,
                 ARG_NO_WAIT,
+                ARG_NO_ASK_PASSWORD,
         };
         static const struct option options[] = {
                 { "help",              no_argument,       NULL, 'h'                   },
@@ -503,6 +506,7 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
                 { "switchover",        required_argument, NULL, ARG_SWITCHOVER        },
                 { "no-io-uring",       no_argument,       NULL, ARG_NO_IO_URING       },
                 { "no-wait",           no_argument,       NULL, ARG_NO_WAIT           },
+                { "no-ask-password",   no_argument,       NULL, ARG_NO_ASK_PASSWORD   },
                 {}
         };
         _cleanup_free_ char **args = NULL;
@@ -722,6 +726,10 @@ static int parse_argv(int argc, char *argv[], char ***ret_args, size_t *ret_n_ar
 
                 case ARG_NO_WAIT:
                         arg_no_wait = true;
+                        break;
+
+                case ARG_NO_ASK_PASSWORD:
+                        arg_ask_password = false;
                         break;
 
                 case '?':

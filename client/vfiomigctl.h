@@ -60,6 +60,7 @@ extern bool arg_bandwidth_set, arg_downtime_set;
 extern const char *arg_switchover;
 extern bool arg_no_io_uring;
 extern bool arg_no_wait;
+extern bool arg_ask_password;
 
 /* sim-dma write --file reads the whole file into one message; the daemon's own limit per DMA
  * is far lower and it says so, but nothing larger than this is worth reading into memory. */

@@ -23,7 +23,8 @@ _vfiomigctl() {
                        --force-without-p2p --backend= --sim-mapping= --file= --offset= --length= --iova=
                        --access= --data= --output= --run --reassembly-budget= --stall-timeout=
                        --setup-timeout= --to= --token-file= --token= --channels= --no-precopy
-                       --bandwidth= --downtime= --switchover= --no-io-uring --no-wait"
+                       --bandwidth= --downtime= --switchover= --no-io-uring --no-wait
+                       --no-ask-password"
         local states="stop running stop-copy resuming running-p2p pre-copy pre-copy-p2p"
         local -a args=()
         local i w

@@ -8,6 +8,12 @@ allowed; root is allowed. The "device" detail reaches polkit (a narrow rule gran
 set-state on one device only). Without polkitd on the bus, vfmtest and vfmadm are refused and
 root is allowed. The project's bus policy: vfmtest cannot own org.vfiomig1 nor set properties.
 
+Interactive authorization (a rule that wants vfmtest's own password for one device): with
+--no-ask-password, or without a terminal, vfiomigctl is refused and the message names the action;
+on a terminal it starts the real pkttyagent, which asks for the password there, and the real
+setuid polkit-agent-helper-1 checks it with PAM (a wrong one is refused, the right one lets the
+call through).
+
 A flood of Map calls by uid 65534 (polkit_flood.py) whose memfd shrinks while polkit thinks, so
 that the call fails validation when the daemon dispatches it again, and many more calls than the
 daemon keeps pending: the daemon's descriptor count and RSS stay flat, and every refusal is the
@@ -17,7 +23,11 @@ daemon's named error.
 import contextlib
 import json
 import os
+import select
+import shlex
+import shutil
 import subprocess
+import time
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +45,15 @@ polkit.addRule(function(action, subject) {
         return polkit.Result.YES;
     }
 });
+// vfmtest may change sim_interactive's state after authenticating as itself.
+polkit.addRule(function(action, subject) {
+    if (action.id == "org.vfiomig1.set-state" && action.lookup("device") == "sim_interactive" &&
+        subject.user == "vfmtest") {
+        return polkit.Result.AUTH_SELF;
+    }
+});
 """
+TEST_USER_PASSWORD = "vfm-Interactive-1"
 
 USERS = None
 
@@ -173,6 +191,72 @@ class WithPolkit(PolkitCase):
             with self.assertRaises(DBusError) as cm:
                 self.user.manager("DetachDevice", "s", "sim_narrow")
         self.assertEqual(cm.exception.name, h.E_ACCESS_DENIED)
+
+    def ctl_as_user(self, *args, terminal_input=None):
+        """vfiomigctl as vfmtest; with terminal_input, on a terminal (script(1) makes the pty)
+        whose keyboard sends terminal_input once the password prompt shows."""
+        cmd = h.user_cmd(TEST_USER, [str(h.CLI), f"--address={self.bus.address}", *args])
+        if terminal_input is None:
+            return subprocess.run(cmd, capture_output=True, text=True, env=h.clean_env(), timeout=60,
+                                  stdin=subprocess.DEVNULL)
+        # polkit-agent-helper-1, which checks the password, is setuid and so ignores
+        # DBUS_SYSTEM_BUS_ADDRESS: it reaches polkitd at the standard socket path only. In a mount
+        # namespace of the client's own, the private bus is bound there.
+        bind = ("{ if [ -d /run/dbus ]; then mount -t tmpfs tmpfs /run/dbus; "
+                "else mount -t tmpfs tmpfs /run && mkdir /run/dbus; fi; } && touch /run/dbus/system_bus_socket && "
+                f"mount --bind {shlex.quote(str(self.bus.socket))} /run/dbus/system_bus_socket && "
+                f"exec {' '.join(shlex.quote(c) for c in cmd)}")
+        inner = ["unshare", "--mount", "--propagation", "private", "sh", "-c", bind]
+        proc = subprocess.Popen(["script", "-qefc", " ".join(shlex.quote(c) for c in inner), "/dev/null"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=h.clean_env())
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"Password:" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 1)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                seen += chunk
+        self.assertIn(b"Password:", seen, "pkttyagent never asked for the password on the terminal")
+        proc.stdin.write(terminal_input.encode() + b"\n")
+        proc.stdin.flush()
+        rest, _ = proc.communicate(timeout=60)
+        return subprocess.CompletedProcess(cmd, proc.returncode, (seen + rest).decode(errors="replace"), "")
+
+    def test_no_ask_password_names_the_action(self):
+        dev = self.attach(self.root, "sim:interactive")
+        with self.unchanged():
+            r = self.ctl_as_user("--no-ask-password", "set-state", "sim_interactive", "stop")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("Not authorized to perform org.vfiomig1.set-state: interactive authentication is required",
+                      r.stderr)
+        self.assertEqual(self.root.dev_prop(dev, "State"), "running")
+
+    def test_interactive_authorization_on_a_terminal(self):
+        """Without a terminal nobody can be asked: refused. On one, vfiomigctl starts pkttyagent,
+        polkit has it ask for vfmtest's password, and the call goes through."""
+        for tool in ("pkttyagent", "script", "unshare"):
+            if not shutil.which(tool):
+                self.skipTest(f"{tool} is not installed")
+        subprocess.run(["chpasswd"], input=f"{TEST_USER}:{TEST_USER_PASSWORD}\n", text=True, check=True)
+        self.addCleanup(subprocess.run, ["passwd", "-d", TEST_USER], capture_output=True)
+        dev = self.attach(self.root, "sim:interactive")
+        with self.unchanged():
+            r = self.ctl_as_user("set-state", "sim_interactive", "stop")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("interactive authentication is required", r.stderr)
+        # A wrong password: polkit refuses, nothing changes.
+        with self.unchanged():
+            r = self.ctl_as_user("set-state", "sim_interactive", "stop", terminal_input="wrong-password")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("Not authorized to perform org.vfiomig1.set-state", r.stdout)
+        r = self.ctl_as_user("set-state", "sim_interactive", "stop", terminal_input=TEST_USER_PASSWORD)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn("AUTHENTICATING FOR org.vfiomig1.set-state", r.stdout)
+        self.assertEqual(self.root.dev_prop(dev, "State"), "stop")
 
     def test_polkit_flood_as_nobody(self):
         space = self.root.manager("CreateAddressSpace", "a{sv}", {"backend": ("s", "sim")})[0]
