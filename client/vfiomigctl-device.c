@@ -403,9 +403,14 @@ int verb_detach(int argc, char *argv[]) {
         if (r < 0)
                 return r;
 
-        /* DetachDevice takes an id or address; a path is translated through the device's Id. */
-        if (dev[0] == '/') {
-                r = ctl_get_device_info(bus, dev, /* gone_ok= */ false, &d);
+        /* DetachDevice takes an id or address; a path is translated through the device's Id.
+         * With --json the device is looked up first, to say which one went. */
+        if (dev[0] == '/' || arg_json != JSON_FORMAT_OFF) {
+                _cleanup_free_ char *path = NULL;
+
+                r = ctl_resolve_device(bus, dev, &path);
+                if (r >= 0)
+                        r = ctl_get_device_info(bus, path, /* gone_ok= */ false, &d);
                 if (r < 0)
                         return r;
                 dev = d.id;
@@ -418,7 +423,10 @@ int verb_detach(int argc, char *argv[]) {
         if (r < 0)
                 return log_error_errno(r, "Failed to append DetachDevice arguments: %m");
 
-        return ctl_call(bus, m, NULL);
+        r = ctl_call(bus, m, NULL);
+        if (r < 0 || arg_json == JSON_FORMAT_OFF)
+                return r;
+        return print_detached(d.id, d.object);
 }
 
 int verb_set_state(int argc, char *argv[]) {
@@ -622,7 +630,10 @@ int call_device_method(const char *dev, const char *member, sd_bus_message **ret
         if (r < 0)
                 return r;
         /* The reply is complete in memory, so it stays readable after the bus is closed here. */
-        return ctl_call(bus, m, ret_reply);
+        r = ctl_call(bus, m, ret_reply);
+        if (r < 0 || ret_reply)
+                return r;
+        return show_device_after(bus, path);
 }
 
 int verb_reset(int argc, char *argv[]) {
@@ -779,7 +790,7 @@ int verb_cancel_transfer(int argc, char *argv[]) {
         r = call_device_method(argv[1], "CancelTransfer", NULL);
         if (r < 0)
                 return r;
-        if (!arg_quiet)
+        if (!arg_quiet && arg_json == JSON_FORMAT_OFF)
                 printf("The transfer of %s was cancelled; the device is idle again.\n", argv[1]);
         return 0;
 }

@@ -17,7 +17,7 @@ static const char *job_error_text(const MigrationInfo *i, const char *fallback) 
         return "no reason given";
 }
 
-static int migration_to_json(const MigrationInfo *i, json_object **ret) {
+int migration_to_json(const MigrationInfo *i, json_object **ret) {
         _cleanup_(json_object_putp) json_object *j = NULL;
         int r;
 
@@ -687,7 +687,10 @@ static int call_migration_method(const char *job, const char *member) {
         r = ctl_new_method_call(bus, path, VFIOMIG_MIGRATION_INTERFACE, member, &m);
         if (r < 0)
                 return r;
-        return ctl_call(bus, m, NULL);
+        r = ctl_call(bus, m, NULL);
+        if (r < 0)
+                return r;
+        return show_migration_after(bus, path);
 }
 
 int verb_switchover(int argc, char *argv[]) {
@@ -723,6 +726,8 @@ int verb_resolve(int argc, char *argv[]) {
         r = ctl_call(bus, m, NULL);
         if (r < 0)
                 return r;
+        if (arg_json != JSON_FORMAT_OFF)
+                return show_migration_after(bus, path);
         if (!arg_quiet)
                 printf(committed ? "Migration %" PRIu32 " resolved as committed: the source devices stay stopped "
                                    "(the destination runs the workload) and the job is completed.\n"
@@ -778,7 +783,10 @@ int verb_blob_set(int argc, char *argv[]) {
         r = sd_bus_message_append_array(m, 'y', data ?: "", size);
         if (r < 0)
                 return log_error_errno(r, "Failed to append SetMigrationBlob arguments: %m");
-        return ctl_call(bus, m, NULL);
+        r = ctl_call(bus, m, NULL);
+        if (r < 0)
+                return r;
+        return show_device_after(bus, path);
 }
 
 int verb_blob_get(int argc, char *argv[]) {

@@ -9,7 +9,7 @@
 
 #include "vfiomigctl.h"
 
-static int space_to_json(const SpaceInfo *s, bool full, json_object **ret) {
+int space_to_json(const SpaceInfo *s, bool full, json_object **ret) {
         _cleanup_(json_object_putp) json_object *j = NULL, *mappings = NULL;
         int r;
 
@@ -285,7 +285,10 @@ int verb_space_destroy(int argc, char *argv[]) {
         r = sd_bus_message_append(m, "o", path);
         if (r < 0)
                 return log_error_errno(r, "Failed to append DestroyAddressSpace arguments: %m");
-        return ctl_call(bus, m, NULL);
+        r = ctl_call(bus, m, NULL);
+        if (r < 0 || arg_json == JSON_FORMAT_OFF)
+                return r;
+        return print_detached(path + strlen(VFIOMIG_SPACE_PATH_PREFIX "/"), path);
 }
 
 /* Opens the file to map the way the access asks for, and never blocks on a FIFO: the daemon is
@@ -341,7 +344,10 @@ int verb_map(int argc, char *argv[]) {
                 r = sd_bus_message_append_strv(m, (char **) ctl_access_to_bus_names(access));
         if (r < 0)
                 return log_error_errno(r, "Failed to append Map arguments: %m");
-        return ctl_call(bus, m, NULL);
+        r = ctl_call(bus, m, NULL);
+        if (r < 0)
+                return r;
+        return show_space_after(bus, path);
 }
 
 int verb_unmap(int argc, char *argv[]) {
@@ -370,7 +376,10 @@ int verb_unmap(int argc, char *argv[]) {
         r = sd_bus_message_append(m, "tt", arg_iova, arg_length);
         if (r < 0)
                 return log_error_errno(r, "Failed to append Unmap arguments: %m");
-        return ctl_call(bus, m, NULL);
+        r = ctl_call(bus, m, NULL);
+        if (r < 0)
+                return r;
+        return show_space_after(bus, path);
 }
 
 int verb_attach_space(int argc, char *argv[]) {
@@ -400,7 +409,10 @@ int verb_attach_space(int argc, char *argv[]) {
         r = sd_bus_message_append(m, "o", space);
         if (r < 0)
                 return log_error_errno(r, "Failed to append AttachAddressSpace arguments: %m");
-        return ctl_call(bus, m, NULL);
+        r = ctl_call(bus, m, NULL);
+        if (r < 0)
+                return r;
+        return show_device_after(bus, device);
 }
 
 /* ---- simulated DMA ---- */

@@ -229,3 +229,66 @@ int write_output(const char *path, mode_t mode, const void *data, size_t size) {
                 return log_error_errno(errno, "Failed to write %s: %m", path);
         return 0;
 }
+
+int show_device_after(sd_bus *bus, const char *path) {
+        _cleanup_(device_info_done) DeviceInfo d = {};
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        int r;
+
+        if (arg_json == JSON_FORMAT_OFF)
+                return 0;
+        r = ctl_get_device_info(bus, path, /* gone_ok= */ false, &d);
+        if (r < 0)
+                return r;
+        r = device_to_json(&d, /* full= */ true, &j);
+        if (r < 0)
+                return log_error_errno(r, "Failed to build JSON: %m");
+        return print_json(j);
+}
+
+int show_space_after(sd_bus *bus, const char *path) {
+        _cleanup_(space_info_done) SpaceInfo s = {};
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        int r;
+
+        if (arg_json == JSON_FORMAT_OFF)
+                return 0;
+        r = ctl_get_space_info(bus, path, /* with_mappings= */ false, /* gone_ok= */ false, &s);
+        if (r < 0)
+                return r;
+        r = space_to_json(&s, /* full= */ false, &j);
+        if (r < 0)
+                return log_error_errno(r, "Failed to build JSON: %m");
+        return print_json(j);
+}
+
+int show_migration_after(sd_bus *bus, const char *path) {
+        _cleanup_(migration_info_done) MigrationInfo i = {};
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        int r;
+
+        if (arg_json == JSON_FORMAT_OFF)
+                return 0;
+        r = ctl_get_migration_info(bus, path, /* gone_ok= */ false, &i);
+        if (r < 0)
+                return r;
+        r = migration_to_json(&i, &j);
+        if (r < 0)
+                return log_error_errno(r, "Failed to build JSON: %m");
+        return print_json(j);
+}
+
+int print_detached(const char *id, const char *object) {
+        _cleanup_(json_object_putp) json_object *j = NULL;
+        int r;
+
+        j = json_object_new_object();
+        if (!j)
+                return log_error_errno(ENOMEM, "Out of memory.");
+        r = json_add_string(j, "id", id);
+        if (r >= 0)
+                r = json_add_string(j, "object", object);
+        if (r < 0)
+                return log_error_errno(r, "Failed to build JSON: %m");
+        return print_json(j);
+}

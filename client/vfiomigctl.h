@@ -78,6 +78,15 @@ int print_table(Table *t, size_t n_rows, const char *empty);
 int read_whole_fd(int fd, const char *name, uint64_t max, void **ret, size_t *ret_size);
 int read_whole_file(const char *path, uint64_t max, void **ret, size_t *ret_size);
 int write_all(int fd, const void *data, size_t size);
+int space_to_json(const SpaceInfo *s, bool full, json_object **ret);
+int migration_to_json(const MigrationInfo *i, json_object **ret);
+/* With --json, after a verb changed something: the object as it is now, in the form status DEV,
+ * space list and job JOB print it; nothing otherwise. */
+int show_device_after(sd_bus *bus, const char *path);
+int show_space_after(sd_bus *bus, const char *path);
+int show_migration_after(sd_bus *bus, const char *path);
+/* With --json, after detach and space destroy: {"id", "object"} of what is gone. */
+int print_detached(const char *id, const char *object);
 int write_output(const char *path, mode_t mode, const void *data, size_t size);
 int check_job_name(const char *job, char **ret_path);
 int resolve_devices(sd_bus *bus, char **devs, size_t n, char ***ret);

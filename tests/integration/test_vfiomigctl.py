@@ -406,6 +406,42 @@ class Spaces(CliCase):
                               "sim_nope")
 
 
+class JsonAfterChanges(CliCase):
+    """Every verb that changes something prints, with --json, the object as it is afterwards, in
+    the form status, space list and job use (or {id, object} of what it removed); without --json,
+    nothing."""
+
+    daemon_kwargs = {"args": ["--stream-listen=127.0.0.1:0"]}
+
+    def test_every_changing_verb(self):
+        tmp = h.TempDir("vfm-ctl-json-")
+        self.addCleanup(tmp.stop)
+        (tmp / "ram").write_bytes(bytes(1 << 20))
+        (tmp / "blob").write_bytes(b"x" * 100)
+        self.attach("sim:js")
+        dev = "/org/vfiomig1/device/sim_js"
+        self.ctl("set-state", "sim_js", "stop")
+        out = self.ctl_json("reset", "sim_js")
+        self.assertEqual((out["id"], out["object"], out["state"]), ("sim_js", dev, "running"))
+        self.assertEqual(self.ctl_json("revoke-clients", "sim_js")["clients"], 0)
+        self.assertEqual(self.ctl_json("blob", "set", "sim_js", tmp / "blob")["id"], "sim_js")
+        space = self.ctl_json("space", "create", "--backend=sim")["id"]
+        out = self.ctl_json("map", space, f"--file={tmp / 'ram'}", "--length=64K", "--iova=0x10000")
+        self.assertEqual((out["id"], out["mapping_count"], out["pinned_bytes"]), (space, 1, 65536))
+        out = self.ctl_json("attach-space", "sim_js", space)
+        self.assertEqual(out["address_space"], f"/org/vfiomig1/space/{space}")
+        self.assertEqual(self.ctl_json("unmap", space, "--iova=0x10000", "--length=64K")["mapping_count"], 0)
+        self.assertEqual(self.ctl_json("detach", "sim_js"), {"id": "sim_js", "object": dev})
+        self.assertEqual(self.ctl_json("space", "destroy", space),
+                         {"id": space, "object": f"/org/vfiomig1/space/{space}"})
+        self.attach("sim:js2")
+        job = self.ctl_json("incoming", "sim_js2")["id"]
+        out = self.ctl_json("cancel", str(job))
+        self.assertEqual((out["id"], out["phase"]), (job, "cancelled"))
+        # Text mode stays silent on success.
+        self.assertEqual(self.ctl("reset", "sim_js2").stdout, "")
+
+
 COMPLETION = h.SOURCE_ROOT / "client" / "completion" / "vfiomigctl.bash"
 
 
