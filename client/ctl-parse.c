@@ -43,58 +43,7 @@ static int digit_value(char c, unsigned base) {
 }
 
 int ctl_parse_size(const char *s, uint64_t *ret) {
-        static const struct {
-                const char *suffix;
-                unsigned shift;
-        } suffixes[] = {
-                { "K", 10 }, { "KiB", 10 },
-                { "M", 20 }, { "MiB", 20 },
-                { "G", 30 }, { "GiB", 30 },
-                { "T", 40 }, { "TiB", 40 },
-        };
-        const char *p = s;
-        unsigned base = 10, shift = 0;
-        bool overflow = false;
-        uint64_t v = 0;
-        int d;
-
-        if (!s || !ret)
-                return -EINVAL;
-
-        if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
-                base = 16;
-                p += 2;
-        }
-
-        /* Scanned by hand: strtoull() would accept leading blanks and a '-' that wraps around. */
-        if (digit_value(*p, base) < 0)
-                return -EINVAL;
-        for (; (d = digit_value(*p, base)) >= 0; p++) {
-                if (v > (UINT64_MAX - (uint64_t) d) / base)
-                        overflow = true;
-                else
-                        v = v * base + (uint64_t) d;
-        }
-
-        if (*p) {
-                bool found = false;
-
-                for (size_t i = 0; i < ELEMENTSOF(suffixes); i++)
-                        if (streq(p, suffixes[i].suffix)) {
-                                shift = suffixes[i].shift;
-                                found = true;
-                                break;
-                        }
-                if (!found)
-                        return -EINVAL;
-        }
-
-        /* Syntax first, so "99999999999999999999999xyz" is reported as malformed, not as too big. */
-        if (overflow || v > (UINT64_MAX >> shift))
-                return -ERANGE;
-
-        *ret = v << shift;
-        return 0;
+        return ctl_parse_bytes(s, /* rate= */ false, ret);
 }
 
 int ctl_parse_boolean(const char *s) {
@@ -147,42 +96,16 @@ int ctl_parse_strv(const char *s, char ***ret) {
 }
 
 int ctl_parse_timeout(const char *s, uint64_t *ret_usec) {
-        uint64_t sec = 0, frac = 0;
-        unsigned n_frac = 0;
-        const char *p = s;
+        uint64_t usec;
+        int r;
 
-        if (!s || !ret_usec)
-                return -EINVAL;
-        if (*p < '0' || *p > '9')
-                return -EINVAL;
-
-        for (; *p >= '0' && *p <= '9'; p++) {
-                if (sec > (UINT64_MAX - 9) / 10)
-                        return -ERANGE;
-                sec = sec * 10 + (uint64_t) (*p - '0');
-        }
-        if (*p == '.') {
-                p++;
-                if (*p < '0' || *p > '9')
-                        return -EINVAL;
-                for (; *p >= '0' && *p <= '9'; p++) {
-                        if (++n_frac > 6)
-                                return -EINVAL;
-                        frac = frac * 10 + (uint64_t) (*p - '0');
-                }
-                for (unsigned i = n_frac; i < 6; i++)
-                        frac *= 10;
-        }
-        if (*p)
-                return -EINVAL;
-
-        if (sec > (UINT64_MAX - frac) / 1000000)
-                return -ERANGE;
+        r = ctl_parse_time_span(s, CTL_USEC_PER_SEC, &usec);
+        if (r < 0)
+                return r;
         /* 0 would silently mean "the sd-bus default", which is not what anyone typing it wants. */
-        if (sec == 0 && frac == 0)
+        if (usec == 0)
                 return -ERANGE;
-
-        *ret_usec = sec * 1000000 + frac;
+        *ret_usec = usec;
         return 0;
 }
 
@@ -484,10 +407,26 @@ int ctl_parse_bytes(const char *s, bool rate, uint64_t *ret) {
         if (!s || !ret)
                 return -EINVAL;
 
-        range = scan_decimal(&p, UINT64_MAX, &v);
+        if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+                /* Hex: a whole number (addresses, lengths), never with decimals. */
+                bool overflow = false;
+                int d;
+
+                p += 2;
+                if (digit_value(*p, 16) < 0)
+                        return -EINVAL;
+                for (; (d = digit_value(*p, 16)) >= 0; p++) {
+                        if (v > (UINT64_MAX - (uint64_t) d) / 16)
+                                overflow = true;
+                        else
+                                v = v * 16 + (uint64_t) d;
+                }
+                range = overflow ? -ERANGE : 0;
+        } else
+                range = scan_decimal(&p, UINT64_MAX, &v);
         if (range == -EINVAL)
                 return -EINVAL;
-        if (*p == '.') {
+        if (*p == '.' && !(s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))) {
                 p++;
                 if (!is_digit(*p))
                         return -EINVAL;
@@ -531,27 +470,108 @@ int ctl_parse_bytes(const char *s, bool rate, uint64_t *ret) {
         return 0;
 }
 
-int ctl_parse_msec(const char *s, uint64_t *ret) {
+int ctl_parse_time_span(const char *s, uint64_t default_usec, uint64_t *ret_usec) {
+        static const struct {
+                const char *name;
+                uint64_t usec;
+        } units[] = {
+                /* longest first where one is the start of another ("ms" before "m", "min" before "m") */
+                { "usec", 1 }, { "us", 1 },
+                { "msec", CTL_USEC_PER_MSEC }, { "ms", CTL_USEC_PER_MSEC },
+                { "seconds", CTL_USEC_PER_SEC }, { "second", CTL_USEC_PER_SEC }, { "sec", CTL_USEC_PER_SEC },
+                { "s", CTL_USEC_PER_SEC },
+                { "minutes", 60 * CTL_USEC_PER_SEC }, { "minute", 60 * CTL_USEC_PER_SEC },
+                { "min", 60 * CTL_USEC_PER_SEC }, { "m", 60 * CTL_USEC_PER_SEC },
+                { "hours", 3600 * CTL_USEC_PER_SEC }, { "hour", 3600 * CTL_USEC_PER_SEC },
+                { "hr", 3600 * CTL_USEC_PER_SEC }, { "h", 3600 * CTL_USEC_PER_SEC },
+                { "days", 86400 * CTL_USEC_PER_SEC }, { "day", 86400 * CTL_USEC_PER_SEC },
+                { "d", 86400 * CTL_USEC_PER_SEC },
+        };
         const char *p = s;
-        uint64_t v;
-        int range;
+        uint64_t total = 0;
+        unsigned n_parts = 0;
+        bool bare = false, overflow = false;
 
-        if (!s || !ret)
+        if (!s || !ret_usec)
                 return -EINVAL;
 
-        range = scan_decimal(&p, UINT64_MAX, &v);
-        if (range == -EINVAL)
+        while (*p) {
+                uint64_t whole = 0, frac = 0, scale = 1, unit = 0, part;
+                unsigned n_frac = 0;
+                size_t len = 0;
+
+                if (n_parts > 0) {
+                        /* blanks between parts ("1min 30s"), none required ("1min30s") */
+                        while (*p == ' ')
+                                p++;
+                        if (!*p)
+                                return -EINVAL; /* trailing blank */
+                }
+                int range = scan_decimal(&p, UINT64_MAX, &whole);
+                if (range == -EINVAL)
+                        return -EINVAL;
+                if (range < 0)
+                        overflow = true;
+                if (*p == '.') {
+                        p++;
+                        if (!is_digit(*p))
+                                return -EINVAL;
+                        for (; is_digit(*p); p++) {
+                                if (++n_frac > 6)
+                                        return -EINVAL;
+                                frac = frac * 10 + (uint64_t) (*p - '0');
+                                scale *= 10;
+                        }
+                }
+                for (size_t i = 0; i < ELEMENTSOF(units); i++) {
+                        len = strlen(units[i].name);
+                        if (strncmp(p, units[i].name, len) == 0 && !(p[len] >= 'a' && p[len] <= 'z')) {
+                                unit = units[i].usec;
+                                break;
+                        }
+                }
+                if (unit == 0) {
+                        /* A bare number is in the option's own unit, and only alone. */
+                        if (*p || n_parts > 0)
+                                return -EINVAL;
+                        unit = default_usec;
+                        len = 0;
+                        bare = true;
+                }
+                p += len;
+                n_parts++;
+                if (bare && n_parts > 1)
+                        return -EINVAL;
+
+                if (overflow || whole > UINT64_MAX / unit)
+                        overflow = true;
+                else {
+                        /* frac < 10^6 and unit ≤ 86400 * 10^6 < 2^37: no overflow. */
+                        part = whole * unit;
+                        uint64_t f = frac * unit / scale;
+                        if (part > UINT64_MAX - f || total > UINT64_MAX - part - f)
+                                overflow = true;
+                        else
+                                total += part + f;
+                }
+        }
+        if (n_parts == 0)
                 return -EINVAL;
-        if (streq(p, "s")) {
-                if (range < 0 || v > UINT64_MAX / 1000)
-                        return -ERANGE;
-                v *= 1000;
-        } else if (*p && !streq(p, "ms"))
-                return -EINVAL;
-        else if (range < 0)
+        if (overflow)
                 return -ERANGE;
+        *ret_usec = total;
+        return 0;
+}
 
-        *ret = v;
+int ctl_parse_msec(const char *s, uint64_t *ret) {
+        uint64_t usec;
+        int r;
+
+        r = ctl_parse_time_span(s, CTL_USEC_PER_MSEC, &usec);
+        if (r < 0)
+                return r;
+        /* Whole milliseconds, rounded up: a limit is never tighter than asked. */
+        *ret = usec / CTL_USEC_PER_MSEC + (usec % CTL_USEC_PER_MSEC != 0);
         return 0;
 }
 

@@ -24,8 +24,8 @@ typedef enum JsonFormat {
 /* "off", "short", "pretty"; _JSON_FORMAT_INVALID for anything else. */
 JsonFormat json_format_from_string(const char *s);
 
-/* An unsigned decimal or 0x hex number with an optional binary suffix: K, M, G, T or KiB, MiB,
- * GiB, TiB. -EINVAL for anything else (signs, spaces, empty text), -ERANGE past UINT64_MAX. */
+/* N: an amount of bytes, in the one grammar of ctl_parse_bytes() (rate false); hex is for
+ * addresses and lengths ("0x1000", "0x10K"). */
 int ctl_parse_size(const char *s, uint64_t *ret);
 
 /* true/false, yes/no, on/off, 1/0 in any case: 1 or 0, or -EINVAL. */
@@ -35,7 +35,17 @@ int ctl_parse_boolean(const char *s);
  * which is always a typo: no list vfiomigd takes has empty strings in it. */
 int ctl_parse_strv(const char *s, char ***ret);
 
-/* Positive decimal seconds with up to six fractional digits ("30", "2.5"), in µs. */
+#define CTL_USEC_PER_MSEC UINT64_C(1000)
+#define CTL_USEC_PER_SEC UINT64_C(1000000)
+
+/* The one grammar of time spans, systemd's: one or more parts NUMBER UNIT, with or without blanks
+ * between them ("1min 30s", "1min30s", "2.5s"), each number decimal with up to six decimals, each
+ * unit one of us, ms, s, m/min, h, d (or usec, msec, sec, second(s), minute(s), hr, hour(s),
+ * day(s)). A bare number alone ("300") counts in default_usec, the option's own unit. -EINVAL for
+ * anything else, -ERANGE past UINT64_MAX µs. */
+int ctl_parse_time_span(const char *s, uint64_t default_usec, uint64_t *ret_usec);
+
+/* --timeout: a positive time span, bare numbers in seconds ("30", "2.5", "1min"), in µs. */
 int ctl_parse_timeout(const char *s, uint64_t *ret_usec);
 
 /* A --timeout= of ctl_parse_timeout() as the deadline SaveState and LoadState take: whole
@@ -122,12 +132,14 @@ int ctl_option_value_parse(const CtlSimOption *option, const char *value, CtlOpt
 /* SIZE and RATE of the migration commands: a decimal number and an optional unit K, M, G or T
  * (powers of 1024), each optionally followed by "B" or "iB" ("4G", "4GB", "4GiB"); "B" alone is
  * bytes. Up to six decimals are allowed before a unit ("1.5G"), and the result is rounded down to
- * whole bytes. With rate, an optional "/s" may end the text ("100MiB/s"). Upper case as written.
- * -EINVAL for anything else (signs, spaces, hex, "1.5" without a unit), -ERANGE past UINT64_MAX. */
+ * whole bytes; a 0x hex number is whole ("0x1000", "0x10K"). With rate, an optional "/s" may end
+ * the text ("100MiB/s"). Upper case as written. The one grammar of sizes: every size and rate the
+ * client takes. -EINVAL for anything else (signs, spaces, "1.5" without a unit), -ERANGE past
+ * UINT64_MAX. */
 int ctl_parse_bytes(const char *s, bool rate, uint64_t *ret);
 
-/* Milliseconds: a decimal number with an optional unit "ms" or "s" ("300", "300ms", "30s").
- * -EINVAL for anything else, -ERANGE past UINT64_MAX milliseconds. */
+/* A time span (ctl_parse_time_span()) whose bare numbers are milliseconds ("300", "300ms", "30s",
+ * "2min"), in whole milliseconds, rounded up. */
 int ctl_parse_msec(const char *s, uint64_t *ret);
 
 /* A decimal number in [min, max] (no sign, no hex, no suffix): -EINVAL for bad syntax, -ERANGE

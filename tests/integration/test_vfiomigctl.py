@@ -147,7 +147,7 @@ class Usage(CliCase):
             (["cancel-transfer"], "too few"),
             (["cancel-transfer", "sim_a", "--setup-timeout=1s"], "only valid with 'incoming'"),
             (["incoming", "sim_a", "--setup-timeout=0"], "--setup-timeout="),
-            (["incoming", "sim_a", "--setup-timeout=1min"], "--setup-timeout="),
+            (["incoming", "sim_a", "--setup-timeout=1fortnight"], "--setup-timeout="),
             (["migrate", "sim_a", "--to=h", "--token=-", "--stall-timeout=-1"], "--stall-timeout="),
             (["migrate", "sim_a", "--to=h", "--token=-", "--setup-timeout=1s"], "only valid with 'incoming'"),
             (["--timeout=86400.001", "save-state", "sim_a", "/dev/null"], "at most a day"),

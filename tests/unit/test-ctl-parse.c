@@ -16,6 +16,8 @@
 
 #define SENTINEL UINT64_C(0xdeadbeefdeadbeef)
 
+static void assert_bytes(const char *s, bool rate, uint64_t expected);
+
 static void assert_size(const char *s, uint64_t expected) {
         uint64_t v = SENTINEL;
 
@@ -42,6 +44,16 @@ Test(ctl_parse, size_plain_and_hex) {
         assert_size("0xffffffffffffffff", UINT64_MAX);
 }
 
+Test(ctl_parse, sizes_and_lengths_share_one_grammar) {
+        /* N (lengths, offsets, addresses) takes what SIZE takes, and hex besides. */
+        assert_size("1.5M", UINT64_C(3) << 19);
+        assert_size("4KB", 4096);
+        assert_size("512B", 512);
+        assert_size("0x10KiB", 16384);
+        assert_bytes("0x10M", false, UINT64_C(16) << 20);
+        assert_bytes("0x1000", true, 4096);
+}
+
 Test(ctl_parse, size_suffixes) {
         assert_size("4K", 4096);
         assert_size("4KiB", 4096);
@@ -58,8 +70,8 @@ Test(ctl_parse, size_suffixes) {
 
 Test(ctl_parse, size_rejects_malformed) {
         static const char *const bad[] = {
-                "", "-1", "+1", " 1", "1 ", "1 K", "0x", "x10", "1.5M", "1e3", "0xG", "1KB", "1Ki",
-                "1KIB", "1k", "1B", "K", "0x-1", "1,000", "99999999999999999999999xyz",
+                "", "-1", "+1", " 1", "1 ", "1 K", "0x", "x10", "1e3", "0xG", "1Ki", "0x1.5K", "1.5",
+                "1KIB", "1k", "K", "0x-1", "1,000", "99999999999999999999999xyz", "4K/s",
         };
 
         for (size_t i = 0; i < ELEMENTSOF(bad); i++)
@@ -127,11 +139,23 @@ Test(ctl_parse, timeout) {
         cr_assert_eq(ctl_parse_timeout("600", &usec), 0);
         cr_assert_eq(usec, 600000000);
 
+        /* The one grammar of time spans: units, and parts together. */
+        cr_assert_eq(ctl_parse_timeout("30s", &usec), 0);
+        cr_assert_eq(usec, 30000000);
+        cr_assert_eq(ctl_parse_timeout("1min", &usec), 0);
+        cr_assert_eq(usec, 60000000);
+        cr_assert_eq(ctl_parse_timeout("1min 30s", &usec), 0);
+        cr_assert_eq(usec, 90000000);
+        cr_assert_eq(ctl_parse_timeout("500ms", &usec), 0);
+        cr_assert_eq(usec, 500000);
+
         usec = SENTINEL;
         cr_assert_eq(ctl_parse_timeout("0", &usec), -ERANGE);
         cr_assert_eq(ctl_parse_timeout("0.000", &usec), -ERANGE);
+        cr_assert_eq(ctl_parse_timeout("0s", &usec), -ERANGE);
         cr_assert_eq(ctl_parse_timeout("18446744073709551615", &usec), -ERANGE);
-        static const char *const bad[] = { "", ".5", "5.", "-1", "1s", "1 ", "0.0000001", "1e3", "0x10" };
+        static const char *const bad[] = { "", ".5", "5.", "-1", "1 ", "0.0000001", "1e3", "0x10", "1x", "1 2",
+                                           "1s 2", "s", "1S", "1sec5" };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++)
                 cr_assert_eq(ctl_parse_timeout(bad[i], &usec), -EINVAL, "'%s'", bad[i]);
         cr_assert_eq(usec, SENTINEL);
@@ -492,7 +516,7 @@ Test(ctl_parse, bytes_rates) {
 
 Test(ctl_parse, bytes_rejects_garbage) {
         static const char *const bad[] = {
-                "", " 1M", "1M ", "1 M", "-1M", "+1M", "M", "KB", ".5G", "1.G", "1.5", "1.5B", "0x10M",
+                "", " 1M", "1M ", "1 M", "-1M", "+1M", "M", "KB", ".5G", "1.G", "1.5", "1.5B", "0x1.5M",
                 "1m", "1k", "1KIB", "1Ki", "1iB", "1MBB", "1MiBs", "1E", "1P", "1e3", "1,5G", "1M/", "1M/h",
                 "1M/s/s", "1/ s", "99999999999999999999999xyz",
         };
@@ -524,14 +548,25 @@ Test(ctl_parse, msec) {
         assert_msec("300", 300);
         assert_msec("300ms", 300);
         assert_msec("30s", 30000);
-        assert_msec("18446744073709551615", UINT64_MAX);
-        assert_msec("18446744073709551s", UINT64_C(18446744073709551000));
+        /* The one grammar of time spans (systemd's), bare numbers in milliseconds. */
+        assert_msec("1.5s", 1500);
+        assert_msec("1m", 60000);
+        assert_msec("1min", 60000);
+        assert_msec("2min 30s", 150000);
+        assert_msec("2min30s", 150000);
+        assert_msec("1h", 3600000);
+        assert_msec("1d", 86400000);
+        assert_msec("1sec", 1000);
+        assert_msec("1500us", 2); /* rounded up: a limit is never tighter than asked */
+        assert_msec("18446744073709551us", UINT64_C(18446744073710));
 
-        static const char *const bad[] = { "", "s", "ms", "1.5s", "-1", " 1", "1 ms", "1m", "1min", "1S", "0x10", "1h" };
+        static const char *const bad[] = { "", "s", "ms", "-1", " 1", "1 ms2", "1S", "0x10", "1ms 2", "1.s",
+                                           "1 ", "1mss", "1y", "2M" };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++)
                 cr_assert_eq(ctl_parse_msec(bad[i], &v), -EINVAL, "'%s'", bad[i]);
         cr_assert_eq(ctl_parse_msec("18446744073709551616", &v), -ERANGE);
         cr_assert_eq(ctl_parse_msec("18446744073709552s", &v), -ERANGE);
+        cr_assert_eq(ctl_parse_msec("18446744073709551615", &v), -ERANGE); /* past 2^64 µs */
         cr_assert_eq(v, SENTINEL, "a failure wrote the result");
 }
 
