@@ -104,6 +104,8 @@
                 { "mtty-quirks", "b" },  /* read() returns 0, not ENOMSG, in pre-copy */ \
                 { "fail-arcs", "as" },   /* testing: "FROM>TO" arcs fail, device stays */ \
                 { "error-arcs", "as" },  /* testing: "FROM>TO" arcs fail into error */  \
+                { "reinit", "t" },       /* REINIT after this many pre-copy bytes; 0 never */ \
+                { "precopy-v2", "b" },   /* accept the PRECOPY_INFOv2 opt-in (default yes) */ \
         }
 
 /* Options of Manager.CreateAddressSpace. */

@@ -88,6 +88,10 @@ int sim_config_apply(SimConfig *c, const char *key, const OptionValue *v, ErrorM
                 return parse_arcs(key, v->strv, &c->fail_in_place, err);
         else if (streq(key, "error-arcs"))
                 return parse_arcs(key, v->strv, &c->fail_to_error, err);
+        else if (streq(key, "reinit"))
+                c->reinit_after = v->u64;
+        else if (streq(key, "precopy-v2"))
+                c->refuse_precopy_v2 = !v->b;
         else
                 return error_setf(err, -EINVAL, "unknown option '%s'", key);
         return 0;

@@ -206,7 +206,8 @@ Test(ctl_parse, sim_options_match_the_contract) {
 
         keys = ctl_sim_option_keys_list();
         cr_assert_not_null(keys);
-        cr_assert_str_eq(keys, "state-size, precopy-size, dirty-rate, flags, seed, mtty-quirks, fail-arcs, error-arcs");
+        cr_assert_str_eq(keys, "state-size, precopy-size, dirty-rate, flags, seed, mtty-quirks, fail-arcs, error-arcs, reinit, "
+                         "precopy-v2");
 }
 
 Test(ctl_parse, split_assignment) {
