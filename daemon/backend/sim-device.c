@@ -36,6 +36,7 @@ typedef struct SimSave {
         bool end_started;
         bool end_done;
         uint64_t precopy_read;    /* bytes read before the device stopped */
+        bool reinit_armed;        /* reconfigured; a v2 device reports it at the next precopy info */
         bool reinit_done;         /* the session's reconfiguration happened */
         bool reinit_report;       /* the next precopy info says VFIO_PRECOPY_INFO_REINIT */
 
@@ -523,11 +524,15 @@ static int sim_set_state(VfioDev *d, MigState target, int *ret_data_fd) {
 }
 
 /* The device reconfigures itself in pre-copy: every pre-copy block gets new content that the
- * destination must have as initial data again. */
+ * destination must have as initial data again. Like mlx5, which learns of it from its firmware
+ * when asked for precopy info, a v2 device makes it initial data (and reports REINIT) at the
+ * next precopy info; reads until then go on with what was there. v1 has no way to say it: the
+ * blocks are dirty at once. */
 static void save_reinit(SimDevice *s) {
         SimSave *v = &s->save;
         bool v2 = s->base.precopy_info_version == VFIO_PRECOPY_INFO_V2;
 
+        v->reinit_armed = false;
         v->reinit_done = true;
         for (uint64_t b = 0; b < s->precopy_blocks; b++) {
                 if (!v2) {
@@ -553,6 +558,15 @@ static void save_reinit(SimDevice *s) {
                   v->precopy_read, v->unsent_precopy_bytes);
 }
 
+static void save_arm_reinit(SimDevice *s) {
+        if (s->save.reinit_done || s->save.reinit_armed)
+                return;
+        if (s->base.precopy_info_version == VFIO_PRECOPY_INFO_V2)
+                s->save.reinit_armed = true;
+        else
+                save_reinit(s);
+}
+
 static int sim_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty, uint32_t *ret_flags) {
         SimDevice *s = to_sim(d);
         uint64_t initial, dirty, flight;
@@ -567,6 +581,8 @@ static int sim_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_initial, uint
                  (s->state != VFIO_DEVICE_STATE_PRE_COPY && s->state != VFIO_DEVICE_STATE_PRE_COPY_P2P))
                 r = -EINVAL;
         else {
+                if (s->save.reinit_armed)
+                        save_reinit(s);
                 flight = in_flight_remaining(&s->save);
                 initial = s->save.unsent_precopy_bytes +
                           (s->save.kind == EMIT_HEADER || s->save.kind == EMIT_INITIAL ? flight : 0);
@@ -632,7 +648,7 @@ static ssize_t sim_data_read(VfioDev *d, int data_fd, void *buf, size_t n) {
         if (!s->save.stopped) {
                 s->save.precopy_read += copied;
                 if (s->config.reinit_after > 0 && !s->save.reinit_done && s->save.precopy_read >= s->config.reinit_after)
-                        save_reinit(s);
+                        save_arm_reinit(s);
         }
 
         if (copied > 0 || n == 0)
@@ -858,6 +874,19 @@ uint64_t sim_device_state_digest(VfioDev *d) {
 
 const SimConfig *sim_device_config(VfioDev *d) {
         return &to_sim(d)->config;
+}
+
+int sim_device_reconfigure(VfioDev *d) {
+        SimDevice *s = to_sim(d);
+        int r = 0;
+
+        pthread_mutex_lock(&s->lock);
+        if (!s->save.active || s->save.stopped || s->save.reinit_done || s->save.reinit_armed)
+                r = -EBUSY;
+        else
+                save_arm_reinit(s);
+        pthread_mutex_unlock(&s->lock);
+        return r;
 }
 
 int sim_device_dirty_blocks(VfioDev *d, uint64_t n) {

@@ -74,6 +74,9 @@ const SimConfig *sim_device_config(VfioDev *d);
 /* Rewrites n blocks now, as if the device had run; for tests that need dirty data without
  * waiting for the clock. Only while running. */
 int sim_device_dirty_blocks(VfioDev *d, uint64_t n);
+/* Reconfigures the device now, as the reinit option does after its byte count: for tests that
+ * need a REINIT at a chosen moment. Only in a pre-copy save session, once per session (-EBUSY). */
+int sim_device_reconfigure(VfioDev *d);
 
 /* What survives a restart of the daemon: configuration, migration state and content. Sessions
  * do not: like a kernel device whose data fd died with its process, a device found in a

@@ -166,7 +166,8 @@ struct vfio_device_feature {
 #define VFIO_DEVICE_FEATURE_MIG_DATA_SIZE 9
 /* Linux 7.2: a SET without payload opts the open device in to PRECOPY_INFO v2, where
  * vfio_precopy_info.flags is an output (VFIO_PRECOPY_INFO_REINIT). The core refuses it with
- * EINVAL for a device without PRE_COPY; older kernels hand it to the driver, which says ENOTTY.
+ * EINVAL for a device without PRE_COPY; older kernels hand it to the driver (ENOTTY), or answer
+ * EINVAL themselves for a driver without device features (mtty, before the core said ENOTTY).
  * The opt-in lasts until the device's last fd closes. */
 #define VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 12
 

@@ -122,7 +122,8 @@ typedef struct FakeDevice {
         unsigned resets;
         /* Migration, as vfio_main.c of Linux 7.2 answers it: VFIO_DEVICE_FEATURE_MIGRATION GET
          * (ENOTTY when 0), and the PRECOPY_INFOv2 SET, EINVAL without PRE_COPY, or precopy_v2_errno
-         * (ENOTTY: a kernel before 7.2 hands feature 12 to the driver, which does not know it). */
+         * (a kernel before 7.2 hands feature 12 to the driver: ENOTTY, or EINVAL from an older core
+         * for a driver without device features, such as mtty). */
         uint32_t mig_flags;
         int precopy_v2_errno;
         unsigned precopy_v2_sets;

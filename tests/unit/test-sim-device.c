@@ -359,6 +359,7 @@ Test(sim_device, reinit_reopens_initial_data_with_precopy_info_v2) {
         ssize_t n;
 
         cr_assert_eq(src->precopy_info_version, VFIO_PRECOPY_INFO_V2, "the sim accepts the v2 opt-in by default");
+        cr_assert_eq(sim_device_reconfigure(src), -EBUSY, "only in a pre-copy session");
         cr_assert_eq(vfio_dev_set_state(dst, RES, &dfd), 0);
         cr_assert_eq(vfio_dev_set_state(src, PC, &sfd), 0);
         cr_assert_eq(vfio_dev_precopy_info_flags(src, sfd, &initial, &dirty, &flags), 0);
@@ -372,10 +373,14 @@ Test(sim_device, reinit_reopens_initial_data_with_precopy_info_v2) {
                 if (total >= c.reinit_after)
                         break;
         }
-        cr_assert_eq(total, c.reinit_after, "the reads stop right at the reconfiguration");
-        cr_assert_neq(sim_device_state_digest(src), digest_before, "the reconfiguration rewrote the pre-copy blocks");
+        cr_assert_eq(total, c.reinit_after, "the reads stop at the end of the initial data");
+        cr_assert_eq(vfio_dev_data_read(src, sfd, buf, sizeof buf), -ENOMSG,
+                     "until the driver asks for precopy info, reads go on with what was there");
+        cr_assert_eq(sim_device_state_digest(src), digest_before);
+        cr_assert_eq(sim_device_reconfigure(src), -EBUSY, "already reconfigured");
 
         cr_assert_eq(vfio_dev_precopy_info_flags(src, sfd, &initial, &dirty, &flags), 0);
+        cr_assert_neq(sim_device_state_digest(src), digest_before, "the reconfiguration rewrote the pre-copy blocks");
         cr_assert_eq(flags, VFIO_PRECOPY_INFO_REINIT);
         cr_assert_eq(initial, 4 * record, "every pre-copy block is initial data again");
         cr_assert_eq(dirty, 0, "dirty bytes start over");
@@ -392,6 +397,7 @@ Test(sim_device, reinit_reopens_initial_data_with_precopy_info_v2) {
         cr_assert_eq(vfio_dev_precopy_info_flags(src, sfd, &initial, &dirty, &flags), 0);
         cr_assert_eq(initial, 0);
         cr_assert_eq(flags, 0, "once per session");
+        cr_assert_eq(sim_device_reconfigure(src), -EBUSY, "once per session");
 
         cr_assert_eq(vfio_dev_set_state(src, SC, &none), 0);
         while ((n = vfio_dev_data_read(src, sfd, buf, sizeof buf)) > 0)
