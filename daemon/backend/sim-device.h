@@ -45,7 +45,8 @@ typedef struct SimConfig {
          * start over, dirty bytes reset; with v1 the rewritten blocks are dirty data. Once per
          * session; 0 never. Not kept across a daemon restart. */
         uint64_t reinit_after;
-        bool refuse_precopy_v2;     /* the PRECOPY_INFOv2 opt-in fails (EINVAL), like a driver before 7.2 */
+        bool refuse_precopy_v2;     /* the PRECOPY_INFOv2 opt-in fails (EINVAL), like a driver before 7.2;
+                                     * not kept across a daemon restart either (persist.c predates both) */
         /* Fault injection, one bit per arc (from * 8 + to): executing the arc fails with EIO and
          * leaves the device in ERROR (fail_to_error) or where it was (fail_in_place). */
         uint64_t fail_to_error;
