@@ -277,8 +277,10 @@ static int precopy_check_reinit(StreamOut *o, OutDevice *d, int fd) {
         int r;
 
         r = vfio_dev_precopy_info_flags(d->dev, fd, &initial, &dirty, &flags);
-        if (r < 0 || initial == 0)
-                return r; /* a REINIT without new initial bytes has nothing to re-send */
+        if (r < 0)
+                return log_debug_errno(r, "stream out: precopy info of device %u failed: %m", d->index);
+        if (initial == 0)
+                return 0; /* a REINIT without new initial bytes has nothing to re-send */
         again = o->peer_minor >= STREAM_MINOR_REINIT && d->initial_rounds < STREAM_INITIAL_ROUNDS_MAX;
         pthread_mutex_lock(&o->lock);
         if (again) {
@@ -349,9 +351,10 @@ void *out_reader_thread(void *arg) {
                 }
                 pthread_mutex_unlock(&o->lock);
 
+                /* Advisory: should precopy info fail here, the read below says what is wrong. */
                 if (mode == READ_PRECOPY && d->initial_done_sent && d->dev->precopy_info_version == VFIO_PRECOPY_INFO_V2)
-                        r = precopy_check_reinit(o, d, fd);
-                if (r >= 0 && mode == READ_PRECOPY && !d->initial_done_sent) {
+                        (void) precopy_check_reinit(o, d, fd);
+                if (mode == READ_PRECOPY && !d->initial_done_sent) {
                         if (!d->initial_known) {
                                 r = precopy_initial(d, fd, &d->initial_bytes);
                                 d->initial_known = r >= 0;
