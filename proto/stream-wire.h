@@ -7,7 +7,13 @@
  */
 
 #define STREAM_PROTOCOL_MAJOR 2
-#define STREAM_PROTOCOL_MINOR 0
+#define STREAM_PROTOCOL_MINOR 1
+/* Minor versions a session can run: a peer's lower minor is spoken, a higher one answered with
+ * ours (§1.5). 2.1 adds re-opened initial data (§2.6). */
+#define STREAM_MINOR_REINIT 1
+/* Rounds of initial data per device (2.1: each REINIT opens one more): bounds what a source makes
+ * a destination queue and send. */
+#define STREAM_INITIAL_ROUNDS_MAX 8u
 
 #define STREAM_HELLO_MAGIC "VFMHELLO"
 #define STREAM_WELCOME_MAGIC "VFMWELCM"

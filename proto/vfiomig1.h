@@ -106,6 +106,8 @@
                 { "error-arcs", "as" },  /* testing: "FROM>TO" arcs fail into error */  \
                 { "arc-latency-usec", "t" }, /* testing: each arc takes this long */    \
                 { "latency-arcs", "as" },    /* testing: only these "FROM>TO" arcs do */ \
+                { "reinit", "t" },       /* REINIT after this many pre-copy bytes; 0 never */ \
+                { "precopy-v2", "b" },   /* accept the PRECOPY_INFOv2 opt-in (default yes) */ \
         }
 
 /* Options of Manager.CreateAddressSpace. */

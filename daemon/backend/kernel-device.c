@@ -601,6 +601,8 @@ static int kernel_context_acquire_group(KernelContext *c, const KernelDeviceLoca
         return 0;
 }
 
+static void kernel_device_opt_in_precopy_v2(KernelDevice *k);
+
 static int kernel_device_reopen(KernelDevice *k, ErrorMessage *err) {
         KernelGroup *g = k->group;
         int fd;
@@ -626,6 +628,8 @@ static int kernel_group_reopen_devices(KernelGroup *g, ErrorMessage *err) {
                 r = kernel_device_reopen(k, ret < 0 ? NULL : err);
                 if (r < 0 && ret == 0)
                         ret = r;
+                if (r >= 0 && k->dev.migratable)
+                        kernel_device_opt_in_precopy_v2(k); /* a new open forgot it */
         }
         return ret;
 }
@@ -959,11 +963,13 @@ static int device_feature(KernelDevice *k, uint32_t flags, void *payload, size_t
 
         buf.header.argsz = (uint32_t) (sizeof buf.header + size);
         buf.header.flags = flags;
-        memcpy(buf.raw + sizeof buf.header, payload, size);
+        if (size > 0)
+                memcpy(buf.raw + sizeof buf.header, payload, size);
         r = kernel_ioctl(k->context, k->dev.device_fd, VFIO_DEVICE_FEATURE, &buf);
         if (r < 0)
                 return r;
-        memcpy(payload, buf.raw + sizeof buf.header, size);
+        if (size > 0)
+                memcpy(payload, buf.raw + sizeof buf.header, size);
         return 0;
 }
 
@@ -1045,6 +1051,30 @@ static int kernel_device_open_legacy(KernelDevice *k, const KernelDeviceLocation
         return 0;
 }
 
+/* Opts a PRE_COPY device in to PRECOPY_INFOv2 (Linux 7.2). The kernel forgets the opt-in when
+ * the device's last fd closes, so this runs after every open. A refusal is not an error: the
+ * device keeps v1 semantics, said once per open in the journal and in the Device's PrecopyInfo
+ * property. */
+static void kernel_device_opt_in_precopy_v2(KernelDevice *k) {
+        const char *name;
+        int r;
+
+        if (!(k->dev.migration_flags & VFIO_MIGRATION_PRE_COPY)) {
+                k->dev.precopy_info_version = VFIO_PRECOPY_INFO_NONE;
+                return;
+        }
+        r = device_feature(k, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2, NULL, 0);
+        if (r >= 0) {
+                k->dev.precopy_info_version = VFIO_PRECOPY_INFO_V2;
+                log_debug("%s: PRECOPY_INFOv2 enabled.", k->dev.name);
+                return;
+        }
+        k->dev.precopy_info_version = VFIO_PRECOPY_INFO_V1;
+        name = strerrorname_np(-r);
+        log_info("%s: PRECOPY_INFOv2 refused by the driver (%s: %s): using PRECOPY_INFO.", k->dev.name,
+                 name ?: "unknown errno", strerror(-r));
+}
+
 static int kernel_device_probe_migration(KernelDevice *k) {
         struct vfio_device_feature_migration mig = {};
         char *reason;
@@ -1066,6 +1096,7 @@ static int kernel_device_probe_migration(KernelDevice *k) {
                 free(k->dev.migratable_reason);
                 k->dev.migratable_reason = NULL;
                 log_debug("%s: migration flags 0x%x.", k->dev.name, k->dev.migration_flags);
+                kernel_device_opt_in_precopy_v2(k);
                 return 0;
         }
         if (!reason)
@@ -1074,6 +1105,7 @@ static int kernel_device_probe_migration(KernelDevice *k) {
         log_debug("%s: not migratable: %s", k->dev.name, reason);
         k->dev.migratable = false;
         k->dev.migration_flags = 0;
+        k->dev.precopy_info_version = VFIO_PRECOPY_INFO_NONE;
         free(k->dev.migratable_reason);
         k->dev.migratable_reason = reason;
         return 0;
@@ -1262,7 +1294,8 @@ static int kernel_device_set_state(VfioDev *d, MigState target, int *ret_data_fd
         return 0;
 }
 
-static int kernel_device_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty) {
+static int kernel_device_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty,
+                                      uint32_t *ret_flags) {
         struct vfio_precopy_info info = { .argsz = sizeof info };
         int r;
 
@@ -1274,6 +1307,9 @@ static int kernel_device_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_ini
                 *ret_initial = info.initial_bytes;
         if (ret_dirty)
                 *ret_dirty = info.dirty_bytes;
+        if (ret_flags)
+                /* v1 drivers copy back the flags they were given: they mean nothing */
+                *ret_flags = d->precopy_info_version == VFIO_PRECOPY_INFO_V2 ? info.flags & VFIO_PRECOPY_INFO_REINIT : 0;
         return 0;
 }
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -34,6 +35,10 @@ typedef struct SimSave {
         uint64_t scan;            /* where the search for the next pending block resumes */
         bool end_started;
         bool end_done;
+        uint64_t precopy_read;    /* bytes read before the device stopped */
+        bool reinit_armed;        /* reconfigured; a v2 device reports it at the next precopy info */
+        bool reinit_done;         /* the session's reconfiguration happened */
+        bool reinit_report;       /* the next precopy info says VFIO_PRECOPY_INFO_REINIT */
 
         EmitKind kind;            /* the record in flight */
         uint64_t block;
@@ -540,9 +545,54 @@ static int sim_set_state(VfioDev *d, MigState target, int *ret_data_fd) {
         return 0;
 }
 
-static int sim_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty) {
+/* The device reconfigures itself in pre-copy: every pre-copy block gets new content that the
+ * destination must have as initial data again. Like mlx5, which learns of it from its firmware
+ * when asked for precopy info, a v2 device makes it initial data (and reports REINIT) at the
+ * next precopy info; reads until then go on with what was there. v1 has no way to say it: the
+ * blocks are dirty at once. */
+static void save_reinit(SimDevice *s) {
+        SimSave *v = &s->save;
+        bool v2 = s->base.precopy_info_version == VFIO_PRECOPY_INFO_V2;
+
+        v->reinit_armed = false;
+        v->reinit_done = true;
+        for (uint64_t b = 0; b < s->precopy_blocks; b++) {
+                if (!v2) {
+                        rewrite_block(s, b); /* v1 cannot say "initial again": it is dirty data */
+                        continue;
+                }
+                if (v->sent_gen[b] != SIM_GEN_NONE) {
+                        v->unsent_precopy_bytes += record_size_of(s, b);
+                        v->sent_gen[b] = SIM_GEN_NONE;
+                }
+                if (s->gen[b] < SIM_GEN_NONE - 1)
+                        s->gen[b]++;
+        }
+        if (!v2)
+                return;
+        /* As mlx5 does: what is buffered already counts as initial, dirty starts from zero. */
+        v->dirty_bytes = 0;
+        if (v->kind == EMIT_DIRTY)
+                v->kind = EMIT_INITIAL;
+        v->scan = 0;
+        v->reinit_report = true;
+        log_debug("sim %s: REINIT after %" PRIu64 " bytes of pre-copy: %" PRIu64 " initial bytes again.", s->base.name,
+                  v->precopy_read, v->unsent_precopy_bytes);
+}
+
+static void save_arm_reinit(SimDevice *s) {
+        if (s->save.reinit_done || s->save.reinit_armed)
+                return;
+        if (s->base.precopy_info_version == VFIO_PRECOPY_INFO_V2)
+                s->save.reinit_armed = true;
+        else
+                save_reinit(s);
+}
+
+static int sim_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty, uint32_t *ret_flags) {
         SimDevice *s = to_sim(d);
         uint64_t initial, dirty, flight;
+        uint32_t flags = 0;
         int r = 0;
 
         pthread_mutex_lock(&s->lock);
@@ -553,17 +603,27 @@ static int sim_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_initial, uint
                  (s->state != VFIO_DEVICE_STATE_PRE_COPY && s->state != VFIO_DEVICE_STATE_PRE_COPY_P2P))
                 r = -EINVAL;
         else {
+                if (s->save.reinit_armed)
+                        save_reinit(s);
                 flight = in_flight_remaining(&s->save);
                 initial = s->save.unsent_precopy_bytes +
                           (s->save.kind == EMIT_HEADER || s->save.kind == EMIT_INITIAL ? flight : 0);
                 dirty = s->save.dirty_bytes + (s->save.kind == EMIT_DIRTY ? flight : 0);
+                if (s->save.reinit_report) {
+                        flags = VFIO_PRECOPY_INFO_REINIT; /* reported once, as a driver does */
+                        s->save.reinit_report = false;
+                }
         }
         pthread_mutex_unlock(&s->lock);
 
         if (r < 0)
                 return r;
-        *ret_initial = initial;
-        *ret_dirty = dirty;
+        if (ret_initial)
+                *ret_initial = initial;
+        if (ret_dirty)
+                *ret_dirty = dirty;
+        if (ret_flags)
+                *ret_flags = flags;
         return 0;
 }
 
@@ -606,6 +666,11 @@ static ssize_t sim_data_read(VfioDev *d, int data_fd, void *buf, size_t n) {
                 if (s->save.kind == EMIT_NONE && !save_next_record(s))
                         break;
                 copied += save_copy(s, out + copied, n - copied);
+        }
+        if (!s->save.stopped) {
+                s->save.precopy_read += copied;
+                if (s->config.reinit_after > 0 && !s->save.reinit_done && s->save.precopy_read >= s->config.reinit_after)
+                        save_arm_reinit(s);
         }
 
         if (copied > 0 || n == 0)
@@ -739,6 +804,15 @@ static int sim_device_make(const char *name, const SimConfig *c, int device_fd, 
         s->state = VFIO_DEVICE_STATE_RUNNING;
         s->base.migratable = true;
         s->base.migration_flags = c->migration_flags;
+        /* The opt-in a kernel device makes at open, with the same outcome and the same line. */
+        if (!(c->migration_flags & VFIO_MIGRATION_PRE_COPY))
+                s->base.precopy_info_version = VFIO_PRECOPY_INFO_NONE;
+        else if (c->refuse_precopy_v2) {
+                s->base.precopy_info_version = VFIO_PRECOPY_INFO_V1;
+                log_info("%s: PRECOPY_INFOv2 refused by the driver (EINVAL: %s): using PRECOPY_INFO.", name,
+                         strerror(EINVAL));
+        } else
+                s->base.precopy_info_version = VFIO_PRECOPY_INFO_V2;
         s->gen = calloc(s->nblocks, sizeof s->gen[0]);
         if (!s->gen) {
                 sim_destroy(&s->base);
@@ -822,6 +896,19 @@ uint64_t sim_device_state_digest(VfioDev *d) {
 
 const SimConfig *sim_device_config(VfioDev *d) {
         return &to_sim(d)->config;
+}
+
+int sim_device_reconfigure(VfioDev *d) {
+        SimDevice *s = to_sim(d);
+        int r = 0;
+
+        pthread_mutex_lock(&s->lock);
+        if (!s->save.active || s->save.stopped || s->save.reinit_done || s->save.reinit_armed)
+                r = -EBUSY;
+        else
+                save_arm_reinit(s);
+        pthread_mutex_unlock(&s->lock);
+        return r;
 }
 
 int sim_device_dirty_blocks(VfioDev *d, uint64_t n) {

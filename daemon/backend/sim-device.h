@@ -10,7 +10,7 @@
  * ENOMSG at the temporary end of pre-copy (0 with mtty quirks), PRE_COPY→STOP_COPY continuing on
  * the same fd, a RESUMING side that refuses corrupt data and fails RESUMING→STOP on a truncated
  * stream (staying in RESUMING, as mtty does), ERROR left only by reset, and reset ending every
- * session (I/O on an old data fd: ENODEV).
+ * session (I/O on an old data fd: ENODEV), and PRECOPY_INFOv2 with REINIT (reinit_after).
  *
  * Device state is state_size bytes in 64 KiB blocks whose content follows from (seed, block,
  * generation); see sim-stream.h. The first precopy_size bytes (rounded up to whole blocks) are
@@ -40,6 +40,14 @@ typedef struct SimConfig {
         uint64_t seed;
         bool seed_set;              /* false: derived from the device name */
         bool mtty_quirks;           /* read() returns 0, not ENOMSG, at the temporary end of pre-copy */
+        /* Device reconfiguration during pre-copy: once reinit_after bytes of a session were read
+         * in pre-copy, every pre-copy block is rewritten and becomes initial data again. With
+         * PRECOPY_INFOv2 the next precopy info reports VFIO_PRECOPY_INFO_REINIT and initial bytes
+         * start over, dirty bytes reset; with v1 the rewritten blocks are dirty data. Once per
+         * session; 0 never. Not kept across a daemon restart. */
+        uint64_t reinit_after;
+        bool refuse_precopy_v2;     /* the PRECOPY_INFOv2 opt-in fails (EINVAL), like a driver before 7.2;
+                                     * not kept across a daemon restart either (persist.c predates both) */
         /* Fault injection, one bit per arc (from * 8 + to): executing the arc fails with EIO and
          * leaves the device in ERROR (fail_to_error) or where it was (fail_in_place). */
         uint64_t fail_to_error;
@@ -72,6 +80,9 @@ const SimConfig *sim_device_config(VfioDev *d);
 /* Rewrites n blocks now, as if the device had run; for tests that need dirty data without
  * waiting for the clock. Only while running. */
 int sim_device_dirty_blocks(VfioDev *d, uint64_t n);
+/* Reconfigures the device now, as the reinit option does after its byte count: for tests that
+ * need a REINIT at a chosen moment. Only in a pre-copy save session, once per session (-EBUSY). */
+int sim_device_reconfigure(VfioDev *d);
 
 /* What survives a restart of the daemon: configuration, migration state and content. Sessions
  * do not: like a kernel device whose data fd died with its process, a device found in a

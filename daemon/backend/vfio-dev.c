@@ -14,6 +14,17 @@ const char *vfio_backend_to_string(VfioBackend b) {
         return (int) b >= 0 && b < _VFIO_BACKEND_MAX ? table[b] : NULL;
 }
 
+const char *vfio_precopy_info_to_string(VfioPrecopyInfo v) {
+        switch (v) {
+        case VFIO_PRECOPY_INFO_V1:
+                return "v1";
+        case VFIO_PRECOPY_INFO_V2:
+                return "v2";
+        default:
+                return "";
+        }
+}
+
 int vfio_dev_init_common(VfioDev *d, const VfioDevOps *ops, VfioBackend backend, const char *name,
                          const char *address, const char *driver, const char *sysfs_path) {
         *d = (VfioDev) {

@@ -32,6 +32,17 @@ const char *vfio_backend_to_string(VfioBackend b);
 
 typedef struct VfioDev VfioDev;
 
+/* Which VFIO_MIG_GET_PRECOPY_INFO semantics a device speaks: none without PRE_COPY; v2 when it
+ * accepted VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 (Linux 7.2: initial bytes may start over,
+ * VFIO_PRECOPY_INFO_REINIT), else v1 (initial bytes only ever shrink). */
+typedef enum VfioPrecopyInfo {
+        VFIO_PRECOPY_INFO_NONE,
+        VFIO_PRECOPY_INFO_V1,
+        VFIO_PRECOPY_INFO_V2,
+} VfioPrecopyInfo;
+
+const char *vfio_precopy_info_to_string(VfioPrecopyInfo v);
+
 typedef struct VfioDevOps {
         /* VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE GET. */
         int (*get_state)(VfioDev *d, MigState *ret_state);
@@ -39,8 +50,11 @@ typedef struct VfioDevOps {
          * new data fd when the final arc opened a session, else -EBADF. On failure the device may
          * be in the original state, any intermediate state or ERROR: ask get_state(). */
         int (*set_state)(VfioDev *d, MigState target, int *ret_data_fd);
-        /* VFIO_MIG_GET_PRECOPY_INFO on data_fd; -EINVAL outside PRE_COPY(_P2P). */
-        int (*precopy_info)(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty);
+        /* VFIO_MIG_GET_PRECOPY_INFO on data_fd; -EINVAL outside PRE_COPY(_P2P). *ret_flags (may
+         * be NULL) gets VFIO_PRECOPY_INFO_REINIT only on a device that took PRECOPY_INFOv2; a
+         * v1 device's flags are never passed up (v1 drivers echo whatever the caller sent). */
+        int (*precopy_info)(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty,
+                            uint32_t *ret_flags);
         /* VFIO_DEVICE_FEATURE_MIG_DATA_SIZE: bytes a stop-copy would still produce. */
         int (*stop_copy_size)(VfioDev *d, uint64_t *ret_size);
         /* read(2)/write(2) on data_fd: byte count, or a negative errno. */
@@ -62,6 +76,7 @@ struct VfioDev {
         char *migratable_reason;  /* why not, when !migratable; else NULL */
         uint32_t migration_flags; /* VFIO_MIGRATION_*; 0 when not migratable */
         int device_fd;            /* the VFIO device fd; for sim a small memfd standing for it */
+        VfioPrecopyInfo precopy_info_version; /* set by the backend when it opens the device */
 };
 
 /* Fills the common fields; used by backends only. */
@@ -79,7 +94,11 @@ static inline int vfio_dev_set_state(VfioDev *d, MigState target, int *ret_data_
         return d->ops->set_state(d, target, ret_data_fd);
 }
 static inline int vfio_dev_precopy_info(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty) {
-        return d->ops->precopy_info(d, data_fd, ret_initial, ret_dirty);
+        return d->ops->precopy_info(d, data_fd, ret_initial, ret_dirty, NULL);
+}
+static inline int vfio_dev_precopy_info_flags(VfioDev *d, int data_fd, uint64_t *ret_initial, uint64_t *ret_dirty,
+                                              uint32_t *ret_flags) {
+        return d->ops->precopy_info(d, data_fd, ret_initial, ret_dirty, ret_flags);
 }
 static inline int vfio_dev_stop_copy_size(VfioDev *d, uint64_t *ret_size) {
         return d->ops->stop_copy_size(d, ret_size);

@@ -598,6 +598,12 @@ static int property_get_migratable(sd_bus *bus, const char *path, const char *in
         return sd_bus_message_append(reply, "b", d->dev->migratable);
 }
 
+static int property_get_precopy_info(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                     sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Device *d = userdata;
+        return sd_bus_message_append(reply, "s", vfio_precopy_info_to_string(d->dev->precopy_info_version));
+}
+
 static int property_get_state(sd_bus *bus, const char *path, const char *interface, const char *property,
                               sd_bus_message *reply, void *userdata, sd_bus_error *error) {
         Device *d = userdata;
@@ -639,6 +645,7 @@ const sd_bus_vtable bus_device_vtable[] = {
         SD_BUS_PROPERTY("MigrationFlags", "as", property_get_migration_flags, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("Migratable", "b", property_get_migratable, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("MigratableReason", "s", property_get_migratable_reason, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("PrecopyInfo", "s", property_get_precopy_info, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_PROPERTY("State", "s", property_get_state, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("StopCopySize", "t", property_get_stop_copy_size, 0, 0),
         SD_BUS_PROPERTY("LastTransition", "s", property_get_last_transition, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),

@@ -181,6 +181,12 @@ static int property_get_initial_loaded(sd_bus *bus, const char *path, const char
         return sd_bus_message_append(reply, "b", migration_initial_data_loaded(userdata));
 }
 
+static int property_get_initial_reinits(sd_bus *bus, const char *path, const char *interface,
+                                        const char *property, sd_bus_message *reply, void *userdata,
+                                        sd_bus_error *error) {
+        return sd_bus_message_append(reply, "u", migration_initial_data_reinits(userdata));
+}
+
 static int property_get_switchover_requested(sd_bus *bus, const char *path, const char *interface,
                                              const char *property, sd_bus_message *reply, void *userdata,
                                              sd_bus_error *error) {
@@ -328,6 +334,7 @@ const sd_bus_vtable bus_migration_vtable[] = {
         SD_BUS_PROPERTY("BytesExpected", "t", property_get_bytes_expected, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("Rate", "t", property_get_rate, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("InitialDataLoaded", "b", property_get_initial_loaded, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("InitialDataReinits", "u", property_get_initial_reinits, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("SwitchoverRequested", "b", property_get_switchover_requested, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("EstimatedDowntime", "t", property_get_estimated_downtime, 0,

@@ -92,6 +92,10 @@ int sim_config_apply(SimConfig *c, const char *key, const OptionValue *v, ErrorM
                 c->arc_latency_usec = v->u64;
         else if (streq(key, "latency-arcs"))
                 return parse_arcs(key, v->strv, &c->latency_arcs, err);
+        else if (streq(key, "reinit"))
+                c->reinit_after = v->u64;
+        else if (streq(key, "precopy-v2"))
+                c->refuse_precopy_v2 = !v->b;
         else
                 return error_setf(err, -EINVAL, "unknown option '%s'", key);
         return 0;

@@ -874,6 +874,31 @@ static void outgoing_event(Migration *j, const StreamEvent *e) {
                         consider_switchover(j, remaining_stop_copy(j));
                 }
                 return;
+        case STREAM_EVENT_INITIAL_REINIT:
+                if (e->device < 0 || (size_t) e->device >= j->n_devices)
+                        return;
+                if (e->reason == 0) {
+                        /* Nothing to wait for: the bytes travel as dirty pre-copy data, ahead of
+                         * stop-copy, so the state stays complete; only the downtime may grow. */
+                        log_warning("Migration %u: %s reported new initial data (REINIT): %s; the switchover does not "
+                                    "wait for it.", j->id, device_name(j, e->device), e->text);
+                        return;
+                }
+                j->initial_reinits++;
+                if (j->phase != MIGRATION_PRECOPY) {
+                        /* The devices are stopping already (a switchover is not taken back):
+                         * the new initial data travels in stop-copy. A Switchover() that still
+                         * waits for the initial data waits for this round too. */
+                        log_notice("Migration %u: %s reported new initial data (REINIT) after the switchover was "
+                                   "decided: %s; it travels with stop-copy.", j->id, device_name(j, e->device), e->text);
+                        notify_changed(j);
+                        return;
+                }
+                j->initial_loaded[e->device] = false;
+                log_info("Migration %u: %s reported new initial data (REINIT): %s; the switchover waits until the "
+                         "destination has loaded it.", j->id, device_name(j, e->device), e->text);
+                notify_changed(j);
+                return;
         case STREAM_EVENT_DEVICE_SENT:
                 if (e->device >= 0 && (size_t) e->device < j->n_devices)
                         j->device_done[e->device] = true;
@@ -942,6 +967,15 @@ static void incoming_event(Migration *j, StreamEvent *e) {
         case STREAM_EVENT_INITIAL_LOADED:
                 if (e->device >= 0 && (size_t) e->device < j->n_devices) {
                         j->initial_loaded[e->device] = true;
+                        notify_changed(j);
+                }
+                return;
+        case STREAM_EVENT_INITIAL_REINIT:
+                if (e->device >= 0 && (size_t) e->device < j->n_devices) {
+                        j->initial_loaded[e->device] = false;
+                        j->initial_reinits++;
+                        log_info("Migration %u: the source re-opened the initial data of %s (%s).", j->id,
+                                 device_name(j, e->device), e->text);
                         notify_changed(j);
                 }
                 return;
@@ -1276,4 +1310,8 @@ uint64_t migration_duration_ms(Migration *j) {
 
 bool migration_initial_data_loaded(Migration *j) {
         return all_initial_loaded(j);
+}
+
+unsigned migration_initial_data_reinits(Migration *j) {
+        return j->initial_reinits;
 }

@@ -95,6 +95,7 @@ struct Migration {
         char *device_ids[STREAM_DEVICES_MAX];  /* kept for the record after a device is detached */
         size_t n_devices;
         bool initial_loaded[STREAM_DEVICES_MAX];
+        unsigned initial_reinits;       /* rounds of initial data re-opened by REINIT, all devices */
         bool device_done[STREAM_DEVICES_MAX];     /* outgoing: END sent; incoming: END arrived and matched */
         bool precopy;                   /* decided at start */
         bool switchover_requested;      /* Switchover() was called, or auto decided */
@@ -174,5 +175,6 @@ size_t manager_running_migrations(Manager *m);
 
 uint64_t migration_bytes_transferred(Migration *j);
 bool migration_initial_data_loaded(Migration *j);
+unsigned migration_initial_data_reinits(Migration *j);
 /* Since the job was created; until it ended once it has. */
 uint64_t migration_duration_ms(Migration *j);

@@ -427,6 +427,24 @@ void stream_test_set_socket_buffers(int sndbuf, int rcvbuf) {
         atomic_store(&test_rcvbuf, rcvbuf);
 }
 
+/* The minor version each side speaks; -1: STREAM_PROTOCOL_MINOR. Tests make a side speak 2.0. */
+static _Atomic int test_source_minor = -1, test_destination_minor = -1;
+
+void stream_test_set_minors(int source, int destination) {
+        atomic_store(&test_source_minor, source);
+        atomic_store(&test_destination_minor, destination);
+}
+
+uint16_t stream_source_minor(void) {
+        int m = atomic_load(&test_source_minor);
+        return m >= 0 ? (uint16_t) m : STREAM_PROTOCOL_MINOR;
+}
+
+uint16_t stream_destination_minor(void) {
+        int m = atomic_load(&test_destination_minor);
+        return m >= 0 ? (uint16_t) m : STREAM_PROTOCOL_MINOR;
+}
+
 int stream_test_get_sndbuf(void) {
         return atomic_load(&test_sndbuf);
 }

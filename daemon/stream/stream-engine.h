@@ -32,6 +32,9 @@
 typedef enum StreamEventType {
         STREAM_EVENT_CONNECTED,      /* out: every channel is up and accepted; in: every channel arrived */
         STREAM_EVENT_INITIAL_LOADED, /* out: the peer loaded the device's initial data; in: we did (sent to the peer) */
+        STREAM_EVENT_INITIAL_REINIT, /* the device's initial data re-opened (REINIT). out: reason 1 when the peer
+                                      * will acknowledge it again (protocol 2.1), 0 when it cannot (2.0 or too many
+                                      * rounds: it travels as dirty data); text says how much. in: the source re-opened it */
         STREAM_EVENT_DEVICE_SENT,    /* out: the device's END (and BLOB) went out */
         STREAM_EVENT_SWITCHOVER,     /* in: the source is stopping its devices */
         STREAM_EVENT_DEVICE_DONE,    /* in: the device's END arrived and matched; its data fd got everything */

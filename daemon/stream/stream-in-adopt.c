@@ -135,7 +135,7 @@ static uint32_t check_hello_locked(StreamIn *in, const StreamHello *h, char reas
                         status = STREAM_REFUSE_CHANNELS;
                         goto out;
                 }
-                if (h->flags != in->hello_flags) {
+                if (h->flags != in->hello_flags || MIN(h->minor, stream_destination_minor()) != in->minor) {
                         (void) snprintf(reason, STREAM_REASON_TEXT_SIZE + 1, "the HELLO differs from the first channel's");
                         status = STREAM_REFUSE_BAD_HELLO;
                         goto out;
@@ -180,6 +180,7 @@ uint32_t stream_in_adopt(StreamIn *in, int fd, StreamTlsSession *tls, const Stre
         /* From here on the channel is ours: the source proved the token on it. */
         if (in->n_channels == 0) {
                 in->hello_flags = h->flags;
+                in->minor = MIN(h->minor, stream_destination_minor());
                 in->peer_max_payload = h->max_payload;
                 in->transport = stream_tls_transport(tls);
                 if (in->use_uring && tls && in->transport != STREAM_TRANSPORT_TLS_KERNEL) {

@@ -56,7 +56,8 @@ typedef struct InDevice {
         bool waiting;                    /* looked and found nothing to apply; nothing added since */
         bool done;                       /* END applied and matched */
         /* the writer's own */
-        bool initial_done;
+        bool initial_done;               /* INITIAL_DONE applied, and no initial data re-opened since */
+        unsigned initial_rounds;         /* INITIAL_DONEs applied (more than 1 only in 2.1, after REINIT) */
         bool ended;                      /* END applied and matched; DEVICE_DONE follows its BLOB */
         uint64_t bytes, packets;
         StreamDigest digest;             /* over the ordered packets applied, for COMPLETE */
@@ -94,6 +95,7 @@ struct StreamIn {
         unsigned n_channels;             /* 0 until the first HELLO is accepted */
         unsigned n_adopted;
         uint32_t hello_flags;
+        uint16_t minor;                  /* the session's minor version: the lower of ours and the source's */
         uint32_t peer_max_payload;       /* what the source takes in one packet */
         bool connected;
         bool teardown, dead, torn_down, exiting;

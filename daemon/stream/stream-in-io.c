@@ -218,8 +218,21 @@ static int apply(StreamIn *in, InDevice *d, ReasmPacket *p) {
         switch (h->type) {
         case STREAM_PACKET_DATA:
                 if ((h->flags & STREAM_DATA_FLAG_INITIAL) && d->initial_done) {
-                        device_violation(in, d, h, "initial pre-copy data after INITIAL_DONE");
-                        return -EBADMSG;
+                        /* 2.1 (§2.6): the source's device reported new initial data (REINIT) */
+                        if (in->minor < STREAM_MINOR_REINIT) {
+                                device_violation(in, d, h, "initial pre-copy data after INITIAL_DONE");
+                                return -EBADMSG;
+                        }
+                        if (d->initial_rounds >= STREAM_INITIAL_ROUNDS_MAX) {
+                                device_violation(in, d, h, "initial data re-opened more often than 8 times");
+                                return -EBADMSG;
+                        }
+                        d->initial_done = false;
+                        pthread_mutex_lock(&in->lock);
+                        if (!in->teardown)
+                                event_queue_pushf(&in->events, STREAM_EVENT_INITIAL_REINIT, (int) d->index, 0, 0,
+                                                  "round %u", d->initial_rounds + 1);
+                        pthread_mutex_unlock(&in->lock);
                 }
                 return apply_data(in, d, p);
 
@@ -229,6 +242,7 @@ static int apply(StreamIn *in, InDevice *d, ReasmPacket *p) {
                         return -EBADMSG;
                 }
                 d->initial_done = true;
+                d->initial_rounds++;
                 r = in_send_control(in, STREAM_PACKET_INITIAL_LOADED, (uint16_t) d->index, NULL, 0,
                                  STREAM_CONTROL_SEND_TIMEOUT_USEC);
                 pthread_mutex_lock(&in->lock);

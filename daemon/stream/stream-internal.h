@@ -37,7 +37,7 @@
 /* Unacknowledged data (or unanswered probes) for this long ends a connection (TCP_USER_TIMEOUT). */
 #define STREAM_USER_TIMEOUT_MSEC 30000u
 
-#define STREAM_EVENT_QUEUE_MAX (4 * STREAM_DEVICES_MAX + 16)
+#define STREAM_EVENT_QUEUE_MAX ((4 + 2 * STREAM_INITIAL_ROUNDS_MAX) * STREAM_DEVICES_MAX + 16)
 
 /* What StreamOut and StreamIn count for stream_*_stats(), updated by their threads. */
 typedef struct StreamCounters {
@@ -50,6 +50,9 @@ typedef struct StreamCounters {
 void stream_counters_read(StreamCounters *c, unsigned device_count, bool io_uring, StreamStats *ret);
 
 uint64_t stream_now_usec(void);
+/* The protocol minor version this side offers: STREAM_PROTOCOL_MINOR unless a test said otherwise. */
+uint16_t stream_source_minor(void);
+uint16_t stream_destination_minor(void);
 /* Names the calling thread "vfm-WHAT[N]" (n < 0: no number), for top -H and perf. */
 void stream_thread_name(const char *what, int n);
 /* For pthread_cond_timedwait() on a CLOCK_MONOTONIC condition variable. */

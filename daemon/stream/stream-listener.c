@@ -149,7 +149,7 @@ static ssize_t pending_recv(Pending *p, void *buf, size_t n) {
 static void refuse(Pending *p, uint32_t status, uint16_t channel_index, const char *reason) {
         StreamWelcome w = {
                 .major = STREAM_PROTOCOL_MAJOR,
-                .minor = STREAM_PROTOCOL_MINOR,
+                .minor = stream_destination_minor(),
                 .status = status,
                 .channel_index = channel_index,
         };
@@ -189,7 +189,7 @@ static void dispatch(StreamListener *l, Pending *p) {
         uint8_t out[STREAM_WELCOME_SIZE + STREAM_WELCOME_PROOF_SIZE];
         StreamWelcome w = {
                 .major = STREAM_PROTOCOL_MAJOR,
-                .minor = STREAM_PROTOCOL_MINOR,
+                .minor = stream_destination_minor(),
         };
         StreamIn *match;
         char reason[STREAM_REASON_TEXT_SIZE + 1] = "";
@@ -205,7 +205,7 @@ static void dispatch(StreamListener *l, Pending *p) {
         r = stream_hello_decode(p->buf, p->got, h, &why);
         if (r == -EPROTONOSUPPORT) {
                 (void) snprintf(reason, sizeof reason, "version %u.%u; this destination speaks %u.%u", h->major, h->minor,
-                                STREAM_PROTOCOL_MAJOR, STREAM_PROTOCOL_MINOR);
+                                STREAM_PROTOCOL_MAJOR, stream_destination_minor());
                 return refuse(p, STREAM_REFUSE_VERSION, 0, reason);
         }
         if (r < 0)
@@ -232,6 +232,7 @@ static void dispatch(StreamListener *l, Pending *p) {
                         .binding = p->binding,
                 };
                 w.channel_index = h->channel_index;
+                w.minor = MIN(h->minor, stream_destination_minor()); /* the session's minor (§1.5) */
                 w.max_payload = stream_in_max_payload(match);
                 stream_welcome_encode(&w, out); /* the MAC covers these bytes */
                 if (stream_proof_mac(stream_in_token(match), STREAM_PROOF_DST, &t, w.mac) < 0)
@@ -451,7 +452,7 @@ static bool pending_read(StreamListener *l, Pending *p, bool *handed_over) {
                         if (r == -EPROTONOSUPPORT) {
                                 char reason[STREAM_REASON_TEXT_SIZE + 1];
                                 (void) snprintf(reason, sizeof reason, "version %u.%u; this destination speaks %u.%u",
-                                                major, minor, STREAM_PROTOCOL_MAJOR, STREAM_PROTOCOL_MINOR);
+                                                major, minor, STREAM_PROTOCOL_MAJOR, stream_destination_minor());
                                 refuse(p, STREAM_REFUSE_VERSION, 0, reason);
                                 continue;
                         }

@@ -70,7 +70,10 @@ typedef struct OutDevice {
         bool finished;           /* END queued */
         uint64_t next_device_seq;
         uint64_t data_bytes, data_packets;
-        bool initial_loaded;     /* INITIAL_LOADED arrived */
+        bool initial_loaded;     /* INITIAL_LOADED arrived for every INITIAL_DONE, none re-opened since */
+        unsigned initial_rounds; /* INITIAL_DONEs queued (more than 1 only in 2.1, after REINIT) */
+        unsigned initial_acks;   /* INITIAL_LOADEDs received */
+        bool reinit_unacked;     /* a REINIT the session cannot acknowledge was reported */
         bool sent_reported;      /* DEVICE_SENT went out */
         bool last_out;           /* its BLOB was handed to a sender */
         StreamDigest digest;     /* over its ordered packets, as COMPLETE must echo it */
@@ -114,6 +117,7 @@ struct StreamOut {
         StreamTransport transport;      /* once connected */
         unsigned n_channels, n_rings;
         uint32_t announced_payload;
+        uint16_t peer_minor;            /* the session's minor version, from the WELCOMEs */
         uint32_t chunk;                 /* effective, once connected */
         int setup_wake_fd;
 

@@ -6,6 +6,7 @@
  */
 
 #include <endian.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -104,14 +105,26 @@ static void out_rx_packet(StreamOut *o, OutRx *rx) {
         switch (h->type) {
         case STREAM_PACKET_INITIAL_LOADED: {
                 OutDevice *d = &o->devices[h->device];
-                if (!d->initial_done_sent) {
+                if (d->initial_rounds == 0) {
                         out_fail_locked(o, -EBADMSG, STREAM_ABORT_PROTOCOL,
                                         "the destination sent INITIAL_LOADED for device %u before its INITIAL_DONE",
                                         h->device);
                         break;
                 }
-                if (d->initial_loaded)
-                        break; /* a repeat says nothing new */
+                if (o->peer_minor < STREAM_MINOR_REINIT) {
+                        if (d->initial_loaded || d->initial_acks > 0)
+                                break; /* 2.0: a repeat says nothing new */
+                } else if (d->initial_acks >= d->initial_rounds) {
+                        out_fail_locked(o, -EBADMSG, STREAM_ABORT_PROTOCOL,
+                                        "the destination sent INITIAL_LOADED for device %u %u times, for %u INITIAL_DONE",
+                                        h->device, d->initial_acks + 1, d->initial_rounds);
+                        break;
+                }
+                d->initial_acks++;
+                /* 2.1: an acknowledgement of an earlier round, while new initial data is out, is
+                 * not the one the switchover waits for (§2.6) */
+                if (d->initial_acks < d->initial_rounds || !d->initial_done_sent || d->initial_loaded)
+                        break;
                 d->initial_loaded = true;
                 event_queue_pushf(&o->events, STREAM_EVENT_INITIAL_LOADED, h->device, 0, 0, NULL);
                 break;
@@ -252,6 +265,45 @@ static int precopy_initial(OutDevice *d, int fd, uint64_t *ret) {
         return 0;
 }
 
+/* PRECOPY_INFOv2 after INITIAL_DONE: new initial bytes mean the device re-opened its initial
+ * data (REINIT, or initial bytes that grew again when another caller saw the flag first). The
+ * session either re-opens the round, for the destination to acknowledge again (2.1), or sends the
+ * new bytes as dirty data and says once that the switchover cannot wait for them. Called without
+ * o->lock, by the reader only. */
+static int precopy_check_reinit(StreamOut *o, OutDevice *d, int fd) {
+        uint64_t initial = 0, dirty = 0;
+        uint32_t flags = 0;
+        bool again;
+        int r;
+
+        r = vfio_dev_precopy_info_flags(d->dev, fd, &initial, &dirty, &flags);
+        if (r < 0)
+                return log_debug_errno(r, "stream out: precopy info of device %u failed: %m", d->index);
+        if (initial == 0)
+                return 0; /* a REINIT without new initial bytes has nothing to re-send */
+        again = o->peer_minor >= STREAM_MINOR_REINIT && d->initial_rounds < STREAM_INITIAL_ROUNDS_MAX;
+        pthread_mutex_lock(&o->lock);
+        if (again) {
+                d->initial_done_sent = false;
+                d->initial_loaded = false;
+                d->initial_bytes = initial;
+                event_queue_pushf(&o->events, STREAM_EVENT_INITIAL_REINIT, (int) d->index, 0, 1,
+                                  "%" PRIu64 " bytes of new initial data (round %u)%s", initial, d->initial_rounds + 1,
+                                  flags & VFIO_PRECOPY_INFO_REINIT
+                                          ? ""
+                                          : ", initial bytes that grew again (another caller read the REINIT flag)");
+        } else if (!d->reinit_unacked) {
+                d->reinit_unacked = true;
+                event_queue_pushf(&o->events, STREAM_EVENT_INITIAL_REINIT, (int) d->index, 0, 0,
+                                  "%" PRIu64 " bytes of new initial data, sent as dirty data: %s", initial,
+                                  o->peer_minor < STREAM_MINOR_REINIT
+                                          ? "the destination speaks protocol 2.0, which cannot acknowledge it again"
+                                          : "the device re-opened its initial data 8 times");
+        }
+        pthread_mutex_unlock(&o->lock);
+        return 0;
+}
+
 void *out_reader_thread(void *arg) {
         OutDevice *d = arg;
         StreamOut *o = d->o;
@@ -299,6 +351,9 @@ void *out_reader_thread(void *arg) {
                 }
                 pthread_mutex_unlock(&o->lock);
 
+                /* Advisory: should precopy info fail here, the read below says what is wrong. */
+                if (mode == READ_PRECOPY && d->initial_done_sent && d->dev->precopy_info_version == VFIO_PRECOPY_INFO_V2)
+                        (void) precopy_check_reinit(o, d, fd);
                 if (mode == READ_PRECOPY && !d->initial_done_sent) {
                         if (!d->initial_known) {
                                 r = precopy_initial(d, fd, &d->initial_bytes);
@@ -367,6 +422,7 @@ void *out_reader_thread(void *arg) {
                                 break;
                         }
                         d->initial_done_sent = true;
+                        d->initial_rounds++;
                 }
 
                 if (temporary_end)

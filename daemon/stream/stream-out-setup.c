@@ -117,7 +117,7 @@ static int handshake_all(StreamOut *o, int *fds, StreamTlsSession **tls, uint32_
         _cleanup_free_ uint8_t *hellos = NULL;
         StreamHello h = {
                 .major = STREAM_PROTOCOL_MAJOR,
-                .minor = STREAM_PROTOCOL_MINOR,
+                .minor = stream_source_minor(),
                 .channel_count = (uint16_t) o->n_channels,
                 .device_count = o->cfg.device_count,
                 .flags = o->cfg.precopy ? STREAM_HELLO_FLAG_PRECOPY : 0,
@@ -181,6 +181,11 @@ static int handshake_all(StreamOut *o, int *fds, StreamTlsSession **tls, uint32_
                 if (w.channel_index != c)
                         return error_setf(err, -EBADMSG, "the destination's WELCOME on channel %u names channel %u", c,
                                           w.channel_index);
+                /* The destination answers the lower of the two minors (§1.5); every channel the same. */
+                if (w.minor > stream_source_minor() || (c > 0 && w.minor != o->peer_minor))
+                        return error_setf(err, -EBADMSG, "the destination's WELCOME on channel %u says version %u.%u, "
+                                          "which is not what this source offered and channel 0 accepted", c, w.major, w.minor);
+                o->peer_minor = w.minor;
                 r = stream_chan_recv_all(fds[c], tls[c], in + STREAM_WELCOME_SIZE, STREAM_WELCOME_PROOF_SIZE, deadline,
                                          o->setup_wake_fd);
                 if (r == -ECANCELED)

@@ -23,4 +23,7 @@ int stream_in_test_channel_binding(StreamIn *i, unsigned channel, uint8_t out[ST
 /* SO_SNDBUF/SO_RCVBUF for new channels (0: the kernel's autotuning, the default). */
 void stream_test_set_socket_buffers(int sndbuf, int rcvbuf);
 int stream_test_get_sndbuf(void);
+/* The protocol minor version sources and destinations of this process offer (-1: the current
+ * one), to test sessions with a peer that speaks an older minor. */
+void stream_test_set_minors(int source, int destination);
 int stream_test_get_rcvbuf(void);

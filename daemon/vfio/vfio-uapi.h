@@ -164,6 +164,12 @@ struct vfio_device_feature {
 #define VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP 7
 #define VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT 8
 #define VFIO_DEVICE_FEATURE_MIG_DATA_SIZE 9
+/* Linux 7.2: a SET without payload opts the open device in to PRECOPY_INFO v2, where
+ * vfio_precopy_info.flags is an output (VFIO_PRECOPY_INFO_REINIT). The core refuses it with
+ * EINVAL for a device without PRE_COPY; older kernels hand it to the driver (ENOTTY), or answer
+ * EINVAL themselves for a driver without device features (mtty, before the core said ENOTTY).
+ * The opt-in lasts until the device's last fd closes. */
+#define VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 12
 
 struct vfio_device_feature_migration {
         vfio_aligned_u64 flags;
@@ -191,7 +197,8 @@ enum vfio_device_mig_state {
 
 struct vfio_precopy_info {
         uint32_t argsz;
-        uint32_t flags;
+        uint32_t flags; /* v2 only: an output; under v1 drivers echo what was passed in */
+#define VFIO_PRECOPY_INFO_REINIT (1u << 0) /* new initial data: initial_bytes starts over, dirty_bytes reset */
         vfio_aligned_u64 initial_bytes;
         vfio_aligned_u64 dirty_bytes;
 };
@@ -304,6 +311,9 @@ VFIO_ASSERT_SIZE(struct vfio_device_detach_iommufd_pt, 8);
 /* Request numbers as the kernel documents them (vfio-uapi.md §1.1). */
 _Static_assert(VFIO_DEVICE_FEATURE == 0x3B75, "VFIO_DEVICE_FEATURE");
 _Static_assert(VFIO_MIG_GET_PRECOPY_INFO == 0x3B79, "VFIO_MIG_GET_PRECOPY_INFO");
+/* Linux 7.2.13 include/uapi/linux/vfio.h */
+_Static_assert(VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 == 12, "VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2");
+_Static_assert(VFIO_PRECOPY_INFO_REINIT == 1, "VFIO_PRECOPY_INFO_REINIT");
 _Static_assert(VFIO_DEVICE_BIND_IOMMUFD == 0x3B76, "VFIO_DEVICE_BIND_IOMMUFD");
 _Static_assert(VFIO_IOMMU_MAP_DMA == 0x3B71, "VFIO_IOMMU_MAP_DMA");
 _Static_assert(VFIO_GROUP_GET_DEVICE_FD == 0x3B6A, "VFIO_GROUP_GET_DEVICE_FD");

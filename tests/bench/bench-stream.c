@@ -467,7 +467,7 @@ static int mem_get_state(VfioDev *d, MigState *ret) {
 static int mem_set_state(VfioDev *d, MigState target, int *ret_fd) {
         return -EOPNOTSUPP;
 }
-static int mem_precopy_info(VfioDev *d, int fd, uint64_t *a, uint64_t *b) {
+static int mem_precopy_info(VfioDev *d, int fd, uint64_t *a, uint64_t *b, uint32_t *f) {
         return -EINVAL;
 }
 static int mem_stop_copy_size(VfioDev *d, uint64_t *ret) {

@@ -95,7 +95,7 @@ static const char *const words[] = {
         VFIOMIG_OPTION_IO_URING, VFIOMIG_OPTION_RUN, VFIOMIG_OPTION_REASSEMBLY_BUDGET,
         VFIOMIG_OPTION_STALL_TIMEOUT,
         "state-size", "precopy-size", "dirty-rate", "flags", "seed", "mtty-quirks", "fail-arcs", "error-arcs",
-        "arc-latency-usec", "latency-arcs",
+        "arc-latency-usec", "latency-arcs", "reinit", "precopy-v2",
         /* values */
         "auto", "manual", "iommufd", "legacy", "sim", "by-file", "by-address", "stop-copy", "p2p", "pre-copy",
         "running", "stop", "resuming", "running-p2p", "pre-copy-p2p", "error", "running>stop", "stop>stop-copy",

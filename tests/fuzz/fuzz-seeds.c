@@ -177,6 +177,22 @@ static void stream_seeds(const char *dir) {
         memcpy(abort_payload + 4, "operator says no", 16);
         packet(&s, 0, STREAM_PACKET_ABORT, 0, STREAM_JOB_DEVICE, abort_payload, sizeof abort_payload);
         write_seed(dir, "fuzz-stream", "stream-precopy", &s.b);
+
+        /* 2.1 (stream-protocol.md §2.6): device 0's initial data re-opened after its INITIAL_DONE
+         * (a REINIT), a second INITIAL_DONE, then dirty data and stop-copy */
+        s = (Stream) {};
+        put8(&s.b, 0x20);
+        packet(&s, 0, STREAM_PACKET_DATA, STREAM_DATA_FLAG_PRECOPY | STREAM_DATA_FLAG_INITIAL, 0, data, 16);
+        packet(&s, 0, STREAM_PACKET_INITIAL_DONE, 0, 0, NULL, 0);
+        packet(&s, 0x80 | 1, STREAM_PACKET_DATA, STREAM_DATA_FLAG_PRECOPY | STREAM_DATA_FLAG_INITIAL, 0, data, 12);
+        packet(&s, 1, STREAM_PACKET_DATA, STREAM_DATA_FLAG_PRECOPY | STREAM_DATA_FLAG_INITIAL, 0, data + 12, 12);
+        packet(&s, 0, STREAM_PACKET_INITIAL_DONE, 0, 0, NULL, 0);
+        packet(&s, 1, STREAM_PACKET_DATA, STREAM_DATA_FLAG_PRECOPY, 0, data, 8);
+        packet(&s, 0, STREAM_PACKET_SWITCHOVER, 0, STREAM_JOB_DEVICE, NULL, 0);
+        packet(&s, 1, STREAM_PACKET_DATA, 0, 0, data, 20);
+        end_packet(&s, 0, 0, 68, 5);
+        packet(&s, 1, STREAM_PACKET_BLOB, 0, 0, NULL, 0);
+        write_seed(dir, "fuzz-stream", "stream-reinit", &s.b);
 }
 
 /* ---- fuzz-options: the encoding its generator reads (see gen_*() there) ---- */

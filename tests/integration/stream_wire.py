@@ -47,7 +47,9 @@ def crc32c(data):
 # The standard check value.
 assert crc32c(b"123456789") == 0xE3069283
 
+# The raw peers speak 2.0 unless told otherwise: what a daemon of 2.1 must still serve (§1.5).
 MAJOR, MINOR = 2, 0
+MINOR_REINIT = 1  # 2.1: re-opened initial data (§2.6)
 HELLO_FIXED = struct.Struct("<8sHHHH16s32sIII4x")   # 80 bytes
 HELLO_V1_FIXED = struct.Struct("<8sHHHH32sIII4x")   # 64 bytes: what a version 1 source sent
 HELLO_DEVICE = struct.Struct("<IIHH4xQQ64s32x")     # 128 bytes

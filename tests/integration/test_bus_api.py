@@ -218,6 +218,7 @@ class DeviceProperties(ApiTestCase):
             "MigrationFlags": ("as", ["stop-copy", "p2p", "pre-copy"]),
             "Migratable": ("b", True),
             "MigratableReason": ("s", ""),
+            "PrecopyInfo": ("s", "v2"),
             "State": ("s", "running"),
             "StopCopySize": ("t", h.sim_stream_size(size)),
         }

@@ -77,7 +77,7 @@ OPTION_TYPES = {"channels": "u", "precopy": "b", "bandwidth-limit": "t", "switch
                 "downtime-limit": "t", "io-uring": "b", "run": "b", "reassembly-budget": "t",
                 "stall-timeout": "t", "setup-timeout": "t", "force-without-p2p": "b"}
 SIM_OPTION_TYPES = {"state-size": "t", "precopy-size": "t", "dirty-rate": "t", "flags": "as", "seed": "t",
-                    "mtty-quirks": "b", "fail-arcs": "as", "error-arcs": "as"}
+                    "mtty-quirks": "b", "fail-arcs": "as", "error-arcs": "as", "reinit": "t", "precopy-v2": "b"}
 
 
 def variants(options, types):
@@ -1221,7 +1221,7 @@ class Hostile(PairCase):
         job, token, address = self.prepare()
         src, welcome = self.connect(address, token, major=1)
         self.assertEqual(REFUSALS.get(welcome["status"]), "version", welcome)
-        self.assertIn("version 1.0; this destination speaks 2.0", welcome["reason"])
+        self.assertIn("version 1.0; this destination speaks 2.1", welcome["reason"])
         self.assertEqual(src.read_until_closed(5), [])
         self.assertEqual(self.dst.phase(job), "setup")
         self.dst.call(job, MIGRATION_IFACE, "Cancel")

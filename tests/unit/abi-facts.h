@@ -9,6 +9,7 @@
  * with older headers checks what it has and skips the rest:
  *   vfio61         what Debian 12's 6.1 <linux/vfio.h> has
  *   vfio_precopy   6.2: PRE_COPY, VFIO_MIG_GET_PRECOPY_INFO, MIG_DATA_SIZE
+ *   vfio_precopy_v2 7.2: VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 and VFIO_PRECOPY_INFO_REINIT
  *   vfio_cdev      6.6: binding VFIO cdevs to iommufd
  *   iommufd        6.2: <linux/iommufd.h> itself
  *   iommufd_dirty  6.7: HWPT allocation and IOMMU dirty tracking
@@ -159,6 +160,10 @@ ABI_OFFSET(vfio_precopy, struct vfio_precopy_info, flags)
 ABI_OFFSET(vfio_precopy, struct vfio_precopy_info, initial_bytes)
 ABI_OFFSET(vfio_precopy, struct vfio_precopy_info, dirty_bytes)
 ABI_SIZE(vfio_precopy, struct vfio_device_feature_mig_data_size)
+
+/* ---- vfio_precopy_v2 ---- */
+ABI_CONST(vfio_precopy_v2, VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2)
+ABI_CONST(vfio_precopy_v2, VFIO_PRECOPY_INFO_REINIT)
 
 /* ---- vfio_cdev ---- */
 ABI_CONST(vfio_cdev, VFIO_DEVICE_BIND_IOMMUFD)

@@ -27,6 +27,12 @@
 #  define ABI_STATE_vfio_precopy abi_no
 #endif
 
+#ifdef VFIO_PRECOPY_INFO_REINIT
+#  define ABI_STATE_vfio_precopy_v2 abi_yes
+#else
+#  define ABI_STATE_vfio_precopy_v2 abi_no
+#endif
+
 #ifdef VFIO_DEVICE_BIND_IOMMUFD
 #  define ABI_STATE_vfio_cdev abi_yes
 #else

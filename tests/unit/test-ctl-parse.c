@@ -213,7 +213,7 @@ Test(ctl_parse, sim_options_match_the_contract) {
         } expected[] = {
                 { "state-size", "t" }, { "precopy-size", "t" }, { "dirty-rate", "t" }, { "flags", "as" },
                 { "seed", "t" }, { "mtty-quirks", "b" }, { "fail-arcs", "as" }, { "error-arcs", "as" },
-                { "arc-latency-usec", "t" }, { "latency-arcs", "as" },
+                { "arc-latency-usec", "t" }, { "latency-arcs", "as" }, { "reinit", "t" }, { "precopy-v2", "b" },
         };
         _cleanup_free_ char *keys = NULL;
 
@@ -232,7 +232,7 @@ Test(ctl_parse, sim_options_match_the_contract) {
         keys = ctl_sim_option_keys_list();
         cr_assert_not_null(keys);
         cr_assert_str_eq(keys, "state-size, precopy-size, dirty-rate, flags, seed, mtty-quirks, fail-arcs, error-arcs, "
-                         "arc-latency-usec, latency-arcs");
+                         "arc-latency-usec, latency-arcs, reinit, precopy-v2");
 }
 
 Test(ctl_parse, split_assignment) {
@@ -303,7 +303,7 @@ Test(ctl_parse, every_contract_option_can_be_given_as_text) {
         /* A signature added to VFIOMIG_SIM_OPTIONS that the client cannot build fails here first. */
         static const char *const keys[] = {
                 "state-size", "precopy-size", "dirty-rate", "flags", "seed", "mtty-quirks", "fail-arcs", "error-arcs",
-                "arc-latency-usec", "latency-arcs",
+                "arc-latency-usec", "latency-arcs", "reinit", "precopy-v2",
         };
 
         for (size_t i = 0; i < ELEMENTSOF(keys); i++) {

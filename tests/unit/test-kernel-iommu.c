@@ -120,6 +120,13 @@ typedef struct FakeDevice {
         bool reset_unadvertised;
         int reset_errno;             /* what VFIO_DEVICE_RESET fails with, 0 for success */
         unsigned resets;
+        /* Migration, as vfio_main.c of Linux 7.2 answers it: VFIO_DEVICE_FEATURE_MIGRATION GET
+         * (ENOTTY when 0), and the PRECOPY_INFOv2 SET, EINVAL without PRE_COPY, or precopy_v2_errno
+         * (a kernel before 7.2 hands feature 12 to the driver: ENOTTY, or EINVAL from an older core
+         * for a driver without device features, such as mtty). */
+        uint32_t mig_flags;
+        int precopy_v2_errno;
+        unsigned precopy_v2_sets;
 } FakeDevice;
 
 typedef struct FakeIoas {
@@ -138,6 +145,7 @@ static struct {
         int n_ioas;
         uint32_t next_devid;
         bool has_map_file, has_change_process;
+        uint32_t precopy_flags;             /* what VFIO_MIG_GET_PRECOPY_INFO adds to the flags it echoes */
         int change_process_calls;
         char log[8192];                     /* the requests that changed something, in order */
 } fake;
@@ -578,14 +586,47 @@ static int fake_device(FakeDevice *d, unsigned long request, void *arg) {
                 fake_log("DETACH(%s)", d->name);
                 return 0;
         }
+        case VFIO_DEVICE_FEATURE: {
+                struct vfio_device_feature *f = arg;
+                uint32_t feature = f->flags & VFIO_DEVICE_FEATURE_MASK;
+
+                if (!d->mig_flags)
+                        return fail(ENOTTY); /* no migration: VFIO_DEVICE_FEATURE answers ENOTTY */
+                if (feature == VFIO_DEVICE_FEATURE_MIGRATION && (f->flags & VFIO_DEVICE_FEATURE_GET)) {
+                        struct vfio_device_feature_migration *m = (void *) f->data;
+                        cr_assert_geq(f->argsz, sizeof *f + sizeof *m);
+                        m->flags = d->mig_flags;
+                        return 0;
+                }
+                if (feature == VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2) {
+                        if (d->precopy_v2_errno)
+                                return fail(d->precopy_v2_errno);
+                        if (!(d->mig_flags & VFIO_MIGRATION_PRE_COPY) || f->flags != (VFIO_DEVICE_FEATURE_SET | feature))
+                                return fail(EINVAL);
+                        cr_assert_eq(f->argsz, sizeof *f, "the opt-in has no payload");
+                        d->precopy_v2_sets++;
+                        fake_log("PRECOPY_INFOv2(%s)", d->name);
+                        return 0;
+                }
+                return fail(ENOTTY);
+        }
         default:
-                return fail(ENOTTY); /* no migration: VFIO_DEVICE_FEATURE answers ENOTTY */
+                return fail(ENOTTY);
         }
 }
 
 static int fake_ioctl(int fd, unsigned long request, void *arg, void *userdata) {
         FakeDevice *d = NULL;
         unsigned number = 0;
+
+        if (request == VFIO_MIG_GET_PRECOPY_INFO) {
+                /* on any data fd; like every driver before 7.2, flags go back as they came */
+                struct vfio_precopy_info *info = arg;
+                info->flags |= fake.precopy_flags;
+                info->initial_bytes = 100;
+                info->dirty_bytes = 7;
+                return 0;
+        }
 
         switch (fake_classify(fd, &number, &d)) {
         case FAKE_CONTAINER:
@@ -1152,6 +1193,57 @@ Test(kernel_iommu, legacy_later_devices_move_into_the_space, .init = setup_legac
                                  "{\"number\":13,\"fd\":\"k-group-13\",\"mdev\":false}]}]}");
         }
         close(fd);
+}
+
+/* PRECOPY_INFOv2: a PRE_COPY device is opted in at open and again after every reopen (the kernel
+ * forgets it when the last fd closes); a refusal leaves v1, whose echoed flags are ignored; a
+ * device without PRE_COPY is not asked. */
+Test(kernel_iommu, precopy_info_v2_opt_in_and_fallback, .init = setup_legacy, .fini = teardown) {
+        _cleanup_(kernel_context_unrefp) KernelContext *c = context();
+        _cleanup_(iommu_space_freep) IommuSpace *s = NULL;
+        FakeDevice *fa = fake_device_by_name("0000:3b:00.1"), *fb = fake_device_by_name("0000:3c:00.0"),
+                   *fc = fake_device_by_name("0000:3d:00.0"), *fm = fake_device_by_name(MDEV_UUID);
+        ErrorMessage err = {};
+        uint64_t initial = 0, dirty = 0;
+        uint32_t flags = 0;
+        int data = memfd(4096);
+
+        fa->mig_flags = fb->mig_flags = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY;
+        fc->mig_flags = VFIO_MIGRATION_STOP_COPY;
+        fm->mig_flags = fa->mig_flags;
+        fm->precopy_v2_errno = ENOTTY; /* Linux before 7.2 */
+        _cleanup_(vfio_dev_freep) VfioDev *a = open_device(c, "0000:3b:00.1"), *b = open_device(c, "0000:3c:00.0"),
+                                          *plain = open_device(c, "0000:3d:00.0"), *old = open_device(c, MDEV_UUID);
+
+        cr_assert_eq(a->precopy_info_version, VFIO_PRECOPY_INFO_V2);
+        cr_assert_eq(fa->precopy_v2_sets, 1);
+        cr_assert_eq(plain->precopy_info_version, VFIO_PRECOPY_INFO_NONE);
+        cr_assert_eq(fc->precopy_v2_sets, 0, "a device without PRE_COPY is not asked");
+        cr_assert_eq(old->precopy_info_version, VFIO_PRECOPY_INFO_V1, "refused: v1");
+        cr_assert_str_eq(vfio_precopy_info_to_string(old->precopy_info_version), "v1");
+
+        /* v1 drivers echo the flags they were given; only a v2 device's REINIT is believed */
+        fake.precopy_flags = VFIO_PRECOPY_INFO_REINIT;
+        cr_assert_eq(vfio_dev_precopy_info_flags(old, data, &initial, &dirty, &flags), 0);
+        cr_assert_eq(flags, 0);
+        cr_assert_eq(initial, 100);
+        cr_assert_eq(dirty, 7);
+        cr_assert_eq(vfio_dev_precopy_info_flags(a, data, &initial, &dirty, &flags), 0);
+        cr_assert_eq(flags, VFIO_PRECOPY_INFO_REINIT);
+        fake.precopy_flags = 0;
+        cr_assert_eq(vfio_dev_precopy_info_flags(a, data, &initial, &dirty, &flags), 0);
+        cr_assert_eq(flags, 0);
+
+        /* moving b's group into a's container reopens b: the opt-in is made again */
+        cr_assert_eq(kernel_legacy_space_new(c, &s, NULL), 0);
+        cr_assert_eq(s->ops->attach_device(s, a, &err), 0, "%s", err.text);
+        fake.log[0] = 0;
+        cr_assert_eq(s->ops->attach_device(s, b, &err), 0, "%s", err.text);
+        cr_assert_str_eq(fake.log, "UNSET_CONTAINER(13) SET_CONTAINER(13,1) GET_DEVICE_FD(0000:3c:00.0) "
+                                   "PRECOPY_INFOv2(0000:3c:00.0) ");
+        cr_assert_eq(fb->precopy_v2_sets, 2);
+        cr_assert_eq(b->precopy_info_version, VFIO_PRECOPY_INFO_V2);
+        close(data);
 }
 
 Test(kernel_iommu, legacy_move_refusals, .init = setup_legacy, .fini = teardown) {

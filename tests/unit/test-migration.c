@@ -14,6 +14,7 @@
 #include "manager.h"
 #include "migration.h"
 #include "sim-device.h"
+#include "stream-testing.h"
 
 typedef struct Side {
         Manager *m;
@@ -247,6 +248,75 @@ Test(migration, automatic_switchover_once_precopy_converges) {
         cr_assert_eq(jobs[0]->phase, MIGRATION_COMPLETED, "%s", jobs[0]->error ?: "");
         cr_assert(jobs[0]->switchover_requested, "decided by the job itself");
         cr_assert_eq(sim_device_state_digest(a->dev), sim_device_state_digest(b->dev));
+}
+
+static bool source_saw_reinit(void *userdata) {
+        Migration *j = userdata;
+        return j->initial_reinits > 0 || migration_phase_is_final(j->phase);
+}
+
+/* PRECOPY_INFOv2 REINIT after the destination loaded the initial data: the source job stops
+ * calling the initial data loaded, a Switchover() waits for the destination's second
+ * acknowledgement, and the state arrives. A bandwidth limit makes each round take about half a
+ * second, which is the margin for seeing the job wait. With a destination that speaks 2.0 the
+ * new bytes go as dirty data and nothing waits for them. */
+Test(migration, reinit_waits_for_the_second_acknowledgement) {
+        const uint32_t flags = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P | VFIO_MIGRATION_PRE_COPY;
+
+        for (int old = 0; old < 2; old++) {
+                char name[16];
+                Device *a, *b;
+                MigrationOptions oo, io;
+                Migration *jobs[2];
+                ErrorMessage err = {};
+                AttachOptions o;
+
+                snprintf(name, sizeof name, "sim:r%d", old);
+                attach_options_init(&o);
+                o.sim_options_given = true;
+                o.sim.migration_flags = flags;
+                o.sim.state_size = 8 << 20;
+                o.sim.precopy_size = 4 << 20;
+                o.sim.precopy_size_set = true;
+                cr_assert_eq(manager_attach(src.m, name, &o, &a, &err), 0, "%s", err.text);
+                o.sim.seed = 7;
+                o.sim.seed_set = true;
+                cr_assert_eq(manager_attach(dst.m, name, &o, &b, &err), 0, "%s", err.text);
+                cr_assert_eq(a->dev->precopy_info_version, VFIO_PRECOPY_INFO_V2);
+
+                stream_test_set_minors(-1, old ? 0 : -1);
+                migration_options_init(&oo);
+                migration_options_init(&io);
+                oo.switchover_manual = true;
+                oo.bandwidth_limit = 8 << 20;
+                migrate(&a, &b, 1, &oo, &io, &jobs[0], &jobs[1]);
+                run_until(in_precopy_and_loaded, jobs[0], 20000);
+                cr_assert_eq(jobs[0]->phase, MIGRATION_PRECOPY, "%s", jobs[0]->error ?: "");
+                cr_assert_eq(jobs[0]->initial_reinits, 0);
+
+                cr_assert_eq(sim_device_reconfigure(a->dev), 0);
+                if (!old) {
+                        run_until(source_saw_reinit, jobs[0], 20000);
+                        cr_assert_eq(jobs[0]->phase, MIGRATION_PRECOPY, "%s", jobs[0]->error ?: "");
+                        cr_assert(!migration_initial_data_loaded(jobs[0]), "4 MiB of new initial data at 8 MiB/s");
+                        cr_assert_eq(migration_switchover(jobs[0], &err), 0, "%s", err.text);
+                        cr_assert_eq(jobs[0]->phase, MIGRATION_PRECOPY, "the switchover waits for the second round");
+                } else {
+                        /* the source notices within its reader's back-off; then the operator switches */
+                        for (uint64_t until = now_ms() + 600; now_ms() < until;)
+                                cr_assert_geq(sd_event_run(loop, 100 * 1000), 0);
+                        cr_assert(migration_initial_data_loaded(jobs[0]), "2.0: nothing to wait for");
+                        cr_assert_eq(migration_switchover(jobs[0], &err), 0, "%s", err.text);
+                }
+                run_until(both_finished, jobs, 30000);
+                cr_assert_eq(jobs[0]->phase, MIGRATION_COMPLETED, "%s", jobs[0]->error ?: "");
+                cr_assert_eq(jobs[1]->phase, MIGRATION_COMPLETED, "%s", jobs[1]->error ?: "");
+                cr_assert_eq(jobs[0]->initial_reinits, old ? 0 : 1);
+                cr_assert_eq(jobs[1]->initial_reinits, old ? 0 : 1, "the destination re-opened the round");
+                cr_assert_eq(sim_device_state_digest(a->dev), sim_device_state_digest(b->dev));
+                cr_assert_gt(jobs[0]->stats.bytes, (8 << 20) + (4 << 20), "the pre-copy blocks travelled twice");
+                stream_test_set_minors(-1, -1);
+        }
 }
 
 static bool phase_reached(void *userdata) {

@@ -343,6 +343,122 @@ Test(sim_device, migration_with_precopy_and_dirtying_carries_the_state) {
         vfio_dev_free(dst);
 }
 
+/* PRECOPY_INFOv2: after reinit bytes of pre-copy the device reconfigures; the next precopy info
+ * says VFIO_PRECOPY_INFO_REINIT once, initial bytes start over (every pre-copy block again),
+ * dirty bytes are reset, and the destination still ends with the source's state. */
+Test(sim_device, reinit_reopens_initial_data_with_precopy_info_v2) {
+        const uint64_t record = SIM_RECORD_HEADER_SIZE + SIM_BLOCK_SIZE;
+        SimConfig c = config(ALL_FLAGS, 8 * SIM_BLOCK_SIZE, 4 * SIM_BLOCK_SIZE);
+        c.reinit_after = SIM_HEADER_SIZE + 4 * record; /* once the first round is read */
+        fake_now = 7000000;
+        VfioDev *src = new_dev("src", &c), *dst = new_dev("dst", &c);
+        uint64_t initial, dirty, digest_before;
+        uint32_t flags = 12345;
+        int sfd = -1, dfd = -1, none;
+        uint8_t buf[10000];
+        size_t total = 0;
+        ssize_t n;
+
+        cr_assert_eq(src->precopy_info_version, VFIO_PRECOPY_INFO_V2, "the sim accepts the v2 opt-in by default");
+        cr_assert_eq(sim_device_reconfigure(src), -EBUSY, "only in a pre-copy session");
+        cr_assert_eq(vfio_dev_set_state(dst, RES, &dfd), 0);
+        cr_assert_eq(vfio_dev_set_state(src, PC, &sfd), 0);
+        cr_assert_eq(vfio_dev_precopy_info_flags(src, sfd, &initial, &dirty, &flags), 0);
+        cr_assert_eq(flags, 0);
+        cr_assert_eq(initial, SIM_HEADER_SIZE + 4 * record);
+
+        digest_before = sim_device_state_digest(src);
+        while ((n = vfio_dev_data_read(src, sfd, buf, sizeof buf)) > 0) {
+                cr_assert_eq(vfio_dev_data_write(dst, dfd, buf, (size_t) n), n);
+                total += (size_t) n;
+                if (total >= c.reinit_after)
+                        break;
+        }
+        cr_assert_eq(total, c.reinit_after, "the reads stop at the end of the initial data");
+        cr_assert_eq(vfio_dev_data_read(src, sfd, buf, sizeof buf), -ENOMSG,
+                     "until the driver asks for precopy info, reads go on with what was there");
+        cr_assert_eq(sim_device_state_digest(src), digest_before);
+        cr_assert_eq(sim_device_reconfigure(src), -EBUSY, "already reconfigured");
+
+        cr_assert_eq(vfio_dev_precopy_info_flags(src, sfd, &initial, &dirty, &flags), 0);
+        cr_assert_neq(sim_device_state_digest(src), digest_before, "the reconfiguration rewrote the pre-copy blocks");
+        cr_assert_eq(flags, VFIO_PRECOPY_INFO_REINIT);
+        cr_assert_eq(initial, 4 * record, "every pre-copy block is initial data again");
+        cr_assert_eq(dirty, 0, "dirty bytes start over");
+        cr_assert_eq(vfio_dev_precopy_info_flags(src, sfd, &initial, &dirty, &flags), 0);
+        cr_assert_eq(flags, 0, "REINIT is reported once");
+        cr_assert_eq(initial, 4 * record);
+
+        while ((n = vfio_dev_data_read(src, sfd, buf, sizeof buf)) > 0) {
+                cr_assert_eq(vfio_dev_data_write(dst, dfd, buf, (size_t) n), n);
+                total += (size_t) n;
+        }
+        cr_assert_eq(n, -ENOMSG);
+        cr_assert_eq(total, c.reinit_after + 4 * record, "the second round is exactly the new initial data");
+        cr_assert_eq(vfio_dev_precopy_info_flags(src, sfd, &initial, &dirty, &flags), 0);
+        cr_assert_eq(initial, 0);
+        cr_assert_eq(flags, 0, "once per session");
+        cr_assert_eq(sim_device_reconfigure(src), -EBUSY, "once per session");
+
+        cr_assert_eq(vfio_dev_set_state(src, SC, &none), 0);
+        while ((n = vfio_dev_data_read(src, sfd, buf, sizeof buf)) > 0)
+                cr_assert_eq(vfio_dev_data_write(dst, dfd, buf, (size_t) n), n);
+        cr_assert_eq(n, 0);
+        cr_assert_eq(vfio_dev_set_state(dst, RUN, &none), 0);
+        cr_assert_eq(sim_device_state_digest(dst), sim_device_state_digest(src));
+        close(sfd);
+        close(dfd);
+        vfio_dev_free(src);
+        vfio_dev_free(dst);
+}
+
+/* A driver that refuses PRECOPY_INFOv2 (precopy-v2=no, like mtty before 7.2) keeps v1: flags are
+ * never reported, the reconfigured blocks are dirty data and initial bytes never grow again. */
+Test(sim_device, reinit_without_v2_is_dirty_data) {
+        const uint64_t record = SIM_RECORD_HEADER_SIZE + SIM_BLOCK_SIZE;
+        SimConfig c = config(ALL_FLAGS, 4 * SIM_BLOCK_SIZE, 2 * SIM_BLOCK_SIZE);
+        c.reinit_after = SIM_HEADER_SIZE + 2 * record;
+        c.refuse_precopy_v2 = true;
+        fake_now = 7000000;
+        VfioDev *src = new_dev("src", &c), *dst = new_dev("dst", &c);
+        uint64_t initial, dirty;
+        uint32_t flags = 0;
+        int sfd = -1, dfd = -1, none;
+        uint8_t buf[10000];
+        ssize_t n;
+
+        cr_assert_eq(src->precopy_info_version, VFIO_PRECOPY_INFO_V1);
+        cr_assert_eq(vfio_dev_set_state(dst, RES, &dfd), 0);
+        cr_assert_eq(vfio_dev_set_state(src, PC, &sfd), 0);
+        for (size_t total = 0; total < c.reinit_after; total += (size_t) n) {
+                n = vfio_dev_data_read(src, sfd, buf, MIN(sizeof buf, c.reinit_after - total));
+                cr_assert_gt(n, 0);
+                cr_assert_eq(vfio_dev_data_write(dst, dfd, buf, (size_t) n), n);
+        }
+        cr_assert_eq(vfio_dev_precopy_info_flags(src, sfd, &initial, &dirty, &flags), 0);
+        cr_assert_eq(flags, 0);
+        cr_assert_eq(initial, 0, "v1: initial bytes only shrink");
+        cr_assert_eq(dirty, 2 * record, "v1: the reconfigured blocks are dirty");
+        while ((n = vfio_dev_data_read(src, sfd, buf, sizeof buf)) > 0)
+                cr_assert_eq(vfio_dev_data_write(dst, dfd, buf, (size_t) n), n);
+        cr_assert_eq(n, -ENOMSG);
+        cr_assert_eq(vfio_dev_set_state(src, SC, &none), 0);
+        while ((n = vfio_dev_data_read(src, sfd, buf, sizeof buf)) > 0)
+                cr_assert_eq(vfio_dev_data_write(dst, dfd, buf, (size_t) n), n);
+        cr_assert_eq(vfio_dev_set_state(dst, RUN, &none), 0);
+        cr_assert_eq(sim_device_state_digest(dst), sim_device_state_digest(src));
+        close(sfd);
+        close(dfd);
+        vfio_dev_free(src);
+        vfio_dev_free(dst);
+
+        /* without PRE_COPY there is no precopy info at all */
+        SimConfig c2 = config(VFIO_MIGRATION_STOP_COPY, SIM_BLOCK_SIZE, 0);
+        VfioDev *plain = new_dev("plain", &c2);
+        cr_assert_eq(plain->precopy_info_version, VFIO_PRECOPY_INFO_NONE);
+        vfio_dev_free(plain);
+}
+
 Test(sim_device, truncated_stream_keeps_resuming_until_completed) {
         SimConfig c = config(ALL_FLAGS, 2 * SIM_BLOCK_SIZE, 0);
         size_t size;

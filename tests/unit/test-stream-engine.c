@@ -22,6 +22,7 @@
 #include "macro.h"
 #include "mig-state.h"
 #include "sim-device.h"
+#include "sim-stream.h"
 #include "stream-auth.h"
 #include "stream-engine.h"
 #include "stream-testing.h"
@@ -124,6 +125,8 @@ typedef struct Params {
         uint32_t max_payload;
         uint64_t throttle;       /* bytes/s on channel 0 */
         uint64_t precopy_usec;   /* how long pre-copy runs after INITIAL_LOADED */
+        bool reconfigure;        /* REINIT every pre-copy device once its initial data is loaded */
+        int dst_minor;           /* the destination's protocol minor; 0 (the default) is the current one, -1 is 2.0 */
         StreamTlsContext *tls;   /* both ends' credentials; NULL: cleartext */
 } Params;
 
@@ -145,10 +148,13 @@ static void run_migration(const Params *p, Run *ret) {
                                .precopy = p->precopy, .chunk = p->chunk, .device_count = p->devices };
         ErrorMessage err = {};
         unsigned initial_loaded = 0, sent = 0, done = 0, blobs_seen = 0, blobs_expected = 0;
+        unsigned out_reinits = 0, out_unacked = 0, in_reinits = 0, in_loaded = 0, reconfigured = 0, precopy_devices = 0;
+        bool loaded[4] = {}, reinit_seen[4] = {};
         bool in_connected = false, out_connected = false, switched = false, committed = false, complete = false;
         bool in_switchover = false, blob_seen[4] = {};
         uint64_t start = now_usec(), deadline = start + 90 * 1000000u, precopy_until = 0;
 
+        stream_test_set_minors(-1, p->dst_minor < 0 ? 0 : -1);
         make_token(ic.token, p->channels * 31 + p->devices);
         memcpy(oc.token, ic.token, sizeof oc.token);
         l = listener_new_tls(p->tls, &oc.peer, &oc.peer_len);
@@ -222,9 +228,23 @@ static void run_migration(const Params *p, Run *ret) {
                                 break;
                         case STREAM_EVENT_INITIAL_LOADED:
                                 cr_assert(p->precopy);
+                                cr_assert(!loaded[e.device], "device %d: loaded twice without a REINIT", e.device);
+                                loaded[e.device] = true;
                                 initial_loaded++;
-                                if (initial_loaded == p->devices)
-                                        precopy_until = now_usec() + p->precopy_usec;
+                                break;
+                        case STREAM_EVENT_INITIAL_REINIT:
+                                cr_assert(p->reconfigure, "%s", e.text);
+                                cr_assert(!reinit_seen[e.device], "the sim reconfigures once per session");
+                                reinit_seen[e.device] = true;
+                                if (e.reason) {
+                                        cr_assert_geq(p->dst_minor, 0, "a 2.0 destination cannot acknowledge again");
+                                        loaded[e.device] = false; /* wait for the new round's INITIAL_LOADED */
+                                        out_reinits++;
+                                } else {
+                                        cr_assert_lt(p->dst_minor, 0, "%s", e.text);
+                                        cr_assert(strstr(e.text, "speaks protocol 2.0"), "%s", e.text);
+                                        out_unacked++;
+                                }
                                 break;
                         case STREAM_EVENT_DEVICE_SENT:
                                 sent++;
@@ -243,6 +263,11 @@ static void run_migration(const Params *p, Run *ret) {
                                 in_connected = true;
                                 break;
                         case STREAM_EVENT_INITIAL_LOADED:
+                                in_loaded++;
+                                break;
+                        case STREAM_EVENT_INITIAL_REINIT:
+                                cr_assert_geq(p->dst_minor, 0);
+                                in_reinits++;
                                 break;
                         case STREAM_EVENT_SWITCHOVER:
                                 in_switchover = true;
@@ -268,7 +293,24 @@ static void run_migration(const Params *p, Run *ret) {
                         }
                 }
 
-                if (p->precopy && !switched && initial_loaded == p->devices && now_usec() >= precopy_until) {
+                if (p->precopy && !switched && precopy_until == 0) {
+                        bool all = true;
+                        for (unsigned d = 0; d < p->devices; d++)
+                                all = all && loaded[d];
+                        if (all && p->reconfigure && reconfigured == 0) {
+                                /* a reconfiguration after the first acknowledgement of every device */
+                                for (unsigned d = 0; d < p->devices; d++)
+                                        if (sim_device_reconfigure(src[d]) == 0)
+                                                reconfigured++;
+                                cr_assert_eq(reconfigured, p->devices);
+                                all = false;
+                        }
+                        if (all && p->reconfigure && out_reinits + out_unacked < reconfigured)
+                                all = false; /* the source has not seen every REINIT yet */
+                        if (all)
+                                precopy_until = now_usec() + p->precopy_usec;
+                }
+                if (p->precopy && !switched && precopy_until != 0 && now_usec() >= precopy_until) {
                         /* the source job's switchover */
                         switched = true;
                         cr_assert_eq(stream_out_switchover(out), 0);
@@ -295,6 +337,22 @@ static void run_migration(const Params *p, Run *ret) {
         cr_assert(in_connected && out_connected);
         cr_assert_eq(sent, p->devices);
         cr_assert(in_switchover);
+        for (unsigned d = 0; d < p->devices; d++)
+                precopy_devices += p->precopy;
+        if (p->reconfigure && p->dst_minor >= 0) {
+                /* every device: a second round, acknowledged by the destination and awaited by the source */
+                cr_assert_eq(out_reinits, precopy_devices);
+                cr_assert_eq(in_reinits, precopy_devices);
+                cr_assert_eq(in_loaded, 2 * precopy_devices, "the destination acknowledges each round");
+                cr_assert_geq(initial_loaded, precopy_devices);
+                cr_assert_leq(initial_loaded, 2 * precopy_devices, "a stale acknowledgement raises no event");
+        } else if (p->reconfigure) {
+                cr_assert_eq(out_unacked, precopy_devices);
+                cr_assert_eq(in_reinits, 0);
+                cr_assert_eq(in_loaded, precopy_devices, "2.0: one round");
+        } else if (p->precopy)
+                cr_assert_eq(in_loaded, precopy_devices);
+        stream_test_set_minors(-1, -1);
 
         for (unsigned d = 0; d < p->devices; d++) {
                 int fd = -1;
@@ -435,6 +493,29 @@ Test(stream_engine, precopy_with_dirtying) {
                                 .mtty = { false, false, true },
                                 .dirty_rate = 16 * MiB,
                                 .precopy_usec = 150000,
+                        };
+                        Run r;
+                        run_migration(&p, &r);
+                }
+}
+
+/* PRECOPY_INFOv2 REINIT after the destination loaded the first round: protocol 2.1 re-opens the
+ * initial data, the destination loads and acknowledges it again, the state arrives (digests). A
+ * 2.0 destination gets the new bytes as dirty data and the source says so. */
+Test(stream_engine, precopy_reinit_second_round) {
+        for (int old = 0; old < 2; old++)
+                for (int uring = 0; uring < 2; uring++) {
+                        Params p = {
+                                .channels = 3,
+                                .io_uring = uring,
+                                .precopy = true,
+                                .devices = 3,
+                                .sizes = { 4 * MiB, 1, 2 * MiB + 5 },
+                                .flags = { ALL_FLAGS, VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_PRE_COPY, ALL_FLAGS },
+                                .mtty = { false, false, true },
+                                .precopy_usec = 50000,
+                                .reconfigure = true,
+                                .dst_minor = old ? -1 : 0,
                         };
                         Run r;
                         run_migration(&p, &r);
@@ -779,9 +860,11 @@ static bool recv_bytes(int fd, void *buf, size_t n) {
 }
 
 /* A v2 handshake by hand: HELLO, WELCOME (its proof checked), PROOF. */
+static uint16_t raw_minor;          /* the minor raw_hello() offers: 0 speaks 2.0 */
 static StreamWelcome raw_hello(Hostile *h, int fd, unsigned index, unsigned count, const uint8_t *token) {
         StreamHello hello = {
                 .major = STREAM_PROTOCOL_MAJOR,
+                .minor = raw_minor,
                 .channel_index = (uint16_t) index,
                 .channel_count = (uint16_t) count,
                 .device_count = h->devices,
@@ -863,7 +946,8 @@ static void expect_failure(Hostile *h, int error, const char *text) {
                 e = wait_in_event(h->in, 15000000);
                 free(e.blob);
                 if (e.type == STREAM_EVENT_CONNECTED || e.type == STREAM_EVENT_DEVICE_DONE ||
-                    e.type == STREAM_EVENT_INITIAL_LOADED || e.type == STREAM_EVENT_BLOB || e.type == STREAM_EVENT_SWITCHOVER)
+                    e.type == STREAM_EVENT_INITIAL_LOADED || e.type == STREAM_EVENT_INITIAL_REINIT ||
+                    e.type == STREAM_EVENT_BLOB || e.type == STREAM_EVENT_SWITCHOVER)
                         continue;
                 break;
         }
@@ -875,6 +959,100 @@ static void expect_failure(Hostile *h, int error, const char *text) {
 }
 
 #define HOSTILE_BUDGET (2 * MiB)
+
+/* Reads the destination's next control packet on channel 0. */
+static StreamHeader raw_control(int fd) {
+        uint8_t head[STREAM_HEADER_SIZE], payload[4 + STREAM_ABORT_TEXT_MAX];
+        const char *why = NULL;
+        StreamHeader hd;
+
+        cr_assert(recv_bytes(fd, head, sizeof head), "the destination closed channel 0");
+        cr_assert_eq(stream_header_decode(head, sizeof payload, 1, &hd, &why), 0, "%s", why);
+        if (hd.length > 0)
+                cr_assert(recv_bytes(fd, payload, hd.length));
+        return hd;
+}
+
+/* Protocol 2.1 (§2.6): initial data re-opened after INITIAL_DONE is a new round the destination
+ * loads and acknowledges again; an INITIAL_DONE that re-opens nothing, a ninth round, and a
+ * channel offering another minor than the first are refused. */
+Test(stream_engine, hostile_reinit_rounds) {
+        for (int uring = 0; uring < 2; uring++) {
+                Hostile h;
+                int fds[2];
+                uint64_t sseq = 0, dseq = 0;
+                size_t off = 0;
+                StreamEvent e;
+                StreamWelcome w;
+
+                raw_minor = STREAM_MINOR_REINIT;
+
+                /* two rounds: two acknowledgements, and the destination's job hears of the re-open */
+                hostile_setup(&h, uring, HOSTILE_BUDGET, 0);
+                raw_channels(&h, fds, 1);
+                raw_packet(fds[0], STREAM_PACKET_DATA, STREAM_DATA_FLAG_PRECOPY | STREAM_DATA_FLAG_INITIAL, 0, sseq++,
+                           dseq++, h.stream + off, 1000);
+                off += 1000;
+                raw_packet(fds[0], STREAM_PACKET_INITIAL_DONE, 0, 0, sseq++, dseq++, NULL, 0);
+                cr_assert_eq(raw_control(fds[0]).type, STREAM_PACKET_INITIAL_LOADED);
+                raw_packet(fds[0], STREAM_PACKET_DATA, STREAM_DATA_FLAG_PRECOPY | STREAM_DATA_FLAG_INITIAL, 0, sseq++,
+                           dseq++, h.stream + off, 1000);
+                off += 1000;
+                raw_packet(fds[0], STREAM_PACKET_INITIAL_DONE, 0, 0, sseq++, dseq++, NULL, 0);
+                cr_assert_eq(raw_control(fds[0]).type, STREAM_PACKET_INITIAL_LOADED, "the second round is acknowledged");
+                {
+                        unsigned loaded = 0, reinit = 0;
+                        while (loaded < 2) {
+                                e = wait_in_event(h.in, 10000000);
+                                if (e.type == STREAM_EVENT_INITIAL_LOADED)
+                                        loaded++;
+                                else if (e.type == STREAM_EVENT_INITIAL_REINIT) {
+                                        cr_assert_eq(loaded, 1, "re-opened after the first round was loaded");
+                                        cr_assert_str_eq(e.text, "round 2");
+                                        reinit++;
+                                } else
+                                        cr_assert_eq(e.type, STREAM_EVENT_CONNECTED, "event %d: %s", e.type, e.text);
+                        }
+                        cr_assert_eq(reinit, 1);
+                }
+                /* an INITIAL_DONE with nothing re-opened */
+                raw_packet(fds[0], STREAM_PACKET_INITIAL_DONE, 0, 0, sseq++, dseq++, NULL, 0);
+                expect_failure(&h, -EBADMSG, "INITIAL_DONE repeated");
+                close_all(fds, 1);
+                hostile_done(&h);
+
+                /* the ninth round */
+                hostile_setup(&h, uring, HOSTILE_BUDGET, 0);
+                raw_channels(&h, fds, 1);
+                sseq = dseq = 0;
+                off = 0;
+                raw_packet(fds[0], STREAM_PACKET_INITIAL_DONE, 0, 0, sseq++, dseq++, NULL, 0);
+                for (unsigned round = 2; round <= STREAM_INITIAL_ROUNDS_MAX + 1; round++) {
+                        raw_packet(fds[0], STREAM_PACKET_DATA, STREAM_DATA_FLAG_PRECOPY | STREAM_DATA_FLAG_INITIAL, 0,
+                                   sseq++, dseq++, h.stream + off, 100);
+                        off += 100;
+                        raw_packet(fds[0], STREAM_PACKET_INITIAL_DONE, 0, 0, sseq++, dseq++, NULL, 0);
+                }
+                expect_failure(&h, -EBADMSG, "initial data re-opened more often than 8 times");
+                close_all(fds, 1);
+                hostile_done(&h);
+
+                /* channel 1 offers 2.0 where channel 0 offered 2.1 */
+                hostile_setup(&h, uring, HOSTILE_BUDGET, 0);
+                fds[0] = raw_connect(&h);
+                w = raw_hello(&h, fds[0], 0, 2, NULL);
+                cr_assert_eq(w.status, STREAM_ACCEPTED, "%s", w.reason);
+                cr_assert_eq(w.minor, STREAM_MINOR_REINIT, "the destination answers the minor both speak");
+                raw_minor = 0;
+                fds[1] = raw_connect(&h);
+                w = raw_hello(&h, fds[1], 1, 2, NULL);
+                cr_assert_eq(w.status, STREAM_REFUSE_BAD_HELLO, "%s", w.reason);
+                cr_assert_str_eq(w.reason, "the HELLO differs from the first channel's");
+                close_all(fds, 2);
+                hostile_done(&h);
+        }
+        raw_minor = 0;
+}
 
 Test(stream_engine, hostile_duplicate_sequence_numbers) {
         for (int uring = 0; uring < 2; uring++) {
@@ -1250,6 +1428,7 @@ static void fake_dest_listen(FakeDest *f, StreamOutConfig *oc) {
 /* Accepts the source's channels and welcomes them all, proving the token (unless proof is
  * PROOF_NONE or PROOF_WRONG), and reads the source's PROOF, which must verify. */
 enum { PROOF_RIGHT, PROOF_NONE, PROOF_WRONG };
+static uint16_t fake_dest_minor; /* what the fake destination's WELCOME answers */
 static void fake_dest_accept_proof(FakeDest *f, const uint8_t *token, unsigned channels, unsigned device_count, int proof) {
         f->channels = channels;
         for (unsigned c = 0; c < channels; c++) {
@@ -1259,7 +1438,7 @@ static void fake_dest_accept_proof(FakeDest *f, const uint8_t *token, unsigned c
                 StreamHello h;
                 StreamProof sp;
                 const char *why = NULL;
-                StreamWelcome w = { .major = STREAM_PROTOCOL_MAJOR, .max_payload = 1u << 20 };
+                StreamWelcome w = { .major = STREAM_PROTOCOL_MAJOR, .minor = fake_dest_minor, .max_payload = 1u << 20 };
                 StreamTranscript t;
                 int fd = accept4(f->listen_fd, NULL, NULL, SOCK_CLOEXEC);
 
@@ -1359,6 +1538,141 @@ Test(stream_engine, hostile_destinations) {
                         close(sfd);
                         vfio_dev_free(src);
                 }
+}
+
+/* Reads the next packet the source sent on fd; its payload is dropped. */
+static StreamHeader fake_dest_read_packet(int fd) {
+        static uint8_t payload[2u << 20];
+        uint8_t head[STREAM_HEADER_SIZE];
+        const char *why = NULL;
+        StreamHeader h;
+
+        cr_assert(recv_bytes(fd, head, sizeof head), "the source closed the channel");
+        cr_assert_eq(stream_header_decode(head, sizeof payload, 1, &h, &why), 0, "%s", why);
+        if (h.length > 0)
+                cr_assert(recv_bytes(fd, payload, h.length));
+        return h;
+}
+
+/* Reads until the next INITIAL_DONE; returns the bytes of DATA flagged initial on the way. */
+static uint64_t fake_dest_read_round(int fd, unsigned *ret_dirty_packets) {
+        uint64_t initial = 0;
+        unsigned dirty = 0;
+
+        for (;;) {
+                StreamHeader h = fake_dest_read_packet(fd);
+                if (h.type == STREAM_PACKET_INITIAL_DONE)
+                        break;
+                cr_assert_eq(h.type, STREAM_PACKET_DATA, "%s", stream_packet_type_to_string(h.type));
+                cr_assert(h.flags & STREAM_DATA_FLAG_PRECOPY);
+                if (h.flags & STREAM_DATA_FLAG_INITIAL)
+                        initial += h.length;
+                else
+                        dirty++;
+        }
+        if (ret_dirty_packets)
+                *ret_dirty_packets = dirty;
+        return initial;
+}
+
+/* The source's side of a second round, against a destination that acknowledges when the test says
+ * so: an acknowledgement of the first round that arrives after the REINIT is stale (no event),
+ * the second one counts, a third is a violation. Deterministic, unlike a race with a real
+ * destination. */
+Test(stream_engine, reinit_acknowledgements_are_counted) {
+        for (int uring = 0; uring < 2; uring++) {
+                VfioDev *src = sim_new("s", 2 * MiB, ALL_FLAGS, 256 << 10, 0, 1, false);
+                int sfd = -1;
+                StreamOutConfig oc = { .channels = 1, .io_uring = uring, .precopy = true, .device_count = 1,
+                                       .devices = { src } };
+                StreamOut *out = NULL;
+                ErrorMessage err = {};
+                FakeDest f;
+                StreamEvent e;
+                uint64_t first, second;
+                unsigned dirty = 0;
+
+                cr_assert_eq(vfio_dev_set_state(src, VFIO_DEVICE_STATE_PRE_COPY, &sfd), 0);
+                oc.infos[0] = sim_info(src, 2 * MiB);
+                fake_dest_listen(&f, &oc);
+                cr_assert_eq(stream_out_new(&oc, &out, &err), 0, "%s", err.text);
+                fake_dest_minor = STREAM_MINOR_REINIT;
+                fake_dest_accept(&f, oc.token, 1, 1);
+                fake_dest_minor = 0;
+                e = wait_out_event(out, 10000000);
+                cr_assert_eq(e.type, STREAM_EVENT_CONNECTED, "%s", e.text);
+                cr_assert_eq(stream_out_start_precopy(out, 0, sfd), 0);
+
+                first = fake_dest_read_round(f.fds[0], NULL);
+                cr_assert_gt(first, 256 << 10, "the header and every pre-copy block");
+                cr_assert_eq(sim_device_reconfigure(src), 0);
+                e = wait_out_event(out, 10000000);
+                cr_assert_eq(e.type, STREAM_EVENT_INITIAL_REINIT, "%d: %s", e.type, e.text);
+                cr_assert_eq(e.reason, 1, "a 2.1 destination acknowledges again");
+                cr_assert(strstr(e.text, "bytes of new initial data (round 2)"), "%s", e.text);
+
+                raw_packet(f.fds[0], STREAM_PACKET_INITIAL_LOADED, 0, 0, 0, 0, NULL, 0); /* round 1's: stale */
+                second = fake_dest_read_round(f.fds[0], &dirty);
+                cr_assert_eq(second, 4 * (SIM_RECORD_HEADER_SIZE + SIM_BLOCK_SIZE), "every pre-copy block again");
+                cr_assert_eq(dirty, 0);
+                usleep(200000);
+                cr_assert_eq(stream_out_next_event(out, &e), 0, "no event for a stale acknowledgement (%d)", e.type);
+
+                raw_packet(f.fds[0], STREAM_PACKET_INITIAL_LOADED, 0, 0, 0, 0, NULL, 0); /* round 2's */
+                e = wait_out_event(out, 10000000);
+                cr_assert_eq(e.type, STREAM_EVENT_INITIAL_LOADED, "%d: %s", e.type, e.text);
+
+                raw_packet(f.fds[0], STREAM_PACKET_INITIAL_LOADED, 0, 0, 0, 0, NULL, 0); /* one too many */
+                e = wait_out_event(out, 10000000);
+                cr_assert_eq(e.type, STREAM_EVENT_FAILED, "%d: %s", e.type, e.text);
+                cr_assert_eq(e.error, -EBADMSG);
+                cr_assert(strstr(e.text, "INITIAL_LOADED for device 0 3 times, for 2 INITIAL_DONE"), "%s", e.text);
+                stream_out_free(out);
+                fake_dest_close(&f);
+                close(sfd);
+                vfio_dev_free(src);
+        }
+}
+
+/* A 2.0 destination cannot acknowledge new initial data: the source sends it as dirty pre-copy
+ * data (an initial flag after INITIAL_DONE would be a violation there) and says why, once. */
+Test(stream_engine, reinit_with_a_2_0_destination_is_dirty_data) {
+        VfioDev *src = sim_new("s", 2 * MiB, ALL_FLAGS, 256 << 10, 0, 1, false);
+        int sfd = -1;
+        StreamOutConfig oc = { .channels = 1, .precopy = true, .device_count = 1, .devices = { src } };
+        StreamOut *out = NULL;
+        ErrorMessage err = {};
+        FakeDest f;
+        StreamEvent e;
+        uint64_t got = 0;
+
+        cr_assert_eq(vfio_dev_set_state(src, VFIO_DEVICE_STATE_PRE_COPY, &sfd), 0);
+        oc.infos[0] = sim_info(src, 2 * MiB);
+        fake_dest_listen(&f, &oc);
+        cr_assert_eq(stream_out_new(&oc, &out, &err), 0, "%s", err.text);
+        fake_dest_accept(&f, oc.token, 1, 1); /* answers 2.0 */
+        e = wait_out_event(out, 10000000);
+        cr_assert_eq(e.type, STREAM_EVENT_CONNECTED, "%s", e.text);
+        cr_assert_eq(stream_out_start_precopy(out, 0, sfd), 0);
+        cr_assert_gt(fake_dest_read_round(f.fds[0], NULL), 0);
+        cr_assert_eq(sim_device_reconfigure(src), 0);
+        e = wait_out_event(out, 10000000);
+        cr_assert_eq(e.type, STREAM_EVENT_INITIAL_REINIT, "%d: %s", e.type, e.text);
+        cr_assert_eq(e.reason, 0);
+        cr_assert(strstr(e.text, "sent as dirty data: the destination speaks protocol 2.0"), "%s", e.text);
+        while (got < 4 * (SIM_RECORD_HEADER_SIZE + SIM_BLOCK_SIZE)) {
+                StreamHeader h = fake_dest_read_packet(f.fds[0]);
+                cr_assert_eq(h.type, STREAM_PACKET_DATA, "no second INITIAL_DONE for a 2.0 destination");
+                cr_assert_eq(h.flags, STREAM_DATA_FLAG_PRECOPY, "never flagged initial after INITIAL_DONE");
+                got += h.length;
+        }
+        cr_assert_eq(got, 4 * (SIM_RECORD_HEADER_SIZE + SIM_BLOCK_SIZE));
+        usleep(100000);
+        cr_assert_eq(stream_out_next_event(out, &e), 0, "said once");
+        stream_out_free(out);
+        fake_dest_close(&f);
+        close(sfd);
+        vfio_dev_free(src);
 }
 
 /* A WELCOME without the destination's proof, or with a wrong one: the source fails before any

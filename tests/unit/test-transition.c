@@ -154,7 +154,7 @@ static int fake_reset(VfioDev *d) {
         return r;
 }
 
-static int fake_unused_info(VfioDev *d, int fd, uint64_t *a, uint64_t *b) {
+static int fake_unused_info(VfioDev *d, int fd, uint64_t *a, uint64_t *b, uint32_t *f) {
         return -ENOTTY;
 }
 static int fake_unused_size(VfioDev *d, uint64_t *a) {

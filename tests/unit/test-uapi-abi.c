@@ -62,6 +62,11 @@ Test(uapi_abi, vfio_precopy) {
                                    "VFIO_MIG_GET_PRECOPY_INFO or MIG_DATA_SIZE)");
 }
 
+Test(uapi_abi, vfio_precopy_v2) {
+        check_tier("vfio_precopy_v2", "The host's <linux/vfio.h> predates Linux 7.2 (no "
+                                      "VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 or VFIO_PRECOPY_INFO_REINIT)");
+}
+
 Test(uapi_abi, vfio_cdev) {
         check_tier("vfio_cdev", "The host's <linux/vfio.h> predates Linux 6.6 (no VFIO_DEVICE_BIND_IOMMUFD)");
 }
