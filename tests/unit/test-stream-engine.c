@@ -311,8 +311,8 @@ static void run_migration(const Params *p, Run *ret) {
                 cr_assert_eq(ret->out_stats.device_bytes[d], ret->in_stats.device_bytes[d]);
         cr_assert_eq(ret->in_stats.channels_up, p->channels);
         {
-                /* user-space TLS runs on the blocking threads */
-                bool ring = p->io_uring && stream_io_uring_available() && (!p->tls || stream_tls_context_ktls(p->tls));
+                /* user-space TLS keeps io_uring too: GnuTLS seals and opens in memory */
+                bool ring = p->io_uring && stream_io_uring_available();
                 StreamTransport t = !p->tls ? STREAM_TRANSPORT_CLEARTEXT
                                     : stream_tls_context_ktls(p->tls) ? STREAM_TRANSPORT_TLS_KERNEL : STREAM_TRANSPORT_TLS_USER;
                 cr_assert_eq(ret->out_stats.io_uring, ring);
