@@ -30,6 +30,7 @@
 #include <sys/uio.h>
 
 #include "log.h"
+#include "stream-testing.h"
 #include "stream-tls-internal.h"
 
 #ifndef SOL_TLS
@@ -366,4 +367,17 @@ ssize_t stream_tls_open(StreamTlsSession *s, void *buf, size_t n) {
                         log_debug("tls: opening failed: %s", gnutls_strerror((int) k));
                 return record_error(s, k, false);
         }
+}
+
+/* ---- tests ---- */
+
+int stream_tls_test_alert(StreamTlsSession *s, bool fatal, int description) {
+        atomic_store(&s->send_flags, MSG_DONTWAIT);
+        return gnutls_alert_send(s->session, fatal ? GNUTLS_AL_FATAL : GNUTLS_AL_WARNING,
+                                 (gnutls_alert_description_t) description) < 0 ? -EIO : 0;
+}
+
+int stream_tls_test_key_update(StreamTlsSession *s, bool ask_peer) {
+        atomic_store(&s->send_flags, MSG_DONTWAIT);
+        return gnutls_session_key_update(s->session, ask_peer ? GNUTLS_KU_PEER : 0) < 0 ? -EIO : 0;
 }

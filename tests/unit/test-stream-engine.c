@@ -392,6 +392,12 @@ Test(stream_engine, tls_every_channel) {
                 Run r;
                 run_migration(&p, &r);
         }
+        {
+                /* without io_uring the blocking threads carry the records (stream_tls_send/recv) */
+                Params p = { .channels = 2, .io_uring = false, .devices = 1, .sizes = { 5 * MiB + 3 }, .tls = tls };
+                Run r;
+                run_migration(&p, &r);
+        }
         stream_tls_context_unref(tls);
         (void) snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
         (void) !system(cmd);
