@@ -351,6 +351,7 @@ ssize_t stream_tls_open(StreamTlsSession *s, void *buf, size_t n) {
         if (!s->ring_recv)
                 return -EINVAL;
         for (;;) {
+                size_t before = s->rbuf_off;
                 ssize_t k;
 
                 errno = 0;
@@ -360,8 +361,10 @@ ssize_t stream_tls_open(StreamTlsSession *s, void *buf, size_t n) {
                 if (k == 0)
                         return -ECONNRESET; /* close_notify */
                 /* a record that carried no data (a KeyUpdate) was handled: go on while the
-                 * ring's bytes last */
-                if ((k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED) && s->rbuf_off < s->rbuf_len)
+                 * ring's bytes last and GnuTLS takes them (a flood of such records is bounded
+                 * by GnuTLS: too many is an error) */
+                if ((k == GNUTLS_E_AGAIN || k == GNUTLS_E_INTERRUPTED) && s->rbuf_off < s->rbuf_len &&
+                    s->rbuf_off != before)
                         continue;
                 if (k != GNUTLS_E_AGAIN)
                         log_debug("tls: opening failed: %s", gnutls_strerror((int) k));
