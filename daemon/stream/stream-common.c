@@ -349,6 +349,14 @@ int stream_fd_set_nonblock(int fd, bool nonblock) {
 
 /* ---- io_uring ---- */
 
+struct io_uring_sqe *stream_ring_sqe(struct io_uring *ring) {
+        struct io_uring_sqe *sqe;
+
+        while (!(sqe = io_uring_get_sqe(ring)))
+                (void) io_uring_submit(ring);
+        return sqe;
+}
+
 int stream_ring_init(struct io_uring *ring, unsigned entries) {
         struct io_uring_params p = {
                 .flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |

@@ -183,14 +183,21 @@ uint32_t stream_in_adopt(StreamIn *in, int fd, StreamTlsSession *tls, const Stre
                 in->minor = MIN(h->minor, stream_destination_minor());
                 in->peer_max_payload = h->max_payload;
                 in->transport = stream_tls_transport(tls);
-                if (in->use_uring && tls && in->transport != STREAM_TRANSPORT_TLS_KERNEL) {
-                        /* io_uring moves plain bytes: user-space TLS runs on blocking threads */
-                        log_info("stream in: TLS in user space, on blocking I/O");
-                        in->use_uring = false;
-                }
                 r = start_receiving_locked(in, h->channel_count);
                 if (r < 0) {
                         in_fail_locked(in, r, STREAM_ABORT_INTERNAL, "cannot start receiving: %s", strerror(-r));
+                        stream_tls_session_free(tls); /* taken, like fd */
+                        (void) close(fd);
+                        goto out;
+                }
+        }
+        if (in->use_uring && in->transport == STREAM_TRANSPORT_TLS_USER) {
+                /* GnuTLS opens in memory what the ring receives; channel 0's control packets
+                 * still go out on the socket (in_send_control(), from other threads) */
+                r = stream_tls_ring_start(tls, false, true);
+                if (r < 0) {
+                        in_fail_locked(in, r, STREAM_ABORT_INTERNAL, "cannot set up TLS buffers for channel %u: %s",
+                                       h->channel_index, strerror(-r));
                         stream_tls_session_free(tls); /* taken, like fd */
                         (void) close(fd);
                         goto out;

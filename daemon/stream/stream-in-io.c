@@ -359,41 +359,47 @@ void *in_writer_thread(void *arg) {
 
 /* ---- receivers: io_uring ---- */
 
-static struct io_uring_sqe *ring_sqe(struct io_uring *ring) {
-        struct io_uring_sqe *sqe;
+/* User-space TLS on the ring (stream_tls_ring_start()): the ring receives ciphertext, GnuTLS
+ * opens it in memory on this thread. */
+static bool ring_tls(const InChannel *ch) {
+        return ch->tls && stream_tls_transport(ch->tls) == STREAM_TRANSPORT_TLS_USER;
+}
 
-        while (!(sqe = io_uring_get_sqe(ring)))
-                (void) io_uring_submit(ring);
-        return sqe;
+/* Where the current state's bytes go, and how many it needs. */
+static uint8_t *rx_target(InChannel *ch, size_t *ret_need) {
+        switch (ch->state) {
+        case RX_HDR:
+                *ret_need = STREAM_HEADER_SIZE;
+                return ch->hdr;
+        case RX_PAYLOAD:
+                *ret_need = ch->h.length;
+                return ch->payload;
+        default:
+                *ret_need = ch->h.length;
+                return ch->ctl;
+        }
 }
 
 static void ring_post_recv(InRing *rg, InChannel *ch) {
-        struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
+        struct io_uring_sqe *sqe = stream_ring_sqe(&rg->ring);
         uint8_t *buf;
         size_t need;
 
-        switch (ch->state) {
-        case RX_HDR:
-                buf = ch->hdr;
-                need = STREAM_HEADER_SIZE;
-                break;
-        case RX_PAYLOAD:
-                buf = ch->payload;
-                need = ch->h.length;
-                break;
-        default:
-                buf = ch->ctl;
-                need = ch->h.length;
-                break;
+        if (ring_tls(ch)) {
+                /* as much ciphertext as fits: many records per completion */
+                need = stream_tls_ring_in(ch->tls, &buf);
+                io_uring_prep_recv(sqe, ch->fd, buf, need, 0);
+        } else {
+                buf = rx_target(ch, &need);
+                io_uring_prep_recv(sqe, ch->fd, buf + ch->got, need - ch->got, MSG_WAITALL);
         }
-        io_uring_prep_recv(sqe, ch->fd, buf + ch->got, need - ch->got, MSG_WAITALL);
         io_uring_sqe_set_data64(sqe, ((uint64_t) OP_RECV << 32) | ch->index);
         ch->posted = true;
         rg->outstanding++;
 }
 
 static void ring_post_wake(InRing *rg) {
-        struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
+        struct io_uring_sqe *sqe = stream_ring_sqe(&rg->ring);
 
         io_uring_prep_read(sqe, rg->wake_fd, &rg->wake_buf, sizeof rg->wake_buf, 0);
         io_uring_sqe_set_data64(sqe, (uint64_t) OP_WAKE << 32);
@@ -417,21 +423,15 @@ static void advance(StreamIn *in, InChannel *ch, RxState next) {
         }
 }
 
-static void ring_on_recv(InRing *rg, InChannel *ch, int res) {
-        StreamIn *in = rg->in;
+static bool rx_wants(const InChannel *ch) {
+        return ch->state == RX_HDR || ch->state == RX_PAYLOAD || ch->state == RX_CTL;
+}
+
+/* n more bytes of the current state's are in: moves on when they are complete. */
+static void rx_got(StreamIn *in, InChannel *ch, size_t n) {
         size_t need;
 
-        ch->posted = false;
-        if (ch->state == RX_DONE || ch->state == RX_PARKED)
-                return;
-        if (res == -EINTR || res == -EAGAIN)
-                return; /* posted again */
-        if (res <= 0) {
-                in_channel_closed(in, ch, res);
-                ch->state = RX_DONE;
-                return;
-        }
-        ch->got += (size_t) res;
+        ch->got += n;
         need = ch->state == RX_HDR ? STREAM_HEADER_SIZE : ch->h.length;
         if (ch->got < need)
                 return;
@@ -448,6 +448,46 @@ static void ring_on_recv(InRing *rg, InChannel *ch, int res) {
         default:
                 break;
         }
+}
+
+/* Opens the received records into the state machine until a record is incomplete or the
+ * channel stops (parked: the rest waits, opened once it is admitted). */
+static void rx_open(StreamIn *in, InChannel *ch) {
+        while (rx_wants(ch)) {
+                size_t need;
+                uint8_t *buf = rx_target(ch, &need);
+                ssize_t k = stream_tls_open(ch->tls, buf + ch->got, need - ch->got);
+
+                if (k == -EAGAIN)
+                        return;
+                if (k < 0) {
+                        in_channel_closed(in, ch, (int) k);
+                        ch->state = RX_DONE;
+                        return;
+                }
+                rx_got(in, ch, (size_t) k);
+        }
+}
+
+static void ring_on_recv(InRing *rg, InChannel *ch, int res) {
+        StreamIn *in = rg->in;
+
+        ch->posted = false;
+        if (ch->state == RX_DONE || ch->state == RX_PARKED)
+                return;
+        if (res == -EINTR || res == -EAGAIN)
+                return; /* posted again */
+        if (res <= 0) {
+                in_channel_closed(in, ch, res);
+                ch->state = RX_DONE;
+                return;
+        }
+        if (ring_tls(ch)) {
+                stream_tls_ring_received(ch->tls, (size_t) res);
+                rx_open(in, ch);
+                return;
+        }
+        rx_got(in, ch, (size_t) res);
 }
 
 void *in_ring_thread(void *arg) {
@@ -511,8 +551,16 @@ void *in_ring_thread(void *arg) {
                         advance(in, admitted[k], RX_PAYLOAD);
                 for (unsigned c = rg->index; c < in->n_channels; c += in->n_rings) {
                         InChannel *ch = &in->channels[c];
-                        if (!ch->posted && (ch->state == RX_HDR || ch->state == RX_PAYLOAD || ch->state == RX_CTL))
-                                ring_post_recv(rg, ch);
+                        if (ch->posted || !rx_wants(ch))
+                                continue;
+                        /* records already here: received while parked, or read ahead during the
+                         * stream handshake */
+                        if (ring_tls(ch) && stream_tls_pending(ch->tls)) {
+                                rx_open(in, ch);
+                                if (!rx_wants(ch))
+                                        continue;
+                        }
+                        ring_post_recv(rg, ch);
                 }
 
                 r = io_uring_submit_and_wait(&rg->ring, 1);
@@ -539,7 +587,7 @@ void *in_ring_thread(void *arg) {
         }
 
         if (rg->outstanding > 0) {
-                struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
+                struct io_uring_sqe *sqe = stream_ring_sqe(&rg->ring);
                 io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
                 io_uring_sqe_set_data64(sqe, (uint64_t) OP_CANCEL << 32);
                 rg->outstanding++;

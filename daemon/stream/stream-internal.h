@@ -106,6 +106,9 @@ int stream_channel_binding(StreamTlsSession *tls, uint8_t ret[static STREAM_BIND
 /* A ring for one thread: SINGLE_ISSUER|DEFER_TASKRUN when the kernel has them. Call it from
  * the thread that will submit. */
 int stream_ring_init(struct io_uring *ring, unsigned entries);
+/* A free SQE: the rings are sized for everything they can have in flight; should the SQ still be
+ * full, what is queued is submitted first. */
+struct io_uring_sqe *stream_ring_sqe(struct io_uring *ring);
 
 /* Formats a socket address as "host:port" ("[v6]:port"). */
 int stream_format_address(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);

@@ -458,70 +458,94 @@ void *out_reader_thread(void *arg) {
 
 /* ---- senders: io_uring ---- */
 
-/* The ring is sized for everything it can have in flight; should the SQ still be full, submit. */
-static struct io_uring_sqe *ring_sqe(struct io_uring *ring) {
-        struct io_uring_sqe *sqe;
-
-        while (!(sqe = io_uring_get_sqe(ring)))
-                (void) io_uring_submit(ring);
-        return sqe;
+/* User-space TLS on the ring (stream_tls_ring_start()): the ring moves ciphertext, GnuTLS seals
+ * and opens it in memory on this thread. */
+static bool ring_tls(const OutChannel *ch) {
+        return ch->tls && stream_tls_transport(ch->tls) == STREAM_TRANSPORT_TLS_USER;
 }
 
 static void ring_prep_send(OutRing *rg, OutChannel *ch) {
-        struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
+        struct io_uring_sqe *sqe = stream_ring_sqe(&rg->ring);
 
-        /* MSG_WAITALL makes io_uring retry a short send itself; it also reaches the socket's
-         * sendmsg, which TCP ignores but kernel TLS refuses (EOPNOTSUPP: tls_sw_sendmsg takes
-         * only MSG_MORE, MSG_DONTWAIT, MSG_NOSIGNAL and MSG_EOR). There short sends come back
-         * here for the rest. */
-        io_uring_prep_send(sqe, ch->fd, ch->inflight->buf + ch->sent, ch->inflight->size - ch->sent,
-                           ch->tls ? MSG_NOSIGNAL : MSG_NOSIGNAL | MSG_WAITALL);
+        if (ring_tls(ch)) {
+                /* the sealed records of the whole packet, in one send over the plain socket */
+                const uint8_t *p;
+                size_t n = stream_tls_ring_out(ch->tls, &p);
+
+                io_uring_prep_send(sqe, ch->fd, p, n, MSG_NOSIGNAL | MSG_WAITALL);
+        } else
+                /* MSG_WAITALL makes io_uring retry a short send itself; it also reaches the
+                 * socket's sendmsg, which TCP ignores but kernel TLS refuses (EOPNOTSUPP:
+                 * tls_sw_sendmsg takes only MSG_MORE, MSG_DONTWAIT, MSG_NOSIGNAL and MSG_EOR).
+                 * There short sends come back here for the rest. */
+                io_uring_prep_send(sqe, ch->fd, ch->inflight->buf + ch->sent, ch->inflight->size - ch->sent,
+                                   ch->tls ? MSG_NOSIGNAL : MSG_NOSIGNAL | MSG_WAITALL);
         io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, ch->index));
         rg->outstanding++;
 }
 
-static void ring_prep_recv(OutRing *rg, StreamOut *o) {
-        struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
-        OutRx *rx = &o->rx;
-        uint8_t *buf = rx->in_payload ? rx->payload : rx->hdr;
-        size_t need = rx->in_payload ? rx->h.length : STREAM_HEADER_SIZE;
+/* A send of ch completed with res > 0: whether the packet is all out. */
+static bool ring_sent(OutChannel *ch, int res) {
+        const uint8_t *p;
 
-        io_uring_prep_recv(sqe, o->channels[0].fd, buf + rx->got, need - rx->got, MSG_WAITALL);
+        if (ring_tls(ch)) {
+                stream_tls_ring_sent(ch->tls, (size_t) res);
+                return stream_tls_ring_out(ch->tls, &p) == 0;
+        }
+        ch->sent += (size_t) res;
+        return ch->sent >= ch->inflight->size;
+}
+
+static void ring_prep_recv(OutRing *rg, StreamOut *o) {
+        struct io_uring_sqe *sqe = stream_ring_sqe(&rg->ring);
+        OutRx *rx = &o->rx;
+        OutChannel *ch = &o->channels[0];
+
+        if (ring_tls(ch)) {
+                uint8_t *p;
+                size_t n = stream_tls_ring_in(ch->tls, &p);
+
+                io_uring_prep_recv(sqe, ch->fd, p, n, 0);
+        } else {
+                uint8_t *buf = rx->in_payload ? rx->payload : rx->hdr;
+                size_t need = rx->in_payload ? rx->h.length : STREAM_HEADER_SIZE;
+
+                io_uring_prep_recv(sqe, ch->fd, buf + rx->got, need - rx->got, MSG_WAITALL);
+        }
         io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, 0));
         rx->posted = true;
         rg->outstanding++;
 }
 
 static void ring_prep_side_recv(OutRing *rg, OutChannel *ch) {
-        struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
+        struct io_uring_sqe *sqe = stream_ring_sqe(&rg->ring);
 
-        io_uring_prep_recv(sqe, ch->fd, &ch->side_byte, 1, 0);
+        if (ring_tls(ch)) {
+                /* records: an alert or close_notify is an end, not a violation */
+                uint8_t *p;
+                size_t n = stream_tls_ring_in(ch->tls, &p);
+
+                io_uring_prep_recv(sqe, ch->fd, p, n, 0);
+        } else
+                io_uring_prep_recv(sqe, ch->fd, &ch->side_byte, 1, 0);
         io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, ch->index));
         ch->side_posted = true;
         rg->outstanding++;
 }
 
 static void ring_prep_wake(OutRing *rg) {
-        struct io_uring_sqe *sqe = ring_sqe(&rg->ring);
+        struct io_uring_sqe *sqe = stream_ring_sqe(&rg->ring);
 
         io_uring_prep_read(sqe, rg->wake_fd, &rg->wake_buf, sizeof rg->wake_buf, 0);
         io_uring_sqe_set_data64(sqe, ud_pack(OP_WAKE, 0));
         rg->outstanding++;
 }
 
-/* Channel 0's receive completed with res. */
-static void ring_on_recv(OutRing *rg, StreamOut *o, int res) {
-        OutRx *rx = &o->rx;
+/* n more bytes of channel 0's current header or payload are in. */
+static void rx_got(StreamOut *o, OutRx *rx, size_t n) {
         int k;
 
-        rx->posted = false;
-        if (res <= 0) {
-                if (res == -EINTR || res == -EAGAIN)
-                        return; /* posted again */
-                out_rx_end(o, res);
-                return;
-        }
-        rx->got += (size_t) res;
+        rx->got += n;
         if (!rx->in_payload) {
                 if (rx->got < STREAM_HEADER_SIZE)
                         return;
@@ -543,6 +567,61 @@ static void ring_on_recv(OutRing *rg, StreamOut *o, int res) {
         out_rx_packet(o, rx);
         rx->in_payload = false;
         rx->got = 0;
+}
+
+/* Opens the records channel 0's ring received, packet by packet, until a record is incomplete. */
+static void rx_open(StreamOut *o, OutRx *rx, StreamTlsSession *tls) {
+        while (!rx->done) {
+                uint8_t *buf = rx->in_payload ? rx->payload : rx->hdr;
+                size_t need = rx->in_payload ? rx->h.length : STREAM_HEADER_SIZE;
+                ssize_t k = stream_tls_open(tls, buf + rx->got, need - rx->got);
+
+                if (k == -EAGAIN)
+                        return;
+                if (k < 0) {
+                        out_rx_end(o, (int) k);
+                        return;
+                }
+                rx_got(o, rx, (size_t) k);
+        }
+}
+
+/* Channel 0's receive completed with res. */
+static void ring_on_recv(OutRing *rg, StreamOut *o, int res) {
+        OutRx *rx = &o->rx;
+        OutChannel *ch = &o->channels[0];
+
+        rx->posted = false;
+        if (res <= 0) {
+                if (res == -EINTR || res == -EAGAIN)
+                        return; /* posted again */
+                out_rx_end(o, res);
+                return;
+        }
+        if (ring_tls(ch)) {
+                stream_tls_ring_received(ch->tls, (size_t) res);
+                rx_open(o, rx, ch->tls);
+                return;
+        }
+        rx_got(o, rx, (size_t) res);
+}
+
+/* A receive on channel c ≥ 1 completed with res (or, res 0 with records pending, what socket mode
+ * read ahead is looked at): what it means for out_side_end() (> 0: data, 0: the end, < 0: an
+ * error), or -EAGAIN when nothing happened (a partial record, a KeyUpdate). */
+static int side_received(OutChannel *ch, int res) {
+        uint8_t b;
+        ssize_t k;
+
+        if (res < 0 || !ring_tls(ch))
+                return res;
+        if (res == 0 && !stream_tls_pending(ch->tls))
+                return 0;
+        stream_tls_ring_received(ch->tls, (size_t) res);
+        k = stream_tls_open(ch->tls, &b, 1);
+        if (k == -ECONNRESET)
+                return 0;
+        return k > 0 ? 1 : (int) k;
 }
 
 typedef struct SendDone {
@@ -575,8 +654,8 @@ void *out_ring_thread(void *arg) {
                 unsigned head, seen = 0, n_done = 0;
                 uint64_t timer = 0;
                 bool post_recv = false;
-                OutChannel *side[STREAM_CHANNELS_MAX];
-                unsigned n_side = 0;
+                OutChannel *side[STREAM_CHANNELS_MAX], *to_send[STREAM_CHANNELS_MAX];
+                unsigned n_side = 0, n_send = 0;
                 int recv_res[STREAM_CHANNELS_MAX];
                 unsigned recv_ch[STREAM_CHANNELS_MAX], n_recv = 0;
 
@@ -608,7 +687,7 @@ void *out_ring_thread(void *arg) {
                                 if (rate > 0)
                                         ch->next_usec = MAX(ch->next_usec, now) +
                                                         (uint64_t) ((unsigned __int128) ch->inflight->size * USEC_PER_SEC / rate);
-                                ring_prep_send(rg, ch);
+                                to_send[n_send++] = ch;
                         }
                         post_recv = rg->index == 0 && !o->rx.posted && !o->rx.done;
                         for (unsigned c = rg->index; c < o->n_channels; c += o->n_rings)
@@ -616,10 +695,30 @@ void *out_ring_thread(void *arg) {
                                         side[n_side++] = &o->channels[c];
                 }
                 pthread_mutex_unlock(&o->lock);
-                if (post_recv)
+                /* sealing takes a while: outside the lock, which the readers need */
+                for (unsigned k = 0; k < n_send; k++) {
+                        OutChannel *ch = to_send[k];
+                        r = ring_tls(ch) ? stream_tls_seal(ch->tls, ch->inflight->buf, ch->inflight->size) : 0;
+                        if (r < 0)
+                                done[n_done++] = (SendDone) { .ch = ch, .error = r };
+                        else
+                                ring_prep_send(rg, ch);
+                }
+                /* records read ahead during the stream handshake, before the ring took over */
+                if (post_recv && ring_tls(&o->channels[0]) && stream_tls_pending(o->channels[0].tls))
+                        rx_open(o, &o->rx, o->channels[0].tls);
+                if (post_recv && !o->rx.done)
                         ring_prep_recv(rg, o);
-                for (unsigned k = 0; k < n_side; k++)
+                for (unsigned k = 0; k < n_side; k++) {
+                        if (ring_tls(side[k]) && stream_tls_pending(side[k]->tls)) {
+                                r = side_received(side[k], 0);
+                                if (r != -EAGAIN) {
+                                        out_side_end(o, side[k], r);
+                                        continue;
+                                }
+                        }
                         ring_prep_side_recv(rg, side[k]);
+                }
 
                 if (timer) {
                         uint64_t now = stream_now_usec();
@@ -660,12 +759,11 @@ void *out_ring_thread(void *arg) {
                                         done[n_done++] = (SendDone) { .ch = ch, .error = res };
                                         break;
                                 }
-                                ch->sent += (size_t) res;
-                                if (res == 0 || ch->sent < ch->inflight->size) {
-                                        if (res == 0) {
-                                                done[n_done++] = (SendDone) { .ch = ch, .error = -EPIPE };
-                                                break;
-                                        }
+                                if (res == 0) {
+                                        done[n_done++] = (SendDone) { .ch = ch, .error = -EPIPE };
+                                        break;
+                                }
+                                if (!ring_sent(ch, res)) {
                                         ring_prep_send(rg, ch); /* a short send: the rest */
                                         break;
                                 }
@@ -704,7 +802,10 @@ void *out_ring_thread(void *arg) {
                         o->channels[recv_ch[k]].side_posted = false;
                         if (recv_res[k] == -EINTR || recv_res[k] == -EAGAIN)
                                 continue; /* posted again */
-                        out_side_end(o, &o->channels[recv_ch[k]], recv_res[k]);
+                        r = side_received(&o->channels[recv_ch[k]], recv_res[k]);
+                        if (r == -EAGAIN)
+                                continue; /* a partial record: posted again */
+                        out_side_end(o, &o->channels[recv_ch[k]], r);
                 }
         }
 

@@ -274,11 +274,10 @@ static int tls_all(StreamOut *o, int *fds, StreamTlsSession **tls, StreamTranspo
                         return error_setf(err, -EIO, "TLS on channel %u runs %s, channel 0 %s", c, stream_transport_to_string(t),
                                           stream_transport_to_string(first));
         }
-        /* the socket threads were chosen before: io_uring only moves plain bytes */
-        if (o->use_uring && first != STREAM_TRANSPORT_TLS_KERNEL)
-                return error_setf(err, -EIO, "kernel TLS could not take the channels, and io_uring needs it");
         log_info("stream out: TLS to %s (%s), %s", stream_tls_peer_name(tls[0]), stream_tls_cipher_name(tls[0]),
-                 first == STREAM_TRANSPORT_TLS_KERNEL ? "records in the kernel (kTLS)" : "records in user space (GnuTLS)");
+                 first == STREAM_TRANSPORT_TLS_KERNEL ? "records in the kernel (kTLS)"
+                 : o->use_uring                       ? "records in user space (GnuTLS), ciphertext on io_uring"
+                                                      : "records in user space (GnuTLS)");
         *ret = first;
         return 0;
 }
@@ -318,6 +317,13 @@ void *out_setup_thread(void *arg) {
         /* blocking from now on: the blocking senders need it; io_uring polls sockets anyway */
         for (unsigned c = 0; r >= 0 && c < o->n_channels; c++)
                 r = stream_fd_set_nonblock(fds[c], false);
+        /* user-space TLS on the ring: GnuTLS seals and opens in memory, the ring moves the
+         * ciphertext (both directions: channel 0 receives, the others watch for an alert) */
+        for (unsigned c = 0; r >= 0 && o->use_uring && transport == STREAM_TRANSPORT_TLS_USER && c < o->n_channels; c++) {
+                r = stream_tls_ring_start(tls[c], true, true);
+                if (r < 0)
+                        r = error_setf(&err, r, "TLS on channel %u: cannot set up its buffers: %s", c, strerror(-r));
+        }
 
         pthread_mutex_lock(&o->lock);
         if (r < 0 || o->stopping) {

@@ -566,13 +566,6 @@ int stream_out_new(const StreamOutConfig *c, StreamOut **ret, ErrorMessage *err)
         o->use_uring = c->io_uring && stream_io_uring_available();
         if (c->io_uring && !o->use_uring)
                 log_info("stream out: io_uring is not available here, using blocking I/O");
-        else if (o->use_uring && c->tls && !stream_tls_context_ktls(c->tls)) {
-                /* GnuTLS records on the ring would need our own sealing into ring buffers; until
-                 * then user-space TLS runs on the blocking per-channel threads, which also spread
-                 * the crypto over the CPUs. */
-                log_info("stream out: no kernel TLS here: TLS in user space, on blocking I/O");
-                o->use_uring = false;
-        }
         o->n_rings = c->rings ?: MIN(c->channels, online_cpus());
 
         if (o->use_uring) {

@@ -3,8 +3,8 @@
 
 /*
  * Knobs for tests and benchmarks only; the daemon never calls these. They let a test make one
- * channel slow (to exercise reassembly back-pressure), shorten the listener's timeouts, and try
- * socket buffer sizes.
+ * channel slow (to exercise reassembly back-pressure), shorten the listener's timeouts, try
+ * socket buffer sizes, and make a TLS session send what a peer may (an alert, a KeyUpdate).
  */
 
 #include "stream-engine.h"
@@ -27,3 +27,8 @@ int stream_test_get_sndbuf(void);
  * one), to test sessions with a peer that speaks an older minor. */
 void stream_test_set_minors(int source, int destination);
 int stream_test_get_rcvbuf(void);
+/* Sends a TLS alert (level warning or fatal; description as GnuTLS numbers them, 0 is
+ * close_notify), or a KeyUpdate (asking the peer to update its keys too, or not), through the
+ * session's transport: in ring mode it lands among the sealed records. 0 or -EIO. */
+int stream_tls_test_alert(StreamTlsSession *s, bool fatal, int description);
+int stream_tls_test_key_update(StreamTlsSession *s, bool ask_peer);

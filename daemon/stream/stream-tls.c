@@ -35,7 +35,7 @@
 
 #include "hexdecoct.h"
 #include "log.h"
-#include "stream-tls.h"
+#include "stream-tls-internal.h"
 
 #ifndef SOL_TLS
 #define SOL_TLS 282
@@ -50,7 +50,6 @@
 #define PRIORITY_X509 "NORMAL:-VERS-ALL:+VERS-TLS1.3" PRIORITY_CIPHERS
 #define PRIORITY_PSK "NORMAL:-VERS-ALL:+VERS-TLS1.3:-KX-ALL:+ECDHE-PSK:+DHE-PSK" PRIORITY_CIPHERS
 #define PSK_FILE_MAX (64u * 1024u)
-#define RECV_BUFFER_SIZE (256u * 1024u)
 #define PSK_KEY_MAX 64u
 #define PSK_IDENTITY_MAX 128u
 
@@ -73,28 +72,6 @@ struct StreamTlsContext {
         char describe[320];
 };
 
-struct StreamTlsSession {
-        StreamTlsContext *ctx;
-        gnutls_session_t session;
-        int fd;
-        bool server;
-        bool handshake_done;
-        StreamTransport transport;
-        _Atomic int send_flags, recv_flags;
-        int send_errno, recv_errno;  /* the socket's, for GNUTLS_E_PUSH_ERROR/PULL_ERROR */
-        /* user-space records, after the handshake: GnuTLS reads a record's header and then its
-         * body, two recv(2) per 16 KiB; we read ahead in large pieces and serve it from here */
-        uint8_t *rbuf;
-        size_t rbuf_off, rbuf_len;
-        uint8_t prefix[STREAM_TLS_PEER_PREFIX_MAX];
-        size_t prefix_len;
-        bool peer_closed;
-        char verify_error[400];
-        int verify_alert;            /* the alert that tells the peer why (0: bad_certificate) */
-        char peer_error[200];        /* what the peer's last fatal alert means */
-        char peer_name[256];
-        char cipher[160];
-};
 
 static const char *const transport_names[_STREAM_TRANSPORT_MAX] = {
         [STREAM_TRANSPORT_CLEARTEXT] = "cleartext",
@@ -518,80 +495,6 @@ bool stream_tls_context_ktls(const StreamTlsContext *c) {
 
 /* ---- sessions ---- */
 
-static ssize_t push(gnutls_transport_ptr_t p, const giovec_t *iov, int n) {
-        StreamTlsSession *s = p;
-        struct msghdr m = { .msg_iov = (struct iovec *) iov, .msg_iovlen = (size_t) n };
-        ssize_t k;
-
-        do
-                k = sendmsg(s->fd, &m, MSG_NOSIGNAL | atomic_load(&s->send_flags));
-        while (k < 0 && errno == EINTR);
-        if (k < 0) {
-                s->send_errno = errno;
-                gnutls_transport_set_errno(s->session, errno);
-        }
-        return k;
-}
-
-static ssize_t pull(gnutls_transport_ptr_t p, void *buf, size_t n) {
-        StreamTlsSession *s = p;
-        ssize_t k;
-
-        if (s->rbuf) {
-                if (s->rbuf_off == s->rbuf_len) {
-                        do
-                                k = recv(s->fd, s->rbuf, RECV_BUFFER_SIZE, atomic_load(&s->recv_flags));
-                        while (k < 0 && errno == EINTR);
-                        if (k < 0) {
-                                s->recv_errno = errno;
-                                gnutls_transport_set_errno(s->session, errno);
-                                return k;
-                        }
-                        if (k == 0) {
-                                s->peer_closed = true;
-                                return 0;
-                        }
-                        s->rbuf_off = 0;
-                        s->rbuf_len = (size_t) k;
-                }
-                k = (ssize_t) MIN(n, s->rbuf_len - s->rbuf_off);
-                memcpy(buf, s->rbuf + s->rbuf_off, (size_t) k);
-                s->rbuf_off += (size_t) k;
-                return k;
-        }
-        do
-                k = recv(s->fd, buf, n, atomic_load(&s->recv_flags));
-        while (k < 0 && errno == EINTR);
-        if (k < 0) {
-                s->recv_errno = errno;
-                gnutls_transport_set_errno(s->session, errno);
-                return k;
-        }
-        if (k == 0)
-                s->peer_closed = true;
-        if (!s->handshake_done && s->prefix_len < sizeof s->prefix) {
-                size_t c = MIN((size_t) k, sizeof s->prefix - s->prefix_len);
-                memcpy(s->prefix + s->prefix_len, buf, c);
-                s->prefix_len += c;
-        }
-        return k;
-}
-
-static int pull_timeout(gnutls_transport_ptr_t p, unsigned ms) {
-        StreamTlsSession *s = p;
-        struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
-        int r;
-
-        if (s->rbuf && s->rbuf_off < s->rbuf_len)
-                return 1;
-        if (atomic_load(&s->recv_flags) & MSG_DONTWAIT)
-                ms = 0;
-        r = poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int) MIN(ms, (unsigned) INT32_MAX));
-        if (r < 0)
-                gnutls_transport_set_errno(s->session, errno);
-        return r;
-}
-
 int stream_tls_session_new(StreamTlsContext *c, int fd, bool server, StreamTlsSession **ret, ErrorMessage *err) {
         StreamTlsSession *s;
         int r;
@@ -628,9 +531,9 @@ int stream_tls_session_new(StreamTlsContext *c, int fd, bool server, StreamTlsSe
         /* the deadlines are ours (stream_tls_handshake()) */
         gnutls_handshake_set_timeout(s->session, 0);
         gnutls_transport_set_ptr(s->session, s);
-        gnutls_transport_set_vec_push_function(s->session, push);
-        gnutls_transport_set_pull_function(s->session, pull);
-        gnutls_transport_set_pull_timeout_function(s->session, pull_timeout);
+        gnutls_transport_set_vec_push_function(s->session, tls_push);
+        gnutls_transport_set_pull_function(s->session, tls_pull);
+        gnutls_transport_set_pull_timeout_function(s->session, tls_pull_timeout);
         *ret = s;
         return 0;
 }
@@ -641,6 +544,7 @@ StreamTlsSession *stream_tls_session_free(StreamTlsSession *s) {
         if (s->session)
                 gnutls_deinit(s->session);
         free(s->rbuf);
+        free(s->wbuf);
         stream_tls_context_unref(s->ctx);
         free(s);
         return NULL;
@@ -648,7 +552,7 @@ StreamTlsSession *stream_tls_session_free(StreamTlsSession *s) {
 
 
 /* The peer's fatal alert, as a sentence (kept in s->peer_error). */
-static const char *alert_text_of(StreamTlsSession *s, gnutls_alert_description_t a) {
+const char *tls_alert_text_of(StreamTlsSession *s, gnutls_alert_description_t a) {
         const char *name = gnutls_alert_get_name(a) ?: "?";
         const char *hint;
 
@@ -685,8 +589,8 @@ static const char *alert_text_of(StreamTlsSession *s, gnutls_alert_description_t
         return s->peer_error;
 }
 
-static const char *alert_text(StreamTlsSession *s) {
-        return alert_text_of(s, gnutls_alert_get(s->session));
+const char *tls_alert_text(StreamTlsSession *s) {
+        return tls_alert_text_of(s, gnutls_alert_get(s->session));
 }
 
 static bool prefix_is_cleartext(const StreamTlsSession *s) {
@@ -715,7 +619,7 @@ static int handshake_error(StreamTlsSession *s, int r, ErrorMessage *err) {
                 return error_setf(err, -EPROTONOSUPPORT, "the peer does not speak TLS (it answered in cleartext)");
         switch (r) {
         case GNUTLS_E_FATAL_ALERT_RECEIVED:
-                return error_setf(err, -EACCES, "%s", alert_text(s));
+                return error_setf(err, -EACCES, "%s", tls_alert_text(s));
 
         case GNUTLS_E_PREMATURE_TERMINATION:
         case GNUTLS_E_UNEXPECTED_PACKET_LENGTH:
@@ -942,7 +846,7 @@ user:
         explicit_bzero(&rx, sizeof rx);
         /* Only now: what was read ahead could not go to the kernel. Without the buffer the
          * records are read as GnuTLS asks, which works too. */
-        s->rbuf = malloc(RECV_BUFFER_SIZE);
+        s->rbuf = malloc(TLS_RECV_BUFFER_SIZE);
         *ret = s->transport;
         return 0;
 }
@@ -953,98 +857,4 @@ const char *stream_tls_error(StreamTlsSession *s) {
 
 StreamTransport stream_tls_transport(StreamTlsSession *s) {
         return s ? s->transport : STREAM_TRANSPORT_CLEARTEXT;
-}
-
-/* ---- records ---- */
-
-static ssize_t record_error(StreamTlsSession *s, ssize_t r, bool sending) {
-        int e = sending ? s->send_errno : s->recv_errno;
-
-        switch (r) {
-        case GNUTLS_E_AGAIN:
-        case GNUTLS_E_INTERRUPTED:
-                return -EAGAIN;
-        case GNUTLS_E_PREMATURE_TERMINATION:
-        case GNUTLS_E_UNEXPECTED_PACKET_LENGTH:
-                return s->peer_closed ? -ECONNRESET : -EBADMSG;
-        case GNUTLS_E_PUSH_ERROR:
-        case GNUTLS_E_PULL_ERROR:
-                return e == EWOULDBLOCK ? -EAGAIN : e > 0 ? -e : -EIO;
-        case GNUTLS_E_FATAL_ALERT_RECEIVED:
-                (void) alert_text(s);
-                return -EACCES;
-        default:
-                return -EBADMSG;
-        }
-}
-
-ssize_t stream_tls_send(StreamTlsSession *s, const void *buf, size_t n, bool dontwait) {
-        ssize_t k;
-
-        if (s->transport == STREAM_TRANSPORT_TLS_KERNEL) {
-                do
-                        k = send(s->fd, buf, n, MSG_NOSIGNAL | (dontwait ? MSG_DONTWAIT : 0));
-                while (k < 0 && errno == EINTR);
-                return k < 0 ? (errno == EWOULDBLOCK ? -EAGAIN : -errno) : k;
-        }
-        atomic_store(&s->send_flags, dontwait ? MSG_DONTWAIT : 0);
-        errno = 0;
-        k = gnutls_record_send(s->session, buf, n);
-        if (k < 0)
-                log_debug("tls: sending failed: %s", gnutls_strerror((int) k));
-        return k >= 0 ? k : record_error(s, k, true);
-}
-
-/* kTLS: the kernel hands over application data as is, and any other record (an alert) only
- * with its type in a control message, one record per call. */
-static ssize_t ktls_recv(StreamTlsSession *s, void *buf, size_t n, bool dontwait) {
-        uint8_t control[CMSG_SPACE(sizeof(uint8_t))];
-        struct iovec iov = { .iov_base = buf, .iov_len = n };
-        struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof control };
-        struct cmsghdr *c;
-        ssize_t k;
-
-        do
-                k = recvmsg(s->fd, &m, dontwait ? MSG_DONTWAIT : 0);
-        while (k < 0 && errno == EINTR);
-        if (k == 0)
-                return -ECONNRESET;
-        if (k < 0)
-                /* EBADMSG: a record that does not authenticate */
-                return errno == EWOULDBLOCK ? -EAGAIN : errno == EIO ? -ECONNRESET : -errno;
-        c = CMSG_FIRSTHDR(&m);
-        if (c && c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE) {
-                uint8_t type = *CMSG_DATA(c);
-                if (type == 23) /* application data */
-                        return k;
-                if (type == 21 && k >= 2) { /* an alert: level, description */
-                        const uint8_t *a = buf;
-                        if (a[1] == GNUTLS_A_CLOSE_NOTIFY)
-                                return -ECONNRESET;
-                        (void) alert_text_of(s, (gnutls_alert_description_t) a[1]);
-                        return -EACCES;
-                }
-                /* a handshake message after the handshake (KeyUpdate): the kernel cannot follow */
-                return -EBADMSG;
-        }
-        return k;
-}
-
-bool stream_tls_pending(StreamTlsSession *s) {
-        if (s->transport == STREAM_TRANSPORT_TLS_KERNEL)
-                return false;
-        return gnutls_record_check_pending(s->session) > 0 || (s->rbuf && s->rbuf_off < s->rbuf_len);
-}
-
-ssize_t stream_tls_recv(StreamTlsSession *s, void *buf, size_t n, bool dontwait) {
-        ssize_t k;
-
-        if (s->transport == STREAM_TRANSPORT_TLS_KERNEL)
-                return ktls_recv(s, buf, n, dontwait);
-        atomic_store(&s->recv_flags, dontwait ? MSG_DONTWAIT : 0);
-        errno = 0;
-        k = gnutls_record_recv(s->session, buf, n);
-        if (k == 0)
-                return -ECONNRESET; /* close_notify */
-        return k > 0 ? k : record_error(s, k, false);
 }

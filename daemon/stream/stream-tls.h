@@ -7,12 +7,14 @@
  * certificate, an optional CRL) or a pre-shared key, and an optional allow-list of peer
  * identities. A StreamTlsSession runs on one connected TCP socket: the handshake (mutual, TLS 1.3
  * only, no session tickets), then either the kernel's record layer (kTLS: the fd carries plain
- * bytes from then on) or GnuTLS's (stream_tls_send()/stream_tls_recv()).
+ * bytes from then on) or GnuTLS's: on the socket (stream_tls_send()/stream_tls_recv()), or in
+ * memory while the caller's io_uring moves the ciphertext (ring mode: stream_tls_seal() and
+ * stream_tls_open()).
  *
  * Threads: a context is immutable once made and may be shared (reference counted, atomically).
  * A session's send side and receive side may be used by two threads at once (GnuTLS allows it
- * once the handshake is over, and this module never renegotiates or updates keys); each side by
- * one thread at a time.
+ * once the handshake is over, and this module never renegotiates or asks for a key update); each
+ * side by one thread at a time.
  */
 
 #include <stdbool.h>
@@ -114,3 +116,25 @@ const char *stream_tls_error(StreamTlsSession *s);
 /* Whether the first bytes look like a TLS record (a ClientHello: handshake content type and
  * a 3.x version). */
 bool stream_tls_looks_like_tls(const uint8_t *buf, size_t n);
+
+/* Ring mode (user-space TLS only, after stream_tls_start()): from now on the caller's ring moves
+ * the ciphertext of the directions asked for, and GnuTLS never touches the socket for them. A
+ * direction not asked for stays on the socket (the destination sends its control packets with
+ * stream_tls_send() while its ring receives). What socket mode read ahead is opened first. */
+int stream_tls_ring_start(StreamTlsSession *s, bool send, bool recv);
+/* Seals n plaintext bytes into records appended to the outbound ciphertext; 0, -ENOBUFS (more
+ * than one largest packet waits), -ENOMEM, -EIO. */
+int stream_tls_seal(StreamTlsSession *s, const void *buf, size_t n);
+/* The sealed ciphertext not yet sent (its size; *ret valid until the next seal), and how much of
+ * it the ring sent. */
+size_t stream_tls_ring_out(StreamTlsSession *s, const uint8_t **ret);
+void stream_tls_ring_sent(StreamTlsSession *s, size_t n);
+/* Where the ring receives ciphertext (room at the end of the inbound buffer; 0: full, while
+ * unopened records wait), and how much it received there. */
+size_t stream_tls_ring_in(StreamTlsSession *s, uint8_t **ret);
+void stream_tls_ring_received(StreamTlsSession *s, size_t n);
+/* Opens what was received: plaintext bytes (≤ n), or -EAGAIN when no whole record is left (a
+ * partial one is kept), and like stream_tls_recv(): -ECONNRESET for close_notify, -EACCES for
+ * the peer's fatal alert (stream_tls_error()), -EBADMSG for a record that does not authenticate.
+ * The end of the TCP stream is the ring's to see (a receive of 0 bytes). */
+ssize_t stream_tls_open(StreamTlsSession *s, void *buf, size_t n);

@@ -10,8 +10,9 @@
  *   sim     the engine with simulated devices (content generated and verified on the fly).
  *   tls     the memfd engine with TLS 1.3 on every channel (a PSK made here; the records cost
  *           the same as with certificates), against the cleartext engine of the same run: with
- *           kernel TLS where the kernel has it, else GnuTLS in user space on blocking I/O (so a
- *           cleartext blocking-I/O row is printed too, to tell the crypto from the I/O mode).
+ *           kernel TLS where the kernel has it, else GnuTLS sealing and opening in user space
+ *           with io_uring moving the ciphertext. `--only tls-cost` prints just these two, at 1
+ *           and 4 channels, interleaved run by run, with the machine's load.
  *
  * Throughput is timed from the start of reading to the last byte written; CPU is getrusage()
  * of the whole process (every thread, io_uring workers included) around the transfer. Then a
@@ -944,6 +945,57 @@ static double median(double *v, unsigned n) {
         return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* The issue's rows: the memfd engine in cleartext and with user-space (or kernel) TLS, at 1 and 4
+ * channels, interleaved run by run; medians with the spread, and the ratio to cleartext. */
+static int tls_cost(uint64_t size, unsigned runs, const unsigned *channel_list, size_t n_channel_list, int src, bool uring,
+                    StreamTlsContext *tls) {
+        char load[128] = "?";
+        FILE *f = fopen("/proc/loadavg", "re");
+
+        if (f) {
+                if (!fgets(load, sizeof load, f))
+                        strcpy(load, "?");
+                load[strcspn(load, "\n")] = '\0';
+                fclose(f);
+        }
+        printf("load average at the start: %s (%ld CPUs online)\n", load, sysconf(_SC_NPROCESSORS_ONLN));
+        printf("\n%-10s %-28s %8s %10s %10s %12s\n", "channels", "configuration", "GiB/s", "(min-max)", "CPU-s/GiB",
+               "(min-max)");
+        for (size_t k = 0; k < n_channel_list; k++) {
+                unsigned n = channel_list[k];
+                double ct[32], cc[32], tt[32], tc[32], s[4][32];
+
+                for (unsigned i = 0; i < runs; i++) {
+                        Result a = run_engine("memfd", n, size, src, uring, NULL);
+                        Result b = run_engine("memfd", n, size, src, uring, tls);
+                        ct[i] = gibps(&a);
+                        cc[i] = cpu_per_gib(&a);
+                        tt[i] = gibps(&b);
+                        tc[i] = cpu_per_gib(&b);
+                }
+                memcpy(s[0], ct, sizeof ct);
+                memcpy(s[1], cc, sizeof cc);
+                memcpy(s[2], tt, sizeof tt);
+                memcpy(s[3], tc, sizeof tc);
+                {
+                        double mct = median(s[0], runs), mcc = median(s[1], runs), mtt = median(s[2], runs),
+                               mtc = median(s[3], runs);
+                        /* median() sorted s[*]: the spread is its ends */
+                        printf("%-10u %-28s %8.2f %4.2f-%-5.2f %10.3f %5.3f-%-6.3f\n", n, "cleartext", mct, s[0][0],
+                               s[0][runs - 1], mcc, s[1][0], s[1][runs - 1]);
+                        printf("%-10u %-28s %8.2f %4.2f-%-5.2f %10.3f %5.3f-%-6.3f\n", n,
+                               stream_tls_context_ktls(tls) ? "TLS (kernel)" : "TLS (user-space crypto)", mtt, s[2][0],
+                               s[2][runs - 1], mtc, s[3][0], s[3][runs - 1]);
+                        printf("%-10u %-28s %7.2f× %10s %9.2f×   %s\n", n, "TLS vs cleartext", mtt / mct, "", mtc / mcc,
+                               mtt >= 0.7 * mct ? "[meets 0.7× throughput]" : "[misses 0.7× throughput]");
+                }
+                fflush(stdout);
+        }
+        close(src);
+        stream_tls_context_unref(tls);
+        return 0;
+}
+
 int main(int argc, char *argv[]) {
         uint64_t size = GiB, rss_size = 4 * GiB;
         unsigned runs = 3;
@@ -1008,16 +1060,17 @@ int main(int argc, char *argv[]) {
                 runs = 3;
         signal(SIGPIPE, SIG_IGN);
         if (only && !streq(only, "raw") && !streq(only, "memfd") && !streq(only, "sim") && !streq(only, "rss") &&
-            !streq(only, "tls")) {
-                fprintf(stderr, "--only takes raw, memfd, sim, tls or rss\n");
+            !streq(only, "tls") && !streq(only, "tls-cost")) {
+                fprintf(stderr, "--only takes raw, memfd, sim, tls, tls-cost or rss\n");
                 return 2;
         }
-        if (!only || streq(only, "tls")) {
+        if (!only || strncmp(only, "tls", 3) == 0) {
                 tls = bench_tls();
                 /* in-process: both ends are ours, so this is a loopback run of the record layer */
                 printf("bench-stream: TLS 1.3 with a PSK, %s\n",
-                       stream_tls_context_ktls(tls) ? "kernel TLS available (kTLS, io_uring)"
-                                                    : "no kernel TLS here: GnuTLS in user space on blocking I/O");
+                       stream_tls_context_ktls(tls) ? "kernel TLS available (kTLS, plain bytes on io_uring)"
+                       : uring ? "no kernel TLS here: GnuTLS in user space, ciphertext on io_uring"
+                               : "no kernel TLS here: GnuTLS in user space, on blocking I/O");
         }
         log_set_max_level(LOG_WARNING);
         stream_test_set_socket_buffers(sndbuf, rcvbuf);
@@ -1027,6 +1080,8 @@ int main(int argc, char *argv[]) {
                                               : "blocking I/O");
         src = only && (streq(only, "sim") || streq(only, "rss")) ? -EBADF : memfd_filled(size);
 
+        if (only && streq(only, "tls-cost"))
+                return tls_cost(size, runs, channel_list, n_channel_list, src, uring, tls);
         if (only && streq(only, "rss")) {
                 printf("\ndestination memory, sim device, one slow channel at a time (10 MiB/s, moving every 100 ms):\n");
                 rss_run(argv[0], rss_size, 4, bench_budget ?: STREAM_BUDGET_DEFAULT);

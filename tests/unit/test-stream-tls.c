@@ -8,6 +8,7 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <gnutls/gnutls.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "macro.h"
+#include "stream-testing.h"
 #include "stream-tls.h"
 
 static char pki[256];
@@ -566,4 +568,292 @@ Test(stream_tls, kernel_tls_or_user_space_on_tcp) {
         cr_assert_arr_eq(in, out, sizeof out);
         pair_done(&p);
         stream_tls_context_unref(ctx);
+}
+
+/* ---- ring mode: the ciphertext moved by hand, as the engine's io_uring moves it ---- */
+
+static StreamTlsContext *ring_ctx(void) {
+        char f[300];
+
+        (void) snprintf(f, sizeof f, "%s/psk1/a/psk.txt", pki);
+        return psk_ctx(f, NULL);
+}
+
+/* A handshake, then user-space records on both ends, in ring mode when ring is set. */
+static void ring_pair(Pair *p, StreamTlsContext *c, bool ring) {
+        StreamTransport t;
+
+        handshake_pair(p, c, c);
+        cr_assert_eq(p->r[0], 1, "%s", p->err[0].text);
+        cr_assert_eq(p->r[1], 1, "%s", p->err[1].text);
+        for (int k = 0; k < 2; k++) {
+                cr_assert_eq(stream_tls_start(p->s[k], &t, NULL), 0);
+                cr_assert_eq(t, STREAM_TRANSPORT_TLS_USER);
+                if (ring)
+                        cr_assert_eq(stream_tls_ring_start(p->s[k], true, true), 0);
+        }
+}
+
+static uint8_t *pattern(size_t n, unsigned salt) {
+        uint8_t *b = malloc(n);
+
+        cr_assert(b);
+        for (size_t k = 0; k < n; k++)
+                b[k] = (uint8_t) ((k + salt) * 2654435761u >> 13);
+        return b;
+}
+
+/* What s sealed and the ring has not sent yet, all of it (malloc'd), as sent. */
+static uint8_t *take_sealed(StreamTlsSession *s, size_t *ret_n) {
+        const uint8_t *p;
+        size_t n = stream_tls_ring_out(s, &p);
+        uint8_t *b = malloc(n ?: 1);
+
+        cr_assert(b);
+        memcpy(b, p, n);
+        stream_tls_ring_sent(s, n);
+        cr_assert_eq(stream_tls_ring_out(s, &p), 0u);
+        *ret_n = n;
+        return b;
+}
+
+/* n bytes of ciphertext arrive at s in one receive. */
+static void feed(StreamTlsSession *s, const uint8_t *buf, size_t n) {
+        uint8_t *p;
+        size_t room = stream_tls_ring_in(s, &p);
+
+        cr_assert_geq(room, n, "%zu bytes do not fit in %zu", n, room);
+        memcpy(p, buf, n);
+        stream_tls_ring_received(s, n);
+}
+
+/* Opens into buf (at most n) until a result that is not data; returns the bytes opened, the
+ * last result in *ret_last. */
+static size_t open_all(StreamTlsSession *s, uint8_t *buf, size_t n, ssize_t *ret_last) {
+        size_t got = 0;
+        ssize_t k;
+
+        for (;;) {
+                k = stream_tls_open(s, buf + got, n - got);
+                if (k <= 0)
+                        break;
+                got += (size_t) k;
+                cr_assert_leq(got, n);
+                if (got == n) {
+                        uint8_t extra;
+                        k = stream_tls_open(s, &extra, 1);
+                        cr_assert_leq(k, 0, "more plaintext than was sealed");
+                        break;
+                }
+        }
+        *ret_last = k;
+        return got;
+}
+
+Test(stream_tls, ring_record_split_across_receives) {
+        StreamTlsContext *c = ring_ctx();
+        size_t n = 40000, clen, got = 0;
+        uint8_t *out = pattern(n, 1), *in = malloc(n), *ct;
+        /* inside the first record's 5-byte header, in its body, then across a record boundary */
+        size_t cuts[] = { 1, 4, 5, 10000, 16409, 16420 };
+        size_t prev = 0;
+        ssize_t last;
+        Pair p;
+
+        ring_pair(&p, c, true);
+        cr_assert_eq(stream_tls_seal(p.s[0], out, n), 0);
+        ct = take_sealed(p.s[0], &clen);
+        cr_assert_gt(clen, n + 3 * 22 - 1, "three records with their overhead: %zu bytes", clen);
+        cr_assert_null(memmem(ct, clen, out, 64), "plaintext among the sealed records");
+        for (size_t k = 0; k <= ELEMENTSOF(cuts); k++) {
+                size_t end = k < ELEMENTSOF(cuts) ? cuts[k] : clen;
+                feed(p.s[1], ct + prev, end - prev);
+                prev = end;
+                got += open_all(p.s[1], in + got, n - got, &last);
+                cr_assert_eq(last, -EAGAIN, "after %zu bytes: %zd", end, last);
+                if (end < 16384 + 22)
+                        cr_assert_eq(got, 0u, "a partial record opened (%zu bytes in)", end);
+        }
+        cr_assert_eq(got, n);
+        cr_assert_arr_eq(in, out, n);
+        pair_done(&p);
+        free(out);
+        free(in);
+        free(ct);
+        stream_tls_context_unref(c);
+}
+
+Test(stream_tls, ring_many_records_in_one_receive) {
+        StreamTlsContext *c = ring_ctx();
+        size_t sizes[] = { (1u << 20) + 32, 100, 300 * 1024 }, total = 0, clen, off = 0, got = 0;
+        uint8_t *out[3], *in, *ct, *room;
+        ssize_t last;
+        Pair p;
+
+        ring_pair(&p, c, true);
+        /* three packets sealed one after the other before the ring sends: one buffer */
+        for (int k = 0; k < 3; k++) {
+                out[k] = pattern(sizes[k], (unsigned) k);
+                cr_assert_eq(stream_tls_seal(p.s[0], out[k], sizes[k]), 0);
+                total += sizes[k];
+        }
+        ct = take_sealed(p.s[0], &clen);
+        in = malloc(total);
+        cr_assert(in);
+        /* each receive as large as the inbound buffer takes: dozens of records at once */
+        while (off < clen) {
+                size_t space = stream_tls_ring_in(p.s[1], &room), n = MIN(space, clen - off);
+                cr_assert_gt(space, 16u * 16406u, "the receive buffer holds only %zu bytes", space);
+                feed(p.s[1], ct + off, n);
+                off += n;
+                got += open_all(p.s[1], in + got, total - got, &last);
+                cr_assert_eq(last, -EAGAIN, "%zd", last);
+        }
+        cr_assert_eq(got, total);
+        for (size_t k = 0, at = 0; k < 3; at += sizes[k], k++) {
+                cr_assert_arr_eq(in + at, out[k], sizes[k], "packet %zu", k);
+                free(out[k]);
+        }
+        pair_done(&p);
+        free(in);
+        free(ct);
+        stream_tls_context_unref(c);
+}
+
+Test(stream_tls, ring_corrupted_record) {
+        StreamTlsContext *c = ring_ctx();
+        size_t n = 50000, clen, got;
+        uint8_t *out = pattern(n, 7), *in = malloc(n), *ct;
+        ssize_t last;
+        Pair p;
+
+        ring_pair(&p, c, true);
+        cr_assert_eq(stream_tls_seal(p.s[0], out, n), 0);
+        ct = take_sealed(p.s[0], &clen);
+        ct[16406 + 5 + 1000] ^= 0x20; /* a bit in the second record's body */
+        feed(p.s[1], ct, clen);
+        got = open_all(p.s[1], in, n, &last);
+        cr_assert_eq(got, 16384u, "the first record is intact and opens");
+        cr_assert_arr_eq(in, out, got);
+        cr_assert_eq(last, -EBADMSG, "the altered record gave %zd (%s)", last, strerror((int) -last));
+        pair_done(&p);
+        free(out);
+        free(in);
+        free(ct);
+        stream_tls_context_unref(c);
+}
+
+Test(stream_tls, ring_alert_and_close_notify) {
+        StreamTlsContext *c = ring_ctx();
+        uint8_t *out = pattern(1000, 3), in[2000], *ct;
+        size_t clen, got;
+        ssize_t last;
+        Pair p;
+
+        /* data, then the peer's fatal alert in the same receive: the data, then -EACCES named */
+        ring_pair(&p, c, true);
+        cr_assert_eq(stream_tls_seal(p.s[0], out, 1000), 0);
+        cr_assert_eq(stream_tls_test_alert(p.s[0], true, GNUTLS_A_ACCESS_DENIED), 0);
+        ct = take_sealed(p.s[0], &clen);
+        feed(p.s[1], ct, clen);
+        got = open_all(p.s[1], in, sizeof in, &last);
+        cr_assert_eq(got, 1000u);
+        cr_assert_arr_eq(in, out, 1000);
+        cr_assert_eq(last, -EACCES, "an alert gave %zd", last);
+        cr_assert(strstr(stream_tls_error(p.s[1]), "access denied") || strstr(stream_tls_error(p.s[1]), "Access"),
+                  "%s", stream_tls_error(p.s[1]));
+        cr_assert(strstr(stream_tls_error(p.s[1]), "does not allow our identity"), "%s", stream_tls_error(p.s[1]));
+        free(ct);
+        pair_done(&p);
+
+        /* data, then close_notify: the data, then the end (-ECONNRESET) */
+        ring_pair(&p, c, true);
+        cr_assert_eq(stream_tls_seal(p.s[0], out, 1000), 0);
+        cr_assert_eq(stream_tls_test_alert(p.s[0], false, GNUTLS_A_CLOSE_NOTIFY), 0);
+        ct = take_sealed(p.s[0], &clen);
+        feed(p.s[1], ct, clen);
+        got = open_all(p.s[1], in, sizeof in, &last);
+        cr_assert_eq(got, 1000u);
+        cr_assert_arr_eq(in, out, 1000);
+        cr_assert_eq(last, -ECONNRESET, "close_notify gave %zd", last);
+        cr_assert_str_eq(stream_tls_error(p.s[1]), "", "close_notify is not a refusal");
+        free(ct);
+        pair_done(&p);
+        free(out);
+        stream_tls_context_unref(c);
+}
+
+Test(stream_tls, ring_key_update_flows_through_the_buffers) {
+        StreamTlsContext *c = ring_ctx();
+        size_t n = 20000, clen, got;
+        uint8_t *a = pattern(n, 11), *b = pattern(n, 12), *in = malloc(2 * n), *ct;
+        ssize_t last;
+        Pair p;
+
+        ring_pair(&p, c, true);
+        /* what GnuTLS sends on its own (after 2^24 records) lands among the sealed records;
+         * asking the peer to update too makes the peer's next seal carry its own KeyUpdate */
+        cr_assert_eq(stream_tls_seal(p.s[0], a, n), 0);
+        cr_assert_eq(stream_tls_test_key_update(p.s[0], true), 0);
+        cr_assert_eq(stream_tls_seal(p.s[0], b, n), 0);
+        ct = take_sealed(p.s[0], &clen);
+        feed(p.s[1], ct, clen);
+        got = open_all(p.s[1], in, 2 * n, &last);
+        cr_assert_eq(got, 2 * n, "opened %zu bytes across the KeyUpdate, then %zd", got, last);
+        cr_assert_arr_eq(in, a, n);
+        cr_assert_arr_eq(in + n, b, n, "the records under the new key");
+        free(ct);
+
+        cr_assert_eq(stream_tls_seal(p.s[1], a, 100), 0);
+        ct = take_sealed(p.s[1], &clen);
+        feed(p.s[0], ct, clen);
+        got = open_all(p.s[0], in, 100, &last);
+        cr_assert_eq(got, 100u, "the peer's answer after its own KeyUpdate: %zd", last);
+        cr_assert_arr_eq(in, a, 100);
+        free(ct);
+        pair_done(&p);
+        free(a);
+        free(b);
+        free(in);
+        stream_tls_context_unref(c);
+}
+
+Test(stream_tls, ring_takes_over_what_socket_mode_read_ahead) {
+        StreamTlsContext *c = ring_ctx();
+        uint8_t *a = pattern(3000, 21), *b = pattern(5000, 22), in[5000];
+        size_t got;
+        ssize_t last;
+        Sender x;
+        Pair p;
+
+        ring_pair(&p, c, false);
+        /* two messages on the socket; the receiver reads the first, and reads ahead the second */
+        x = (Sender) { .s = p.s[0], .buf = a, .n = 3000 };
+        sender(&x);
+        cr_assert_eq(x.r, 0);
+        x = (Sender) { .s = p.s[0], .buf = b, .n = 5000 };
+        sender(&x);
+        cr_assert_eq(x.r, 0);
+        {
+                struct pollfd pf = { .fd = p.fd[1], .events = POLLIN };
+                cr_assert_eq(poll(&pf, 1, 2000), 1);
+                (void) poll(&pf, 0, 50); /* both messages in the socket */
+        }
+        recv_all(p.s[1], in, 3000);
+        cr_assert_arr_eq(in, a, 3000);
+        cr_assert(stream_tls_pending(p.s[1]), "the second message was not read ahead");
+        cr_assert_eq(stream_tls_ring_start(p.s[1], false, true), 0);
+        got = open_all(p.s[1], in, 5000, &last);
+        cr_assert_eq(got, 5000u, "%zd", last);
+        cr_assert_arr_eq(in, b, 5000);
+        /* a direction left on the socket still works */
+        x = (Sender) { .s = p.s[1], .buf = a, .n = 3000 };
+        sender(&x);
+        cr_assert_eq(x.r, 0);
+        recv_all(p.s[0], in, 3000);
+        cr_assert_arr_eq(in, a, 3000);
+        pair_done(&p);
+        free(a);
+        free(b);
+        stream_tls_context_unref(c);
 }
