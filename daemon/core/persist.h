@@ -47,6 +47,3 @@ int persist_prepare_stop(Persist *p);
 /* What the fd store would hold now: duplicates of every descriptor plus the state memfd, all
  * owned by ret. A restart in one process, for tests: export, free, restore from the export. */
 int persist_export(Persist *p, NamedFds *ret);
-
-/* The JSON text of the current state (for tests and debugging). */
-int persist_serialize(Manager *m, char **ret_json, NamedFds *fds);
