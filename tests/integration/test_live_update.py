@@ -88,9 +88,7 @@ RESTART_ERRORS = {"org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.
                   "org.freedesktop.DBus.Error.NameHasNoOwner"}
 # Log lines that must never appear after a restore.
 BAD_RESTORE_LINES = ("unrecognised descriptor", "missing from the fd store", "Skipping", "could not take the mappings",
-                     "did not come back", "cannot rejoin", "Failed to")
-
-STATE_HEADER = struct.Struct("<8sQQII")  # daemon/core/persist.c StateHeader
+                     "did not come back", "cannot rejoin", "Failed to", "did not hand back", "the mapping is lost")
 
 TIMINGS = []
 
@@ -98,29 +96,6 @@ TIMINGS = []
 def timing(what, seconds):
     TIMINGS.append((what, seconds))
     h.log(f"timing: {what}: {seconds * 1000:.1f} ms")
-
-
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFFFFFF
-
-
-assert crc32c(b"123456789") == 0xE3069283
 
 
 def classify(link):
@@ -385,14 +360,7 @@ class LiveUpdate(h.unittest.TestCase):
                 with open(f"/proc/{self.manager.manager_pid}/fd/{fd}", "rb") as f:
                     found.append(f.read())
         self.assertEqual(len(found), 1, "the store should hold exactly one state memfd")
-        raw = found[0]
-        magic, seq, length, crc, zero = STATE_HEADER.unpack_from(raw)
-        self.assertEqual(magic, b"VFMSTATE")
-        self.assertEqual(zero, 0)
-        body = raw[STATE_HEADER.size:STATE_HEADER.size + length]
-        self.assertEqual(len(body), length)
-        self.assertEqual(crc32c(body), crc, "the stored state's CRC32C does not match")
-        return seq, json.loads(body)
+        return h.parse_state(found[0])
 
     # ---- the scenario ---------------------------------------------------------------------
 
@@ -687,6 +655,105 @@ class LiveUpdate(h.unittest.TestCase):
     def test_by_address(self):
         self.scenario("by-address")
 
+    # ---- mappings sharing one memfd --------------------------------------------------------
+
+    def test_mappings_sharing_a_memfd(self):
+        """The normal VMM layout: one guest-RAM memfd carrying many ranges, in one space and across
+        two, plus a second open of the same memfd. systemd keeps one fd store entry per open file
+        description and drops a second FDSTORE=1 of it silently, so vfiomigd stores each
+        description once: every range survives a planned restart and a kill -9, and the store
+        holds exactly the entries the state lists."""
+        pid = self.fresh_start()
+        guest = os.memfd_create(GUEST_NAME, os.MFD_CLOEXEC)
+        self.addCleanup(os.close, guest)
+        os.ftruncate(guest, GUEST_SIZE)
+        os.pwrite(guest, b"".join(struct.pack("<Q", i) for i in range(GUEST_SIZE // 8)), 0)
+        # A separate open (its own open file description where kcmp tells them apart).
+        reopened = os.open(f"/proc/self/fd/{guest}", os.O_RDWR | os.O_CLOEXEC)
+        self.addCleanup(os.close, reopened)
+        kcmp = h.have_kcmp()
+
+        spaces, devs = {}, {}
+        for name, style in (("a", "by-file"), ("b", "by-address")):
+            spaces[name] = self.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "CreateAddressSpace", "a{sv}",
+                                             {"backend": ("s", "sim"), "sim-mapping": ("s", style)})
+            devs[name] = self.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "AttachDevice", "sa{sv}",
+                                           f"sim:dev{name}", {"state-size": ("t", 256 * KiB)})
+            self.client.call(devs[name], h.DEVICE_IFACE, "AttachAddressSpace", "o", spaces[name])
+        rw = ["read", "write"]
+        # (space, fd, iova, offset, length): three ranges of guest in a, a fourth through the
+        # second open, one range of guest in b.
+        ranges = [("a", guest, 0x1_0000_0000 + i * MiB, i * MiB, 256 * KiB) for i in range(3)]
+        ranges += [("a", reopened, 0x1_1000_0000, 4 * MiB, 256 * KiB), ("b", guest, 0x2_0000_0000, 6 * MiB, 512 * KiB)]
+        for sp, fd, iova, offset, length in ranges:
+            self.call(spaces[sp], h.SPACE_IFACE, "Map", "htttas", 0, offset, length, iova, rw, fds=[fd])
+
+        entries = (2 if kcmp else 1) + 2  # the guest (and its second open), two sim devices
+        self.assertEqual(self.n_stored(), entries + 1, "entries + the state" + self.diagnostics())
+
+        def write_all(tag):
+            rnd = len(written) // len(ranges)  # each round writes its own bytes
+            for k, (sp, fd, iova, offset, length) in enumerate(ranges):
+                data = f"{tag}:{k}".encode().ljust(24, b".")
+                at = iova + length - 4096 * (rnd + 1) - 7 * k  # inside the range, not at its start
+                self.dma_write(devs[sp], at, data)
+                self.assertEqual(os.pread(guest, len(data), offset + (at - iova)), data, f"{tag}: range {k}")
+                written.append((sp, at, offset + (at - iova), data))
+
+        def observe():
+            return {sp: (self.client.call1(spaces[sp], h.SPACE_IFACE, "ListMappings"),
+                         self.client.get_property(spaces[sp], h.SPACE_IFACE, "MappingCount"),
+                         self.client.get_property(spaces[sp], h.SPACE_IFACE, "PinnedBytes"))
+                    for sp in spaces}
+
+        def check(before, pid, what):
+            self.assertEqual(observe(), before, f"{what}: the mappings changed")
+            self.assertEqual(before["a"][1:], (4, 4 * 256 * KiB))
+            self.assertEqual(before["b"][1:], (1, 512 * KiB))
+            for sp in spaces:
+                live = self.client.get_property(spaces[sp], h.SPACE_IFACE, "LiveUpdate")
+                self.assertTrue(live.startswith("survives"), f"{what}: {live}")
+            for sp, at, off, data in written:
+                self.assertEqual(self.dma_read(devs[sp], at, len(data)), data, f"{what}: DmaRead 0x{at:x}")
+                self.assertEqual(os.pread(guest, len(data), off), data)
+            log = self.journal_of(pid, "Serving org.vfiomig1.")
+            self.assertIn(f"The service manager handed back {entries + 1} descriptors; restoring.", log)
+            self.assertIn(f"The fd store handed back {entries} of the {entries} entries the saved state lists.",
+                          log)
+            self.assertIn(f"took over 4 mappings ({'planned restart' if what == 'planned' else 'after a crash'})",
+                          log)
+            for bad in BAD_RESTORE_LINES:
+                self.assertNotIn(bad, log, f"{what}: the restored daemon logged {bad!r}:\n{log}")
+            self.assertEqual(self.n_stored(), entries + 1, f"{what}: NFileDescriptorStore")
+            # The state lists each description once, with every mapping that uses it.
+            _seq, record = self.stored_state()
+            users = sorted(sorted(u) for u in h.entry_users(record).values())
+            a, b = (s.rsplit("/", 1)[1] for s in (spaces["a"], spaces["b"]))
+            guest_users = sorted([f"map-{a}-0", f"map-{a}-1", f"map-{a}-2", f"map-{b}-0"] +
+                                 ([] if kcmp else [f"map-{a}-3"]))
+            expect = [guest_users, ["sim-device-deva"], ["sim-device-devb"]] + ([[f"map-{a}-3"]] if kcmp else [])
+            self.assertEqual(users, sorted(expect))
+            write_all(what)
+
+        written = []
+        write_all("setup")
+        before = observe()
+        pid = self.planned_restart(pid, "shared memfd: planned restart")
+        check(before, pid, "planned")
+        before = observe()
+        restarts = self.n_restarts()
+        pid = self.crash(pid, "shared memfd: kill -9")
+        self.assertEqual(self.n_restarts(), restarts + 1)
+        check(before, pid, "crash")
+
+        # Unmapping all but one range of the guest keeps its entry; the last one removes it.
+        for sp, fd, iova, offset, length in ranges[:3]:
+            self.call(spaces[sp], h.SPACE_IFACE, "Unmap", "tt", iova, length)
+        self.assertEqual(self.n_stored(), entries + 1, "the entry stays while a range uses it")
+        self.call(spaces["b"], h.SPACE_IFACE, "Unmap", "tt", ranges[4][2], ranges[4][4])
+        expect_left = entries if kcmp else entries + 1  # without kcmp the second open is that entry
+        h.wait_until(lambda: self.n_stored() == expect_left, 5, 0.02, "the store letting go of the guest's entry")
+
     # ---- the VMM restarts -----------------------------------------------------------------
 
     def test_vmm_restart(self):
@@ -920,8 +987,7 @@ class RefusedState(h.unittest.TestCase):
                                                      "flags": 1, "mtty-quirks": False, "fail-to-error": 0,
                                                      "fail-in-place": 0, "seed": 1, "state": "running",
                                                      "gens": {"0": 1}}}]}
-        body = json.dumps(record).encode()
-        bad = STATE_HEADER.pack(b"VFMSTATE", 999999, len(body), crc32c(body), 0) + body
+        bad = h.state_bytes(999999, json.dumps(record).encode())
         self.order.write_text(json.dumps({"store": {"state-999999": bad.hex()}}))
         os.chmod(self.order, 0o644)
 

@@ -545,6 +545,24 @@ class UnderUserManager(h.unittest.TestCase):
             self.fail(f"StatusText did not follow the device count: "
                       f"{self.manager.show(UNIT, 'StatusText')['StatusText']!r}")
 
+    def test_quick_restarts_within_the_start_limit(self):
+        """A rolling upgrade restarts the daemon several times within seconds: more than
+        systemd's default start limit (5 starts in 10 s) allows. The unit's own limit lets 12 quick
+        restarts through, each one serving."""
+        self.install()
+        self.start_unit()
+        props = self.manager.show(UNIT, "StartLimitBurst", "StartLimitIntervalUSec")
+        self.assertEqual(props, {"StartLimitBurst": "30", "StartLimitIntervalUSec": "1min"})
+        pid = int(self.manager.show(UNIT, "MainPID")["MainPID"])
+        for i in range(12):
+            r = self.manager.systemctl("restart", UNIT, check=False, timeout=20)
+            self.assertEqual(r.returncode, 0, f"restart {i + 1}: {r.stderr.strip()}{self.diagnostics()}")
+            props = self.manager.show(UNIT, "ActiveState", "MainPID")
+            self.assertEqual(props["ActiveState"], "active", f"restart {i + 1}{self.diagnostics()}")
+            self.assertNotEqual(int(props["MainPID"]), pid)
+            pid = int(props["MainPID"])
+            self.assertEqual(self.client.name_owner_pid(h.BUS_NAME), pid)
+
     def exit_lines(self):
         return [line for line in self.manager.journal("-o", "cat", check=False).splitlines()
                 if line.startswith("vfm-test-exit ")]
