@@ -38,12 +38,18 @@ Also: a VMM that restarts (Clients follows it, the device is neither reset nor d
 on), a VMM that goes away while vfiomigd is down, and the documented limit: stop followed by
 start releases the store, and the daemon comes up empty.
 
+Mappings sharing one memfd (test_mappings_sharing_a_memfd): ranges of one guest memfd in two
+spaces and a second open of it survive a planned restart and a kill -9; the store holds one entry
+per open file description, which is all systemd keeps.
+
 And a saved state the daemon must refuse (RefusedState): a predecessor's state with a field of the
 wrong type is put into the store (by an ExecStartPre= helper, NotifyAccess=all in the test's unit);
 the daemon refuses it in one log line, serves with nothing restored, and through kill -9 and
 restart keeps the store exactly as it is (NFileDescriptorStore, one restart per kill, no start
 limit); with the bad state removed from the store the devices come back. The daemon before this
-check aborted in json-c, crash-looped into the start limit and lost the store.
+check aborted in json-c, crash-looped into the start limit and lost the store. With the same
+helper an entry is removed from the store before a restart: exactly its mappings are lost,
+reported in the journal and LiveUpdate, and their range is free again.
 
 Timings (restart, crash to serving, the longest gap between two acknowledged device writes)
 are printed at the end; they are measurements, not assertions.
@@ -1030,6 +1036,76 @@ class RefusedState(h.unittest.TestCase):
         self.assertEqual(self.client.dev_prop("/org/vfiomig1/device/sim_nic", "State"), "stop")
         self.assertIs(self.client.mgr_prop("FileDescriptorStore"), True)
         self.assertEqual(int(self.show("NFileDescriptorStore")["NFileDescriptorStore"]), 3)
+
+    def stored_record(self):
+        """The state in the service manager's store (the one state memfd)."""
+        pid = self.manager.manager_pid
+        raws = []
+        for fd, link in h.open_fds(pid).items():
+            if classify(link) == "memfd:vfiomigd-state":
+                with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
+                    raws.append(f.read())
+        self.assertEqual(len(raws), 1)
+        return h.parse_state(raws[0])[1]
+
+    def test_missing_entry_is_reported_and_unmapped(self):
+        """Never believe the store holds what was sent: an entry that does not come back (removed
+        here by the ExecStartPre= helper, as a service manager that dropped it would) costs exactly
+        the mappings that used it. They are reported, not left live and unreachable: their range
+        is free for a new Map, LiveUpdate says what the restart lost, the rest works."""
+        self.manager.systemctl("start", UNIT, timeout=30)
+        with w.WireConnection(self.bus.address) as wire:
+            space = self.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "CreateAddressSpace", "a{sv}",
+                                      {"backend": ("s", "sim"), "sim-mapping": ("s", "by-file")})
+            dev = self.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "AttachDevice", "sa{sv}", "sim:gpu",
+                                    {"state-size": ("t", 1 << 18)})
+            self.client.call(dev, h.DEVICE_IFACE, "AttachAddressSpace", "o", space)
+            kept, dropped = (os.memfd_create(n, os.MFD_CLOEXEC) for n in ("vfm-kept", "vfm-dropped"))
+            self.addCleanup(os.close, kept)
+            self.addCleanup(os.close, dropped)
+            for fd in (kept, dropped):
+                os.ftruncate(fd, 4 * MiB)
+            rw = ["read", "write"]
+            wire.call(h.BUS_NAME, space, h.SPACE_IFACE, "Map", "htttas", [0, 0, MiB, 1 << 32, rw], [kept])
+            for k in range(2):  # two ranges of one memfd: one entry
+                wire.call(h.BUS_NAME, space, h.SPACE_IFACE, "Map", "htttas",
+                          [0, k * MiB, MiB, (2 << 32) + k * MiB, rw], [dropped])
+        self.assertEqual(int(self.show("NFileDescriptorStore")["NFileDescriptorStore"]), 4,
+                         "two memfds, a device, the state" + self.diagnostics())
+        sid = space.rsplit("/", 1)[1]
+        [lost] = [n for n, users in h.entry_users(self.stored_record()).items() if f"map-{sid}-1" in users]
+        self.assertEqual(sorted(h.entry_users(self.stored_record())[lost]), [f"map-{sid}-1", f"map-{sid}-2"])
+
+        self.order.write_text(json.dumps({"remove": [lost]}))
+        os.chmod(self.order, 0o644)
+        self.addCleanup(lambda: self.order.exists() and os.unlink(self.order))
+        pid = self.crash()
+        os.unlink(self.order)
+        log = self.journal_of(pid, "Serving org.vfiomig1.")
+        self.assertIn(f"The fd store did not hand back '{lost}', which the saved state lists for map-{sid}-1, "
+                      f"map-{sid}-2: they cannot be restored.", log)
+        self.assertIn("The fd store handed back 2 of the 3 entries the saved state lists; the objects using the "
+                      "missing ones are lost (logged above).", log)
+        for k in range(2):
+            self.assertIn(f"Address space {sid}: the file of the mapping at IOVA 0x{(2 << 32) + k * MiB:x}+0x100000 "
+                          "is missing from the fd store; the mapping is lost", log)
+        self.assertEqual(self.client.get_property(space, h.SPACE_IFACE, "MappingCount"), 1)
+        self.assertEqual(self.client.get_property(space, h.SPACE_IFACE, "PinnedBytes"), MiB)
+        self.assertEqual(self.client.call1(space, h.SPACE_IFACE, "ListMappings"), [[1 << 32, MiB, 0, rw]])
+        live = self.client.get_property(space, h.SPACE_IFACE, "LiveUpdate")
+        self.assertTrue(live.startswith("the last restart lost 2 mappings: the fd store did not hand back their "
+                                        "files (unmapped from the IOMMU); the others: survives"), live)
+        # The lost range: nothing translates it, and it is free for a new Map.
+        with self.assertRaises(h.DBusError) as cm:
+            self.client.call(dev, h.SIM_DEVICE_IFACE, "DmaWrite", "tay", 2 << 32, list(b"gone"))
+        self.assertEqual(cm.exception.name, h.E_DMA_FAULT)
+        with w.WireConnection(self.bus.address) as wire:
+            wire.call(h.BUS_NAME, space, h.SPACE_IFACE, "Map", "htttas", [0, 0, MiB, 2 << 32, rw], [dropped])
+        self.client.call(dev, h.SIM_DEVICE_IFACE, "DmaWrite", "tay", (2 << 32) + 16, list(b"again"))
+        self.assertEqual(os.pread(dropped, 5, 16), b"again")
+        self.client.call(dev, h.SIM_DEVICE_IFACE, "DmaWrite", "tay", (1 << 32) + 16, list(b"kept"))
+        self.assertEqual(os.pread(kept, 4, 16), b"kept")
+        self.assertEqual(int(self.show("NFileDescriptorStore")["NFileDescriptorStore"]), 4)
 
 
 def print_timings():
