@@ -21,6 +21,7 @@
 static void entry_done(FdEntry *e) {
         free(e->name);
         strv_free(e->users);
+        free(e->fds);
         *e = (FdEntry) { .fd = -EBADF };
 }
 
@@ -49,8 +50,11 @@ static int kcmp_works(int fd) {
 
 /* Exactly the same open file description: 1, 0, or negative when neither call works. */
 static int same_description(int a, int b) {
-        pid_t pid = getpid();
+        static pid_t pid = 0;
         int r;
+
+        if (pid == 0)
+                pid = getpid(); /* the daemon never forks */
 
         r = fcntl(a, F_DUPFD_QUERY, b);
         if (r >= 0)
@@ -69,15 +73,26 @@ typedef struct Key {
         size_t index; /* into desired */
 } Key;
 
+/* The F_GETFL flags, which only systemd's fallback without kcmp compares: with kcmp, one open
+ * file description has one set of flags anyway, and the call is saved (0). */
+static int fallback_flags(int fd) {
+        int flags;
+
+        if (kcmp_works(fd))
+                return 0;
+        flags = fcntl(fd, F_GETFL);
+        return flags < 0 ? -errno : flags;
+}
+
 static int key_get(int fd, size_t index, Key *ret) {
         struct stat st;
         int flags;
 
         if (fstat(fd, &st) < 0)
                 return -errno;
-        flags = fcntl(fd, F_GETFL);
+        flags = fallback_flags(fd);
         if (flags < 0)
-                return -errno;
+                return flags;
         *ret = (Key) { .dev = st.st_dev, .ino = st.st_ino, .mode = st.st_mode, .flags = flags, .index = index };
         return 0;
 }
@@ -120,29 +135,19 @@ int fd_same_entry(int a, int b) {
         return r < 0 ? r : same_entry(a, &ka, b, &kb);
 }
 
-static int key_compare(const void *x, const void *y) {
-        const Key *a = x, *b = y;
-
-        if (a->dev != b->dev)
-                return a->dev < b->dev ? -1 : 1;
-        if (a->ino != b->ino)
-                return a->ino < b->ino ? -1 : 1;
-        return a->index < b->index ? -1 : a->index > b->index;
-}
-
 typedef struct UserRef {
         const char *name;
         size_t entry;
+        int fd; /* the user's descriptor at the last plan, or -EBADF */
 } UserRef;
 
 static int user_compare(const void *x, const void *y) {
         return strcmp(((const UserRef *) x)->name, ((const UserRef *) y)->name);
 }
 
-static ssize_t users_find(const UserRef *refs, size_t n, const char *name) {
+static const UserRef *users_find(const UserRef *refs, size_t n, const char *name) {
         UserRef key = { .name = name };
-        const UserRef *hit = bsearch(&key, refs, n, sizeof *refs, user_compare);
-        return hit ? (ssize_t) hit->entry : -1;
+        return bsearch(&key, refs, n, sizeof *refs, user_compare);
 }
 
 void fd_table_note_name(FdTable *t, const char *name) {
@@ -166,56 +171,41 @@ static int entry_append(FdTable *t, FdEntry *e) {
         return 0;
 }
 
+/* A mapping never changes its file, and its name (map-SPACE-SERIAL) is never reused: a mapping
+ * user with the very descriptor it had at the last plan is in the same entry, with no system
+ * call. Other objects may replace their descriptor under the same name (a legacy device or group
+ * reopened), so they are always examined. */
+static bool user_is_mapping(const char *name) {
+        return strncmp(name, "map-", 4) == 0;
+}
+
+typedef struct Group {
+        Key key;
+        int rep;      /* a user's descriptor */
+        ssize_t old;  /* the entry of old it continues, or -1 */
+} Group;
+
 int fd_table_plan(FdTable *old, const NamedFds *desired, FdTable *ret, bool **ret_kept) {
         _cleanup_(fd_table_done) FdTable new = { .next_id = old->next_id };
-        _cleanup_free_ Key *keys = NULL;
         _cleanup_free_ UserRef *refs = NULL;
-        _cleanup_free_ size_t *group_of = NULL, *group_rep = NULL;
-        _cleanup_free_ ssize_t *group_old = NULL;
+        _cleanup_free_ Group *groups = NULL;
+        _cleanup_free_ size_t *group_of = NULL, *pending = NULL;
+        _cleanup_free_ ssize_t *old_group = NULL;
         _cleanup_free_ bool *kept = NULL;
-        size_t n = desired->n, n_refs = 0, n_groups = 0;
+        size_t n = desired->n, n_refs = 0, n_groups = 0, n_pending = 0;
         int r;
 
-        keys = new0(Key, MAX(n, 1u));
+        groups = new0(Group, MAX(n, 1u));
         group_of = new0(size_t, MAX(n, 1u));
-        group_rep = new0(size_t, MAX(n, 1u));
-        group_old = new0(ssize_t, MAX(n, 1u));
+        pending = new0(size_t, MAX(n, 1u));
+        old_group = new0(ssize_t, MAX(old->n, 1u));
         kept = new0(bool, MAX(old->n, 1u));
-        if (!keys || !group_of || !group_rep || !group_old || !kept)
+        if (!groups || !group_of || !pending || !old_group || !kept)
                 return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                r = key_get(desired->items[i].fd, i, &keys[i]);
-                if (r < 0)
-                        return log_error_errno(r, "Cannot examine the descriptor of %s: %m", desired->items[i].name);
-        }
+        for (size_t e = 0; e < old->n; e++)
+                old_group[e] = -1;
 
-        /* Group: only descriptors of one inode can be one description, so each run of equal
-         * (dev, ino) is compared against the representatives of the groups found in it. Many
-         * mappings of one memfd match the first representative at once. */
-        qsort(keys, n, sizeof *keys, key_compare);
-        for (size_t i = 0, run = 0; i < n; i++) {
-                const Key *k = &keys[i];
-                size_t g;
-
-                if (i > 0 && (k->dev != keys[i - 1].dev || k->ino != keys[i - 1].ino))
-                        run = n_groups;
-                for (g = run; g < n_groups; g++) {
-                        const Key *rep = &keys[group_rep[g]];
-                        r = same_entry(desired->items[rep->index].fd, rep, desired->items[k->index].fd, k);
-                        if (r < 0)
-                                return r;
-                        if (r > 0)
-                                break;
-                }
-                if (g == n_groups) {
-                        group_rep[n_groups] = i;
-                        group_old[n_groups] = -1;
-                        n_groups++;
-                }
-                group_of[k->index] = g;
-        }
-
-        /* A group takes over the old entry of one of its users, if that entry is of the same file. */
+        /* The old entries' users, by name, with the descriptor each had. */
         for (size_t e = 0; e < old->n; e++)
                 n_refs += strv_length(old->entries[e].users);
         refs = new0(UserRef, MAX(n_refs, 1u));
@@ -223,38 +213,92 @@ int fd_table_plan(FdTable *old, const NamedFds *desired, FdTable *ret, bool **re
                 return -ENOMEM;
         n_refs = 0;
         for (size_t e = 0; e < old->n; e++)
-                for (char **u = old->entries[e].users; u && *u; u++)
-                        refs[n_refs++] = (UserRef) { .name = *u, .entry = e };
+                for (size_t u = 0; old->entries[e].users && old->entries[e].users[u]; u++)
+                        refs[n_refs++] = (UserRef) {
+                                .name = old->entries[e].users[u],
+                                .entry = e,
+                                .fd = old->entries[e].fds ? old->entries[e].fds[u] : -EBADF,
+                        };
         qsort(refs, n_refs, sizeof *refs, user_compare);
-        for (size_t i = 0; i < n; i++) {
-                size_t g = group_of[i];
-                const Key *rep = &keys[group_rep[g]];
-                ssize_t e;
 
-                if (group_old[g] >= 0)
+        /* Unchanged mappings join their entry's group at once. */
+        for (size_t i = 0; i < n; i++) {
+                const NamedFd *d = &desired->items[i];
+                const UserRef *ref = user_is_mapping(d->name) ? users_find(refs, n_refs, d->name) : NULL;
+                const FdEntry *e;
+
+                if (!ref || ref->fd != d->fd) {
+                        pending[n_pending++] = i;
                         continue;
-                e = users_find(refs, n_refs, desired->items[i].name);
-                if (e < 0 || kept[e])
+                }
+                e = &old->entries[ref->entry];
+                if (old_group[ref->entry] < 0) {
+                        groups[n_groups] = (Group) {
+                                .key = { .dev = e->dev, .ino = e->ino, .mode = e->mode, .flags = e->flags, .index = i },
+                                .rep = d->fd,
+                                .old = (ssize_t) ref->entry,
+                        };
+                        kept[ref->entry] = true;
+                        old_group[ref->entry] = (ssize_t) n_groups++;
+                }
+                group_of[i] = (size_t) old_group[ref->entry];
+        }
+
+        /* The others: examined, and compared with every group of the same inode (only those can be
+         * one description; many new mappings of one memfd match the first group at once). */
+        for (size_t p = 0; p < n_pending; p++) {
+                size_t i = pending[p], g;
+                Key k;
+
+                r = key_get(desired->items[i].fd, i, &k);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot examine the descriptor of %s: %m", desired->items[i].name);
+                for (g = 0; g < n_groups; g++) {
+                        if (groups[g].key.dev != k.dev || groups[g].key.ino != k.ino)
+                                continue;
+                        r = same_entry(groups[g].rep, &groups[g].key, desired->items[i].fd, &k);
+                        if (r < 0)
+                                return r;
+                        if (r > 0)
+                                break;
+                }
+                if (g == n_groups)
+                        groups[n_groups++] = (Group) { .key = k, .rep = desired->items[i].fd, .old = -1 };
+                group_of[i] = g;
+        }
+
+        /* A new group takes over the old entry of one of its users, if that entry is of the same
+         * file (the objects it kept across a restart, or a device whose descriptor changed). */
+        for (size_t p = 0; p < n_pending; p++) {
+                size_t i = pending[p];
+                Group *grp = &groups[group_of[i]];
+                const UserRef *ref;
+                const FdEntry *e;
+
+                if (grp->old >= 0)
                         continue;
-                if (old->entries[e].dev != rep->dev || old->entries[e].ino != rep->ino ||
-                    old->entries[e].flags != rep->flags)
+                ref = users_find(refs, n_refs, desired->items[i].name);
+                if (!ref || kept[ref->entry])
                         continue;
-                kept[e] = true;
-                group_old[g] = e;
+                e = &old->entries[ref->entry];
+                if (e->dev != grp->key.dev || e->ino != grp->key.ino || e->flags != grp->key.flags)
+                        continue;
+                kept[ref->entry] = true;
+                grp->old = (ssize_t) ref->entry;
         }
 
         for (size_t g = 0; g < n_groups; g++) {
-                const Key *rep = &keys[group_rep[g]];
                 FdEntry e = {
-                        .dev = rep->dev,
-                        .ino = rep->ino,
-                        .flags = rep->flags,
-                        .fd = desired->items[rep->index].fd,
+                        .dev = groups[g].key.dev,
+                        .ino = groups[g].key.ino,
+                        .mode = groups[g].key.mode,
+                        .flags = groups[g].key.flags,
+                        .fd = groups[g].rep,
                 };
 
-                if (group_old[g] >= 0) {
-                        e.name = strdup(old->entries[group_old[g]].name);
-                        e.stored = old->entries[group_old[g]].stored;
+                if (groups[g].old >= 0) {
+                        e.name = strdup(old->entries[groups[g].old].name);
+                        e.stored = old->entries[groups[g].old].stored;
                 } else if (asprintf(&e.name, FD_ENTRY_PREFIX "%llu", (unsigned long long) new.next_id++) < 0)
                         e.name = NULL;
                 if (!e.name)
@@ -265,17 +309,53 @@ int fd_table_plan(FdTable *old, const NamedFds *desired, FdTable *ret, bool **re
                         return r;
                 }
         }
-        /* Users in desired order: the order of the objects in the state. */
-        for (size_t i = 0; i < n; i++) {
-                r = strv_extend(&new.entries[group_of[i]].users, desired->items[i].name);
-                if (r < 0)
-                        return r;
+        /* Users in desired order (the order of the objects in the state), with their descriptors. */
+        {
+                _cleanup_free_ size_t *count = new0(size_t, MAX(n_groups, 1u));
+
+                if (!count)
+                        return -ENOMEM;
+                for (size_t i = 0; i < n; i++)
+                        count[group_of[i]]++;
+                for (size_t g = 0; g < n_groups; g++) {
+                        new.entries[g].users = new0(char *, count[g] + 1);
+                        new.entries[g].fds = new0(int, count[g]);
+                        if (!new.entries[g].users || !new.entries[g].fds)
+                                return -ENOMEM;
+                        count[g] = 0;
+                }
+                for (size_t i = 0; i < n; i++) {
+                        FdEntry *e = &new.entries[group_of[i]];
+                        size_t k = count[group_of[i]]++;
+
+                        e->users[k] = strdup(desired->items[i].name);
+                        if (!e->users[k])
+                                return -ENOMEM;
+                        e->fds[k] = desired->items[i].fd;
+                }
         }
 
         *ret = new;
         new = (FdTable) {};
         *ret_kept = TAKE_PTR(kept);
         return 0;
+}
+
+bool fd_table_same(const FdTable *a, const FdTable *b) {
+        if (a->n != b->n)
+                return false;
+        for (size_t i = 0; i < a->n; i++) {
+                char **x = a->entries[i].users, **y = b->entries[i].users;
+
+                if (!streq(a->entries[i].name, b->entries[i].name))
+                        return false;
+                for (; x && *x && y && *y; x++, y++)
+                        if (!streq(*x, *y))
+                                return false;
+                if ((x && *x) || (y && *y))
+                        return false;
+        }
+        return true;
 }
 
 ssize_t fd_table_find_user(const FdTable *t, const char *user) {
@@ -299,7 +379,7 @@ void fd_table_remove(FdTable *t, size_t i) {
 }
 
 int fd_table_add(FdTable *t, const char *name, char *const *users, int fd, bool stored) {
-        FdEntry e = { .stored = stored, .fd = -EBADF };
+        FdEntry e = { .stored = stored, .fd = -EBADF }; /* no fds: nothing is known to be unchanged */
         struct stat st;
         int r;
 
@@ -307,9 +387,10 @@ int fd_table_add(FdTable *t, const char *name, char *const *users, int fd, bool 
                 return -errno;
         e.dev = st.st_dev;
         e.ino = st.st_ino;
-        e.flags = fcntl(fd, F_GETFL);
+        e.mode = st.st_mode;
+        e.flags = fallback_flags(fd);
         if (e.flags < 0)
-                return -errno;
+                return e.flags;
         e.name = strdup(name);
         if (!e.name)
                 return -ENOMEM;

@@ -32,9 +32,11 @@
 typedef struct FdEntry {
         char *name;     /* in the fd store: "fd-N" (a version 1 state: the user's own name) */
         char **users;   /* the logical names of the objects using it (strv) */
+        int *fds;       /* each user's descriptor at the last plan (borrowed; NULL after a restore) */
         dev_t dev;      /* the file, to recognise the entry's users at the next save */
         ino_t ino;
-        int flags;      /* F_GETFL */
+        mode_t mode;
+        int flags;      /* F_GETFL where kcmp() is unavailable, else 0 */
         bool stored;    /* FDSTORE=1 was sent (successfully) */
         int fd;         /* during a save: a user's descriptor (borrowed), to send; else -EBADF */
 } FdEntry;
@@ -54,6 +56,8 @@ void fd_table_done(FdTable *t);
  * store); it has old->n elements. Entries' fd fields borrow from desired. */
 int fd_table_plan(FdTable *old, const NamedFds *desired, FdTable *ret, bool **ret_kept);
 
+/* The same entries, in the same order, with the same users in the same order. */
+bool fd_table_same(const FdTable *a, const FdTable *b);
 /* The entry a user belongs to, or -1. */
 ssize_t fd_table_find_user(const FdTable *t, const char *user);
 /* The entry of that name, or -1. */

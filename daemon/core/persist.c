@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <json.h>
+#include <printbuf.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -30,6 +31,7 @@ struct Persist {
         bool refused;         /* the saved state was refused: the store is left as it is */
         uint64_t seq;
         FdTable table;        /* the entries we sent to the fd store, each with its users */
+        char *table_text;     /* the JSON of table, while it has not changed */
         char **states;        /* the state memfds in the fd store */
 };
 
@@ -78,6 +80,7 @@ static int reopen_check(VfioDev *dev, void *userdata, ErrorMessage *err) {
                 if (p->table.entries[at].stored)
                         store_remove(p->table.entries[at].name);
                 fd_table_remove(&p->table, (size_t) at);
+                p->table_text = mfree(p->table_text);
                 /* FDSTOREREMOVE is only a message: until the service manager has processed it, its
                  * copy keeps the device open and the kernel refuses the move. */
                 r = sd_notify_barrier(false, 5 * UINT64_C(1000000));
@@ -106,6 +109,7 @@ Persist *persist_free(Persist *p) {
                 return NULL;
         kernel_context_set_reopen_check(p->manager->kernel, NULL, NULL);
         fd_table_done(&p->table);
+        free(p->table_text);
         strv_free(p->states);
         free(p);
         return NULL;
@@ -161,6 +165,8 @@ static int store_sync(Persist *p, const NamedFds *desired) {
         }
         for (size_t i = 0; i < new.n; i++)
                 new.entries[i].fd = -EBADF;
+        if (!fd_table_same(&p->table, &new))
+                p->table_text = mfree(p->table_text);
         fd_table_done(&p->table);
         p->table = new;
         new = (FdTable) {};
@@ -290,11 +296,75 @@ static int serialize_device(Device *d, json_object **ret, NamedFds *fds) {
         return 0;
 }
 
+/* A JSON value whose text is given: what a cache saved, printed as it is (json-c calls the
+ * serializer instead of walking a tree). The text must outlive the stringification. */
+static int cached_text_print(json_object *o, struct printbuf *pb, int level, int flags) {
+        const char *text = json_object_get_userdata(o);
+        return printbuf_memappend(pb, text, (int) strlen(text));
+}
+
+static json_object *json_cached(const char *text) {
+        json_object *o = json_object_new_array();
+
+        if (o)
+                json_object_set_serializer(o, cached_text_print, (void *) text, NULL);
+        return o;
+}
+
+/* The mappings array of s, as JSON text cached in the space (address-space.h says when it is
+ * valid): a change to one device must not re-serialize a thousand mappings. */
+static int serialize_mappings(AddressSpace *s, json_object **ret) {
+        _cleanup_(json_putp) json_object *mappings = NULL;
+        char *text;
+        int r = 0;
+
+        if (s->saved_mappings && s->saved_next_serial == s->next_serial && s->saved_n_mappings == s->n_mappings) {
+                *ret = json_cached(s->saved_mappings);
+                return *ret ? 0 : -ENOMEM;
+        }
+        mappings = json_object_new_array();
+        if (!mappings)
+                return -ENOMEM;
+        for (size_t i = 0; r >= 0 && i < s->n_mappings; i++) {
+                const Mapping *m = s->mappings[i];
+                json_object *j = json_object_new_object();
+
+                if (!j)
+                        return -ENOMEM;
+                if (json_object_array_add(mappings, j) < 0) {
+                        json_object_put(j);
+                        return -ENOMEM;
+                }
+                r = add_u64(j, "iova", m->m.iova);
+                if (r >= 0)
+                        r = add_u64(j, "length", m->m.length);
+                if (r >= 0)
+                        r = add_u64(j, "offset", m->m.offset);
+                if (r >= 0)
+                        r = add_u64(j, "access", m->m.access);
+                if (r >= 0)
+                        r = add_bool(j, "by-file", m->m.by_file);
+                if (r >= 0)
+                        r = add_u64(j, "serial", m->serial);
+        }
+        if (r < 0)
+                return r;
+        text = strdup(json_object_to_json_string_ext(mappings, JSON_C_TO_STRING_PLAIN));
+        if (!text)
+                return -ENOMEM;
+        free(s->saved_mappings);
+        s->saved_mappings = text;
+        s->saved_next_serial = s->next_serial;
+        s->saved_n_mappings = s->n_mappings;
+        *ret = json_cached(s->saved_mappings);
+        return *ret ? 0 : -ENOMEM;
+}
+
 static int serialize_space(AddressSpace *s, json_object **ret, NamedFds *fds) {
-        _cleanup_(json_putp) json_object *o = json_object_new_object(), *mappings = json_object_new_array();
+        _cleanup_(json_putp) json_object *o = json_object_new_object(), *mappings = NULL;
         int r;
 
-        if (!o || !mappings)
+        if (!o)
                 return -ENOMEM;
         r = add_string(o, "id", s->id);
         if (r >= 0)
@@ -315,30 +385,13 @@ static int serialize_space(AddressSpace *s, json_object **ret, NamedFds *fds) {
                         r = -ENOMEM;
                 }
         }
+        if (r >= 0)
+                r = serialize_mappings(s, &mappings);
         for (size_t i = 0; r >= 0 && i < s->n_mappings; i++) {
                 const Mapping *m = s->mappings[i];
-                json_object *j = json_object_new_object();
                 char name[300];
 
-                if (!j)
-                        return -ENOMEM;
-                if (json_object_array_add(mappings, j) < 0) {
-                        json_object_put(j);
-                        return -ENOMEM;
-                }
-                r = add_u64(j, "iova", m->m.iova);
-                if (r >= 0)
-                        r = add_u64(j, "length", m->m.length);
-                if (r >= 0)
-                        r = add_u64(j, "offset", m->m.offset);
-                if (r >= 0)
-                        r = add_u64(j, "access", m->m.access);
-                if (r >= 0)
-                        r = add_bool(j, "by-file", m->m.by_file);
-                if (r >= 0)
-                        r = add_u64(j, "serial", m->serial);
-                if (r >= 0)
-                        r = mapping_fd_name(s, m, name, sizeof name);
+                r = mapping_fd_name(s, m, name, sizeof name);
                 if (r >= 0)
                         r = named_fds_add(fds, name, m->m.fd, false);
         }
@@ -395,15 +448,29 @@ static int serialize(Manager *m, json_object **ret, NamedFds *fds) {
         return 0;
 }
 
-/* The state's text: root with the table of fd store entries its objects use. */
-static int state_text(json_object *root, const FdTable *table, char **ret) {
+/* The state's text: root with the table of fd store entries its objects use. The table's JSON is
+ * kept in *cache (if given) while the table stays the same. */
+static int state_text(json_object *root, const FdTable *table, char **cache, char **ret) {
         json_object *fds = NULL;
         char *text;
         int r;
 
-        r = fd_table_to_json(table, &fds);
-        if (r < 0)
-                return r;
+        if (!cache || !*cache) {
+                r = fd_table_to_json(table, &fds);
+                if (r < 0)
+                        return r;
+                if (cache) {
+                        *cache = strdup(json_object_to_json_string_ext(fds, JSON_C_TO_STRING_PLAIN));
+                        json_object_put(fds);
+                        if (!*cache)
+                                return -ENOMEM;
+                }
+        }
+        if (cache) {
+                fds = json_cached(*cache);
+                if (!fds)
+                        return -ENOMEM;
+        }
         if (json_object_object_add(root, "fds", fds) < 0) {
                 json_object_put(fds);
                 return -ENOMEM;
@@ -453,7 +520,7 @@ int persist_save(Persist *p) {
         r = store_sync(p, &fds);
         if (r < 0)
                 log_error_errno(r, "Failed to bring the fd store up to date, a restart may lose changes: %m");
-        r = state_text(root, &p->table, &json);
+        r = state_text(root, &p->table, &p->table_text, &json);
         if (r < 0)
                 return log_error_errno(r, "Failed to serialize the state, a restart would lose changes: %m");
 
@@ -504,7 +571,7 @@ int persist_export(Persist *p, NamedFds *ret) {
                         return r;
                 }
         }
-        r = state_text(root, &table, &json);
+        r = state_text(root, &table, NULL, &json);
         if (r < 0)
                 return r;
         state_fd = state_memfd(p->seq + 1, json);
@@ -906,6 +973,7 @@ static int refuse(Persist *p, const NamedFds *received, const char *state, const
         size_t n = received->n;
 
         fd_table_done(&p->table);
+        p->table_text = mfree(p->table_text);
         strv_free(p->states);
         p->states = NULL;
         p->refused = true;
@@ -926,6 +994,7 @@ static void drop_entry(Persist *p, size_t i) {
         if (p->table.entries[i].stored)
                 store_remove(p->table.entries[i].name);
         fd_table_remove(&p->table, i);
+        p->table_text = mfree(p->table_text);
 }
 
 int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
@@ -1039,6 +1108,7 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
                 if (at < 0)
                         continue;
                 strv_remove(p->table.entries[at].users, user);
+                p->table_text = mfree(p->table_text);
                 if (!p->table.entries[at].users || !p->table.entries[at].users[0])
                         drop_entry(p, (size_t) at);
         }
