@@ -4,8 +4,9 @@
 /*
  * Restart without losing anything (DESIGN §6): every long-lived descriptor — the iommufd, VFIO
  * containers, groups and device fds, the simulated devices' fds and the files behind every
- * mapping — is kept in systemd's file descriptor store under a stable name, next to a memfd
- * holding the serialized state (JSON: devices, spaces, mappings, kernel object ids).
+ * mapping — is kept in systemd's file descriptor store, one entry per open file description
+ * (fd-table.h: systemd keeps no more), next to a memfd holding the serialized state (JSON:
+ * devices, spaces, mappings, kernel object ids, and which objects use which entry).
  *
  * The state is saved after every change, before the reply reaches the client, as a new memfd
  * named "state-<seq>" whose header carries a CRC32C; the previous one is removed from the store
