@@ -37,15 +37,20 @@ void fd_table_done(FdTable *t) {
  * filter of ours alone cannot be told apart; folding more than needed is the safe side. */
 static int kcmp_works(int fd) {
         static int cached = -1;
+        pid_t pid;
 
-        if (cached < 0) {
-                pid_t pid = getpid();
-                cached = syscall(SYS_kcmp, pid, pid, KCMP_FILE_TYPE, fd, fd) == 0;
-                if (!cached)
-                        log_info("kcmp() is unavailable (%m): the service manager folds every two descriptors of "
-                                 "one file into one fd store entry, and so does vfiomigd.");
-        }
-        return cached;
+        if (cached >= 0)
+                return cached;
+        pid = getpid();
+        if (syscall(SYS_kcmp, pid, pid, KCMP_FILE_TYPE, fd, fd) == 0)
+                return (cached = 1);
+        /* Only the answers systemd's same_fd() takes for "no kcmp" are remembered; anything else
+         * (a bad descriptor) says nothing about the kernel. */
+        if (errno != ENOSYS && errno != EPERM && errno != EACCES)
+                return 0;
+        log_info_errno(errno, "kcmp() is unavailable (%m): the service manager folds every two descriptors of one "
+                       "file that is no device node into one fd store entry, and so does vfiomigd.");
+        return (cached = 0);
 }
 
 /* Exactly the same open file description: 1, 0, or negative when neither call works. */

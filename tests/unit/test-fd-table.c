@@ -8,8 +8,13 @@
 
 #include <criterion/criterion.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -132,4 +137,60 @@ Test(fd_table, a_mapping_replaced_under_its_name_is_examined) {
         named_fds_done(&d);
         close(a);
         close(b);
+}
+
+/* kcmp() refused with EPERM, as a seccomp filter or a kernel without CONFIG_KCMP would (criterion
+ * runs each test in a process of its own, so this one decides kcmp_works() afresh). */
+static void refuse_kcmp(void) {
+        struct sock_filter filter[] = {
+                BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+                BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_kcmp, 0, 1),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+                BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = { .len = ELEMENTSOF(filter), .filter = filter };
+
+        cr_assert_eq(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        cr_assert_eq(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog), 0);
+}
+
+/* Without kcmp systemd folds any two descriptors of one file that is no device node and whose
+ * F_GETFL flags are equal; fd-table.c folds at least as much, and no more for device nodes. */
+Test(fd_table, without_kcmp_folds_as_systemd_does) {
+        FdTable t = { .next_id = 1 };
+        NamedFds d = {};
+        int guest = memfd(), other = memfd(), same, readonly, null1, null2;
+        char path[64];
+
+        refuse_kcmp();
+        cr_assert(!have_kcmp(guest));
+        (void) snprintf(path, sizeof path, "/proc/self/fd/%d", guest);
+        same = open(path, O_RDWR | O_CLOEXEC);
+        readonly = open(path, O_RDONLY | O_CLOEXEC);
+        null1 = open("/dev/null", O_RDWR | O_CLOEXEC);
+        null2 = open("/dev/null", O_RDWR | O_CLOEXEC);
+        cr_assert(same >= 0 && readonly >= 0 && null1 >= 0 && null2 >= 0);
+
+        cr_assert_eq(named_fds_add(&d, "map-s0-0", guest, false), 0);
+        cr_assert_eq(named_fds_add(&d, "map-s0-1", same, false), 0);     /* another open, same flags */
+        cr_assert_eq(named_fds_add(&d, "map-s0-2", readonly, false), 0); /* other flags */
+        cr_assert_eq(named_fds_add(&d, "map-s0-3", other, false), 0);
+        cr_assert_eq(named_fds_add(&d, "k-group-1", null1, false), 0);   /* device nodes: never folded */
+        cr_assert_eq(named_fds_add(&d, "k-group-2", null2, false), 0);
+        plan(&t, &d, 0);
+        cr_assert_eq(t.n, 5, "%zu entries", t.n);
+        cr_assert_eq(entry_of_user(&t, "map-s0-0"), entry_of_user(&t, "map-s0-1"));
+        cr_assert_neq(entry_of_user(&t, "map-s0-0"), entry_of_user(&t, "map-s0-2"));
+        cr_assert_neq(entry_of_user(&t, "k-group-1"), entry_of_user(&t, "k-group-2"));
+        /* and a second plan keeps them all */
+        plan(&t, &d, 5);
+
+        fd_table_done(&t);
+        named_fds_done(&d);
+        close(guest);
+        close(other);
+        close(same);
+        close(readonly);
+        close(null1);
+        close(null2);
 }
