@@ -42,6 +42,7 @@ AddressSpace *address_space_free(AddressSpace *s) {
                 mapping_free(s->mappings[i]);
         free(s->mappings);
         free(s->handover_problem);
+        free(s->saved_mappings);
         free(s->id);
         free(s);
         return NULL;

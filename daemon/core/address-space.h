@@ -36,6 +36,12 @@ typedef struct AddressSpace {
         uint64_t pinned_bytes;
         bool handover_prepared;
         char *handover_problem; /* why taking the mappings over at the last restart failed, if it did */
+        /* persist.c's copy of the mappings' JSON, valid while next_serial and n_mappings are what
+         * they were: every Map raises next_serial, every Unmap lowers n_mappings, and a mapping's
+         * fields never change, so the two name the set of mappings. */
+        char *saved_mappings;
+        uint64_t saved_next_serial;
+        size_t saved_n_mappings;
 } AddressSpace;
 
 typedef struct MapRequest {

@@ -10,6 +10,7 @@
 #include "iommu-space.h"
 #include "manager.h"
 #include "mig-state.h"
+#include "named-fds.h"
 #include "persist-state.h"
 #include "sim-device.h"
 #include "sim-iommu.h"
@@ -183,6 +184,24 @@ static int check_id(const char *s, const Path *parent, const char *key, ErrorMes
         return 0;
 }
 
+/* The users of the fd store entries (version 2): every descriptor a record names must be one, or
+ * the object would be restored without its file. Sorted, for bsearch. NULL for version 1, whose
+ * records named the store's entries directly. */
+typedef struct Refs {
+        const char **users;
+        size_t n;
+} Refs;
+
+static int strp_compare(const void *a, const void *b) {
+        return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
+static int check_ref(const Refs *refs, const char *name, const Path *p, ErrorMessage *err) {
+        if (!refs || bsearch(&name, refs->users, refs->n, sizeof *refs->users, strp_compare))
+                return 0;
+        return error_setf(err, -EBADMSG, "%s names the descriptor '%s', which no entry of fds lists", p->text, name);
+}
+
 /* The kernel backend's records (kernel-device.c, kernel-iommu.c) by type only: what the values mean
  * (ids that exist, descriptors that are in the store, a known path) the backend checks as it
  * adopts them. Optional fields may be null, as the backend writes them. */
@@ -256,7 +275,8 @@ static const KernelField kernel_space_fields[] = {
 };
 static const KernelSchema kernel_space = { kernel_space_fields, ELEMENTSOF(kernel_space_fields) };
 
-static int validate_kernel(json_object *o, const Path *p, const KernelSchema *schema, ErrorMessage *err) {
+static int validate_kernel(json_object *o, const Path *p, const KernelSchema *schema, const Refs *refs,
+                           ErrorMessage *err) {
         if (!json_object_is_type(o, json_type_object))
                 return wrong_type(p, "an object", o, err);
         for (size_t i = 0; i < schema->n_fields; i++) {
@@ -274,6 +294,9 @@ static int validate_kernel(json_object *o, const Path *p, const KernelSchema *sc
                 switch (f->kind) {
                 case KERNEL_STRING:
                         r = get_string(o, p, f->key, true, PERSIST_STATE_TEXT_MAX, &s, err);
+                        /* "fd" and "iommufd" name descriptors in the store. */
+                        if (r >= 0 && (streq(f->key, "fd") || streq(f->key, "iommufd")))
+                                r = check_ref(refs, s, &fp, err);
                         break;
                 case KERNEL_U32:
                         r = check_u64(v, &fp, 0, UINT32_MAX, NULL, err);
@@ -285,7 +308,7 @@ static int validate_kernel(json_object *o, const Path *p, const KernelSchema *sc
                         r = get_container(o, p, f->key, json_type_array, true, KERNEL_ARRAY_MAX, &v, &fp, err);
                         for (size_t k = 0; r >= 0 && k < json_object_array_length(v); k++) {
                                 Path ip = path_index(&fp, k);
-                                r = validate_kernel(json_object_array_get_idx(v, k), &ip, f->items, err);
+                                r = validate_kernel(json_object_array_get_idx(v, k), &ip, f->items, refs, err);
                         }
                         break;
                 }
@@ -295,8 +318,10 @@ static int validate_kernel(json_object *o, const Path *p, const KernelSchema *sc
         return 0;
 }
 
-static int validate_mapping(json_object *o, const Path *p, uint64_t next_serial, ErrorMessage *err) {
-        uint64_t iova, length, offset;
+static int validate_mapping(json_object *o, const Path *p, const char *space, uint64_t next_serial, const Refs *refs,
+                            ErrorMessage *err) {
+        uint64_t iova, length, offset, serial;
+        char name[PERSIST_STATE_ID_MAX + 32];
         int r;
 
         if (!json_object_is_type(o, json_type_object))
@@ -311,7 +336,12 @@ static int validate_mapping(json_object *o, const Path *p, uint64_t next_serial,
         if (r >= 0)
                 r = get_bool(o, p, "by-file", NULL, err);
         if (r >= 0)
-                r = get_u64(o, p, "serial", 0, next_serial > 0 ? next_serial - 1 : 0, NULL, err);
+                r = get_u64(o, p, "serial", 0, next_serial > 0 ? next_serial - 1 : 0, &serial, err);
+        if (r < 0)
+                return r;
+        /* persist.c names a mapping's file map-<space>-<serial>. */
+        (void) snprintf(name, sizeof name, "map-%s-%" PRIu64, space, serial);
+        r = check_ref(refs, name, p, err);
         if (r < 0)
                 return r;
         if (length - 1 > UINT64_MAX - iova || length - 1 > UINT64_MAX - offset)
@@ -319,7 +349,7 @@ static int validate_mapping(json_object *o, const Path *p, uint64_t next_serial,
         return 0;
 }
 
-static int validate_space(json_object *o, const Path *p, ErrorMessage *err) {
+static int validate_space(json_object *o, const Path *p, const Refs *refs, ErrorMessage *err) {
         json_object *mappings, *kernel;
         const char *id, *backend, *style;
         uint64_t next_serial;
@@ -348,7 +378,7 @@ static int validate_space(json_object *o, const Path *p, ErrorMessage *err) {
         } else {
                 r = get_container(o, p, "kernel", json_type_object, true, 0, &kernel, &mp, err);
                 if (r >= 0)
-                        r = validate_kernel(kernel, &mp, &kernel_space, err);
+                        r = validate_kernel(kernel, &mp, &kernel_space, refs, err);
         }
         if (r >= 0)
                 r = get_container(o, p, "mappings", json_type_array, false, IOMMU_MAPPINGS_KERNEL_MAX, &mappings, &mp,
@@ -357,7 +387,7 @@ static int validate_space(json_object *o, const Path *p, ErrorMessage *err) {
                 return r;
         for (size_t i = 0; mappings && i < json_object_array_length(mappings); i++) {
                 Path ip = path_index(&mp, i);
-                r = validate_mapping(json_object_array_get_idx(mappings, i), &ip, next_serial, err);
+                r = validate_mapping(json_object_array_get_idx(mappings, i), &ip, id, next_serial, refs, err);
                 if (r < 0)
                         return r;
         }
@@ -436,7 +466,7 @@ static int validate_sim(json_object *o, const Path *p, const char *address, Erro
         return 0;
 }
 
-static int validate_device(json_object *o, const Path *p, ErrorMessage *err) {
+static int validate_device(json_object *o, const Path *p, const Refs *refs, ErrorMessage *err) {
         const char *id, *address, *backend, *space, *text;
         json_object *clients, *sim, *kernel;
         VfioBackend b = _VFIO_BACKEND_INVALID;
@@ -490,7 +520,82 @@ static int validate_device(json_object *o, const Path *p, ErrorMessage *err) {
         if (!!sim != (b == VFIO_BACKEND_SIM))
                 return error_setf(err, -EBADMSG, "%s.backend '%s' does not match its %s record", p->text, backend,
                                   sim ? "sim" : "kernel");
-        return sim ? validate_sim(sim, &sp, address, err) : validate_kernel(kernel, &cp, &kernel_device, err);
+        return sim ? validate_sim(sim, &sp, address, err) : validate_kernel(kernel, &cp, &kernel_device, refs, err);
+}
+
+/* A store entry's name, or a user's: what systemd accepts as FDNAME=, and not a state's. */
+static int check_fd_name(json_object *v, const Path *p, const char **ret, ErrorMessage *err) {
+        const char *s;
+
+        if (!json_object_is_type(v, json_type_string))
+                return wrong_type(p, "a descriptor name", v, err);
+        s = json_object_get_string(v);
+        if ((size_t) json_object_get_string_len(v) != strlen(s) || !named_fd_name_valid(s))
+                return error_setf(err, -EBADMSG, "%s must be 1 to 255 printable characters other than ':'", p->text);
+        if (strncmp(s, "state-", 6) == 0)
+                return error_setf(err, -EBADMSG, "%s '%s' is the name of a state, not of a descriptor", p->text, s);
+        *ret = s;
+        return 0;
+}
+
+/* fds: [{"name": "fd-1", "users": ["map-s0-0", ...]}, ...]: entry names unique, every user in
+ * exactly one entry. On success refs holds the users, sorted. */
+static int validate_fds(json_object *root, const Path *top, Refs *refs, ErrorMessage *err) {
+        _cleanup_free_ const char **names = NULL;
+        json_object *fds;
+        size_t n_users = 0;
+        Path fp;
+        int r;
+
+        r = get_container(root, top, "fds", json_type_array, true, PERSIST_STATE_FDS_MAX, &fds, &fp, err);
+        if (r < 0)
+                return r;
+        names = new0(const char *, MAX(json_object_array_length(fds), 1u));
+        if (!names)
+                return -ENOMEM;
+        for (size_t i = 0; i < json_object_array_length(fds); i++) {
+                json_object *e = json_object_array_get_idx(fds, i), *users, *v;
+                Path ip = path_index(&fp, i), np, up;
+
+                if (!json_object_is_type(e, json_type_object))
+                        return wrong_type(&ip, "an object", e, err);
+                r = field(e, &ip, "name", true, &v, &np, err);
+                if (r >= 0)
+                        r = check_fd_name(v, &np, &names[i], err);
+                if (r >= 0)
+                        r = get_container(e, &ip, "users", json_type_array, true, PERSIST_STATE_FDS_MAX, &users, &up,
+                                          err);
+                if (r < 0)
+                        return r;
+                if (json_object_array_length(users) == 0)
+                        return error_setf(err, -EBADMSG, "%s lists no users", up.text);
+                for (size_t k = 0; k < json_object_array_length(users); k++) {
+                        const char **grown;
+                        Path kp = path_index(&up, k);
+
+                        if (n_users >= PERSIST_STATE_FDS_MAX)
+                                return error_setf(err, -EBADMSG, "%s: the entries list more than %u users", kp.text,
+                                                  PERSIST_STATE_FDS_MAX);
+                        grown = reallocarray(refs->users, n_users + 1, sizeof *grown);
+                        if (!grown)
+                                return -ENOMEM;
+                        refs->users = grown;
+                        r = check_fd_name(json_object_array_get_idx(users, k), &kp, &refs->users[n_users], err);
+                        if (r < 0)
+                                return r;
+                        n_users++;
+                        refs->n = n_users;
+                }
+        }
+        qsort(names, json_object_array_length(fds), sizeof *names, strp_compare);
+        for (size_t i = 1; i < json_object_array_length(fds); i++)
+                if (streq(names[i - 1], names[i]))
+                        return error_setf(err, -EBADMSG, "%s: two entries are named '%s'", fp.text, names[i]);
+        qsort(refs->users, refs->n, sizeof *refs->users, strp_compare);
+        for (size_t i = 1; i < refs->n; i++)
+                if (streq(refs->users[i - 1], refs->users[i]))
+                        return error_setf(err, -EBADMSG, "%s: '%s' is a user of two entries", fp.text, refs->users[i]);
+        return 0;
 }
 
 /* Values in the text, counted without building anything: every value but the first follows a ','
@@ -565,6 +670,8 @@ static int parse(const char *text, size_t size, json_object **ret, ErrorMessage 
 
 int persist_state_parse(const char *text, size_t size, json_object **ret, ErrorMessage *err) {
         json_object *root = NULL, *spaces, *devices, *kernel;
+        _cleanup_free_ const char **users = NULL;
+        Refs refs_v2 = {}, *refs = NULL;
         uint64_t version;
         Path top = {}, sp, dp, kp;
         int r;
@@ -577,15 +684,22 @@ int persist_state_parse(const char *text, size_t size, json_object **ret, ErrorM
                 goto fail;
         }
         r = get_u64(root, &top, "version", 0, UINT64_MAX, &version, err);
-        if (r >= 0 && version != PERSIST_STATE_VERSION)
-                r = error_setf(err, -EBADMSG, "version is %" PRIu64 ", this vfiomigd reads version %d", version,
+        if (r >= 0 && (version < 1 || version > PERSIST_STATE_VERSION))
+                r = error_setf(err, -EBADMSG, "version is %" PRIu64 ", this vfiomigd reads versions 1 to %d", version,
                                PERSIST_STATE_VERSION);
+        /* Version 1 stored every object's descriptor under the object's name; version 2 one entry
+         * per open file description, listed in fds with the objects using it. */
+        if (r >= 0 && version >= 2) {
+                r = validate_fds(root, &top, &refs_v2, err);
+                users = refs_v2.users;
+                refs = &refs_v2;
+        }
         if (r >= 0)
                 r = get_u64(root, &top, "next-space", 0, UINT_MAX, NULL, err);
         if (r >= 0)
                 r = get_container(root, &top, "kernel", json_type_object, false, 0, &kernel, &kp, err);
         if (r >= 0 && kernel)
-                r = validate_kernel(kernel, &kp, &kernel_context, err);
+                r = validate_kernel(kernel, &kp, &kernel_context, refs, err);
         if (r >= 0)
                 r = get_container(root, &top, "spaces", json_type_array, false, MANAGER_MAX_SPACES_LIMIT, &spaces, &sp,
                                   err);
@@ -599,7 +713,7 @@ int persist_state_parse(const char *text, size_t size, json_object **ret, ErrorM
                 json_object *s = json_object_array_get_idx(spaces, i);
                 Path ip = path_index(&sp, i);
 
-                r = validate_space(s, &ip, err);
+                r = validate_space(s, &ip, refs, err);
                 if (r < 0)
                         goto fail;
                 /* Ids name fds in the store: two spaces of one id would share them. */
@@ -617,7 +731,7 @@ int persist_state_parse(const char *text, size_t size, json_object **ret, ErrorM
         for (size_t i = 0; devices && i < json_object_array_length(devices); i++) {
                 Path ip = path_index(&dp, i);
 
-                r = validate_device(json_object_array_get_idx(devices, i), &ip, err);
+                r = validate_device(json_object_array_get_idx(devices, i), &ip, refs, err);
                 if (r < 0)
                         goto fail;
         }

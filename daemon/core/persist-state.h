@@ -22,7 +22,7 @@
 
 #include "error-message.h"
 
-#define PERSIST_STATE_VERSION 1
+#define PERSIST_STATE_VERSION 2
 /* json-c builds the whole tree before anything can be checked, at some 50-100 bytes per value:
  * the values are counted first. The most a real state holds is far below: the fd store's 66,560
  * descriptors bound the mappings (8 values each), and a simulated device of the largest size
@@ -32,6 +32,8 @@
  * one more. */
 #define PERSIST_STATE_DEPTH_MAX 16
 #define PERSIST_STATE_ID_MAX 64
+/* Entries of fds and users in all of them: the fd store's size in units/vfiomigd.service.in. */
+#define PERSIST_STATE_FDS_MAX 66560u
 #define PERSIST_STATE_ADDRESS_MAX 256
 #define PERSIST_STATE_TEXT_MAX 4096
 

@@ -9,23 +9,19 @@
 #include <systemd/sd-daemon.h>
 
 #include "crc32c.h"
+#include "fd-table.h"
 #include "kernel-iommu.h"
 #include "log.h"
+#include "persist-serialize.h"
 #include "persist-state.h"
 #include "persist.h"
 #include "sim-device.h"
 #include "sim-stream.h"
+#include "strv.h"
 
-#define STATE_VERSION PERSIST_STATE_VERSION
 #define STATE_MAGIC "VFMSTATE"
 #define STATE_NAME_PREFIX "state-"
 #define STATE_SIZE_MAX (UINT64_C(256) << 20)
-
-typedef struct StoredFd {
-        char *name;
-        dev_t dev;
-        ino_t ino;
-} StoredFd;
 
 struct Persist {
         Manager *manager;
@@ -33,8 +29,9 @@ struct Persist {
         bool restoring;       /* no saving while the state is being rebuilt */
         bool refused;         /* the saved state was refused: the store is left as it is */
         uint64_t seq;
-        StoredFd *stored;     /* what we believe the fd store holds */
-        size_t n_stored;
+        FdTable table;        /* the entries we sent to the fd store, each with its users */
+        char *table_text;     /* the JSON of table, while it has not changed */
+        char **states;        /* the state memfds in the fd store */
 };
 
 /* The header in front of the JSON in a state memfd. */
@@ -51,8 +48,7 @@ static void json_putp(json_object **o) {
                 json_object_put(*o);
 }
 
-static void store_remove(Persist *p, size_t i);
-static ssize_t stored_index(Persist *p, const char *name);
+static void store_remove(const char *name);
 
 /* Before the legacy backend closes a device's descriptors to move its IOMMU group into another
  * container: refused while anyone depends on the open device; otherwise the copy in the fd
@@ -76,10 +72,14 @@ static int reopen_check(VfioDev *dev, void *userdata, ErrorMessage *err) {
                                           "%s must be reopened to move its IOMMU group, which would end its open "
                                           "migration session", d->id);
         }
-        if (p->notify && kernel_device_fd_name(dev, &name) >= 0 && (at = stored_index(p, name)) >= 0) {
+        if (p->notify && kernel_device_fd_name(dev, &name) >= 0 && (at = fd_table_find_user(&p->table, name)) >= 0) {
                 int r;
 
-                store_remove(p, (size_t) at);
+                /* A device's descriptor is its own: the entry has no other user. */
+                if (p->table.entries[at].stored)
+                        store_remove(p->table.entries[at].name);
+                fd_table_remove(&p->table, (size_t) at);
+                p->table_text = mfree(p->table_text);
                 /* FDSTOREREMOVE is only a message: until the service manager has processed it, its
                  * copy keeps the device open and the kernel refuses the move. */
                 r = sd_notify_barrier(false, 5 * UINT64_C(1000000));
@@ -107,329 +107,102 @@ Persist *persist_free(Persist *p) {
         if (!p)
                 return NULL;
         kernel_context_set_reopen_check(p->manager->kernel, NULL, NULL);
-        for (size_t i = 0; i < p->n_stored; i++)
-                free(p->stored[i].name);
-        free(p->stored);
+        fd_table_done(&p->table);
+        free(p->table_text);
+        strv_free(p->states);
         free(p);
         return NULL;
 }
 
 /* ---- the fd store ---- */
 
-static int store_fd(Persist *p, const char *name, int fd) {
+static int store_fd(const char *name, int fd) {
         _cleanup_free_ char *msg = NULL;
-        StoredFd *stored;
-        struct stat st;
         int r;
 
-        if (fstat(fd, &st) < 0)
-                return -errno;
         if (asprintf(&msg, "FDSTORE=1\nFDNAME=%s", name) < 0)
                 return -ENOMEM;
         r = sd_pid_notify_with_fds(0, false, msg, &fd, 1);
         if (r < 0)
                 return log_warning_errno(r, "Failed to keep %s in the fd store: %m", name);
-        stored = reallocarray(p->stored, p->n_stored + 1, sizeof *stored);
-        if (!stored)
-                return -ENOMEM;
-        p->stored = stored;
-        p->stored[p->n_stored] = (StoredFd) { .name = strdup(name), .dev = st.st_dev, .ino = st.st_ino };
-        if (!p->stored[p->n_stored].name)
-                return -ENOMEM;
-        p->n_stored++;
         return 0;
 }
 
-static void store_remove(Persist *p, size_t i) {
-        int r = sd_notifyf(false, "FDSTOREREMOVE=1\nFDNAME=%s", p->stored[i].name);
+static void store_remove(const char *name) {
+        int r = sd_notifyf(false, "FDSTOREREMOVE=1\nFDNAME=%s", name);
         if (r < 0)
-                log_warning_errno(r, "Failed to remove %s from the fd store, ignoring: %m", p->stored[i].name);
-        free(p->stored[i].name);
-        memmove(p->stored + i, p->stored + i + 1, (p->n_stored - i - 1) * sizeof *p->stored);
-        p->n_stored--;
+                log_warning_errno(r, "Failed to remove %s from the fd store, ignoring: %m", name);
 }
 
-static ssize_t stored_index(Persist *p, const char *name) {
-        for (size_t i = 0; i < p->n_stored; i++)
-                if (streq(p->stored[i].name, name))
-                        return (ssize_t) i;
-        return -1;
-}
-
-/* Brings the store in line with desired: new names stored, names whose file changed replaced,
- * vanished names removed (state memfds are handled by the caller). */
+/* Brings the store in line with desired (logical name → descriptor), one entry per open file
+ * description (fd-table.h); p->table becomes what the store holds. Entries that lost their
+ * last user go first: a description stored again under a new name after its old entry is gone
+ * must not meet that old entry in the store, which would fold it. State memfds are the
+ * caller's. */
 static int store_sync(Persist *p, const NamedFds *desired) {
-        int r, ret = 0;
+        _cleanup_(fd_table_done) FdTable new = {};
+        _cleanup_free_ bool *kept = NULL;
+        int r, ret_r = 0;
 
-        for (size_t i = 0; i < desired->n; i++) {
-                const NamedFd *d = &desired->items[i];
-                ssize_t at = stored_index(p, d->name);
-                struct stat st;
-
-                if (at >= 0) {
-                        if (fstat(d->fd, &st) >= 0 && st.st_dev == p->stored[at].dev && st.st_ino == p->stored[at].ino)
-                                continue;
-                        store_remove(p, (size_t) at);
-                }
-                r = store_fd(p, d->name, d->fd);
-                if (r < 0 && ret == 0)
-                        ret = r;
-        }
-        for (size_t i = 0; i < p->n_stored;) {
-                if (strncmp(p->stored[i].name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) != 0 &&
-                    named_fds_get(desired, p->stored[i].name) < 0) {
-                        store_remove(p, i);
+        r = fd_table_plan(&p->table, desired, &new, &kept);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < p->table.n; i++)
+                if (!kept[i] && p->table.entries[i].stored)
+                        store_remove(p->table.entries[i].name);
+        for (size_t i = 0; i < new.n; i++) {
+                FdEntry *e = &new.entries[i];
+                if (e->stored)
+                        continue;
+                r = store_fd(e->name, e->fd);
+                if (r < 0) {
+                        if (ret_r == 0)
+                                ret_r = r;
                         continue;
                 }
-                i++;
+                e->stored = true;
         }
-        return ret;
+        for (size_t i = 0; i < new.n; i++)
+                new.entries[i].fd = -EBADF;
+        if (!fd_table_same(&p->table, &new))
+                p->table_text = mfree(p->table_text);
+        fd_table_done(&p->table);
+        p->table = new;
+        new = (FdTable) {};
+        return ret_r;
 }
 
-/* ---- serialization ---- */
-
-static int add_u64(json_object *o, const char *key, uint64_t v) {
-        json_object *j = json_object_new_uint64(v);
-        return j && json_object_object_add(o, key, j) == 0 ? 0 : -ENOMEM;
-}
-
-static int add_string(json_object *o, const char *key, const char *v) {
-        json_object *j = json_object_new_string(v);
-        return j && json_object_object_add(o, key, j) == 0 ? 0 : -ENOMEM;
-}
-
-static int add_bool(json_object *o, const char *key, bool v) {
-        json_object *j = json_object_new_boolean(v);
-        return j && json_object_object_add(o, key, j) == 0 ? 0 : -ENOMEM;
-}
-
-static int sim_device_fd_name(const VfioDev *d, char *buf, size_t size) {
-        return snprintf(buf, size, "sim-device-%s", d->name) < (int) size ? 0 : -ENAMETOOLONG;
-}
-
-static int mapping_fd_name(const AddressSpace *s, const Mapping *m, char *buf, size_t size) {
-        return snprintf(buf, size, "map-%s-%llu", s->id, (unsigned long long) m->serial) < (int) size ? 0
-                                                                                                       : -ENAMETOOLONG;
-}
-
-static int serialize_sim(VfioDev *d, json_object **ret) {
-        _cleanup_(json_putp) json_object *o = json_object_new_object(), *gens = json_object_new_array();
-        SimSnapshot snap;
-        int r;
-
-        if (!o || !gens)
-                return -ENOMEM;
-        r = sim_device_snapshot(d, &snap);
-        if (r < 0)
-                return r;
-        r = add_u64(o, "state-size", snap.config.state_size);
-        if (r >= 0)
-                r = add_u64(o, "precopy-size", snap.config.precopy_size);
-        if (r >= 0)
-                r = add_u64(o, "dirty-rate", snap.config.dirty_rate);
-        if (r >= 0)
-                r = add_u64(o, "flags", snap.config.migration_flags);
-        if (r >= 0)
-                r = add_bool(o, "mtty-quirks", snap.config.mtty_quirks);
-        if (r >= 0)
-                r = add_u64(o, "fail-to-error", snap.config.fail_to_error);
-        if (r >= 0)
-                r = add_u64(o, "fail-in-place", snap.config.fail_in_place);
-        if (r >= 0)
-                r = add_u64(o, "arc-latency-usec", snap.config.arc_latency_usec);
-        if (r >= 0)
-                r = add_u64(o, "latency-arcs", snap.config.latency_arcs);
-        if (r >= 0)
-                r = add_u64(o, "seed", snap.seed);
-        if (r >= 0)
-                r = add_string(o, "state", mig_state_to_string(snap.state));
-        /* Only rewritten blocks: a fresh device has every generation at zero. */
-        for (uint64_t b = 0; r >= 0 && b < snap.nblocks; b++) {
-                json_object *pair;
-                if (snap.gens[b] == 0)
-                        continue;
-                pair = json_object_new_array();
-                if (!pair || json_object_array_add(pair, json_object_new_uint64(b)) < 0 ||
-                    json_object_array_add(pair, json_object_new_uint64(snap.gens[b])) < 0 ||
-                    json_object_array_add(gens, pair) < 0)
-                        r = -ENOMEM;
-        }
-        sim_snapshot_done(&snap);
-        if (r < 0)
-                return r;
-        if (json_object_object_add(o, "gens", TAKE_PTR(gens)) < 0)
-                return -ENOMEM;
-        *ret = TAKE_PTR(o);
-        return 0;
-}
-
-static int serialize_device(Device *d, json_object **ret, NamedFds *fds) {
-        _cleanup_(json_putp) json_object *o = json_object_new_object(), *clients = json_object_new_array();
-        json_object *backend_state = NULL;
-        char name[300];
-        int r;
-
-        if (!o || !clients)
-                return -ENOMEM;
-        r = add_string(o, "id", d->id);
-        if (r >= 0)
-                r = add_string(o, "address", d->dev->address);
-        if (r >= 0)
-                r = add_string(o, "backend", vfio_backend_to_string(d->dev->backend));
-        if (r >= 0 && d->space)
-                r = add_string(o, "space", d->space->id);
-        if (r >= 0 && d->last_transition)
-                r = add_string(o, "last-transition", d->last_transition);
-        for (char **c = d->clients; r >= 0 && c && *c; c++)
-                r = json_object_array_add(clients, json_object_new_string(*c)) < 0 ? -ENOMEM : 0;
-        if (r >= 0)
-                r = json_object_object_add(o, "clients", TAKE_PTR(clients)) < 0 ? -ENOMEM : 0;
-        if (r < 0)
-                return r;
-
-        if (d->dev->backend == VFIO_BACKEND_SIM) {
-                r = serialize_sim(d->dev, &backend_state);
-                if (r < 0)
-                        return r;
-                if (json_object_object_add(o, "sim", backend_state) < 0) {
-                        json_object_put(backend_state);
-                        return -ENOMEM;
-                }
-                r = sim_device_fd_name(d->dev, name, sizeof name);
-                if (r >= 0 && d->dev->device_fd >= 0)
-                        r = named_fds_add(fds, name, d->dev->device_fd, false);
-        } else {
-                r = kernel_device_save(d->dev, &backend_state, fds);
-                if (r < 0)
-                        return r;
-                if (json_object_object_add(o, "kernel", backend_state) < 0) {
-                        json_object_put(backend_state);
-                        return -ENOMEM;
-                }
-        }
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(o);
-        return 0;
-}
-
-static int serialize_space(AddressSpace *s, json_object **ret, NamedFds *fds) {
-        _cleanup_(json_putp) json_object *o = json_object_new_object(), *mappings = json_object_new_array();
-        int r;
-
-        if (!o || !mappings)
-                return -ENOMEM;
-        r = add_string(o, "id", s->id);
-        if (r >= 0)
-                r = add_string(o, "backend", iommu_backend_to_string(s->iommu->backend));
-        if (r >= 0)
-                r = add_bool(o, "prepared", s->handover_prepared);
-        if (r >= 0)
-                r = add_u64(o, "next-serial", s->next_serial);
-        if (r < 0)
-                return r;
-        if (iommu_space_is_sim(s->iommu))
-                r = add_string(o, "sim-mapping", sim_mapping_style_to_string(sim_iommu_style(s->iommu)));
-        else {
-                json_object *k = NULL;
-                r = kernel_space_save(s->iommu, &k);
-                if (r >= 0 && json_object_object_add(o, "kernel", k) < 0) {
-                        json_object_put(k);
-                        r = -ENOMEM;
-                }
-        }
-        for (size_t i = 0; r >= 0 && i < s->n_mappings; i++) {
-                const Mapping *m = s->mappings[i];
-                json_object *j = json_object_new_object();
-                char name[300];
-
-                if (!j)
-                        return -ENOMEM;
-                if (json_object_array_add(mappings, j) < 0) {
-                        json_object_put(j);
-                        return -ENOMEM;
-                }
-                r = add_u64(j, "iova", m->m.iova);
-                if (r >= 0)
-                        r = add_u64(j, "length", m->m.length);
-                if (r >= 0)
-                        r = add_u64(j, "offset", m->m.offset);
-                if (r >= 0)
-                        r = add_u64(j, "access", m->m.access);
-                if (r >= 0)
-                        r = add_bool(j, "by-file", m->m.by_file);
-                if (r >= 0)
-                        r = add_u64(j, "serial", m->serial);
-                if (r >= 0)
-                        r = mapping_fd_name(s, m, name, sizeof name);
-                if (r >= 0)
-                        r = named_fds_add(fds, name, m->m.fd, false);
-        }
-        if (r < 0)
-                return r;
-        if (json_object_object_add(o, "mappings", TAKE_PTR(mappings)) < 0)
-                return -ENOMEM;
-        *ret = TAKE_PTR(o);
-        return 0;
-}
-
-static int serialize(Manager *m, json_object **ret, NamedFds *fds) {
-        _cleanup_(json_putp) json_object *root = json_object_new_object(), *devices = json_object_new_array(),
-                                         *spaces = json_object_new_array(), *kernel = NULL;
-        int r;
-
-        if (!root || !devices || !spaces)
-                return -ENOMEM;
-        r = add_u64(root, "version", STATE_VERSION);
-        if (r >= 0)
-                r = add_u64(root, "next-space", m->next_space_number);
-        if (r < 0)
-                return r;
-        r = kernel_context_save(m->kernel, &kernel, fds);
-        if (r < 0)
-                return r;
-        if (json_object_object_add(root, "kernel", TAKE_PTR(kernel)) < 0)
-                return -ENOMEM;
-
-        for (size_t i = 0; i < m->n_spaces; i++) {
-                json_object *j = NULL;
-                r = serialize_space(m->spaces[i], &j, fds);
-                if (r < 0)
-                        return r;
-                if (json_object_array_add(spaces, j) < 0) {
-                        json_object_put(j);
-                        return -ENOMEM;
-                }
-        }
-        for (size_t i = 0; i < m->n_devices; i++) {
-                json_object *j = NULL;
-                r = serialize_device(m->devices[i], &j, fds);
-                if (r < 0)
-                        return r;
-                if (json_object_array_add(devices, j) < 0) {
-                        json_object_put(j);
-                        return -ENOMEM;
-                }
-        }
-        if (json_object_object_add(root, "spaces", TAKE_PTR(spaces)) < 0 ||
-            json_object_object_add(root, "devices", TAKE_PTR(devices)) < 0)
-                return -ENOMEM;
-        *ret = TAKE_PTR(root);
-        return 0;
-}
-
-int persist_serialize(Manager *m, char **ret_json, NamedFds *fds) {
-        _cleanup_(json_putp) json_object *root = NULL;
+/* The state's text: root with the table of fd store entries its objects use. The table's JSON is
+ * kept in *cache (if given) while the table stays the same. */
+static int state_text(json_object *root, const FdTable *table, char **cache, char **ret) {
+        json_object *fds = NULL;
         char *text;
         int r;
 
-        r = serialize(m, &root, fds);
-        if (r < 0)
-                return r;
+        if (!cache || !*cache) {
+                r = fd_table_to_json(table, &fds);
+                if (r < 0)
+                        return r;
+                if (cache) {
+                        *cache = strdup(json_object_to_json_string_ext(fds, JSON_C_TO_STRING_PLAIN));
+                        json_object_put(fds);
+                        if (!*cache)
+                                return -ENOMEM;
+                }
+        }
+        if (cache) {
+                fds = persist_json_cached(*cache);
+                if (!fds)
+                        return -ENOMEM;
+        }
+        if (json_object_object_add(root, "fds", fds) < 0) {
+                json_object_put(fds);
+                return -ENOMEM;
+        }
         text = strdup(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN));
         if (!text)
                 return -ENOMEM;
-        *ret_json = text;
+        *ret = text;
         return 0;
 }
 
@@ -452,6 +225,7 @@ static int state_memfd(uint64_t seq, const char *json) {
 
 int persist_save(Persist *p) {
         _cleanup_(named_fds_done) NamedFds fds = {};
+        _cleanup_(json_putp) json_object *root = NULL;
         _cleanup_free_ char *json = NULL;
         _cleanup_close_ int state_fd = -EBADF;
         char name[64];
@@ -464,53 +238,66 @@ int persist_save(Persist *p) {
                 return 0;
         }
 
-        r = persist_serialize(p->manager, &json, &fds);
+        r = persist_serialize(p->manager, &root, &fds);
         if (r < 0)
                 return log_error_errno(r, "Failed to serialize the state, a restart would lose changes: %m");
         r = store_sync(p, &fds);
         if (r < 0)
                 log_error_errno(r, "Failed to bring the fd store up to date, a restart may lose changes: %m");
+        r = state_text(root, &p->table, &p->table_text, &json);
+        if (r < 0)
+                return log_error_errno(r, "Failed to serialize the state, a restart would lose changes: %m");
 
         state_fd = state_memfd(++p->seq, json);
         if (state_fd < 0)
                 return log_error_errno(state_fd, "Failed to write the state: %m");
         (void) snprintf(name, sizeof name, STATE_NAME_PREFIX "%llu", (unsigned long long) p->seq);
-        r = store_fd(p, name, state_fd);
+        r = store_fd(name, state_fd);
         if (r < 0)
                 return r;
         /* Only now that the new state is in may the older ones go. */
-        for (size_t i = 0; i < p->n_stored;) {
-                if (strncmp(p->stored[i].name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) == 0 &&
-                    !streq(p->stored[i].name, name)) {
-                        store_remove(p, i);
-                        continue;
-                }
-                i++;
-        }
-        log_debug("Saved state %llu (%zu bytes, %zu descriptors).", (unsigned long long) p->seq, strlen(json), fds.n);
+        for (char **s = p->states; s && *s; s++)
+                store_remove(*s);
+        strv_free(p->states);
+        p->states = NULL;
+        r = strv_extend(&p->states, name);
+        if (r < 0)
+                return log_oom();
+        log_debug("Saved state %llu (%zu bytes, %zu objects' descriptors in %zu fd store entries).",
+                  (unsigned long long) p->seq, strlen(json), fds.n, p->table.n);
         return 0;
 }
 
 int persist_export(Persist *p, NamedFds *ret) {
         _cleanup_(named_fds_done) NamedFds fds = {}, out = {};
+        _cleanup_(fd_table_done) FdTable empty = { .next_id = 1 }, table = {};
+        _cleanup_(json_putp) json_object *root = NULL;
+        _cleanup_free_ bool *kept = NULL;
         _cleanup_free_ char *json = NULL;
         _cleanup_close_ int state_fd = -EBADF;
         char name[64];
         int r;
 
-        r = persist_serialize(p->manager, &json, &fds);
+        r = persist_serialize(p->manager, &root, &fds);
         if (r < 0)
                 return r;
-        for (size_t i = 0; i < fds.n; i++) {
-                int fd = fcntl(fds.items[i].fd, F_DUPFD_CLOEXEC, 3);
+        /* What a service manager would hold: one entry per open file description. */
+        r = fd_table_plan(&empty, &fds, &table, &kept);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < table.n; i++) {
+                int fd = fcntl(table.entries[i].fd, F_DUPFD_CLOEXEC, 3);
                 if (fd < 0)
                         return -errno;
-                r = named_fds_add(&out, fds.items[i].name, fd, true);
+                r = named_fds_add(&out, table.entries[i].name, fd, true);
                 if (r < 0) {
                         safe_close(fd);
                         return r;
                 }
         }
+        r = state_text(root, &table, NULL, &json);
+        if (r < 0)
+                return r;
         state_fd = state_memfd(p->seq + 1, json);
         if (state_fd < 0)
                 return state_fd;
@@ -600,7 +387,7 @@ static int restore_space(Persist *p, json_object *o, NamedFds *fds, ErrorMessage
         const char *id = get_string(o, "id"), *backend = get_string(o, "backend");
         json_object *mappings = NULL, *k = NULL;
         bool prepared = get_bool(o, "prepared");
-        size_t n;
+        size_t n, n_lost = 0, n_reachable = 0;
         int r;
 
         if (!id || !backend)
@@ -644,14 +431,32 @@ static int restore_space(Persist *p, json_object *o, NamedFds *fds, ErrorMessage
                                 .fd = -EBADF,
                         };
                         mp->serial = get_u64(j, "serial");
-                        (void) mapping_fd_name(s, mp, name, sizeof name);
+                        (void) persist_mapping_fd_name(s, mp, name, sizeof name);
                         mp->m.fd = named_fds_take(fds, name);
                         if (mp->m.fd < 0) {
+                                IommuMapping lost = mp->m;
+                                ErrorMessage why = {};
+
                                 free(mp);
-                                /* The kernel still has it, but nobody can say what backs it: report. */
-                                log_error("Address space %s: the file of the mapping at IOVA 0x%llx is missing from "
-                                          "the fd store; the mapping is lost to vfiomigd.", id,
-                                          (unsigned long long) get_u64(j, "iova"));
+                                n_lost++;
+                                /* The kernel may still translate the range (iommufd and legacy
+                                 * IOMMUs outlive the process), with nobody able to say what backs
+                                 * it and no call able to reach it: remove the translation. */
+                                r = s->iommu->ops->unmap(s->iommu, &lost, &why);
+                                if (r >= 0 || r == -ENOENT)
+                                        log_error("Address space %s: the file of the mapping at IOVA 0x%llx+0x%llx is "
+                                                  "missing from the fd store; the mapping is lost and %s.", id,
+                                                  (unsigned long long) lost.iova, (unsigned long long) lost.length,
+                                                  r >= 0 ? "was unmapped from the IOMMU: no device can reach it"
+                                                         : "is not mapped in the IOMMU");
+                                else {
+                                        n_reachable++;
+                                        log_error("Address space %s: the file of the mapping at IOVA 0x%llx+0x%llx is "
+                                                  "missing from the fd store, and unmapping it failed (%s): it stays "
+                                                  "mapped in the IOMMU, out of vfiomigd's reach.", id,
+                                                  (unsigned long long) lost.iova, (unsigned long long) lost.length,
+                                                  why.text);
+                                }
                                 continue;
                         }
                         s->mappings[s->n_mappings++] = mp;
@@ -671,6 +476,20 @@ static int restore_space(Persist *p, json_object *o, NamedFds *fds, ErrorMessage
                         log_info("Address space %s: took over %zu mapping%s (%s).", id, s->n_mappings,
                                  s->n_mappings == 1 ? "" : "s",
                                  prepared ? "planned restart" : "after a crash");
+                if (n_lost > 0 && !s->handover_problem) {
+                        char *problem = NULL;
+                        /* LiveUpdate tells the truth about the last restart until the space is empty. */
+                        if (asprintf(&problem,
+                                     "the last restart lost %zu mapping%s: the fd store did not hand back %s file%s "
+                                     "(%s); the others: %s",
+                                     n_lost, n_lost == 1 ? "" : "s", n_lost == 1 ? "its" : "their",
+                                     n_lost == 1 ? "" : "s",
+                                     n_reachable > 0 ? "some stay mapped in the IOMMU, out of reach"
+                                                     : "unmapped from the IOMMU",
+                                     s->iommu->ops->live_update(s->iommu)) < 0)
+                                return -ENOMEM;
+                        s->handover_problem = problem;
+                }
         }
 
         r = manager_add_space(m, s);
@@ -792,24 +611,81 @@ static int restore_device(Persist *p, json_object *o, NamedFds *fds, ErrorMessag
         return 0;
 }
 
-/* Records what the store holds after a restore: everything we received, by name and file. */
-static int track_received(Persist *p, const NamedFds *received_all) {
-        for (size_t i = 0; i < received_all->n; i++) {
-                StoredFd *stored;
-                struct stat st;
+/* Turns what the service manager handed back into the descriptors of the objects the state
+ * names (logical names, one duplicate per user of an entry), and records the entries. Version 1
+ * stored each object under its own name. An entry the state lists that did not come back is
+ * logged with its users here; each of them reports its own loss when it is restored. */
+static int expand_received(Persist *p, json_object *root, const NamedFds *received, NamedFds *ret,
+                           size_t *ret_missing) {
+        _cleanup_(named_fds_done) NamedFds logical = {};
+        json_object *fds = NULL;
+        size_t missing = 0;
+        int r;
 
-                if (fstat(received_all->items[i].fd, &st) < 0)
-                        continue;
-                stored = reallocarray(p->stored, p->n_stored + 1, sizeof *stored);
-                if (!stored)
-                        return -ENOMEM;
-                p->stored = stored;
-                p->stored[p->n_stored] = (StoredFd) { .name = strdup(received_all->items[i].name),
-                                                      .dev = st.st_dev, .ino = st.st_ino };
-                if (!p->stored[p->n_stored].name)
-                        return -ENOMEM;
-                p->n_stored++;
+        if (get_u64(root, "version") < 2) {
+                for (size_t i = 0; i < received->n; i++) {
+                        const NamedFd *f = &received->items[i];
+                        char *users[] = { f->name, NULL };
+                        int fd;
+
+                        if (strncmp(f->name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) == 0)
+                                continue;
+                        fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 3);
+                        if (fd < 0)
+                                return -errno;
+                        r = named_fds_add(&logical, f->name, fd, true);
+                        if (r < 0) {
+                                safe_close(fd);
+                                return r;
+                        }
+                        r = fd_table_add(&p->table, f->name, users, f->fd, true);
+                        if (r < 0)
+                                return r;
+                }
+                *ret = logical;
+                logical = (NamedFds) {};
+                *ret_missing = 0;
+                return 0;
         }
+
+        (void) json_object_object_get_ex(root, "fds", &fds);
+        for (size_t i = 0; i < json_object_array_length(fds); i++) {
+                json_object *e = json_object_array_get_idx(fds, i), *users = NULL;
+                const char *name = get_string(e, "name");
+                _cleanup_strv_free_ char **list = NULL;
+                int fd;
+
+                (void) json_object_object_get_ex(e, "users", &users);
+                for (size_t k = 0; k < json_object_array_length(users); k++) {
+                        r = strv_extend(&list, json_object_get_string(json_object_array_get_idx(users, k)));
+                        if (r < 0)
+                                return r;
+                }
+                fd = named_fds_get(received, name);
+                if (fd < 0) {
+                        _cleanup_free_ char *who = strv_join(list, ", ");
+                        missing++;
+                        log_error("The fd store did not hand back '%s', which the saved state lists for %s: %s cannot "
+                                  "be restored.", name, who ? who : "its users", strv_length(list) == 1 ? "it" : "they");
+                        continue;
+                }
+                for (char **u = list; *u; u++) {
+                        int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+                        if (copy < 0)
+                                return -errno;
+                        r = named_fds_add(&logical, *u, copy, true);
+                        if (r < 0) {
+                                safe_close(copy);
+                                return r;
+                        }
+                }
+                r = fd_table_add(&p->table, name, list, fd, true);
+                if (r < 0)
+                        return r;
+        }
+        *ret = logical;
+        logical = (NamedFds) {};
+        *ret_missing = missing;
         return 0;
 }
 
@@ -822,10 +698,10 @@ static int track_received(Persist *p, const NamedFds *received_all) {
 static int refuse(Persist *p, const NamedFds *received, const char *state, const char *why) {
         size_t n = received->n;
 
-        for (size_t i = 0; i < p->n_stored; i++)
-                free(p->stored[i].name);
-        p->stored = mfree(p->stored);
-        p->n_stored = 0;
+        fd_table_done(&p->table);
+        p->table_text = mfree(p->table_text);
+        strv_free(p->states);
+        p->states = NULL;
         p->refused = true;
         p->restoring = false;
         p->manager->fd_store = false; /* nothing new survives a restart now: say so in LiveUpdate */
@@ -839,19 +715,24 @@ bool persist_refused(const Persist *p) {
         return p && p->refused;
 }
 
+/* Drops entry i of the table from the store (the objects using it did not come back). */
+static void drop_entry(Persist *p, size_t i) {
+        if (p->table.entries[i].stored)
+                store_remove(p->table.entries[i].name);
+        fd_table_remove(&p->table, i);
+        p->table_text = mfree(p->table_text);
+}
+
 int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
         _cleanup_(json_putp) json_object *root = NULL;
+        _cleanup_(named_fds_done) NamedFds logical = {};
         _cleanup_free_ char *json = NULL;
         json_object *spaces = NULL, *devices = NULL, *kernel = NULL;
         const char *best_name = NULL;
         uint64_t best_seq = 0;
-        size_t restored = 0, n_states = 0, json_size = 0;
+        size_t restored = 0, n_states = 0, json_size = 0, missing = 0, handed_back = 0;
         ErrorMessage why = {};
         int r;
-
-        r = track_received(p, received);
-        if (r < 0)
-                return r;
 
         /* The newest complete state wins; older or torn ones are ignored. */
         for (size_t i = 0; i < received->n; i++) {
@@ -862,6 +743,9 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
                 if (strncmp(received->items[i].name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) != 0)
                         continue;
                 n_states++;
+                r = strv_extend(&p->states, received->items[i].name);
+                if (r < 0)
+                        return r;
                 if (read_state(received->items[i].fd, &seq, &text, &size) < 0) {
                         log_warning("Ignoring the unreadable state %s.", received->items[i].name);
                         continue;
@@ -890,9 +774,15 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
                 p->seq = best_seq;
                 p->manager->next_space_number = (unsigned) get_u64(root, "next-space");
 
+                r = expand_received(p, root, received, &logical, &missing);
+                if (r < 0) {
+                        p->restoring = false;
+                        return error_setf(err, r, "cannot take over the descriptors the fd store handed back: %m");
+                }
+                handed_back = p->table.n;
                 if (json_object_object_get_ex(root, "kernel", &kernel)) {
                         /* It checks the whole record and every descriptor it names before it takes one. */
-                        r = kernel_context_restore(p->manager->kernel, kernel, received, &why);
+                        r = kernel_context_restore(p->manager->kernel, kernel, &logical, &why);
                         if (r == -ENOMEM) {
                                 p->restoring = false;
                                 return error_setf(err, r, "out of memory while adopting the kernel objects");
@@ -903,7 +793,7 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
                 if (json_object_object_get_ex(root, "spaces", &spaces))
                         for (size_t i = 0; i < json_object_array_length(spaces); i++) {
                                 ErrorMessage one = {};
-                                r = restore_space(p, json_object_array_get_idx(spaces, i), received, &one);
+                                r = restore_space(p, json_object_array_get_idx(spaces, i), &logical, &one);
                                 if (r < 0)
                                         log_error_errno(r, "Skipping an address space: %s", one.text);
                                 else
@@ -912,7 +802,7 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
                 if (json_object_object_get_ex(root, "devices", &devices))
                         for (size_t i = 0; i < json_object_array_length(devices); i++) {
                                 ErrorMessage one = {};
-                                r = restore_device(p, json_object_array_get_idx(devices, i), received, &one);
+                                r = restore_device(p, json_object_array_get_idx(devices, i), &logical, &one);
                                 if (r < 0)
                                         log_error_errno(r, "Skipping a device: %s", one.text);
                                 else
@@ -925,19 +815,34 @@ int persist_restore(Persist *p, NamedFds *received, ErrorMessage *err) {
         if (r < 0)
                 log_warning_errno(r, "Failed to release unclaimed IOMMU groups, ignoring: %m");
 
-        /* Whatever is left is unknown to this version of the daemon: let the store drop it. */
+        /* Whatever no object took is unknown to this version of the daemon, or belonged to an object
+         * that did not come back: let the store drop it. */
         for (size_t i = 0; i < received->n; i++) {
                 const char *name = received->items[i].name;
-                ssize_t at;
 
-                if (strncmp(name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) == 0)
+                if (strncmp(name, STATE_NAME_PREFIX, strlen(STATE_NAME_PREFIX)) == 0 ||
+                    fd_table_find(&p->table, name) >= 0)
                         continue;
                 log_notice("Removing the unrecognised descriptor '%s' from the fd store.", name);
-                at = stored_index(p, name);
-                if (at >= 0)
-                        store_remove(p, (size_t) at);
+                store_remove(name);
+        }
+        for (size_t i = 0; i < logical.n; i++) {
+                const char *user = logical.items[i].name;
+                ssize_t at = fd_table_find_user(&p->table, user);
+
+                log_notice("Dropping the descriptor of '%s': no object of this vfiomigd took it.", user);
+                if (at < 0)
+                        continue;
+                strv_remove(p->table.entries[at].users, user);
+                p->table_text = mfree(p->table_text);
+                if (!p->table.entries[at].users || !p->table.entries[at].users[0])
+                        drop_entry(p, (size_t) at);
         }
         p->restoring = false;
+        if (json)
+                log_info("The fd store handed back %zu of the %zu entries the saved state lists%s.",
+                         handed_back, handed_back + missing,
+                         missing > 0 ? "; the objects using the missing ones are lost (logged above)" : "");
 
         /* A failure to save is logged there and is no reason to exit: the store still holds the
          * state just restored, and exiting could only start a crash loop. */

@@ -4,8 +4,9 @@
 /*
  * Restart without losing anything (DESIGN §6): every long-lived descriptor — the iommufd, VFIO
  * containers, groups and device fds, the simulated devices' fds and the files behind every
- * mapping — is kept in systemd's file descriptor store under a stable name, next to a memfd
- * holding the serialized state (JSON: devices, spaces, mappings, kernel object ids).
+ * mapping — is kept in systemd's file descriptor store, one entry per open file description
+ * (fd-table.h: systemd keeps no more), next to a memfd holding the serialized state (JSON:
+ * devices, spaces, mappings, kernel object ids, and which objects use which entry).
  *
  * The state is saved after every change, before the reply reaches the client, as a new memfd
  * named "state-<seq>" whose header carries a CRC32C; the previous one is removed from the store
@@ -47,6 +48,3 @@ int persist_prepare_stop(Persist *p);
 /* What the fd store would hold now: duplicates of every descriptor plus the state memfd, all
  * owned by ret. A restart in one process, for tests: export, free, restore from the export. */
 int persist_export(Persist *p, NamedFds *ret);
-
-/* The JSON text of the current state (for tests and debugging). */
-int persist_serialize(Manager *m, char **ret_json, NamedFds *fds);

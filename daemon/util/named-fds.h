@@ -19,6 +19,10 @@ typedef struct NamedFd {
 typedef struct NamedFds {
         NamedFd *items;
         size_t n;
+        /* An index by name (open addressing; item position + 1, 0 empty), so that a save of
+         * thousands of descriptors is not quadratic in name comparisons. */
+        size_t *slots;
+        size_t n_slots;   /* a power of two, at least twice n; 0 before the first add */
 } NamedFds;
 
 bool named_fd_name_valid(const char *name);
@@ -28,7 +32,8 @@ bool named_fd_name_valid(const char *name);
 int named_fds_add(NamedFds *s, const char *name, int fd, bool owned);
 /* The fd under name (still in the set), or -ENOENT. */
 int named_fds_get(const NamedFds *s, const char *name);
-/* Removes name from the set and returns its fd, now the caller's; -ENOENT if absent. */
+/* Removes name from the set and returns its fd, now the caller's; -ENOENT if absent. The last
+ * item takes the place of the one removed. */
 int named_fds_take(NamedFds *s, const char *name);
 /* Closes the owned fds and frees everything. */
 void named_fds_done(NamedFds *s);

@@ -56,3 +56,16 @@ int strv_extend(char ***l, const char *value) {
         *l = grown;
         return 0;
 }
+
+void strv_remove(char **l, const char *s) {
+        char **w = l;
+
+        for (char **r = l; r && *r; r++) {
+                if (strcmp(*r, s) == 0)
+                        free(*r);
+                else
+                        *w++ = *r;
+        }
+        if (w)
+                *w = NULL;
+}

@@ -11,3 +11,5 @@ char *strv_join(char *const *l, const char *sep);
 bool strv_contains(char *const *l, const char *s);
 /* Appends a copy of value; -ENOMEM leaves the list as it was. */
 int strv_extend(char ***l, const char *value);
+/* Removes (and frees) every element equal to s. */
+void strv_remove(char **l, const char *s);

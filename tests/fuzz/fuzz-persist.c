@@ -10,10 +10,10 @@
  *     mkdir -p /tmp/corpus && build-fuzz/tests/fuzz/fuzz-persist -max_total_time=600 /tmp/corpus \
  *             tests/fuzz/corpus/fuzz-persist
  *
- * tests/fuzz/corpus/fuzz-persist holds two states as vfiomigd saves them: "state", two simulated
- * devices (one with rewritten blocks) and a simulated address space with one mapping; "kernel",
- * the record of tests/unit/test-persist-state.c with kernel objects, a kernel device and a
- * legacy address space beside the simulated ones.
+ * tests/fuzz/corpus/fuzz-persist holds states as vfiomigd saves them, written by fuzz-seeds.c
+ * (see there): "state", simulated devices and two spaces whose mappings share one fd store
+ * entry; "kernel", kernel objects, a kernel device and a legacy address space beside the
+ * simulated ones; "state-v1", the version before the fd store table (fds), still read.
  */
 
 #include <stdlib.h>

@@ -322,6 +322,72 @@ static void options_seeds(const char *dir) {
         write_seed(dir, "fuzz-options", "load-state", &b);
 }
 
+/* ---- fuzz-persist ---- */
+
+/* States as persist.c writes them (version 2): "state", simulated devices and two simulated
+ * spaces whose mappings share one memfd (entry fd-1: three ranges in s0, one in s1) beside a
+ * second open of it (fd-2); "kernel", the kernel objects, a kernel device and a legacy space
+ * beside the simulated ones (the record of tests/unit/test-persist-state.c); "state-v1", a
+ * record of the version before, which is still read. Fixed text: a real save has random sim
+ * seeds, and these must be the same at every run. */
+static void persist_seed(const char *dir, const char *name, const char *text) {
+        Buf b = {};
+
+        put(&b, text, strlen(text));
+        write_seed(dir, "fuzz-persist", name, &b);
+}
+
+static void persist_seeds(const char *dir) {
+        persist_seed(dir, "state",
+                     "{\"version\":2,\"next-space\":2,\"kernel\":{\"next-container-id\":1,\"containers\":[]},"
+                     "\"spaces\":[{\"id\":\"s0\",\"backend\":\"sim\",\"prepared\":true,\"next-serial\":4,"
+                     "\"sim-mapping\":\"by-file\",\"mappings\":["
+                     "{\"iova\":1048576,\"length\":4096,\"offset\":0,\"access\":3,\"by-file\":true,\"serial\":0},"
+                     "{\"iova\":1114112,\"length\":4096,\"offset\":65536,\"access\":3,\"by-file\":true,\"serial\":1},"
+                     "{\"iova\":1179648,\"length\":4096,\"offset\":131072,\"access\":3,\"by-file\":true,\"serial\":2},"
+                     "{\"iova\":9437184,\"length\":4096,\"offset\":524288,\"access\":3,\"by-file\":true,\"serial\":3}]},"
+                     "{\"id\":\"s1\",\"backend\":\"sim\",\"prepared\":true,\"next-serial\":1,"
+                     "\"sim-mapping\":\"by-address\",\"mappings\":["
+                     "{\"iova\":1048576,\"length\":8192,\"offset\":262144,\"access\":1,\"by-file\":false,\"serial\":0}]}],"
+                     "\"devices\":[{\"id\":\"sim_gpu\",\"address\":\"sim:gpu\",\"backend\":\"sim\",\"space\":\"s0\","
+                     "\"clients\":[],\"sim\":{\"state-size\":1048576,\"precopy-size\":262144,\"dirty-rate\":1048576,"
+                     "\"flags\":7,\"mtty-quirks\":false,\"fail-to-error\":0,\"fail-in-place\":0,"
+                     "\"seed\":2611089343310470147,\"state\":\"running\",\"gens\":[[3,1],[9,1],[15,1]]}},"
+                     "{\"id\":\"sim_nic\",\"address\":\"sim:nic\",\"backend\":\"sim\","
+                     "\"last-transition\":\"running \\u2192 stop: ok\",\"clients\":[],\"sim\":{\"state-size\":1048576,"
+                     "\"precopy-size\":262144,\"dirty-rate\":0,\"flags\":7,\"mtty-quirks\":false,\"fail-to-error\":0,"
+                     "\"fail-in-place\":0,\"seed\":13757707658564104406,\"state\":\"stop\",\"gens\":[]}}],"
+                     "\"fds\":[{\"name\":\"fd-1\",\"users\":[\"map-s0-0\",\"map-s0-1\",\"map-s0-2\",\"map-s1-0\"]},"
+                     "{\"name\":\"fd-2\",\"users\":[\"map-s0-3\"]},{\"name\":\"fd-3\",\"users\":[\"sim-device-gpu\"]},"
+                     "{\"name\":\"fd-4\",\"users\":[\"sim-device-nic\"]}]}");
+        persist_seed(dir, "kernel",
+                     "{\"version\":2,\"fds\":[{\"name\":\"fd-1\",\"users\":[\"k-iommufd\"]},"
+                     "{\"name\":\"fd-2\",\"users\":[\"k-container-1\"]},{\"name\":\"fd-3\",\"users\":[\"k-group-12\"]},"
+                     "{\"name\":\"fd-4\",\"users\":[\"map-s0-1\",\"sim-device-gpu\"]},"
+                     "{\"name\":\"fd-5\",\"users\":[\"k-device-0000_3b_00_1\"]}],"
+                     "\"next-space\":3,\"kernel\":{\"iommufd\":\"k-iommufd\",\"next-container-id\":2,\"containers\":["
+                     "{\"id\":1,\"fd\":\"k-container-1\",\"iommu-set\":true,\"update-vaddr\":true,"
+                     "\"groups\":[{\"number\":12,\"fd\":\"k-group-12\",\"mdev\":false}]}]},\"spaces\":["
+                     "{\"id\":\"s0\",\"backend\":\"sim\",\"prepared\":false,\"next-serial\":2,\"sim-mapping\":\"by-file\","
+                     "\"mappings\":[{\"iova\":1073741824,\"length\":1048576,\"offset\":0,\"access\":3,\"by-file\":true,"
+                     "\"serial\":1}]},{\"id\":\"s1\",\"backend\":\"legacy\",\"prepared\":true,\"next-serial\":0,"
+                     "\"kernel\":{\"backend\":\"legacy\",\"container\":1},\"mappings\":[]}],\"devices\":["
+                     "{\"id\":\"sim_gpu\",\"address\":\"sim:gpu\",\"backend\":\"sim\",\"space\":\"s0\","
+                     "\"last-transition\":\"running -> stop: ok\",\"clients\":[\":1.42\"],\"sim\":{\"state-size\":1048576,"
+                     "\"precopy-size\":262144,\"dirty-rate\":0,\"flags\":7,\"mtty-quirks\":false,\"fail-to-error\":0,"
+                     "\"fail-in-place\":0,\"seed\":18446744073709551615,\"state\":\"running\","
+                     "\"gens\":[[3,1],[15,4294967295]]}},{\"id\":\"pci_0000_3b_00_1\",\"address\":\"0000:3b:00.1\","
+                     "\"backend\":\"legacy\",\"space\":\"s1\",\"clients\":[],\"kernel\":{\"name\":\"0000:3b:00.1\","
+                     "\"address\":\"0000:3b:00.1\",\"driver\":\"vfio-pci\",\"sysfs-path\":null,"
+                     "\"fd\":\"k-device-0000_3b_00_1\",\"path\":\"legacy\",\"iommu-group\":12,\"mdev\":false,\"devid\":0,"
+                     "\"ioas-id\":null,\"hwpt-id\":null}}]}");
+        persist_seed(dir, "state-v1",
+                     "{\"version\":1,\"next-space\":1,\"kernel\":{\"next-container-id\":1,\"containers\":[]},"
+                     "\"spaces\":[{\"id\":\"s0\",\"backend\":\"sim\",\"prepared\":true,\"next-serial\":1,"
+                     "\"sim-mapping\":\"by-file\",\"mappings\":[{\"iova\":1073741824,\"length\":1048576,\"offset\":0,"
+                     "\"access\":3,\"by-file\":true,\"serial\":0}]}],\"devices\":[]}");
+}
+
 int main(int argc, char *argv[]) {
         if (argc != 2) {
                 fprintf(stderr, "usage: %s DIR (the corpus directory, e.g. tests/fuzz/corpus)\n", argv[0]);
@@ -331,5 +397,6 @@ int main(int argc, char *argv[]) {
         welcome_seeds(argv[1]);
         stream_seeds(argv[1]);
         options_seeds(argv[1]);
+        persist_seeds(argv[1]);
         return EXIT_SUCCESS;
 }

@@ -12,11 +12,15 @@ Standard library only; /usr/bin/python3 is Debian's 3.11.
 """
 
 import atexit
+import ctypes
+import fcntl
 import json
 import os
 import re
 import shutil
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -70,6 +74,100 @@ ADMIN_GROUP = "vfmadmin"
 # The sim's stream (daemon/backend/sim-stream.h): a 64-byte header, per 64 KiB block a 32-byte
 # record header plus the data, and a 48-byte end record.
 SIM_BLOCK = 64 * 1024
+
+
+# ---- the saved state and the fd store (daemon/core/persist.c, daemon/core/fd-table.h) ---------------
+
+def _crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
+    return crc ^ 0xFFFFFFFF
+
+
+assert crc32c(b"123456789") == 0xE3069283
+
+# "VFMSTATE", u64 seq, u64 length, u32 crc32c, u32 zero, then the JSON.
+STATE_HEADER = struct.Struct("<8sQQII")
+
+
+def state_bytes(seq, body, crc=None):
+    """A state memfd's contents: the header in front of body (bytes); crc to forge a bad one."""
+    return STATE_HEADER.pack(b"VFMSTATE", seq, len(body), crc32c(body) if crc is None else crc, 0) + body
+
+
+def state_memfd(seq, body, crc=None):
+    fd = os.memfd_create("vfm-test-state", os.MFD_CLOEXEC)
+    os.write(fd, state_bytes(seq, body, crc))
+    return fd
+
+
+def parse_state(raw):
+    """(seq, record) of a state memfd's contents; AssertionError when it is not intact."""
+    magic, seq, length, crc, zero = STATE_HEADER.unpack_from(raw)
+    body = raw[STATE_HEADER.size:STATE_HEADER.size + length]
+    assert magic == b"VFMSTATE" and zero == 0, "not a state header"
+    assert len(body) == length, "the state is shorter than its header says"
+    assert crc32c(body) == crc, "the state's CRC32C does not match"
+    return seq, json.loads(body)
+
+
+def read_state(fd):
+    return parse_state(os.pread(fd, 64 << 20, 0))
+
+
+def entry_users(record):
+    """{entry name: [users]} of a version 2 record: which objects share which fd store entry."""
+    return {e["name"]: e["users"] for e in record.get("fds", [])}
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(os.uname().machine)
+_KCMP_FILE = 0
+
+
+def kcmp_files(a, b):
+    """kcmp(KCMP_FILE) of two of our descriptors: 0 same open file description, else nonzero;
+    None when the kernel (or a filter) does not offer it."""
+    if _SYS_KCMP is None:
+        return None
+    r = _libc.syscall(_SYS_KCMP, os.getpid(), os.getpid(), _KCMP_FILE, a, b)
+    return None if r < 0 else r
+
+
+def have_kcmp():
+    fd = os.memfd_create("vfm-kcmp-probe", os.MFD_CLOEXEC)
+    try:
+        return kcmp_files(fd, fd) == 0
+    finally:
+        os.close(fd)
+
+
+def same_store_entry(a, b):
+    """Whether systemd's fd store folds descriptors a and b into one entry (its same_fd():
+    kcmp where it works, else one inode that is no device node with equal F_GETFL flags)."""
+    r = kcmp_files(a, b)
+    if r is not None:
+        return r == 0
+    sa, sb = os.fstat(a), os.fstat(b)
+    if (sa.st_dev, sa.st_ino) != (sb.st_dev, sb.st_ino):
+        return False
+    if stat.S_ISCHR(sa.st_mode) or stat.S_ISBLK(sa.st_mode):
+        return False
+    return fcntl.fcntl(a, fcntl.F_GETFL) == fcntl.fcntl(b, fcntl.F_GETFL)
 
 
 def sim_stream_size(state_size):
@@ -237,10 +335,10 @@ def pid_alive(pid):
     """True while pid exists and is not a zombie (the sandbox init reaps orphans late)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
+            text = f.read()
     except (FileNotFoundError, ProcessLookupError):
         return False
-    state = stat[stat.rfind(")") + 2:].split()[0]
+    state = text[text.rfind(")") + 2:].split()[0]
     return state not in ("Z", "X")
 
 

@@ -38,12 +38,11 @@ Also: a VMM that restarts (Clients follows it, the device is neither reset nor d
 on), a VMM that goes away while vfiomigd is down, and the documented limit: stop followed by
 start releases the store, and the daemon comes up empty.
 
-And a saved state the daemon must refuse (RefusedState): a predecessor's state with a field of the
-wrong type is put into the store (by an ExecStartPre= helper, NotifyAccess=all in the test's unit);
-the daemon refuses it in one log line, serves with nothing restored, and through kill -9 and
-restart keeps the store exactly as it is (NFileDescriptorStore, one restart per kill, no start
-limit); with the bad state removed from the store the devices come back. The daemon before this
-check aborted in json-c, crash-looped into the start limit and lost the store.
+Mappings sharing one memfd (test_mappings_sharing_a_memfd): ranges of one guest memfd in two
+spaces and a second open of it survive a planned restart and a kill -9; the store holds one entry
+per open file description, which is all systemd keeps.
+
+A store the daemon must not trust (a refused state, a lost entry) is test_fd_store.py.
 
 Timings (restart, crash to serving, the longest gap between two acknowledged device writes)
 are printed at the end; they are measurements, not assertions.
@@ -88,9 +87,7 @@ RESTART_ERRORS = {"org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.
                   "org.freedesktop.DBus.Error.NameHasNoOwner"}
 # Log lines that must never appear after a restore.
 BAD_RESTORE_LINES = ("unrecognised descriptor", "missing from the fd store", "Skipping", "could not take the mappings",
-                     "did not come back", "cannot rejoin", "Failed to")
-
-STATE_HEADER = struct.Struct("<8sQQII")  # daemon/core/persist.c StateHeader
+                     "did not come back", "cannot rejoin", "Failed to", "did not hand back", "the mapping is lost")
 
 TIMINGS = []
 
@@ -98,29 +95,6 @@ TIMINGS = []
 def timing(what, seconds):
     TIMINGS.append((what, seconds))
     h.log(f"timing: {what}: {seconds * 1000:.1f} ms")
-
-
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFFFFFF
-
-
-assert crc32c(b"123456789") == 0xE3069283
 
 
 def classify(link):
@@ -385,14 +359,7 @@ class LiveUpdate(h.unittest.TestCase):
                 with open(f"/proc/{self.manager.manager_pid}/fd/{fd}", "rb") as f:
                     found.append(f.read())
         self.assertEqual(len(found), 1, "the store should hold exactly one state memfd")
-        raw = found[0]
-        magic, seq, length, crc, zero = STATE_HEADER.unpack_from(raw)
-        self.assertEqual(magic, b"VFMSTATE")
-        self.assertEqual(zero, 0)
-        body = raw[STATE_HEADER.size:STATE_HEADER.size + length]
-        self.assertEqual(len(body), length)
-        self.assertEqual(crc32c(body), crc, "the stored state's CRC32C does not match")
-        return seq, json.loads(body)
+        return h.parse_state(found[0])
 
     # ---- the scenario ---------------------------------------------------------------------
 
@@ -687,6 +654,105 @@ class LiveUpdate(h.unittest.TestCase):
     def test_by_address(self):
         self.scenario("by-address")
 
+    # ---- mappings sharing one memfd --------------------------------------------------------
+
+    def test_mappings_sharing_a_memfd(self):
+        """The normal VMM layout: one guest-RAM memfd carrying many ranges, in one space and across
+        two, plus a second open of the same memfd. systemd keeps one fd store entry per open file
+        description and drops a second FDSTORE=1 of it silently, so vfiomigd stores each
+        description once: every range survives a planned restart and a kill -9, and the store
+        holds exactly the entries the state lists."""
+        pid = self.fresh_start()
+        guest = os.memfd_create(GUEST_NAME, os.MFD_CLOEXEC)
+        self.addCleanup(os.close, guest)
+        os.ftruncate(guest, GUEST_SIZE)
+        os.pwrite(guest, b"".join(struct.pack("<Q", i) for i in range(GUEST_SIZE // 8)), 0)
+        # A separate open (its own open file description where kcmp tells them apart).
+        reopened = os.open(f"/proc/self/fd/{guest}", os.O_RDWR | os.O_CLOEXEC)
+        self.addCleanup(os.close, reopened)
+        kcmp = h.have_kcmp()
+
+        spaces, devs = {}, {}
+        for name, style in (("a", "by-file"), ("b", "by-address")):
+            spaces[name] = self.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "CreateAddressSpace", "a{sv}",
+                                             {"backend": ("s", "sim"), "sim-mapping": ("s", style)})
+            devs[name] = self.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "AttachDevice", "sa{sv}",
+                                           f"sim:dev{name}", {"state-size": ("t", 256 * KiB)})
+            self.client.call(devs[name], h.DEVICE_IFACE, "AttachAddressSpace", "o", spaces[name])
+        rw = ["read", "write"]
+        # (space, fd, iova, offset, length): three ranges of guest in a, a fourth through the
+        # second open, one range of guest in b.
+        ranges = [("a", guest, 0x1_0000_0000 + i * MiB, i * MiB, 256 * KiB) for i in range(3)]
+        ranges += [("a", reopened, 0x1_1000_0000, 4 * MiB, 256 * KiB), ("b", guest, 0x2_0000_0000, 6 * MiB, 512 * KiB)]
+        for sp, fd, iova, offset, length in ranges:
+            self.call(spaces[sp], h.SPACE_IFACE, "Map", "htttas", 0, offset, length, iova, rw, fds=[fd])
+
+        entries = (2 if kcmp else 1) + 2  # the guest (and its second open), two sim devices
+        self.assertEqual(self.n_stored(), entries + 1, "entries + the state" + self.diagnostics())
+
+        def write_all(tag):
+            rnd = len(written) // len(ranges)  # each round writes its own bytes
+            for k, (sp, fd, iova, offset, length) in enumerate(ranges):
+                data = f"{tag}:{k}".encode().ljust(24, b".")
+                at = iova + length - 4096 * (rnd + 1) - 7 * k  # inside the range, not at its start
+                self.dma_write(devs[sp], at, data)
+                self.assertEqual(os.pread(guest, len(data), offset + (at - iova)), data, f"{tag}: range {k}")
+                written.append((sp, at, offset + (at - iova), data))
+
+        def observe():
+            return {sp: (self.client.call1(spaces[sp], h.SPACE_IFACE, "ListMappings"),
+                         self.client.get_property(spaces[sp], h.SPACE_IFACE, "MappingCount"),
+                         self.client.get_property(spaces[sp], h.SPACE_IFACE, "PinnedBytes"))
+                    for sp in spaces}
+
+        def check(before, pid, what):
+            self.assertEqual(observe(), before, f"{what}: the mappings changed")
+            self.assertEqual(before["a"][1:], (4, 4 * 256 * KiB))
+            self.assertEqual(before["b"][1:], (1, 512 * KiB))
+            for sp in spaces:
+                live = self.client.get_property(spaces[sp], h.SPACE_IFACE, "LiveUpdate")
+                self.assertTrue(live.startswith("survives"), f"{what}: {live}")
+            for sp, at, off, data in written:
+                self.assertEqual(self.dma_read(devs[sp], at, len(data)), data, f"{what}: DmaRead 0x{at:x}")
+                self.assertEqual(os.pread(guest, len(data), off), data)
+            log = self.journal_of(pid, "Serving org.vfiomig1.")
+            self.assertIn(f"The service manager handed back {entries + 1} descriptors; restoring.", log)
+            self.assertIn(f"The fd store handed back {entries} of the {entries} entries the saved state lists.",
+                          log)
+            self.assertIn(f"took over 4 mappings ({'planned restart' if what == 'planned' else 'after a crash'})",
+                          log)
+            for bad in BAD_RESTORE_LINES:
+                self.assertNotIn(bad, log, f"{what}: the restored daemon logged {bad!r}:\n{log}")
+            self.assertEqual(self.n_stored(), entries + 1, f"{what}: NFileDescriptorStore")
+            # The state lists each description once, with every mapping that uses it.
+            _seq, record = self.stored_state()
+            users = sorted(sorted(u) for u in h.entry_users(record).values())
+            a, b = (s.rsplit("/", 1)[1] for s in (spaces["a"], spaces["b"]))
+            guest_users = sorted([f"map-{a}-0", f"map-{a}-1", f"map-{a}-2", f"map-{b}-0"] +
+                                 ([] if kcmp else [f"map-{a}-3"]))
+            expect = [guest_users, ["sim-device-deva"], ["sim-device-devb"]] + ([[f"map-{a}-3"]] if kcmp else [])
+            self.assertEqual(users, sorted(expect))
+            write_all(what)
+
+        written = []
+        write_all("setup")
+        before = observe()
+        pid = self.planned_restart(pid, "shared memfd: planned restart")
+        check(before, pid, "planned")
+        before = observe()
+        restarts = self.n_restarts()
+        pid = self.crash(pid, "shared memfd: kill -9")
+        self.assertEqual(self.n_restarts(), restarts + 1)
+        check(before, pid, "crash")
+
+        # Unmapping all but one range of the guest keeps its entry; the last one removes it.
+        for sp, fd, iova, offset, length in ranges[:3]:
+            self.call(spaces[sp], h.SPACE_IFACE, "Unmap", "tt", iova, length)
+        self.assertEqual(self.n_stored(), entries + 1, "the entry stays while a range uses it")
+        self.call(spaces["b"], h.SPACE_IFACE, "Unmap", "tt", ranges[4][2], ranges[4][4])
+        expect_left = entries if kcmp else entries + 1  # without kcmp the second open is that entry
+        h.wait_until(lambda: self.n_stored() == expect_left, 5, 0.02, "the store letting go of the guest's entry")
+
     # ---- the VMM restarts -----------------------------------------------------------------
 
     def test_vmm_restart(self):
@@ -798,170 +864,6 @@ class LiveUpdate(h.unittest.TestCase):
             self.client.dev_prop(ctx["dev"], "State")
         self.assertEqual(cm.exception.name, "org.vfiomig1.Error.NoSuchDevice", cm.exception.message)
         self.assertTrue(ctx["vmm"].stat()["valid"])
-
-
-# Plays a predecessor that left a bad state in the store: run as ExecStartPre= with
-# NotifyAccess=all, it does what the file named on its command line says (when it exists):
-# {"store": {NAME: HEX}} stores each memfd of bytes HEX under NAME, {"remove": [NAME...]} removes;
-# then waits on BARRIER=1 so that the service manager has both before the daemon starts.
-INJECTOR = r"""
-import array, json, os, socket, sys
-try:
-    order = json.load(open(sys.argv[1]))
-except FileNotFoundError:
-    sys.exit(0)
-addr = os.environ["NOTIFY_SOCKET"]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.connect("\0" + addr[1:] if addr.startswith("@") else addr)
-def send(text, fds=()):
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    s.sendmsg([text.encode()], anc)
-for name, data in order.get("store", {}).items():
-    fd = os.memfd_create("vfm-injected", os.MFD_CLOEXEC)
-    os.write(fd, bytes.fromhex(data))
-    send(f"FDSTORE=1\nFDNAME={name}", [fd])
-for name in order.get("remove", []):
-    send(f"FDSTOREREMOVE=1\nFDNAME={name}")
-r, w = os.pipe()
-send("BARRIER=1", [w])
-os.close(w)
-os.read(r, 1)
-"""
-
-
-class RefusedState(h.unittest.TestCase):
-    """Under the real service manager, with Restart=on-failure and the fd store: a saved state
-    with a field of the wrong type (one json-c used to abort on) is refused without a crash, so
-    no crash loop, no start limit and no released store; kills and restarts change nothing; once
-    the bad state is gone from the store the devices come back from the good one."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.rundir = h.TempDir("vfm-it-", parent="/run")
-        cls.addClassCleanup(cls.rundir.stop)
-        cls.bus = h.PrivateBus(base_dir=cls.rundir.path).start()
-        cls.addClassCleanup(cls.bus.stop)
-        cls.client = cls.bus.client
-        cls.config = cls.rundir / "vfiomigd.json"
-        cls.config.write_text(json.dumps({"allow-simulated": True}))
-        os.chmod(cls.config, 0o644)
-        cls.order = cls.rundir / "inject.json"
-        injector = cls.rundir / "inject.py"
-        injector.write_text(INJECTOR)
-        os.chmod(injector, 0o644)
-        os.chmod(cls.rundir.path, 0o755)
-        cls.manager = h.SystemdUserManager().start()
-        cls.addClassCleanup(cls.manager.stop)
-        text, _ = adapt_unit(unit_source().read_text(), cls.bus.address, cls.config)
-        text = re.sub(r"(?m)^Restart=on-failure$", "Restart=on-failure\n# test: at once\nRestartSec=100ms", text)
-        text = re.sub(r"(?m)^NotifyAccess=main$",
-                      "# test: the injector below runs before the daemon and must reach the store\n"
-                      "NotifyAccess=all\n"
-                      f"ExecStartPre=/usr/bin/python3 {injector} {cls.order}", text)
-        assert "ExecStartPre=" in text and "RestartSec=100ms" in text, text
-        cls.manager.install_unit(UNIT, text)
-
-    def setUp(self):
-        self.addCleanup(self.manager.systemctl, "reset-failed", UNIT, check=False)
-        self.addCleanup(self.manager.systemctl, "stop", UNIT, check=False)
-
-    def show(self, *props):
-        return self.manager.show(UNIT, *props)
-
-    def main_pid(self):
-        return int(self.show("MainPID")["MainPID"])
-
-    def diagnostics(self):
-        return (f"\n--- systemctl status ---\n{self.manager.systemctl('status', UNIT, check=False).stdout}"
-                f"\n--- journal ---\n{self.manager.journal('-o', 'short-monotonic', check=False)[-6000:]}")
-
-    def serving_after(self, old_pid):
-        def ready():
-            p = self.show("MainPID", "ActiveState", "SubState")
-            pid = int(p["MainPID"])
-            if pid in (0, old_pid) or (p["ActiveState"], p["SubState"]) != ("active", "running"):
-                return None
-            return pid if self.client.name_owner_pid(h.BUS_NAME) == pid else None
-        try:
-            return h.wait_until(ready, 20, 0.01, "the restarted vfiomigd")
-        except TimeoutError as e:
-            self.fail(f"{e}{self.diagnostics()}")
-
-    def journal_of(self, pid, wait_for):
-        try:
-            return h.wait_until(lambda: (lambda t: t if wait_for in t else None)(
-                self.manager.journal("-o", "cat", f"_PID={pid}", check=False)), 10, 0.05, repr(wait_for))
-        except TimeoutError as e:
-            self.fail(f"{e}{self.diagnostics()}")
-
-    def crash(self):
-        # The test kills faster than StartLimitBurst= allows (5 starts in 10 s): reset the count, so
-        # that only a daemon that failed by itself could run into the start limit.
-        self.manager.systemctl("reset-failed", UNIT, check=False)
-        pid = self.main_pid()
-        os.kill(pid, signal.SIGKILL)
-        return self.serving_after(pid)
-
-    def test_bad_state_is_refused_and_the_store_kept(self):
-        self.manager.systemctl("start", UNIT, timeout=30)
-        for name in ("gpu", "nic"):
-            self.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "AttachDevice", "sa{sv}", f"sim:{name}",
-                              {"state-size": ("t", 1 << 20), "dirty-rate": ("t", 1 << 20)})
-        self.client.device("/org/vfiomig1/device/sim_nic", "SetState", "sa{sv}", "stop", {})
-        stored = int(self.show("NFileDescriptorStore")["NFileDescriptorStore"])
-        self.assertEqual(stored, 3, "two device fds and one state" + self.diagnostics())
-
-        # A newer state whose gens is an object: json_object_array_length() aborted on that.
-        record = {"version": 1, "next-space": 0, "kernel": {"next-container-id": 1, "containers": []},
-                  "spaces": [], "devices": [{"id": "sim_gpu", "address": "sim:gpu", "backend": "sim", "clients": [],
-                                             "sim": {"state-size": 1 << 20, "precopy-size": 0, "dirty-rate": 0,
-                                                     "flags": 1, "mtty-quirks": False, "fail-to-error": 0,
-                                                     "fail-in-place": 0, "seed": 1, "state": "running",
-                                                     "gens": {"0": 1}}}]}
-        body = json.dumps(record).encode()
-        bad = STATE_HEADER.pack(b"VFMSTATE", 999999, len(body), crc32c(body), 0) + body
-        self.order.write_text(json.dumps({"store": {"state-999999": bad.hex()}}))
-        os.chmod(self.order, 0o644)
-
-        for round_ in range(3):
-            pid = self.crash()
-            log = self.journal_of(pid, "Serving org.vfiomig1.")
-            if round_ == 0:
-                os.unlink(self.order)  # injected once: the store keeps it, as it would a predecessor's
-            with self.subTest(round=round_):
-                refusals = [line for line in log.splitlines() if line.startswith("Refusing the saved state")]
-                self.assertEqual(len(refusals), 1, log)
-                self.assertIn("Refusing the saved state state-999999: devices[0].sim.gens must be an array, not "
-                              "an object.", refusals[0])
-                self.assertNotIn("Removing the unrecognised descriptor", log)
-                props = self.show("ActiveState", "NRestarts", "NFileDescriptorStore", "StatusText")
-                self.assertEqual(props["ActiveState"], "active")
-                self.assertEqual(int(props["NRestarts"]), 1, "more restarts than kills")
-                time.sleep(0.5)  # a crash loop would have restarted it again by now
-                self.assertEqual((self.main_pid(), self.show("NRestarts")["NRestarts"]), (pid, "1"))
-                self.assertEqual(int(props["NFileDescriptorStore"]), 4, "the store lost or gained descriptors")
-                self.assertIn("saved state was refused", props["StatusText"])
-                self.assertEqual(self.client.manager("ListDevices"), [[]])
-                self.assertIs(self.client.mgr_prop("FileDescriptorStore"), False)
-
-        # A planned restart of a daemon that refused saves nothing and leaves the store as it is.
-        pid = self.main_pid()
-        self.manager.systemctl("reset-failed", UNIT, check=False)
-        self.manager.systemctl("restart", UNIT, timeout=30)
-        pid = self.serving_after(pid)
-        self.journal_of(pid, "Refusing the saved state state-999999")
-        self.assertEqual(int(self.show("NFileDescriptorStore")["NFileDescriptorStore"]), 4)
-
-        # Rid of the bad state, the next start restores both devices from the good one.
-        self.order.write_text(json.dumps({"remove": ["state-999999"]}))
-        self.addCleanup(lambda: self.order.exists() and os.unlink(self.order))
-        pid = self.crash()
-        log = self.journal_of(pid, "Serving org.vfiomig1.")
-        self.assertNotIn("Refusing", log)
-        self.assertEqual(sorted(tuple(d)[0] for d in self.client.manager("ListDevices")[0]), ["sim_gpu", "sim_nic"])
-        self.assertEqual(self.client.dev_prop("/org/vfiomig1/device/sim_nic", "State"), "stop")
-        self.assertIs(self.client.mgr_prop("FileDescriptorStore"), True)
-        self.assertEqual(int(self.show("NFileDescriptorStore")["NFileDescriptorStore"]), 3)
 
 
 def print_timings():

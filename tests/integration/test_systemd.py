@@ -31,7 +31,6 @@ import os
 import re
 import select
 import socket
-import struct
 import sys
 import threading
 import time
@@ -103,7 +102,9 @@ class FakeServiceManager:
     """The service manager's side of sd_notify(3) and the fd store, as far as vfiomigd uses them:
     a datagram socket for $NOTIFY_SOCKET whose messages (and the descriptors they carry) are kept
     in order, and a store of named descriptors that FDSTORE=1 fills and FDSTOREREMOVE=1 empties,
-    handed to the next daemon as $LISTEN_FDS/$LISTEN_FDNAMES at 3, 4, ..."""
+    handed to the next daemon as $LISTEN_FDS/$LISTEN_FDNAMES at 3, 4, ... Like systemd
+    (service_add_fd_store()), a descriptor of an open file description the store already holds is
+    dropped, name and all (self.folded counts them)."""
 
     def __init__(self):
         self.dir = h.TempDir("vfm-notify-")
@@ -112,6 +113,7 @@ class FakeServiceManager:
         self.sock.bind(self.path)
         self.messages = []      # [(dict of KEY=VALUE, [fds])], in arrival order
         self.store = {}         # name -> fd, ours
+        self.folded = []        # names whose descriptor was dropped as a duplicate
         self.lock = threading.Lock()
         self.done = False
         # Read all along, as a service manager does: a datagram queue that fills up blocks the
@@ -144,6 +146,10 @@ class FakeServiceManager:
                 self.messages.append((fields, fds))
                 if fields.get("FDSTORE") == "1":
                     for fd in fds:
+                        if any(h.same_store_entry(fd, held) for held in self.store.values()):
+                            self.folded.append(fields["FDNAME"])
+                            os.close(fd)
+                            continue
                         old = self.store.pop(fields["FDNAME"], None)
                         if old is not None:
                             os.close(old)
@@ -237,42 +243,7 @@ class SecondDaemon(h.unittest.TestCase):
         self.assertTrue(self.first.alive())
 
 
-def _crc32c_table():
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-        table.append(c)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFFFFFF
-
-
-# daemon/core/persist.c: "VFMSTATE", u64 seq, u64 length, u32 crc32c, u32 zero, then the JSON.
-STATE_HEADER = struct.Struct("<8sQQII")
-
-
-def state_memfd(seq, body, crc=None):
-    fd = os.memfd_create("vfm-test-state", os.MFD_CLOEXEC)
-    os.write(fd, STATE_HEADER.pack(b"VFMSTATE", seq, len(body), crc32c(body) if crc is None else crc, 0) + body)
-    return fd
-
-
-def read_state(fd):
-    data = os.pread(fd, 64 << 20, 0)
-    magic, seq, length, crc, _ = STATE_HEADER.unpack_from(data)
-    body = data[STATE_HEADER.size:STATE_HEADER.size + length]
-    assert magic == b"VFMSTATE" and crc32c(body) == crc
-    return seq, json.loads(body)
+crc32c, state_memfd, read_state = h.crc32c, h.state_memfd, h.read_state
 
 
 def wrong_value(v):
@@ -356,7 +327,10 @@ class RefusedState(h.unittest.TestCase):
         # Everything else, as the service manager would hand it back.
         cls.fds = {n: os.dup(fd) for n, fd in fake.store.items() if not n.startswith("state-")}
         cls.addClassCleanup(lambda: [os.close(fd) for fd in cls.fds.values()])
-        assert sorted(cls.fds) == ["map-s0-0", "sim-device-gpu", "sim-device-nic"], sorted(cls.fds)
+        # One entry per open file description (fd-table.h): three files, three entries.
+        users = sorted(u for name in cls.fds for u in h.entry_users(cls.record)[name])
+        assert users == ["map-s0-0", "sim-device-gpu", "sim-device-nic"], (sorted(cls.fds), cls.record)
+        assert not fake.folded, fake.folded
         assert cls.record["devices"][0]["sim"].get("gens"), cls.record
 
     def start(self, state_fds):
@@ -418,7 +392,11 @@ class RefusedState(h.unittest.TestCase):
     def test_out_of_range(self):
         # A sample with a daemon behind it; test-persist-state.c has them all.
         cases = [
-            (("version",), 2, "version is 2"),
+            (("version",), 3, "version is 3"),
+            (("version",), 0, "version is 0"),
+            (("fds", 0, "name"), "state-1", "fds[0].name 'state-1' is the name of a state"),
+            (("fds", 0, "users"), [], "fds[0].users lists no users"),
+            (("fds",), [], "spaces[0].mappings[0] names the descriptor 'map-s0-0', which no entry of fds lists"),
             (("version",), -1, "version must be an unsigned integer, not negative"),
             (("next-space",), 1 << 32, "next-space is 4294967296"),
             (("devices", 0, "sim", "state-size"), 0, "devices[0].sim.state-size is 0"),
@@ -566,6 +544,24 @@ class UnderUserManager(h.unittest.TestCase):
         except TimeoutError:
             self.fail(f"StatusText did not follow the device count: "
                       f"{self.manager.show(UNIT, 'StatusText')['StatusText']!r}")
+
+    def test_quick_restarts_within_the_start_limit(self):
+        """A rolling upgrade restarts the daemon several times within seconds: more than
+        systemd's default start limit (5 starts in 10 s) allows. The unit's own limit lets 12 quick
+        restarts through, each one serving."""
+        self.install()
+        self.start_unit()
+        props = self.manager.show(UNIT, "StartLimitBurst", "StartLimitIntervalUSec")
+        self.assertEqual(props, {"StartLimitBurst": "30", "StartLimitIntervalUSec": "1min"})
+        pid = int(self.manager.show(UNIT, "MainPID")["MainPID"])
+        for i in range(12):
+            r = self.manager.systemctl("restart", UNIT, check=False, timeout=20)
+            self.assertEqual(r.returncode, 0, f"restart {i + 1}: {r.stderr.strip()}{self.diagnostics()}")
+            props = self.manager.show(UNIT, "ActiveState", "MainPID")
+            self.assertEqual(props["ActiveState"], "active", f"restart {i + 1}{self.diagnostics()}")
+            self.assertNotEqual(int(props["MainPID"]), pid)
+            pid = int(props["MainPID"])
+            self.assertEqual(self.client.name_owner_pid(h.BUS_NAME), pid)
 
     def exit_lines(self):
         return [line for line in self.manager.journal("-o", "cat", check=False).splitlines()

@@ -9,8 +9,10 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include "fd-table.h"
 #include "manager.h"
 #include "persist.h"
 #include "sim-iommu.h"
@@ -231,7 +233,7 @@ Test(address_space, restart_keeps_devices_spaces_mappings_and_their_memory) {
                         cr_assert_eq(persist_new(m2, &p2), 0);
                         int restored = persist_restore(p2, &stored, &err);
                         cr_assert_eq(restored, 2, "style %d planned %d: %d (%s)", style, planned, restored, err.text);
-                        cr_assert_eq(stored.n, 1, "all but the state were adopted (of %zu)", n_stored);
+                        cr_assert_eq(n_stored, 3, "the device, the memfd and the state: %zu entries", n_stored);
 
                         AddressSpace *s2 = manager_find_space(m2, "s0");
                         Device *d2 = manager_find_device(m2, "sim_gpu");
@@ -268,26 +270,129 @@ Test(address_space, restart_keeps_devices_spaces_mappings_and_their_memory) {
                 }
 }
 
+/* Does this process see kcmp()? Then only one open file description is one fd store entry; without
+ * it systemd (and fd-table.c) folds every open of one memfd with the same flags. */
+static bool have_kcmp(int fd) {
+        return syscall(SYS_kcmp, getpid(), getpid(), 0, fd, fd) == 0;
+}
+
+/* The store entry (in stored) of the open file description fd. */
+static const char *entry_of(const NamedFds *stored, int fd) {
+        for (size_t i = 0; i < stored->n; i++)
+                if (strncmp(stored->items[i].name, "state-", 6) != 0 && fd_same_entry(stored->items[i].fd, fd) > 0)
+                        return stored->items[i].name;
+        return NULL;
+}
+
+/* The normal VMM layout: many ranges of one guest-RAM memfd, in one space and across spaces, and
+ * a second open of the same memfd. systemd keeps one entry per open file description and drops
+ * the rest silently, so each description is stored once and every mapping refers to it. */
+Test(address_space, mappings_sharing_a_memfd_survive_a_restart) {
+        for (int planned = 0; planned < 2; planned++) {
+                Manager *m = new_manager(0, 0), *m2 = new_manager(0, 0);
+                Persist *p = NULL, *p2 = NULL;
+                NamedFds stored = {};
+                ErrorMessage err = {};
+                int fd = memfd(MiB), reopened;
+                char path[64], buf[8] = {};
+                size_t expected;
+
+                (void) snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+                reopened = open(path, O_RDWR | O_CLOEXEC);
+                cr_assert_geq(reopened, 0);
+                cr_assert_eq(persist_new(m, &p), 0);
+                AddressSpace *s = new_space(m, SIM_MAP_BY_FILE), *t = new_space(m, SIM_MAP_BY_ADDRESS);
+                for (unsigned i = 0; i < 3; i++)
+                        cr_assert_eq(map(s, fd, i * 0x10000, 0x1000, 0x100000 + i * 0x10000, &err), 0, "%s", err.text);
+                cr_assert_eq(map(t, fd, 0x40000, 0x2000, 0x100000, &err), 0, "%s", err.text);
+                cr_assert_eq(map(s, reopened, 0x80000, 0x1000, 0x900000, &err), 0, "%s", err.text);
+                cr_assert_eq(sim_iommu_dma(s->iommu, 0x120000, "third", 5, true, NULL), 0);
+                cr_assert_eq(sim_iommu_dma(t->iommu, 0x100000, "other", 5, true, NULL), 0);
+
+                if (planned)
+                        cr_assert_eq(persist_prepare_stop(p), 0);
+                cr_assert_eq(persist_export(p, &stored), 0);
+                /* one entry for the memfd (two with kcmp: the second open is its own description)
+                 * and the state: never one per mapping */
+                expected = have_kcmp(fd) ? 3 : 2;
+                cr_assert_eq(stored.n, expected, "%zu entries, expected %zu", stored.n, expected);
+                cr_assert_not_null(entry_of(&stored, fd));
+                persist_free(p);
+                manager_free(m);
+
+                cr_assert_eq(persist_new(m2, &p2), 0);
+                cr_assert_eq(persist_restore(p2, &stored, &err), 2, "%s", err.text);
+                AddressSpace *s2 = manager_find_space(m2, "s0"), *t2 = manager_find_space(m2, "s1");
+                cr_assert_not_null(s2);
+                cr_assert_not_null(t2);
+                cr_assert_eq(s2->n_mappings, 4);
+                cr_assert_eq(t2->n_mappings, 1);
+                cr_assert_eq(s2->pinned_bytes, 0x4000);
+                cr_assert_eq(t2->pinned_bytes, 0x2000);
+                cr_assert_null(s2->handover_problem, "%s", s2->handover_problem);
+                cr_assert_eq(sim_iommu_dma(s2->iommu, 0x120000, buf, 5, false, NULL), 0);
+                cr_assert_eq(memcmp(buf, "third", 5), 0);
+                cr_assert_eq(sim_iommu_dma(t2->iommu, 0x100000, buf, 5, false, NULL), 0);
+                cr_assert_eq(memcmp(buf, "other", 5), 0);
+                cr_assert_eq(sim_iommu_dma(s2->iommu, 0x900000, "open2", 5, true, NULL), 0);
+                cr_assert_eq(pread(fd, buf, 5, 0x80000), 5);
+                cr_assert_eq(memcmp(buf, "open2", 5), 0);
+                /* the mappings of one description share one descriptor's file */
+                for (size_t i = 0; i < s2->n_mappings; i++) {
+                        struct stat a, b;
+                        cr_assert_eq(fstat(s2->mappings[i]->m.fd, &a), 0);
+                        cr_assert_eq(fstat(fd, &b), 0);
+                        cr_assert(a.st_ino == b.st_ino);
+                }
+
+                /* unmapping all but one user keeps the entry; a restart from there still works */
+                cr_assert_eq(address_space_unmap(s2, 0x100000, 0x30000, &err), 0, "%s", err.text);
+                named_fds_done(&stored);
+                cr_assert_eq(persist_export(p2, &stored), 0);
+                cr_assert_eq(stored.n, expected);
+
+                named_fds_done(&stored);
+                close(reopened);
+                close(fd);
+                persist_free(p2);
+                manager_free(m2);
+        }
+}
+
 Test(address_space, restore_reports_missing_and_unknown_descriptors) {
         Manager *m = new_manager(0, 0), *m2 = new_manager(0, 0);
         Persist *p = NULL, *p2 = NULL;
         NamedFds stored = {};
         ErrorMessage err = {};
-        int fd = memfd(MiB);
+        int fd = memfd(MiB), other = memfd(MiB);
+        const char *lost;
 
         cr_assert_eq(persist_new(m, &p), 0);
         AddressSpace *s = new_space(m, SIM_MAP_BY_FILE);
         cr_assert_eq(map(s, fd, 0, 0x1000, 0x1000, &err), 0);
-        cr_assert_eq(map(s, fd, 0, 0x1000, 0x2000, &err), 0);
+        cr_assert_eq(map(s, other, 0, 0x1000, 0x2000, &err), 0);
+        cr_assert_eq(map(s, other, 0x1000, 0x1000, 0x3000, &err), 0);
         cr_assert_eq(persist_export(p, &stored), 0);
-        /* one mapping's file lost, one stranger added */
-        safe_close(named_fds_take(&stored, "map-s0-1"));
+        cr_assert_eq(stored.n, 3, "two memfds and the state");
+        /* one file lost (two mappings use it), one stranger added */
+        lost = entry_of(&stored, other);
+        cr_assert_not_null(lost);
+        safe_close(named_fds_take(&stored, lost));
         cr_assert_eq(named_fds_add(&stored, "left-by-an-old-version", memfd(4096), true), 0);
 
         cr_assert_eq(persist_new(m2, &p2), 0);
         cr_assert_eq(persist_restore(p2, &stored, &err), 1, "%s", err.text);
         AddressSpace *s2 = manager_find_space(m2, "s0");
-        cr_assert_eq(s2->n_mappings, 1, "the mapping whose file is missing is not invented");
+        cr_assert_eq(s2->n_mappings, 1, "the mappings whose file is missing are not invented");
+        cr_assert_eq(s2->pinned_bytes, 0x1000);
+        cr_assert_eq(s2->mappings[0]->m.iova, 0x1000);
+        /* nothing translates the lost ranges: a new Map may take them */
+        cr_assert_eq(sim_iommu_dma(s2->iommu, 0x2000, "x", 1, true, NULL), -EFAULT);
+        cr_assert_eq(map(s2, fd, 0x1000, 0x2000, 0x2000, &err), 0, "%s", err.text);
+        /* and LiveUpdate says what happened */
+        cr_assert_not_null(s2->handover_problem);
+        cr_assert(strstr(s2->handover_problem, "the last restart lost 2 mappings"), "%s", s2->handover_problem);
+        cr_assert(strstr(address_space_live_update(s2), "the last restart lost 2 mappings") || !m2->fd_store);
         cr_assert_geq(named_fds_get(&stored, "left-by-an-old-version"), 0, "strangers are not adopted");
 
         /* a corrupt state is refused */
@@ -303,6 +408,7 @@ Test(address_space, restore_reports_missing_and_unknown_descriptors) {
         named_fds_done(&bad);
         named_fds_done(&stored);
         close(fd);
+        close(other);
         persist_free(p);
         persist_free(p2);
         persist_free(p3);

@@ -1620,6 +1620,72 @@ static void iommufd_world(World *w) {
         cr_assert_eq(w->s->ops->attach_device(w->s, w->devices[0], &err), 0, "%s", err.text);
 }
 
+/* A mapping whose file the fd store did not hand back (persist.c): the successor removes its
+ * translation, which the kernel kept, before taking the others over, with no descriptor for it;
+ * then nothing of it remains and the others move as usual. */
+static void legacy_lost_mapping(bool prepared) {
+        _cleanup_(named_fds_done) NamedFds store = {};
+        World w = {};
+        IommuMapping m[2], lost;
+        int fd = memfd(MiB);
+        ErrorMessage err = {};
+
+        legacy_world(&w, m, fd);
+        world_restart(&w, &store, prepared);
+        fake.log[0] = 0;
+        lost = m[1];
+        lost.fd = -EBADF;
+        lost.vaddr = NULL;
+        cr_assert_eq(w.s->ops->unmap(w.s, &lost, &err), 0, "%s", err.text);
+        cr_assert_str_eq(fake.log, "UNMAP_DMA(1,0x200000) ");
+        cr_assert_eq(fake.containers[1].n_maps, 1);
+        cr_assert_eq(fake.containers[1].maps[0].iova, 0x100000);
+        fake.log[0] = 0;
+        take_over_and_check(&w, m, 1, prepared);
+        cr_assert_str_eq(fake.log, prepared ? "MAP_DMA_VADDR(1,0x100000) "
+                                            : "UNMAP_DMA_VADDR_ALL(1) MAP_DMA_VADDR(1,0x100000) ");
+        world_done(&w);
+        close(fd);
+}
+
+Test(kernel_iommu, legacy_lost_mapping_is_unmapped_before_take_over, .init = setup_legacy, .fini = teardown) {
+        legacy_lost_mapping(/* prepared= */ true);
+}
+
+Test(kernel_iommu, legacy_lost_mapping_is_unmapped_after_a_crash, .init = setup_legacy, .fini = teardown) {
+        legacy_lost_mapping(/* prepared= */ false);
+}
+
+Test(kernel_iommu, iommufd_lost_mapping_is_unmapped_before_take_over, .init = setup_iommufd, .fini = teardown) {
+        _cleanup_(named_fds_done) NamedFds store = {};
+        World w = {};
+        IommuMapping m[2], lost;
+        IommuMapping *list[1] = { &m[0] };
+        ErrorMessage err = {};
+        int fd = memfd(MiB);
+
+        iommufd_world(&w);
+        m[0] = mapping(fd, 0x100000, 0x10000);
+        m[1] = mapping(fd, 0x200000, 0x10000);
+        for (size_t i = 0; i < 2; i++)
+                cr_assert_eq(w.s->ops->map(w.s, &m[i], &err), 0, "%s", err.text);
+        world_restart(&w, &store, /* use_prepare= */ false);
+        cr_assert_eq(fake.ioas[1].n_maps, 2);
+
+        fake.log[0] = 0;
+        lost = m[1];
+        lost.fd = -EBADF;
+        cr_assert_eq(w.s->ops->unmap(w.s, &lost, &err), 0, "%s", err.text);
+        cr_assert_eq(w.s->ops->take_over(w.s, list, 1, false, &err), 0, "%s", err.text);
+        cr_assert_str_eq(fake.log, "IOAS_UNMAP(1,0x200000) CHANGE_PROCESS ");
+        cr_assert_eq(fake.ioas[1].n_maps, 1);
+        cr_assert_eq(fake.ioas[1].maps[0].iova, 0x100000);
+        /* Unmapping it again finds nothing: the kernel's ENOENT, which persist.c takes as "not mapped". */
+        cr_assert_eq(w.s->ops->unmap(w.s, &lost, &err), -ENOENT);
+        world_done(&w);
+        close(fd);
+}
+
 Test(kernel_iommu, iommufd_by_file_and_restart, .init = setup_iommufd, .fini = teardown) {
         _cleanup_(named_fds_done) NamedFds store = {};
         _cleanup_(json_putp) json_object *saved = NULL;

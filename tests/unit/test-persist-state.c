@@ -15,27 +15,37 @@
 #include "macro.h"
 #include "persist-state.h"
 
-static const char good[] =
-        "{\"version\":1,\"next-space\":3,"
-        "\"kernel\":{\"iommufd\":\"k-iommufd\",\"next-container-id\":2,\"containers\":["
-        "{\"id\":1,\"fd\":\"k-container-1\",\"iommu-set\":true,\"update-vaddr\":true,"
-        "\"groups\":[{\"number\":12,\"fd\":\"k-group-12\",\"mdev\":false}]}]},"
-        "\"spaces\":["
-        "{\"id\":\"s0\",\"backend\":\"sim\",\"prepared\":false,\"next-serial\":2,\"sim-mapping\":\"by-file\","
-        "\"mappings\":[{\"iova\":1073741824,\"length\":1048576,\"offset\":0,\"access\":3,\"by-file\":true,"
-        "\"serial\":1}]},"
-        "{\"id\":\"s1\",\"backend\":\"legacy\",\"prepared\":true,\"next-serial\":0,"
-        "\"kernel\":{\"backend\":\"legacy\",\"container\":1},\"mappings\":[]}],"
-        "\"devices\":["
-        "{\"id\":\"sim_gpu\",\"address\":\"sim:gpu\",\"backend\":\"sim\",\"space\":\"s0\","
-        "\"last-transition\":\"running -> stop: ok\",\"clients\":[\":1.42\"],"
-        "\"sim\":{\"state-size\":1048576,\"precopy-size\":262144,\"dirty-rate\":0,\"flags\":7,"
-        "\"mtty-quirks\":false,\"fail-to-error\":0,\"fail-in-place\":0,\"seed\":18446744073709551615,"
-        "\"state\":\"running\",\"gens\":[[3,1],[15,4294967295]]}},"
-        "{\"id\":\"pci_0000_3b_00_1\",\"address\":\"0000:3b:00.1\",\"backend\":\"legacy\",\"space\":\"s1\","
-        "\"clients\":[],\"kernel\":{\"name\":\"0000:3b:00.1\",\"address\":\"0000:3b:00.1\","
-        "\"driver\":\"vfio-pci\",\"sysfs-path\":null,\"fd\":\"k-device-0000_3b_00_1\",\"path\":\"legacy\","
-        "\"iommu-group\":12,\"mdev\":false,\"devid\":0,\"ioas-id\":null,\"hwpt-id\":null}}]}";
+/* Version 2: one fd store entry per open file description, with the objects using it (fd-4 is
+ * one memfd behind a mapping and a simulated device). */
+#define FDS                                                                                                  \
+        "\"fds\":[{\"name\":\"fd-1\",\"users\":[\"k-iommufd\"]},{\"name\":\"fd-2\",\"users\":[\"k-container-1\"]}," \
+        "{\"name\":\"fd-3\",\"users\":[\"k-group-12\"]},{\"name\":\"fd-4\",\"users\":[\"map-s0-1\",\"sim-device-gpu\"]}," \
+        "{\"name\":\"fd-5\",\"users\":[\"k-device-0000_3b_00_1\"]}],"
+#define BODY                                                                                                  \
+        "\"next-space\":3,"                                                                                   \
+        "\"kernel\":{\"iommufd\":\"k-iommufd\",\"next-container-id\":2,\"containers\":[" \
+        "{\"id\":1,\"fd\":\"k-container-1\",\"iommu-set\":true,\"update-vaddr\":true," \
+        "\"groups\":[{\"number\":12,\"fd\":\"k-group-12\",\"mdev\":false}]}]}," \
+        "\"spaces\":[" \
+        "{\"id\":\"s0\",\"backend\":\"sim\",\"prepared\":false,\"next-serial\":2,\"sim-mapping\":\"by-file\"," \
+        "\"mappings\":[{\"iova\":1073741824,\"length\":1048576,\"offset\":0,\"access\":3,\"by-file\":true," \
+        "\"serial\":1}]}," \
+        "{\"id\":\"s1\",\"backend\":\"legacy\",\"prepared\":true,\"next-serial\":0," \
+        "\"kernel\":{\"backend\":\"legacy\",\"container\":1},\"mappings\":[]}]," \
+        "\"devices\":[" \
+        "{\"id\":\"sim_gpu\",\"address\":\"sim:gpu\",\"backend\":\"sim\",\"space\":\"s0\"," \
+        "\"last-transition\":\"running -> stop: ok\",\"clients\":[\":1.42\"]," \
+        "\"sim\":{\"state-size\":1048576,\"precopy-size\":262144,\"dirty-rate\":0,\"flags\":7," \
+        "\"mtty-quirks\":false,\"fail-to-error\":0,\"fail-in-place\":0,\"seed\":18446744073709551615," \
+        "\"state\":\"running\",\"gens\":[[3,1],[15,4294967295]]}}," \
+        "{\"id\":\"pci_0000_3b_00_1\",\"address\":\"0000:3b:00.1\",\"backend\":\"legacy\",\"space\":\"s1\"," \
+        "\"clients\":[],\"kernel\":{\"name\":\"0000:3b:00.1\",\"address\":\"0000:3b:00.1\"," \
+        "\"driver\":\"vfio-pci\",\"sysfs-path\":null,\"fd\":\"k-device-0000_3b_00_1\",\"path\":\"legacy\"," \
+        "\"iommu-group\":12,\"mdev\":false,\"devid\":0,\"ioas-id\":null,\"hwpt-id\":null}}]}"
+
+static const char good[] = "{\"version\":2," FDS BODY;
+/* What vfiomigd wrote before version 2 (every object's descriptor under its own name): still read. */
+static const char good_v1[] = "{\"version\":1," BODY;
 
 static int parse_text(const char *text, ErrorMessage *err) {
         json_object *root = NULL;
@@ -57,6 +67,7 @@ Test(persist_state, good) {
         ErrorMessage err = {};
 
         cr_assert_eq(parse_text(good, &err), 0, "%s", err.text);
+        cr_assert_eq(parse_text(good_v1, &err), 0, "%s", err.text);
 }
 
 /* Values of every JSON type; each field gets every one whose type differs from its own. */
@@ -168,9 +179,10 @@ static void assert_refused_with(const char *from, const char *to, const char *fr
 }
 
 Test(persist_state, out_of_range) {
-        assert_refused_with("\"version\":1", "\"version\":2", "version is 2, this vfiomigd reads version 1");
-        assert_refused_with("\"version\":1", "\"version\":-1", "version must be an unsigned integer, not negative");
-        assert_refused_with("\"version\":1,", "", "version is missing");
+        assert_refused_with("\"version\":2", "\"version\":3", "version is 3, this vfiomigd reads versions 1 to 2");
+        assert_refused_with("\"version\":2", "\"version\":0", "version is 0, this vfiomigd reads versions 1 to 2");
+        assert_refused_with("\"version\":2", "\"version\":-1", "version must be an unsigned integer, not negative");
+        assert_refused_with("\"version\":2,", "", "version is missing");
         assert_refused_with("\"next-space\":3", "\"next-space\":4294967296", "next-space is 4294967296");
         assert_refused_with("\"state-size\":1048576", "\"state-size\":0", "devices[0].sim.state-size is 0");
         assert_refused_with("\"state-size\":1048576", "\"state-size\":68719476737", "devices[0].sim.state-size is");
@@ -212,6 +224,29 @@ Test(persist_state, out_of_range) {
         assert_refused_with("\"kernel\":{\"backend\":\"legacy\",\"container\":1}", "\"kernel\":null",
                             "spaces[1].kernel must be an object, not null");
         assert_refused_with(",\"sim\":{", ",\"kernel\":{},\"sim\":{", "devices[0] must have exactly one");
+}
+
+/* The table of fd store entries: its shape, and every reference into it. Refused with the store
+ * left alone (persist.c's refuse()), never adopted in part. */
+Test(persist_state, fd_store_entries) {
+        assert_refused_with(FDS, "", "fds is missing");
+        assert_refused_with(FDS, "\"fds\":{},", "fds must be an array, not an object");
+        assert_refused_with("\"name\":\"fd-3\"", "\"name\":\"fd-1\"", "fds: two entries are named 'fd-1'");
+        assert_refused_with("\"name\":\"fd-3\"", "\"name\":\"fd:3\"", "fds[2].name must be 1 to 255 printable");
+        assert_refused_with("\"name\":\"fd-3\"", "\"name\":\"state-3\"", "fds[2].name 'state-3' is the name of a state");
+        assert_refused_with("\"name\":\"fd-3\",\"users\"", "\"users\"", "fds[2].name is missing");
+        assert_refused_with("[\"k-group-12\"]", "[]", "fds[2].users lists no users");
+        assert_refused_with("[\"k-group-12\"]", "[\"k-group-12\",\"map-s0-1\"]",
+                            "fds: 'map-s0-1' is a user of two entries");
+        assert_refused_with("[\"k-group-12\"]", "[\"k group\"]", "fds[2].users[0] must be 1 to 255 printable");
+        /* every descriptor a record names must be a user of an entry */
+        assert_refused_with("[\"k-group-12\"]", "[\"k-group-13\"]",
+                            "kernel.containers[0].groups[0].fd names the descriptor 'k-group-12', which no entry");
+        assert_refused_with("\"map-s0-1\",", "", "spaces[0].mappings[0] names the descriptor 'map-s0-1', which no entry");
+        assert_refused_with("[\"k-iommufd\"]", "[\"k-iommufd2\"]", "kernel.iommufd names the descriptor 'k-iommufd'");
+        assert_refused_with("[\"k-device-0000_3b_00_1\"]", "[\"x\"]",
+                            "devices[1].kernel.fd names the descriptor 'k-device-0000_3b_00_1', which no entry");
+        assert_refused_with("\"serial\":1}", "\"serial\":0}", "spaces[0].mappings[0] names the descriptor 'map-s0-0'");
 }
 
 static char *repeat(const char *head, const char *unit, size_t n, const char *tail) {
