@@ -799,7 +799,12 @@ static int on_tick(sd_event_source *s, uint64_t usec, void *userdata) {
                  * tick measured what the link carries. A dirtying device that the link keeps up
                  * with never has that much waiting, and its trickle measures nothing. */
                 uint64_t moved = bytes - MIN(bytes, j->last_tick_bytes);
-                if (outgoing_precopy && moved > 0 && j->precopy_pending + j->last_tick_backlog > moved)
+                uint64_t waiting = j->precopy_pending + j->last_tick_backlog;
+                /* A few bytes a driver reports and never hands over (mtty says 96 in pre-copy for
+                 * good) would "wait" every tick and make a trickle look like the link's rate: 41
+                 * bytes/s once, and a job that then waited for ever. Only a tick that had at
+                 * least MIGRATION_RATE_MIN_WAITING waiting measures the link. */
+                if (outgoing_precopy && moved > 0 && waiting > moved && waiting >= MIGRATION_RATE_MIN_WAITING)
                         j->rate_measured = j->rate_measured == 0 ? instant : (j->rate_measured * 3 + instant) / 4;
         }
         j->last_tick_usec = now;

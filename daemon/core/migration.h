@@ -39,6 +39,7 @@ typedef struct Migration Migration;
 #define MIGRATION_BLOB_MAX STREAM_BLOB_MAX
 #define MIGRATION_TICK_USEC (500 * UINT64_C(1000))  /* progress and switchover decisions */
 #define MIGRATION_STALL_TICKS 4u        /* pre-copy that stops shrinking for this long has converged */
+#define MIGRATION_RATE_MIN_WAITING (UINT64_C(1) << 20) /* bytes waiting in a tick that measures the link */
 #define MIGRATION_ESTIMATE_UNKNOWN UINT64_MAX
 #define MIGRATION_BUDGET_MAX_GIB 16u     /* reassembly-budget cap, lowered to a quarter of the memory */
 #define MIGRATION_STALL_TIMEOUT_MIN_MS 1000u
