@@ -279,6 +279,7 @@ static int run(int argc, char *argv[]) {
                 return r;
         options.tls = tls;
         options.allow_cleartext = config.allow_cleartext;
+        options.kernel.prefer_legacy = config.vfio_legacy;
         r = manager_new(&options, &manager);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up: %m");

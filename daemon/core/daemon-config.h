@@ -46,6 +46,7 @@ typedef struct DaemonConfig {
         char *stream_listen;         /* NULL = [::]:7179 */
         ConfigTls tls;
         bool allow_cleartext;        /* without TLS: migrate to and from non-loopback addresses anyway */
+        bool vfio_legacy;            /* "vfio-backend": "legacy": groups and containers even where iommufd exists */
         ConfigDevice *devices;
         size_t n_devices;
 } DaemonConfig;
