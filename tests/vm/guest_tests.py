@@ -44,8 +44,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 SOURCE_ROOT = Path(os.environ["SOURCE_ROOT"])
@@ -55,12 +53,13 @@ sys.path.insert(0, str(SOURCE_ROOT / "tests" / "integration"))
 import dbus_wire  # noqa: E402  (a persistent bus connection: hundreds of calls without a process each)
 import harness as h  # noqa: E402
 import test_systemd  # noqa: E402  (adapt_unit: the project's unit made fit for a user manager)
+from guest_common import (BACKEND, EDU, IOMMUFD, KERNEL_NAME, MDEV_A, MDEV_B, C, dmesg, expect_error,  # noqa: E402,F401
+                          section)
+from guest_kernel import (check_vfio_nodes, proc_status_kb, vfio_nodes_held, test_change_process_rule, test_features,  # noqa: E402
+                          test_kernel)
 
 VMM = BUILD_ROOT / "tests" / "vm" / "vmm-standin"
 CLI = str(h.CLI)
-EDU = os.environ.get("VM_EDU", "0000:00:03.0")
-MDEV_A = os.environ["VM_MDEV_A"]
-MDEV_B = os.environ["VM_MDEV_B"]
 WORK = Path(os.environ["VM_WORK"])
 TRACING = Path("/sys/kernel/tracing")
 
@@ -75,55 +74,6 @@ MTTY_SCR = 7             # 16550 scratch register: I/O offset 7 of each port's B
 
 # --------------------------------------------------------------------------------------------
 # Checks
-
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-        self.failures = []
-        self.section = ""
-
-    def check(self, ok, name, detail=""):
-        if ok:
-            self.passed += 1
-            print(f"  ok    {name}{': ' + detail if detail else ''}", flush=True)
-        else:
-            self.failed += 1
-            self.failures.append(f"[{self.section}] {name}: {detail}")
-            print(f"  FAIL  {name}: {detail}", flush=True)
-        return bool(ok)
-
-    def equal(self, got, want, name, detail=""):
-        return self.check(got == want, name, f"{detail + '; ' if detail else ''}got {got!r}"
-                          + ("" if got == want else f", want {want!r}"))
-
-    def note(self, text):
-        print(f"  ..    {text}", flush=True)
-
-
-C = Checks()
-T0 = time.monotonic()
-
-
-@contextmanager
-def section(name):
-    C.section = name
-    print(f"\n== {name} [{time.monotonic() - T0:.1f}s]", flush=True)
-    try:
-        yield
-    except Exception as e:  # one section's breakage must not hide the others' results
-        C.check(False, f"{name}: section aborted", f"{type(e).__name__}: {e}")
-        traceback.print_exc(file=sys.stdout)
-        sys.stdout.flush()
-
-
-def expect_error(fn, *args):
-    """(None, value) if fn succeeded, else (error name, message)."""
-    try:
-        return None, fn(*args)
-    except h.DBusError as e:
-        return e.name, e.message
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,63 +227,6 @@ class SetStateTrace:
             (TRACING / "current_tracer").write_text("nop\n")
 
 
-def sysfs_link_name(path):
-    try:
-        return os.path.basename(os.readlink(path))
-    except OSError:
-        return None
-
-
-def dmesg():
-    return subprocess.run(["dmesg"], capture_output=True, text=True).stdout
-
-
-# --------------------------------------------------------------------------------------------
-# Kernel facts
-
-
-def test_kernel():
-    with section("kernel: what the guest runs"):
-        release = os.uname().release
-        C.equal(release, os.environ.get("VM_KERNEL_RELEASE"), "uname -r is the pinned kernel",
-                f"Debian package {os.environ.get('VM_KERNEL_VERSION')}")
-        if os.environ.get("VM_KERNEL_NOTE"):
-            C.note(os.environ["VM_KERNEL_NOTE"])
-        edu = f"/sys/bus/pci/devices/{EDU}"
-        C.equal(sysfs_link_name(f"{edu}/driver"), "vfio-pci", f"edu ({EDU}) is bound to vfio-pci")
-        group = sysfs_link_name(f"{edu}/iommu_group")
-        C.check(group is not None and os.path.exists(f"/dev/vfio/{group}"), "edu has an IOMMU group and its node",
-                f"/dev/vfio/{group}")
-        for uuid in (MDEV_A, MDEV_B):
-            mg = sysfs_link_name(f"/sys/bus/mdev/devices/{uuid}/iommu_group")
-            C.check(mg is not None and os.path.exists(f"/dev/vfio/{mg}"), f"mdev {uuid} has an emulated IOMMU group",
-                    f"/dev/vfio/{mg}")
-        C.check(not os.path.exists("/dev/iommu"), "no /dev/iommu: Debian's 6.12 has CONFIG_IOMMUFD unset",
-                "so no iommufd, no IOAS_MAP_FILE, no IOAS_CHANGE_PROCESS on this kernel")
-        C.check(not os.path.exists("/dev/vfio/devices"), "no /dev/vfio/devices: no VFIO cdev without iommufd")
-        C.check(os.path.isdir("/sys/module/vfio_iommu_type1"), "the type1 IOMMU driver is loaded")
-        C.note(f"tainted={Path('/proc/sys/kernel/tainted').read_text().strip()} (out-of-tree, unsigned mtty.ko)")
-
-
-def test_features(bus):
-    with section("KernelFeatures as vfiomigd detected them"):
-        features = bus.client.mgr_prop("KernelFeatures")
-        C.note(f"KernelFeatures = {features}")
-        expected = {
-            "vfio-container": (True, "/dev/vfio/vfio with the type1 IOMMU"),
-            "type1-update-vaddr": (True, "type1 has VFIO_UPDATE_VADDR since 5.12"),
-            "io_uring": (True, "CONFIG_IO_URING=y"),
-            "iommufd": (False, "CONFIG_IOMMUFD is not set in Debian's 6.12"),
-            "ioas-map-file": (False, "needs iommufd (and Linux 6.13)"),
-            "ioas-change-process": (False, "needs iommufd (and Linux 6.13)"),
-            "vfio-cdev": (False, "no /dev/vfio/devices: CONFIG_VFIO_DEVICE_CDEV needs iommufd"),
-        }
-        for name, (present, why) in expected.items():
-            C.equal(name in features, present, f"KernelFeatures {'has' if present else 'lacks'} {name}", why)
-        extra = sorted(set(features) - set(expected))
-        C.equal(extra, [], "KernelFeatures names nothing else")
-
-
 # --------------------------------------------------------------------------------------------
 # mtty: the migration state machine on a real driver
 
@@ -386,7 +279,7 @@ class Mtty:
         return self.vmm[dev].value(f"reg-write {port} {MTTY_SCR} {value:#x}")
 
 
-def mtty_tests(bus):
+def mtty_tests(bus, daemon_pid=None):
     client = bus.client
     paths = {}
     with section("mtty: attach two mdev instances by UUID"):
@@ -395,7 +288,9 @@ def mtty_tests(bus):
             path = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s", uuid)
             paths[uuid] = path
             props = {k: v for k, (_, v) in client.get_all(path, h.DEVICE_IFACE).items()}
-            C.equal(props["Backend"], "legacy", f"{uuid[-2:]}: Backend")
+            C.equal(props["Backend"], BACKEND, f"{uuid[-2:]}: Backend")
+            if daemon_pid:
+                check_vfio_nodes(daemon_pid, uuid, f"/sys/bus/mdev/devices/{uuid}")
             C.equal(props["Driver"], "mtty", f"{uuid[-2:]}: Driver")
             C.equal(props["Migratable"], True, f"{uuid[-2:]}: Migratable")
             C.equal(props["MigrationFlags"], ["stop-copy", "p2p", "pre-copy"], f"{uuid[-2:]}: MigrationFlags")
@@ -738,6 +633,15 @@ def run_mtty_migration():
                 paths[uuid] = out.get("object") or bus.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice",
                                                                     "s", uuid)
             C.check(len(paths) == 2, "A attached to the source daemon, B to the destination daemon", str(paths))
+            # A device the other daemon holds: the kernel refuses the second open (legacy: the group
+            # is open elsewhere, EBUSY) or the second bind (cdev: EINVAL); either way the answer must
+            # say the device is in use, not that an argument was wrong.
+            r = ctl(dst_bus, "attach", MDEV_A, check=False)
+            out = (r.stdout + r.stderr).strip()
+            C.check(r.returncode != 0 and ("in use" in out or "already open" in out),
+                    "the destination daemon cannot attach A, which the source daemon holds: 'in use'", out)
+            C.check("rejected an argument" not in out and "InvalidArgs" not in out,
+                    "... and not blamed on an argument")
             pair = MttyPair(src_bus, dst_bus, src, dst, paths[MDEV_A], paths[MDEV_B])
         if pair is None:
             return
@@ -886,7 +790,11 @@ def edu_tests():
     manager = None
     vmm = None
     client = bus.client
-    mem = Path("/dev/shm/vfm-vm-guest-memory")
+    # Guest RAM as a VMM has it: a memfd. vfiomigctl and the VMM stand-in open it by its /proc
+    # path, each getting an open file description of its own on the same pages.
+    memfd = os.memfd_create("vfm-vm-guest-memory")
+    os.ftruncate(memfd, MEM_SIZE)
+    mem = Path(f"/proc/{os.getpid()}/fd/{memfd}")
     try:
         with section("edu: vfiomigd as a Type=notify service of systemd --user"):
             t = time.monotonic()
@@ -909,7 +817,9 @@ def edu_tests():
             out = ctl_json(bus, "attach", EDU)
             dev = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s", EDU)
             props = {k: v for k, (_, v) in client.get_all(dev, h.DEVICE_IFACE).items()}
-            C.equal(props["Backend"], "legacy", "edu: Backend (no iommufd on this kernel)")
+            C.equal(props["Backend"], BACKEND, "edu: Backend" + (" (VFIO cdev + iommufd)" if IOMMUFD else
+                                                                  " (no iommufd on this kernel)"))
+            check_vfio_nodes(int(manager.show(UNIT, "MainPID")["MainPID"]), "edu", f"/sys/bus/pci/devices/{EDU}")
             C.equal(props["Driver"], "vfio-pci", "edu: Driver")
             C.equal(props["Migratable"], False, "edu: Migratable")
             C.check("ENOTTY" in props["MigratableReason"] or "migration" in props["MigratableReason"],
@@ -917,20 +827,27 @@ def edu_tests():
             space_out = ctl_json(bus, "space", "create")
             space = space_out.get("object") or h.SPACE_PATH_PREFIX + space_out["id"]
             space_id = space.rsplit("/", 1)[1]
-            C.equal(client.get_property(space, h.SPACE_IFACE, "Backend"), "legacy",
-                    "CreateAddressSpace with no backend picks legacy")
+            C.equal(client.get_property(space, h.SPACE_IFACE, "Backend"), BACKEND,
+                    f"CreateAddressSpace with no backend picks {BACKEND}")
             r = ctl(bus, "attach-space", EDU, space_id, check=False)
             C.equal(r.returncode, 0, "vfiomigctl attach-space edu SPACE", r.stderr.strip())
             C.equal(client.dev_prop(dev, "AddressSpace"), space, "edu: AddressSpace")
-            with open(mem, "wb") as f:
-                f.truncate(MEM_SIZE)
+            pid = int(manager.show(UNIT, "MainPID")["MainPID"])
+            pinned_before = proc_status_kb(pid, "VmPin")
             r = ctl(bus, "map", space_id, f"--file={mem}", f"--length={MEM_SIZE}", f"--iova={IOVA:#x}", check=False)
-            C.equal(r.returncode, 0, f"vfiomigctl map SPACE --file={mem} (tmpfs) at IOVA {IOVA:#x}", r.stderr.strip())
+            C.equal(r.returncode, 0, f"vfiomigctl map SPACE --file={mem} (a memfd) at IOVA {IOVA:#x}", r.stderr.strip())
             mappings = client.call1(space, h.SPACE_IFACE, "ListMappings")
             C.equal([tuple(m[:3]) for m in mappings], [(IOVA, MEM_SIZE, 0)], "ListMappings")
             C.equal(client.get_property(space, h.SPACE_IFACE, "PinnedBytes"), MEM_SIZE, "PinnedBytes")
             live = client.get_property(space, h.SPACE_IFACE, "LiveUpdate")
             C.check(live.startswith("survives"), "LiveUpdate: the mapping survives restarts", live)
+            if IOMMUFD:
+                C.check("IOMMU_IOAS_MAP_FILE" in live and "IOMMU_IOAS_CHANGE_PROCESS" in live,
+                        "LiveUpdate: mapped by file (IOMMU_IOAS_MAP_FILE), to change owner with CHANGE_PROCESS", live)
+                pinned = proc_status_kb(pid, "VmPin")
+                C.equal((pinned or 0) - (pinned_before or 0), MEM_SIZE // 1024,
+                        "the memfd's 2 MiB are pinned and charged to vfiomigd (its VmPin grew by 2048 kB)",
+                        f"pid {pid} VmPin {pinned_before} -> {pinned} kB")
 
         with section("edu: a VMM holding the device fd makes DMA into the mapped file"):
             vmm = Vmm(bus, dev, "edu", f"--file={mem}", f"--iova={IOVA:#x}")
@@ -967,7 +884,7 @@ def edu_tests():
                     f"the IOMMU reported a DMA fault at IOVA {IOVA + 0x3000:#x}",
                     "; ".join(faults[:3]) or new.strip()[-300:])
             C.note(f"{len(faults)} DMAR fault lines")
-        with section("mtty under the service manager: an mdev in a legacy address space"):
+        with section(f"mtty under the service manager: an mdev in a{'n' if IOMMUFD else ''} {BACKEND} address space"):
             out = ctl_json(bus, "attach", MDEV_A)
             mdev = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s", MDEV_A)
             space2 = ctl_json(bus, "space", "create")["id"]
@@ -976,18 +893,24 @@ def edu_tests():
             with open(mem2, "wb") as f:
                 f.truncate(65536)
             r = ctl(bus, "map", space2, f"--file={mem2}", "--length=65536", "--iova=0x100000", check=False)
-            C.equal(r.returncode, 0, "vfiomigctl map into the space of an mdev (type1 pins for an emulated group)",
-                    r.stderr.strip())
+            C.equal(r.returncode, 0, "vfiomigctl map into the space of an mdev" +
+                    (" (an iommufd access for the emulated device)" if IOMMUFD else
+                     " (type1 pins for an emulated group)"), r.stderr.strip())
             live = client.get_property(h.SPACE_PATH_PREFIX + space2, h.SPACE_IFACE, "LiveUpdate")
-            C.check("mdev" in live and not live.startswith("survives"),
-                    "LiveUpdate: type1 offers no VFIO_UPDATE_VADDR with an mdev group in the container", live)
+            if IOMMUFD:
+                C.check(live.startswith("survives"), "LiveUpdate: by file, an mdev in the IOAS does not stop "
+                        "CHANGE_PROCESS", live)
+            else:
+                C.check("mdev" in live and not live.startswith("survives"),
+                        "LiveUpdate: type1 offers no VFIO_UPDATE_VADDR with an mdev group in the container", live)
             # B's group has a container of its own: joining the space moves it into the space's
             # container (device fds closed, GROUP_UNSET_CONTAINER, GROUP_SET_CONTAINER, reopened).
             out = ctl_json(bus, "attach", MDEV_B)
             mdev_b = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s", MDEV_B)
             r = ctl(bus, "attach-space", MDEV_B, space2, check=False)
-            C.equal(r.returncode, 0, "a second mdev joins the space: its IOMMU group moves into the space's "
-                    "container", r.stderr.strip())
+            C.equal(r.returncode, 0, "a second mdev joins the space" + (
+                    ": attached to the same IOAS" if IOMMUFD else
+                    ": its IOMMU group moves into the space's container"), r.stderr.strip())
             C.equal(client.dev_prop(mdev_b, "AddressSpace"), h.SPACE_PATH_PREFIX + space2, "B: AddressSpace")
             err, value = expect_error(client.call1, mdev_b, h.DEVICE_IFACE, "SetState", "sa{sv}", "stop", {})
             C.equal(value if err is None else err, "stop", "B works through its reopened device fd (SetState stop)")
@@ -1012,7 +935,67 @@ def edu_tests():
             manager.stop()
         bus.stop()
         rundir.stop()
-        mem.unlink(missing_ok=True)
+        os.close(memfd)
+
+
+def legacy_on_iommufd():
+    """Where iommufd exists, the legacy path stays selectable ("vfio-backend": "legacy" in
+    vfiomigd.conf): groups, a type1 container, MAP_DMA of the daemon's view of a memfd, edu DMA."""
+    bus = h.PrivateBus().start()
+    daemon = h.Daemon(bus, allow_simulated=False, config={"vfio-backend": "legacy"})
+    memfd = os.memfd_create("vfm-vm-legacy-memory")
+    os.ftruncate(memfd, MEM_SIZE)
+    mem = Path(f"/proc/{os.getpid()}/fd/{memfd}")
+    vmm = None
+    client = bus.client
+    try:
+        with section('the legacy path on an iommufd kernel: "vfio-backend": "legacy" in vfiomigd.conf'):
+            daemon.start()
+            features = client.mgr_prop("KernelFeatures")
+            C.check("iommufd" in features and "vfio-container" in features,
+                    "KernelFeatures still lists both (the choice is the configuration's)", str(features))
+            paths = {}
+            for addr in (EDU, MDEV_A):
+                out = ctl_json(bus, "attach", addr)
+                paths[addr] = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s",
+                                                                addr)
+                C.equal(client.dev_prop(paths[addr], "Backend"), "legacy", f"{addr}: Backend")
+            held = vfio_nodes_held(daemon.pid)
+            C.check("/dev/vfio/vfio" in held and "/dev/iommu" not in held
+                    and not any(p.startswith("/dev/vfio/devices/") for p in held),
+                    "vfiomigd holds groups and a container, no cdev and no /dev/iommu", str(sorted(held)))
+            space = ctl_json(bus, "space", "create")
+            space_path = space.get("object") or h.SPACE_PATH_PREFIX + space["id"]
+            C.equal(client.get_property(space_path, h.SPACE_IFACE, "Backend"), "legacy",
+                    "CreateAddressSpace with no backend picks legacy")
+            r = ctl(bus, "attach-space", EDU, space["id"], check=False)
+            C.equal(r.returncode, 0, "vfiomigctl attach-space edu SPACE", r.stderr.strip())
+            r = ctl(bus, "map", space["id"], f"--file={mem}", f"--length={MEM_SIZE}", f"--iova={IOVA:#x}", check=False)
+            C.equal(r.returncode, 0, "vfiomigctl map of a memfd (MAP_DMA)", r.stderr.strip())
+            live = client.get_property(space_path, h.SPACE_IFACE, "LiveUpdate")
+            C.check(live.startswith("survives") and "VADDR" in live,
+                    "LiveUpdate: survives restarts through VFIO_UPDATE_VADDR", live)
+            vmm = Vmm(bus, paths[EDU], "edu", f"--file={mem}", f"--iova={IOVA:#x}")
+            answer = vmm.cmd(f"copy 0x0 0x1000 {DMA_LEN} 5")
+            C.check(answer.startswith("ok"), "edu DMA through the type1 container lands in the memfd", answer)
+            r = ctl(bus, "unmap", space["id"], f"--iova={IOVA:#x}", f"--length={MEM_SIZE}", check=False)
+            C.equal(r.returncode, 0, "vfiomigctl unmap", r.stderr.strip())
+            answer = vmm.cmd(f"to-ram 0x3000 {DMA_LEN} 0xaa")
+            C.check(answer.startswith("ok changed=0 "), "after unmap, edu -> RAM DMA does not land", answer)
+            vmm.stop()
+            vmm = None
+            for addr in (EDU, MDEV_A):
+                r = ctl(bus, "detach", addr, check=False)
+                C.equal(r.returncode, 0, f"vfiomigctl detach {addr}", r.stderr.strip())
+    finally:
+        if vmm is not None:
+            vmm.stop()
+        if daemon.alive():
+            C.equal(daemon.terminate(), 0, "the legacy vfiomigd exits 0 on SIGTERM")
+        (WORK / "vfiomigd-legacy.log").write_text(daemon.log())
+        daemon.stop(expect=None)
+        bus.stop()
+        os.close(memfd)
 
 
 def restart_under_dma(manager, bus, vmm, dev, space, what, planned):
@@ -1021,6 +1004,7 @@ def restart_under_dma(manager, bus, vmm, dev, space, what, planned):
         before = {k: v for k, (_, v) in client.get_all(space, h.SPACE_IFACE).items()}
         devices_before = client.manager("ListDevices")[0]
         old_pid = int(manager.show(UNIT, "MainPID")["MainPID"])
+        old_pinned = proc_status_kb(old_pid, "VmPin")
         n_restarts = int(manager.show(UNIT, "NRestarts")["NRestarts"])
         answer = vmm.cmd(f"loop {DMA_LEN}")
         C.equal(answer, "ok looping", "the VMM starts a DMA loop")
@@ -1054,17 +1038,29 @@ def restart_under_dma(manager, bus, vmm, dev, space, what, planned):
         t_invalid = (find_log(entries, r"ready for a successor", pid=old_pid) if planned else t_start)
         t_taken = find_log(entries, r"took over \d+ mapping", pid=new_pid)
         if planned:
-            C.check(t_invalid is not None, "the old daemon invalidated the host addresses at SIGTERM "
-                    "(UNMAP_DMA VADDR|ALL)", f"at {t_invalid:.3f}" if t_invalid else "no 'ready for a successor' line")
-        C.check(t_taken is not None, "the successor took the mapping over (MAP_DMA VADDR) before READY",
+            C.check(t_invalid is not None, "the old daemon prepared the mapping for a successor at SIGTERM "
+                    + ("(IOMMU_IOAS_CHANGE_PROCESS checked early)" if IOMMUFD else "(UNMAP_DMA VADDR|ALL)"),
+                    f"at {t_invalid:.3f}" if t_invalid else "no 'ready for a successor' line")
+        C.check(t_taken is not None, "the successor took the mapping over "
+                + ("(IOMMU_IOAS_CHANGE_PROCESS)" if IOMMUFD else "(MAP_DMA VADDR)") + " before READY",
                 f"at {t_taken}" if t_taken else "no 'took over' log line")
+        if IOMMUFD:
+            t_change = find_log(entries, r"IOMMU_IOAS_CHANGE_PROCESS: the iommufd's mappings are charged to this "
+                                r"process now", pid=new_pid)
+            C.check(t_change is not None, "the successor called IOMMU_IOAS_CHANGE_PROCESS on the adopted iommufd "
+                    "(its journal)", f"at {t_change:.3f}" if t_change else "no CHANGE_PROCESS line from the new pid")
+            new_pinned = proc_status_kb(new_pid, "VmPin")
+            C.check(old_pinned == MEM_SIZE // 1024 and new_pinned == MEM_SIZE // 1024,
+                    "the pinned-page accounting moved to the successor: its VmPin is the memfd's 2048 kB",
+                    f"old pid {old_pid} VmPin {old_pinned} kB before, new pid {new_pid} VmPin {new_pinned} kB")
         iters = vmm.iterations[first:]
         failed = [i for i in iters if not i["ok"]]
         C.check(len(iters) >= 5 and not failed, "every DMA of the loop landed in the file",
                 f"{len(iters)} copies, {len(failed)} failed" + (f": {failed[:3]}" if failed else ""))
         if t_invalid is not None and t_taken is not None:
             inside, overlapping = iterations_between(vmm, t_invalid, t_taken)
-            window = "VADDR-invalid window" if planned else "from the kill to the successor's MAP_DMA(VADDR)"
+            window = ("from SIGTERM's preparation to the successor's take-over" if planned else
+                      "from the kill to the successor's take-over")
             C.note(f"{window} {t_invalid:.3f} .. {t_taken:.3f} ({t_taken - t_invalid:.2f}s): "
                    f"{len(inside)} copies entirely inside, {len(overlapping)} overlapping")
             C.check(inside and all(i["ok"] for i in overlapping),
@@ -1095,6 +1091,8 @@ def main():
     print(f"vfiomigd VM tier: kernel {os.uname().release}, guest tests in {SOURCE_ROOT}", flush=True)
     only = set(filter(None, os.environ.get("VM_ONLY", "").split(",")))   # VFIOMIGD_VM_ONLY=mtty,migration,tls,edu
     test_kernel()
+    if IOMMUFD and (not only or "edu" in only):
+        test_change_process_rule()
     if not only or "mtty" in only:
         run_mtty()
     if not only or "mtty" in only or "migration" in only:
@@ -1104,6 +1102,8 @@ def main():
         guest_tls.run(sys.modules[__name__])
     if not only or "edu" in only:
         edu_tests()
+        if IOMMUFD:
+            legacy_on_iommufd()
     h.run_all_cleanups()
     if C.failures:
         print("\nFailures:")
@@ -1123,7 +1123,7 @@ def run_mtty():
                     "not started by a service manager")
             C.equal(bus.client.mgr_prop("SimulationAllowed"), False, "Manager.SimulationAllowed")
         test_features(bus)
-        mtty_tests(bus)
+        mtty_tests(bus, daemon.pid)
     finally:
         if daemon.alive():
             rc = daemon.terminate()
