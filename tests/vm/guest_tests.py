@@ -806,12 +806,26 @@ def edu_tests():
             # VMM's DMA (~0.2 s a copy) certainly runs inside it, whatever the restart's speed.
             text = re.sub(r"(?m)^(ExecStart=.*)$", "# test: a slow start, to widen the handover window\n"
                           "ExecStartPre=/bin/sleep 1\n\\1", text, count=1)
+            if IOMMUFD:
+                # With CAP_IPC_LOCK (the unit's only capability) iommufd charges pinned pages to
+                # nobody (IOPT_PAGES_ACCOUNT_NONE), so CHANGE_PROCESS would have no charge to move.
+                # Narrowed as the unit's comment allows (LimitMEMLOCK=infinity keeps pinning
+                # working), iommufd charges the mapping process (ACCOUNT_USER: its VmPin), and
+                # the successor's VmPin shows the charge arriving.
+                text = re.sub(r"(?m)^(CapabilityBoundingSet=.*)$", "\\1\n# test: no CAP_IPC_LOCK, so that iommufd "
+                              "charges the pinned pages and CHANGE_PROCESS visibly moves them\n"
+                              "CapabilityBoundingSet=", text, count=1)
+                C.check("\nCapabilityBoundingSet=\n" in text, "the test unit drops CAP_IPC_LOCK (a drop-in's narrowing)")
             manager.install_unit(UNIT, text)
             t = time.monotonic()
             r = manager.systemctl("start", UNIT, check=False, timeout=120)
             C.check(r.returncode == 0, "systemctl --user start vfiomigd.service", r.stderr.strip())
             C.note(f"started in {time.monotonic() - t:.1f}s")
             C.equal(client.mgr_prop("FileDescriptorStore"), True, "Manager.FileDescriptorStore")
+            if IOMMUFD:
+                cap = re.search(r"(?m)^CapEff:\s*(\S+)", Path(f"/proc/{manager.show(UNIT, 'MainPID')['MainPID']}/status")
+                                .read_text())
+                C.equal(cap and int(cap.group(1), 16), 0, "vfiomigd runs with no capability (CapEff)")
 
         with section("edu: attach, address space, mapping"):
             out = ctl_json(bus, "attach", EDU)
