@@ -287,6 +287,7 @@ static int run(int argc, char *argv[]) {
         options.serial_transitions = config.serial_transitions;
         if (config.serial_transitions)
                 log_info("parallel-transitions is off: group moves change one device's state at a time.");
+        options.kernel.prefer_legacy = config.vfio_legacy;
         r = manager_new(&options, &manager);
         if (r < 0)
                 return log_error_errno(r, "Failed to set up: %m");

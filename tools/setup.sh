@@ -20,6 +20,8 @@ PACKAGES=(
         # VM tier (tests/vm/vm.py): QEMU (TCG) and a static busybox for the guest's initramfs; make,
         # xz and zstd to unpack Debian's kernel packages and build the mtty sample module
         qemu-system-x86 busybox-static make xz-utils zstd
+        # the VM tier's own Linux 7.2 (tests/vm/linux_build.py builds it from Debian's linux-source-7.2)
+        flex bison bc libelf-dev libssl-dev
         # the demo (tools/demo.sh): ip, for two network namespaces joined by a veth pair
         iproute2
 )

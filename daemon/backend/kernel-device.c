@@ -1007,6 +1007,14 @@ static int kernel_device_open_iommufd(KernelDevice *k, const KernelDeviceLocatio
 
         bind.iommufd = iommufd;
         r = kernel_ioctl(k->context, fd, VFIO_DEVICE_BIND_IOMMUFD, &bind);
+        /* Opening a cdev always succeeds; the kernel refuses the second bind of a device with
+         * EINVAL (vfio_df_open(): a cdev-opened device is open once), and our request is well
+         * formed, so EINVAL here means someone else holds the device. */
+        if (r == -EINVAL)
+                return error_setf(err, -EBUSY,
+                                  "%s (%s) is in use: another open of its VFIO cdev is bound to an iommufd (another "
+                                  "vfiomigd or a VMM holds the device), and the kernel binds a device once "
+                                  "(VFIO_DEVICE_BIND_IOMMUFD: EINVAL)", l->name, path);
         if (r < 0)
                 return error_setf(err, r, "Cannot bind %s (%s) to iommufd: %m", l->name, path);
 

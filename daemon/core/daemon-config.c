@@ -339,6 +339,11 @@ int daemon_config_parse_full(const char *text, const char *pki_dir, DaemonConfig
                         if (!json_object_is_type(val, json_type_boolean))
                                 return error_setf(err, -EINVAL, "parallel-transitions must be true or false");
                         c.serial_transitions = !json_object_get_boolean(val);
+                } else if (streq(key, "vfio-backend")) {
+                        const char *v = json_object_is_type(val, json_type_string) ? json_object_get_string(val) : NULL;
+                        if (!streq_ptr(v, "auto") && !streq_ptr(v, "legacy"))
+                                return error_setf(err, -EINVAL, "vfio-backend must be \"auto\" or \"legacy\"");
+                        c.vfio_legacy = streq(v, "legacy");
                 } else if (streq(key, "devices")) {
                         if (!json_object_is_type(val, json_type_array))
                                 return error_setf(err, -EINVAL, "devices must be an array");

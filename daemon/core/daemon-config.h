@@ -47,6 +47,7 @@ typedef struct DaemonConfig {
         ConfigTls tls;
         bool allow_cleartext;        /* without TLS: migrate to and from non-loopback addresses anyway */
         bool serial_transitions;     /* "parallel-transitions": false */
+        bool vfio_legacy;            /* "vfio-backend": "legacy": groups and containers even where iommufd exists */
         ConfigDevice *devices;
         size_t n_devices;
 } DaemonConfig;

@@ -187,6 +187,13 @@ Test(daemon_config, tls) {
         fclose(f);
         cr_assert_eq(daemon_config_parse_full("{ \"allow-cleartext\": true }", dir, &c, &err), 0, "%s", err.text);
         cr_assert(c.tls.enabled && !c.tls.explicit && c.tls.kernel_tls && c.allow_cleartext);
+        cr_assert(!c.vfio_legacy, "vfio-backend defaults to auto");
+        daemon_config_done(&c);
+        cr_assert_eq(daemon_config_parse_full("{ \"vfio-backend\": \"legacy\" }", dir, &c, &err), 0, "%s", err.text);
+        cr_assert(c.vfio_legacy);
+        daemon_config_done(&c);
+        cr_assert_eq(daemon_config_parse_full("{ \"vfio-backend\": \"auto\" }", dir, &c, &err), 0, "%s", err.text);
+        cr_assert(!c.vfio_legacy);
         cr_assert(strstr(c.tls.ca_file, "/ca-cert.pem"));
         cr_assert(strstr(c.tls.cert_file, "/server-cert.pem"));
         cr_assert(strstr(c.tls.key_file, "/server-key.pem"));
@@ -230,6 +237,8 @@ Test(daemon_config, tls) {
                 { "{ \"tls\": { \"kernel-tls\": 1 } }", "tls.kernel-tls must be true or false" },
                 { "{ \"allow-cleartext\": \"yes\" }", "allow-cleartext must be true or false" },
                 { "{ \"parallel-transitions\": 0 }", "parallel-transitions must be true or false" },
+                { "{ \"vfio-backend\": \"iommufd\" }", "vfio-backend must be \"auto\" or \"legacy\"" },
+                { "{ \"vfio-backend\": true }", "vfio-backend must be \"auto\" or \"legacy\"" },
         };
         for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
                 err = (ErrorMessage) {};

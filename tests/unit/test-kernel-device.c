@@ -8,11 +8,13 @@
 
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 
 #include "kernel-device.h"
@@ -325,6 +327,33 @@ Test(kernel_device, open_iommufd_path, .init = setup, .fini = teardown) {
         touch("dev/vfio/devices/vfio3");
         expect_open_error(c, "0000:3b:00.1", -ENOTTY, "Cannot bind 0000:3b:00.1");
         cr_expect_geq(kernel_context_get_iommufd(c, NULL), 0);
+}
+
+/* The kernel's answer to a second VFIO_DEVICE_BIND_IOMMUFD of a device: vfio_df_open() allows a
+ * cdev-opened device to be open once, so a bind while another process holds it gets EINVAL. */
+static int bind_refused(int fd, unsigned long request, void *arg, void *userdata) {
+        if (request == VFIO_DEVICE_BIND_IOMMUFD) {
+                errno = EINVAL;
+                return -1;
+        }
+        return ioctl(fd, request, arg);
+}
+
+Test(kernel_device, bind_of_a_held_device_is_busy, .init = setup, .fini = teardown) {
+        _cleanup_(kernel_context_unrefp) KernelContext *c = NULL;
+        char sys[PATH_MAX], dev[PATH_MAX];
+
+        (void) snprintf(sys, sizeof sys, "%s/sys", root);
+        (void) snprintf(dev, sizeof dev, "%s/dev", root);
+        cr_assert_eq(kernel_context_new(&(KernelContextOptions) { .sysfs_root = sys, .dev_root = dev,
+                                                                  .ioctl = bind_refused }, &c), 0);
+        touch("dev/iommu");
+        mkdir_p("dev/vfio/devices");
+        touch("dev/vfio/devices/vfio3");
+        /* Not "an argument was rejected": the device is in use, and the message says by whom. */
+        expect_open_error(c, "0000:3b:00.1", -EBUSY, "0000:3b:00.1 (");
+        expect_open_error(c, "0000:3b:00.1", -EBUSY, "is in use: another open of its VFIO cdev is bound to an "
+                          "iommufd (another vfiomigd or a VMM holds the device)");
 }
 
 Test(kernel_device, open_legacy_first_ioctl, .init = setup, .fini = teardown) {

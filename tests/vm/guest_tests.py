@@ -30,6 +30,14 @@ integration tier's harness.py: PrivateBus, Daemon, SystemdUserManager), against 
             Transport "tls-kernel", then "tls-user" with kernel-tls false, and a throughput
             comparison of the three in this guest (tests/vm/guest_tls.py).
 
+The same tests run on every kernel vm.py boots, held to what that kernel is (VM_EXPECT; see
+guest_common.py): on Debian's 6.12 devices and spaces are legacy (groups, type1 containers), on
+the tier's 7.2 they are iommufd + VFIO cdev (mappings by IOMMU_IOAS_MAP_FILE of a memfd, restarts
+through IOMMU_IOAS_CHANGE_PROCESS with the pinned-page charge moving to the successor), with the
+kernel's own CHANGE_PROCESS rule and the legacy path ("vfio-backend": "legacy") checked there too
+(guest_kernel.py: the kernel's facts; guest_parts.py: the bus client, vfiomigctl, the VMM
+stand-in, the ftrace counter).
+
 Every check prints one line ("ok" or "FAIL"); the last line is "vm: N passed, N failed". A check
 that fails never stops the run; an exception ends only its own section (counted as a failure).
 Exit status 0 when nothing failed, 1 otherwise.
@@ -37,32 +45,24 @@ Exit status 0 when nothing failed, 1 otherwise.
 
 import json
 import os
-import queue
 import re
 import signal
-import subprocess
 import sys
-import threading
 import time
-import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 SOURCE_ROOT = Path(os.environ["SOURCE_ROOT"])
 BUILD_ROOT = Path(os.environ["BUILD_ROOT"])
 sys.path.insert(0, str(SOURCE_ROOT / "tests" / "integration"))
 
-import dbus_wire  # noqa: E402  (a persistent bus connection: hundreds of calls without a process each)
 import harness as h  # noqa: E402
 import test_systemd  # noqa: E402  (adapt_unit: the project's unit made fit for a user manager)
+from guest_common import (BACKEND, EDU, IOMMUFD, KERNEL_NAME, MDEV_A, MDEV_B, C, dmesg, expect_error,  # noqa: E402,F401
+                          section)
+from guest_parts import WORK, SetStateTrace, Vmm, WireClient, ctl, ctl_json  # noqa: E402,F401
+from guest_kernel import (check_vfio_nodes, proc_status_kb, vfio_nodes_held, test_change_process_rule, test_features,  # noqa: E402
+                          test_kernel)
 
-VMM = BUILD_ROOT / "tests" / "vm" / "vmm-standin"
-CLI = str(h.CLI)
-EDU = os.environ.get("VM_EDU", "0000:00:03.0")
-MDEV_A = os.environ["VM_MDEV_A"]
-MDEV_B = os.environ["VM_MDEV_B"]
-WORK = Path(os.environ["VM_WORK"])
-TRACING = Path("/sys/kernel/tracing")
 
 STATES = ["error", "stop", "running", "stop-copy", "resuming", "running-p2p", "pre-copy", "pre-copy-p2p"]
 STATE_NUM = {s: i for i, s in enumerate(STATES)}
@@ -71,267 +71,6 @@ E_STREAM_REJECTED = "org.vfiomig1.Error.StreamRejected"
 MTTY2_STREAM = 96        # mtty-2: 24-byte header + 2 x 36-byte port state (mtty-harness.md)
 MTTY_HEADER = 24
 MTTY_SCR = 7             # 16550 scratch register: I/O offset 7 of each port's BAR
-
-
-# --------------------------------------------------------------------------------------------
-# Checks
-
-
-class Checks:
-    def __init__(self):
-        self.passed = 0
-        self.failed = 0
-        self.failures = []
-        self.section = ""
-
-    def check(self, ok, name, detail=""):
-        if ok:
-            self.passed += 1
-            print(f"  ok    {name}{': ' + detail if detail else ''}", flush=True)
-        else:
-            self.failed += 1
-            self.failures.append(f"[{self.section}] {name}: {detail}")
-            print(f"  FAIL  {name}: {detail}", flush=True)
-        return bool(ok)
-
-    def equal(self, got, want, name, detail=""):
-        return self.check(got == want, name, f"{detail + '; ' if detail else ''}got {got!r}"
-                          + ("" if got == want else f", want {want!r}"))
-
-    def note(self, text):
-        print(f"  ..    {text}", flush=True)
-
-
-C = Checks()
-T0 = time.monotonic()
-
-
-@contextmanager
-def section(name):
-    C.section = name
-    print(f"\n== {name} [{time.monotonic() - T0:.1f}s]", flush=True)
-    try:
-        yield
-    except Exception as e:  # one section's breakage must not hide the others' results
-        C.check(False, f"{name}: section aborted", f"{type(e).__name__}: {e}")
-        traceback.print_exc(file=sys.stdout)
-        sys.stdout.flush()
-
-
-def expect_error(fn, *args):
-    """(None, value) if fn succeeded, else (error name, message)."""
-    try:
-        return None, fn(*args)
-    except h.DBusError as e:
-        return e.name, e.message
-
-
-# --------------------------------------------------------------------------------------------
-# Parts
-
-
-class WireClient:
-    """harness.BusClient's calls over one persistent connection (dbus_wire): the state-machine
-    matrix makes hundreds of calls, and a busctl process per call costs ~0.2 s under TCG."""
-
-    def __init__(self, address):
-        self.conn = dbus_wire.WireConnection(address, timeout=60)
-
-    def call(self, path, iface, method, sig="", *args):
-        try:
-            return self.conn.call(h.BUS_NAME, path, iface, method, sig, args)
-        except dbus_wire.WireError as e:
-            raise h.DBusError(e.name, e.message) from None
-
-    def call1(self, *a):
-        data = self.call(*a)
-        if len(data) != 1:
-            raise AssertionError(f"expected one return value, got {data!r}")
-        return data[0]
-
-    def device(self, path, method, sig="", *args):
-        return self.call(path, h.DEVICE_IFACE, method, sig, *args)
-
-    def dev_prop(self, path, name):
-        return self.call1(path, h.PROPS_IFACE, "Get", "ss", h.DEVICE_IFACE, name)[1]
-
-    def close(self):
-        self.conn.close()
-
-
-def ctl(bus, *args, check=True, timeout=60):
-    """vfiomigctl on the private bus; returns the CompletedProcess."""
-    r = subprocess.run([CLI, f"--address={bus.address}"] + [str(a) for a in args], capture_output=True,
-                       text=True, timeout=timeout, env=h.clean_env())
-    if check and r.returncode != 0:
-        raise RuntimeError(f"vfiomigctl {' '.join(map(str, args))}: rc={r.returncode}: {r.stderr.strip()}")
-    return r
-
-
-def ctl_json(bus, *args):
-    return json.loads(ctl(bus, "--json=short", *args).stdout)
-
-
-class Vmm:
-    """tests/vm/vmm-standin as a child: a line per command on stdin, a line per answer; the edu
-    loop's "iter" lines are collected on the side."""
-
-    def __init__(self, bus, device_path, mode, *args):
-        self.log_path = WORK / f"vmm-{mode}-{int(time.monotonic() * 1000)}.log"
-        self.proc = subprocess.Popen([str(VMM), f"--address={bus.address}", f"--device={device_path}", mode]
-                                     + list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=open(self.log_path, "w"), text=True, bufsize=1, env=h.clean_env())
-        h.track(self)
-        self.answers = queue.Queue()
-        self.iterations = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.ready = self.next_answer(30)
-        if not self.ready.startswith("ready "):
-            raise RuntimeError(f"vmm-standin did not start: {self.ready} {self.stderr()}")
-
-    def __repr__(self):
-        return f"Vmm(pid={self.proc.pid})"
-
-    def _read(self):
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            if line.startswith("iter "):
-                m = re.match(r"iter (\d+) (ok|fail) t=([\d.]+),([\d.]+) src=(\S+) dst=(\S+) ?(.*)", line)
-                if m:
-                    self.iterations.append({"n": int(m.group(1)), "ok": m.group(2) == "ok",
-                                            "t0": float(m.group(3)), "t1": float(m.group(4)),
-                                            "src": m.group(5), "dst": m.group(6), "why": m.group(7)})
-                continue
-            self.answers.put(line)
-        self.answers.put(None)
-
-    def next_answer(self, timeout):
-        try:
-            line = self.answers.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"vmm-standin gave no answer within {timeout}s") from None
-        if line is None:
-            raise RuntimeError(f"vmm-standin exited ({self.proc.poll()}): {self.stderr()}")
-        return line
-
-    def cmd(self, text, timeout=60):
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        return self.next_answer(timeout)
-
-    def value(self, text):
-        answer = self.cmd(text)
-        m = re.match(r"ok value=(\S+)", answer)
-        if not m:
-            raise RuntimeError(f"{text}: {answer}")
-        return int(m.group(1), 0)
-
-    def stderr(self):
-        try:
-            return self.log_path.read_text()[-2000:]
-        except OSError:
-            return ""
-
-    def stop(self):
-        h.untrack(self)
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.flush()
-                self.proc.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                h.stop_child(self.proc, 5)
-        return self.proc.returncode
-
-
-class SetStateTrace:
-    """Counts the mtty driver's migration_set_state calls (mtty_set_state) with the function
-    tracer: the kernel's own record of which requests reached the driver."""
-
-    def __init__(self):
-        self.available = False
-        try:
-            (TRACING / "tracing_on").write_text("0")
-            (TRACING / "set_ftrace_filter").write_text("mtty_set_state\n")
-            (TRACING / "current_tracer").write_text("function\n")
-            (TRACING / "trace").write_text("")
-            (TRACING / "tracing_on").write_text("1")
-            self.available = True
-        except OSError as e:
-            self.error = str(e)
-
-    def clear(self):
-        if self.available:
-            (TRACING / "trace").write_text("")
-
-    def count(self):
-        if not self.available:
-            return None
-        return sum(1 for line in (TRACING / "trace").read_text().splitlines()
-                   if not line.startswith("#") and "mtty_set_state" in line)
-
-    def stop(self):
-        if self.available:
-            (TRACING / "tracing_on").write_text("0")
-            (TRACING / "current_tracer").write_text("nop\n")
-
-
-def sysfs_link_name(path):
-    try:
-        return os.path.basename(os.readlink(path))
-    except OSError:
-        return None
-
-
-def dmesg():
-    return subprocess.run(["dmesg"], capture_output=True, text=True).stdout
-
-
-# --------------------------------------------------------------------------------------------
-# Kernel facts
-
-
-def test_kernel():
-    with section("kernel: what the guest runs"):
-        release = os.uname().release
-        C.equal(release, os.environ.get("VM_KERNEL_RELEASE"), "uname -r is the pinned kernel",
-                f"Debian package {os.environ.get('VM_KERNEL_VERSION')}")
-        if os.environ.get("VM_KERNEL_NOTE"):
-            C.note(os.environ["VM_KERNEL_NOTE"])
-        edu = f"/sys/bus/pci/devices/{EDU}"
-        C.equal(sysfs_link_name(f"{edu}/driver"), "vfio-pci", f"edu ({EDU}) is bound to vfio-pci")
-        group = sysfs_link_name(f"{edu}/iommu_group")
-        C.check(group is not None and os.path.exists(f"/dev/vfio/{group}"), "edu has an IOMMU group and its node",
-                f"/dev/vfio/{group}")
-        for uuid in (MDEV_A, MDEV_B):
-            mg = sysfs_link_name(f"/sys/bus/mdev/devices/{uuid}/iommu_group")
-            C.check(mg is not None and os.path.exists(f"/dev/vfio/{mg}"), f"mdev {uuid} has an emulated IOMMU group",
-                    f"/dev/vfio/{mg}")
-        C.check(not os.path.exists("/dev/iommu"), "no /dev/iommu: Debian's 6.12 has CONFIG_IOMMUFD unset",
-                "so no iommufd, no IOAS_MAP_FILE, no IOAS_CHANGE_PROCESS on this kernel")
-        C.check(not os.path.exists("/dev/vfio/devices"), "no /dev/vfio/devices: no VFIO cdev without iommufd")
-        C.check(os.path.isdir("/sys/module/vfio_iommu_type1"), "the type1 IOMMU driver is loaded")
-        C.note(f"tainted={Path('/proc/sys/kernel/tainted').read_text().strip()} (out-of-tree, unsigned mtty.ko)")
-
-
-def test_features(bus):
-    with section("KernelFeatures as vfiomigd detected them"):
-        features = bus.client.mgr_prop("KernelFeatures")
-        C.note(f"KernelFeatures = {features}")
-        expected = {
-            "vfio-container": (True, "/dev/vfio/vfio with the type1 IOMMU"),
-            "type1-update-vaddr": (True, "type1 has VFIO_UPDATE_VADDR since 5.12"),
-            "io_uring": (True, "CONFIG_IO_URING=y"),
-            "iommufd": (False, "CONFIG_IOMMUFD is not set in Debian's 6.12"),
-            "ioas-map-file": (False, "needs iommufd (and Linux 6.13)"),
-            "ioas-change-process": (False, "needs iommufd (and Linux 6.13)"),
-            "vfio-cdev": (False, "no /dev/vfio/devices: CONFIG_VFIO_DEVICE_CDEV needs iommufd"),
-        }
-        for name, (present, why) in expected.items():
-            C.equal(name in features, present, f"KernelFeatures {'has' if present else 'lacks'} {name}", why)
-        extra = sorted(set(features) - set(expected))
-        C.equal(extra, [], "KernelFeatures names nothing else")
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,7 +125,7 @@ class Mtty:
         return self.vmm[dev].value(f"reg-write {port} {MTTY_SCR} {value:#x}")
 
 
-def mtty_tests(bus):
+def mtty_tests(bus, daemon_pid=None):
     client = bus.client
     paths = {}
     with section("mtty: attach two mdev instances by UUID"):
@@ -395,7 +134,9 @@ def mtty_tests(bus):
             path = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s", uuid)
             paths[uuid] = path
             props = {k: v for k, (_, v) in client.get_all(path, h.DEVICE_IFACE).items()}
-            C.equal(props["Backend"], "legacy", f"{uuid[-2:]}: Backend")
+            C.equal(props["Backend"], BACKEND, f"{uuid[-2:]}: Backend")
+            if daemon_pid:
+                check_vfio_nodes(daemon_pid, uuid, f"/sys/bus/mdev/devices/{uuid}")
             C.equal(props["Driver"], "mtty", f"{uuid[-2:]}: Driver")
             C.equal(props["Migratable"], True, f"{uuid[-2:]}: Migratable")
             C.equal(props["MigrationFlags"], ["stop-copy", "p2p", "pre-copy"], f"{uuid[-2:]}: MigrationFlags")
@@ -738,6 +479,17 @@ def run_mtty_migration():
                 paths[uuid] = out.get("object") or bus.client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice",
                                                                     "s", uuid)
             C.check(len(paths) == 2, "A attached to the source daemon, B to the destination daemon", str(paths))
+            C.equal([bus.client.dev_prop(paths[u], "Backend") for bus, u in ((src_bus, MDEV_A), (dst_bus, MDEV_B))],
+                    [BACKEND, BACKEND], f"both through the {BACKEND} backend")
+            # A device the other daemon holds: the kernel refuses the second open (legacy: the group
+            # is open elsewhere, EBUSY) or the second bind (cdev: EINVAL); either way the answer must
+            # say the device is in use, not that an argument was wrong.
+            r = ctl(dst_bus, "attach", MDEV_A, check=False)
+            out = (r.stdout + r.stderr).strip()
+            C.check(r.returncode != 0 and ("in use" in out or "already open" in out),
+                    "the destination daemon cannot attach A, which the source daemon holds: 'in use'", out)
+            C.check("rejected an argument" not in out and "InvalidArgs" not in out,
+                    "... and not blamed on an argument")
             pair = MttyPair(src_bus, dst_bus, src, dst, paths[MDEV_A], paths[MDEV_B])
         if pair is None:
             return
@@ -886,7 +638,11 @@ def edu_tests():
     manager = None
     vmm = None
     client = bus.client
-    mem = Path("/dev/shm/vfm-vm-guest-memory")
+    # Guest RAM as a VMM has it: a memfd. vfiomigctl and the VMM stand-in open it by its /proc
+    # path, each getting an open file description of its own on the same pages.
+    memfd = os.memfd_create("vfm-vm-guest-memory")
+    os.ftruncate(memfd, MEM_SIZE)
+    mem = Path(f"/proc/{os.getpid()}/fd/{memfd}")
     try:
         with section("edu: vfiomigd as a Type=notify service of systemd --user"):
             t = time.monotonic()
@@ -898,18 +654,34 @@ def edu_tests():
             # VMM's DMA (~0.2 s a copy) certainly runs inside it, whatever the restart's speed.
             text = re.sub(r"(?m)^(ExecStart=.*)$", "# test: a slow start, to widen the handover window\n"
                           "ExecStartPre=/bin/sleep 1\n\\1", text, count=1)
+            if IOMMUFD:
+                # With CAP_IPC_LOCK (the unit's only capability) iommufd charges pinned pages to
+                # nobody (IOPT_PAGES_ACCOUNT_NONE), so CHANGE_PROCESS would have no charge to move.
+                # Narrowed as the unit's comment allows (LimitMEMLOCK=infinity keeps pinning
+                # working), iommufd charges the mapping process (ACCOUNT_USER: its VmPin), and
+                # the successor's VmPin shows the charge arriving.
+                text = re.sub(r"(?m)^(CapabilityBoundingSet=.*)$", "\\1\n# test: no CAP_IPC_LOCK, so that iommufd "
+                              "charges the pinned pages and CHANGE_PROCESS visibly moves them\n"
+                              "CapabilityBoundingSet=", text, count=1)
+                C.check("\nCapabilityBoundingSet=\n" in text, "the test unit drops CAP_IPC_LOCK (a drop-in's narrowing)")
             manager.install_unit(UNIT, text)
             t = time.monotonic()
             r = manager.systemctl("start", UNIT, check=False, timeout=120)
             C.check(r.returncode == 0, "systemctl --user start vfiomigd.service", r.stderr.strip())
             C.note(f"started in {time.monotonic() - t:.1f}s")
             C.equal(client.mgr_prop("FileDescriptorStore"), True, "Manager.FileDescriptorStore")
+            if IOMMUFD:
+                cap = re.search(r"(?m)^CapEff:\s*(\S+)", Path(f"/proc/{manager.show(UNIT, 'MainPID')['MainPID']}/status")
+                                .read_text())
+                C.equal(cap and int(cap.group(1), 16), 0, "vfiomigd runs with no capability (CapEff)")
 
         with section("edu: attach, address space, mapping"):
             out = ctl_json(bus, "attach", EDU)
             dev = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s", EDU)
             props = {k: v for k, (_, v) in client.get_all(dev, h.DEVICE_IFACE).items()}
-            C.equal(props["Backend"], "legacy", "edu: Backend (no iommufd on this kernel)")
+            C.equal(props["Backend"], BACKEND, "edu: Backend" + (" (VFIO cdev + iommufd)" if IOMMUFD else
+                                                                  " (no iommufd on this kernel)"))
+            check_vfio_nodes(int(manager.show(UNIT, "MainPID")["MainPID"]), "edu", f"/sys/bus/pci/devices/{EDU}")
             C.equal(props["Driver"], "vfio-pci", "edu: Driver")
             C.equal(props["Migratable"], False, "edu: Migratable")
             C.check("ENOTTY" in props["MigratableReason"] or "migration" in props["MigratableReason"],
@@ -917,20 +689,27 @@ def edu_tests():
             space_out = ctl_json(bus, "space", "create")
             space = space_out.get("object") or h.SPACE_PATH_PREFIX + space_out["id"]
             space_id = space.rsplit("/", 1)[1]
-            C.equal(client.get_property(space, h.SPACE_IFACE, "Backend"), "legacy",
-                    "CreateAddressSpace with no backend picks legacy")
+            C.equal(client.get_property(space, h.SPACE_IFACE, "Backend"), BACKEND,
+                    f"CreateAddressSpace with no backend picks {BACKEND}")
             r = ctl(bus, "attach-space", EDU, space_id, check=False)
             C.equal(r.returncode, 0, "vfiomigctl attach-space edu SPACE", r.stderr.strip())
             C.equal(client.dev_prop(dev, "AddressSpace"), space, "edu: AddressSpace")
-            with open(mem, "wb") as f:
-                f.truncate(MEM_SIZE)
+            pid = int(manager.show(UNIT, "MainPID")["MainPID"])
+            pinned_before = proc_status_kb(pid, "VmPin")
             r = ctl(bus, "map", space_id, f"--file={mem}", f"--length={MEM_SIZE}", f"--iova={IOVA:#x}", check=False)
-            C.equal(r.returncode, 0, f"vfiomigctl map SPACE --file={mem} (tmpfs) at IOVA {IOVA:#x}", r.stderr.strip())
+            C.equal(r.returncode, 0, f"vfiomigctl map SPACE --file={mem} (a memfd) at IOVA {IOVA:#x}", r.stderr.strip())
             mappings = client.call1(space, h.SPACE_IFACE, "ListMappings")
             C.equal([tuple(m[:3]) for m in mappings], [(IOVA, MEM_SIZE, 0)], "ListMappings")
             C.equal(client.get_property(space, h.SPACE_IFACE, "PinnedBytes"), MEM_SIZE, "PinnedBytes")
             live = client.get_property(space, h.SPACE_IFACE, "LiveUpdate")
             C.check(live.startswith("survives"), "LiveUpdate: the mapping survives restarts", live)
+            if IOMMUFD:
+                C.check("IOMMU_IOAS_MAP_FILE" in live and "IOMMU_IOAS_CHANGE_PROCESS" in live,
+                        "LiveUpdate: mapped by file (IOMMU_IOAS_MAP_FILE), to change owner with CHANGE_PROCESS", live)
+                pinned = proc_status_kb(pid, "VmPin")
+                C.equal((pinned or 0) - (pinned_before or 0), MEM_SIZE // 1024,
+                        "the memfd's 2 MiB are pinned and charged to vfiomigd (its VmPin grew by 2048 kB)",
+                        f"pid {pid} VmPin {pinned_before} -> {pinned} kB")
 
         with section("edu: a VMM holding the device fd makes DMA into the mapped file"):
             vmm = Vmm(bus, dev, "edu", f"--file={mem}", f"--iova={IOVA:#x}")
@@ -967,7 +746,7 @@ def edu_tests():
                     f"the IOMMU reported a DMA fault at IOVA {IOVA + 0x3000:#x}",
                     "; ".join(faults[:3]) or new.strip()[-300:])
             C.note(f"{len(faults)} DMAR fault lines")
-        with section("mtty under the service manager: an mdev in a legacy address space"):
+        with section(f"mtty under the service manager: an mdev in a{'n' if IOMMUFD else ''} {BACKEND} address space"):
             out = ctl_json(bus, "attach", MDEV_A)
             mdev = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s", MDEV_A)
             space2 = ctl_json(bus, "space", "create")["id"]
@@ -976,21 +755,28 @@ def edu_tests():
             with open(mem2, "wb") as f:
                 f.truncate(65536)
             r = ctl(bus, "map", space2, f"--file={mem2}", "--length=65536", "--iova=0x100000", check=False)
-            C.equal(r.returncode, 0, "vfiomigctl map into the space of an mdev (type1 pins for an emulated group)",
-                    r.stderr.strip())
+            C.equal(r.returncode, 0, "vfiomigctl map into the space of an mdev" +
+                    (" (an iommufd access for the emulated device)" if IOMMUFD else
+                     " (type1 pins for an emulated group)"), r.stderr.strip())
             live = client.get_property(h.SPACE_PATH_PREFIX + space2, h.SPACE_IFACE, "LiveUpdate")
-            C.check("mdev" in live and not live.startswith("survives"),
-                    "LiveUpdate: type1 offers no VFIO_UPDATE_VADDR with an mdev group in the container", live)
+            if IOMMUFD:
+                C.check(live.startswith("survives"), "LiveUpdate: by file, an mdev in the IOAS does not stop "
+                        "CHANGE_PROCESS", live)
+            else:
+                C.check("mdev" in live and not live.startswith("survives"),
+                        "LiveUpdate: type1 offers no VFIO_UPDATE_VADDR with an mdev group in the container", live)
             # B's group has a container of its own: joining the space moves it into the space's
             # container (device fds closed, GROUP_UNSET_CONTAINER, GROUP_SET_CONTAINER, reopened).
             out = ctl_json(bus, "attach", MDEV_B)
             mdev_b = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s", MDEV_B)
             r = ctl(bus, "attach-space", MDEV_B, space2, check=False)
-            C.equal(r.returncode, 0, "a second mdev joins the space: its IOMMU group moves into the space's "
-                    "container", r.stderr.strip())
+            C.equal(r.returncode, 0, "a second mdev joins the space" + (
+                    ": attached to the same IOAS" if IOMMUFD else
+                    ": its IOMMU group moves into the space's container"), r.stderr.strip())
             C.equal(client.dev_prop(mdev_b, "AddressSpace"), h.SPACE_PATH_PREFIX + space2, "B: AddressSpace")
             err, value = expect_error(client.call1, mdev_b, h.DEVICE_IFACE, "SetState", "sa{sv}", "stop", {})
-            C.equal(value if err is None else err, "stop", "B works through its reopened device fd (SetState stop)")
+            C.equal(value if err is None else err, "stop", "B works through its " + ("device fd" if IOMMUFD else
+                                                                            "reopened device fd") + " (SetState stop)")
             expect_error(client.call1, mdev_b, h.DEVICE_IFACE, "SetState", "sa{sv}", "running", {})
             r = ctl(bus, "unmap", space2, "--length=65536", "--iova=0x100000", check=False)
             C.equal(r.returncode, 0, "vfiomigctl unmap", r.stderr.strip())
@@ -1012,7 +798,69 @@ def edu_tests():
             manager.stop()
         bus.stop()
         rundir.stop()
-        mem.unlink(missing_ok=True)
+        os.close(memfd)
+
+
+def legacy_on_iommufd():
+    """Where iommufd exists, the legacy path stays selectable ("vfio-backend": "legacy" in
+    vfiomigd.conf): groups, a type1 container, MAP_DMA of the daemon's view of a memfd, edu DMA."""
+    bus = h.PrivateBus().start()
+    daemon = h.Daemon(bus, allow_simulated=False, config={"vfio-backend": "legacy"})
+    memfd = os.memfd_create("vfm-vm-legacy-memory")
+    os.ftruncate(memfd, MEM_SIZE)
+    mem = Path(f"/proc/{os.getpid()}/fd/{memfd}")
+    vmm = None
+    client = bus.client
+    try:
+        with section('the legacy path on an iommufd kernel: "vfio-backend": "legacy" in vfiomigd.conf'):
+            daemon.start()
+            features = client.mgr_prop("KernelFeatures")
+            C.check("iommufd" in features and "vfio-container" in features,
+                    "KernelFeatures still lists both (the choice is the configuration's)", str(features))
+            paths = {}
+            for addr in (EDU, MDEV_A):
+                out = ctl_json(bus, "attach", addr)
+                paths[addr] = out.get("object") or client.call1(h.MANAGER_PATH, h.MANAGER_IFACE, "GetDevice", "s",
+                                                                addr)
+                C.equal(client.dev_prop(paths[addr], "Backend"), "legacy", f"{addr}: Backend")
+            held = vfio_nodes_held(daemon.pid)
+            C.check("/dev/vfio/vfio" in held and "/dev/iommu" not in held
+                    and not any(p.startswith("/dev/vfio/devices/") for p in held),
+                    "vfiomigd holds groups and a container, no cdev and no /dev/iommu", str(sorted(held)))
+            space = ctl_json(bus, "space", "create")
+            space_path = space.get("object") or h.SPACE_PATH_PREFIX + space["id"]
+            C.equal(client.get_property(space_path, h.SPACE_IFACE, "Backend"), "legacy",
+                    "CreateAddressSpace with no backend picks legacy")
+            r = ctl(bus, "attach-space", EDU, space["id"], check=False)
+            C.equal(r.returncode, 0, "vfiomigctl attach-space edu SPACE", r.stderr.strip())
+            r = ctl(bus, "map", space["id"], f"--file={mem}", f"--length={MEM_SIZE}", f"--iova={IOVA:#x}", check=False)
+            C.equal(r.returncode, 0, "vfiomigctl map of a memfd (MAP_DMA)", r.stderr.strip())
+            live = client.get_property(space_path, h.SPACE_IFACE, "LiveUpdate")
+            C.check("service manager" in live, "LiveUpdate: lost on restart, for want of a file descriptor store "
+                    "(this daemon runs without a service manager)", live)
+            vmm = Vmm(bus, paths[EDU], "edu", f"--file={mem}", f"--iova={IOVA:#x}")
+            edu = vmm.next_answer(30)
+            C.check(edu.startswith("ready-edu id=0x010000ed"), "edu answers through the legacy device fd's BAR0", edu)
+            answer = vmm.cmd(f"copy 0x0 0x1000 {DMA_LEN} 5")
+            C.check(answer.startswith("ok"), "edu DMA through the type1 container lands in the memfd", answer)
+            r = ctl(bus, "unmap", space["id"], f"--iova={IOVA:#x}", f"--length={MEM_SIZE}", check=False)
+            C.equal(r.returncode, 0, "vfiomigctl unmap", r.stderr.strip())
+            answer = vmm.cmd(f"to-ram 0x3000 {DMA_LEN} 0xaa")
+            C.check(answer.startswith("ok changed=0 "), "after unmap, edu -> RAM DMA does not land", answer)
+            vmm.stop()
+            vmm = None
+            for addr in (EDU, MDEV_A):
+                r = ctl(bus, "detach", addr, check=False)
+                C.equal(r.returncode, 0, f"vfiomigctl detach {addr}", r.stderr.strip())
+    finally:
+        if vmm is not None:
+            vmm.stop()
+        if daemon.alive():
+            C.equal(daemon.terminate(), 0, "the legacy vfiomigd exits 0 on SIGTERM")
+        (WORK / "vfiomigd-legacy.log").write_text(daemon.log())
+        daemon.stop(expect=None)
+        bus.stop()
+        os.close(memfd)
 
 
 def restart_under_dma(manager, bus, vmm, dev, space, what, planned):
@@ -1021,6 +869,7 @@ def restart_under_dma(manager, bus, vmm, dev, space, what, planned):
         before = {k: v for k, (_, v) in client.get_all(space, h.SPACE_IFACE).items()}
         devices_before = client.manager("ListDevices")[0]
         old_pid = int(manager.show(UNIT, "MainPID")["MainPID"])
+        old_pinned = proc_status_kb(old_pid, "VmPin")
         n_restarts = int(manager.show(UNIT, "NRestarts")["NRestarts"])
         answer = vmm.cmd(f"loop {DMA_LEN}")
         C.equal(answer, "ok looping", "the VMM starts a DMA loop")
@@ -1054,21 +903,34 @@ def restart_under_dma(manager, bus, vmm, dev, space, what, planned):
         t_invalid = (find_log(entries, r"ready for a successor", pid=old_pid) if planned else t_start)
         t_taken = find_log(entries, r"took over \d+ mapping", pid=new_pid)
         if planned:
-            C.check(t_invalid is not None, "the old daemon invalidated the host addresses at SIGTERM "
-                    "(UNMAP_DMA VADDR|ALL)", f"at {t_invalid:.3f}" if t_invalid else "no 'ready for a successor' line")
-        C.check(t_taken is not None, "the successor took the mapping over (MAP_DMA VADDR) before READY",
+            C.check(t_invalid is not None, "the old daemon prepared the mapping for a successor at SIGTERM "
+                    + ("(IOMMU_IOAS_CHANGE_PROCESS checked early)" if IOMMUFD else "(UNMAP_DMA VADDR|ALL)"),
+                    f"at {t_invalid:.3f}" if t_invalid else "no 'ready for a successor' line")
+        C.check(t_taken is not None, "the successor took the mapping over "
+                + ("(IOMMU_IOAS_CHANGE_PROCESS)" if IOMMUFD else "(MAP_DMA VADDR)") + " before READY",
                 f"at {t_taken}" if t_taken else "no 'took over' log line")
+        if IOMMUFD:
+            t_change = find_log(entries, r"IOMMU_IOAS_CHANGE_PROCESS: the iommufd's mappings are charged to this "
+                                r"process now", pid=new_pid)
+            C.check(t_change is not None, "the successor called IOMMU_IOAS_CHANGE_PROCESS on the adopted iommufd "
+                    "(its journal)", f"at {t_change:.3f}" if t_change else "no CHANGE_PROCESS line from the new pid")
+            new_pinned = proc_status_kb(new_pid, "VmPin")
+            C.check(old_pinned == MEM_SIZE // 1024 and new_pinned == MEM_SIZE // 1024,
+                    "the pinned-page accounting moved to the successor: its VmPin is the memfd's 2048 kB",
+                    f"old pid {old_pid} VmPin {old_pinned} kB before, new pid {new_pid} VmPin {new_pinned} kB")
         iters = vmm.iterations[first:]
         failed = [i for i in iters if not i["ok"]]
         C.check(len(iters) >= 5 and not failed, "every DMA of the loop landed in the file",
                 f"{len(iters)} copies, {len(failed)} failed" + (f": {failed[:3]}" if failed else ""))
         if t_invalid is not None and t_taken is not None:
             inside, overlapping = iterations_between(vmm, t_invalid, t_taken)
-            window = "VADDR-invalid window" if planned else "from the kill to the successor's MAP_DMA(VADDR)"
+            window = ("from SIGTERM's preparation to the successor's take-over" if planned else
+                      "from the kill to the successor's take-over")
             C.note(f"{window} {t_invalid:.3f} .. {t_taken:.3f} ({t_taken - t_invalid:.2f}s): "
                    f"{len(inside)} copies entirely inside, {len(overlapping)} overlapping")
             C.check(inside and all(i["ok"] for i in overlapping),
-                    "DMA kept landing in the same pages while no daemon held a valid host address",
+                    "DMA kept landing in the same pages while no daemon " + ("owned the mapping" if IOMMUFD else
+                                                                          "held a valid host address"),
                     f"{len(inside)} copies inside the window, all ok")
             after = [i for i in iters if i["t0"] > t_taken]
             C.check(after and all(i["ok"] for i in after), "... and after the successor registered its own",
@@ -1095,6 +957,8 @@ def main():
     print(f"vfiomigd VM tier: kernel {os.uname().release}, guest tests in {SOURCE_ROOT}", flush=True)
     only = set(filter(None, os.environ.get("VM_ONLY", "").split(",")))   # VFIOMIGD_VM_ONLY=mtty,migration,tls,edu
     test_kernel()
+    if IOMMUFD and (not only or "edu" in only):
+        test_change_process_rule()
     if not only or "mtty" in only:
         run_mtty()
     if not only or "mtty" in only or "migration" in only:
@@ -1104,6 +968,8 @@ def main():
         guest_tls.run(sys.modules[__name__])
     if not only or "edu" in only:
         edu_tests()
+        if IOMMUFD:
+            legacy_on_iommufd()
     h.run_all_cleanups()
     if C.failures:
         print("\nFailures:")
@@ -1123,7 +989,7 @@ def run_mtty():
                     "not started by a service manager")
             C.equal(bus.client.mgr_prop("SimulationAllowed"), False, "Manager.SimulationAllowed")
         test_features(bus)
-        mtty_tests(bus)
+        mtty_tests(bus, daemon.pid)
     finally:
         if daemon.alive():
             rc = daemon.terminate()

@@ -1,38 +1,46 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""The VM tier's host side: boots Debian's 6.12 kernel under QEMU (TCG, no KVM) with an emulated
-Intel VT-d IOMMU and QEMU's edu DMA device, plus the kernel's mtty sample driver built out of
-tree, and runs tests/vm/guest_tests.py in the guest against the real vfiomigd and vfiomigctl of
-the build tree. Recipe: /work/shared/reference/kernel-harness.md and mtty-harness.md.
+"""The VM tier's host side: boots a kernel under QEMU (TCG, no KVM) with an emulated Intel VT-d
+IOMMU and QEMU's edu DMA device, plus the kernel's mtty sample driver, and runs
+tests/vm/guest_tests.py in the guest against the real vfiomigd and vfiomigctl of the build tree.
+Recipe: /work/shared/reference/kernel-harness.md and mtty-harness.md. Two kernels (--kernel):
 
-Everything comes from Debian packages fetched by name (`apt-get download`, never installed):
-the kernel image, its headers and kbuild (for mtty.ko) and linux-source-6.12 (for mtty.c). The
-version is pinned in tests/vm/kernel-version. Downloads are turned into a few artefacts (an
-uncompressed vmlinux booted through its PVH entry, the handful of modules the guest loads,
-mtty.c and mtty.ko) cached under
+* 6.12  Debian bookworm's 6.12 LTS (no CONFIG_IOMMUFD: the legacy container only), from Debian
+        packages fetched by name (`apt-get download`, never installed): the kernel image, its
+        headers and kbuild (for mtty.ko) and linux-source-6.12 (for mtty.c), the version pinned
+        in tests/vm/kernel-version. Downloads are turned into a few artefacts (an uncompressed
+        vmlinux booted through its PVH entry, the handful of modules the guest loads, mtty.c and
+        mtty.ko) cached under CACHE / DEB_VERSION /, and the .debs are deleted again.
+* 7.2   Linux 7.2 built here from Debian's linux-source-7.2 with tests/vm/linux-7.2.config:
+        iommufd, the VFIO cdev, IOMMU_IOAS_MAP_FILE and IOMMU_IOAS_CHANGE_PROCESS, and the legacy
+        container beside them; everything built in (tests/vm/linux_build.py), cached under
+        CACHE / linux-DEB_VERSION / CONFIG_HASH /.
 
-    $VFIOMIGD_VM_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/vfiomigd-vm) / DEB_VERSION /
-
-and the .debs are deleted again. The initramfs (busybox-static, the modules, tests/vm/guest-init.sh
-as /init) is rebuilt whenever one of its inputs changes. A warm run needs no network and no
-apt at all.
+CACHE is $VFIOMIGD_VM_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/vfiomigd-vm). VFIOMIGD_VM_KERNEL=
+PATH (a bzImage or vmlinux) runs the tier on an operator's kernel instead, with
+VFIOMIGD_VM_KERNEL_MODULES=/lib/modules/RELEASE if its VFIO, 9p or TLS parts are modules; the guest
+tests then detect what it offers and report it. The initramfs (busybox-static, the modules,
+tests/vm/guest-init.sh as /init) is rebuilt whenever one of its inputs changes. A warm run needs
+no network, no apt and no compiler.
 
 The guest mounts the host's root file system read-only over 9p and chroots into it, so the
 build tree's dynamically linked binaries, python3, dbus-daemon and systemd run unchanged; a
-second, writable 9p share (the work directory, BUILD_ROOT/tests/vm/work) carries the results
-back. The guest writes RESULT there last; no RESULT (a QEMU abort, a kernel panic, a hang until
-the timeout) is a failure, exit 99.
+second, writable 9p share (the work directory, BUILD_ROOT/tests/vm/work-KERNEL) carries the
+results back. The guest writes RESULT there last; no RESULT (a QEMU abort, a kernel panic, a hang
+until the timeout) is a failure, exit 99.
 
 Exit codes: the guest tests' (0 all passed, 1 some failed), 77 only when qemu-system-x86_64 is
 not installed, 99 when the guest produced no result, 2 when the set-up on the host failed.
 
-Environment: SOURCE_ROOT, BUILD_ROOT (meson sets both); VFIOMIGD_VM_CACHE; VFIOMIGD_VM_TIMEOUT
-(seconds the VM may run, default 900); VFIOMIGD_VM_MEMORY (default 512M); VFIOMIGD_VM_STRICT_PIN=1
-(a vanished pin is an error, not a fallback); VFIOMIGD_VM_ONLY=mtty, migration, tls or edu (one part
-of the guest tests; mtty includes migration); VFIOMIGD_VM_TLS_BENCH_MIB and _RUNS (the TLS
-throughput figures: device state per migration, default 16, and migrations per row, default 1);
-VFIOMIGD_VM_SHELL=1 (interactive: a shell on the console instead of the tests;
-/run/vmtest/run-tests in it runs them).
+Environment: SOURCE_ROOT, BUILD_ROOT (meson sets both); VFIOMIGD_VM_CACHE; VFIOMIGD_VM_KERNEL and
+VFIOMIGD_VM_KERNEL_MODULES; VFIOMIGD_VM_TIMEOUT (seconds the VM may run, default 900);
+VFIOMIGD_VM_MEMORY (default 512M); VFIOMIGD_VM_STRICT_PIN=1 (a vanished pin is an error, not a
+fallback); VFIOMIGD_VM_JOBS (make -j for the 7.2 build, default: the CPU count);
+VFIOMIGD_VM_KEEP_BUILD=1 (keep the 7.2 source and build tree, for incremental rebuilds);
+VFIOMIGD_VM_ONLY=mtty, migration, tls or edu (one part of the guest tests; mtty includes
+migration); VFIOMIGD_VM_TLS_BENCH_MIB and _RUNS (the TLS throughput figures: device state per
+migration, default 16, and migrations per row, default 1); VFIOMIGD_VM_SHELL=1 (interactive: a
+shell on the console instead of the tests; /run/vmtest/run-tests in it runs them).
 """
 
 import argparse
@@ -49,6 +57,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import linux_build
 
 HERE = Path(__file__).resolve().parent
 SOURCE_ROOT = Path(os.environ.get("SOURCE_ROOT") or HERE.parents[1]).resolve()
@@ -275,7 +285,13 @@ def extract_vmlinux(bzimage, out):
 
 
 class Assets:
-    def __init__(self, cache_root, version, abi):
+    """Debian's 6.12: vmlinux out of the image package, its modules, mtty.ko built here."""
+
+    name = "6.12"
+    expect = "legacy"       # what the guest tests assert: the legacy container only, no iommufd
+
+    def __init__(self, cache_root, version, abi, note=None):
+        self.note = note
         self.version = version
         self.abi = abi
         self.release = f"{abi}-amd64"
@@ -290,6 +306,10 @@ class Assets:
 
     def module_files(self):
         return [self.moddir / f"{name}.ko" for name, _ in MODULES] + [self.mtty_ko]
+
+    def module_list(self):
+        """[(name, .ko)] the guest loads, in this order."""
+        return list(zip([name for name, _ in MODULES] + [MTTY], self.module_files()))
 
     def complete(self):
         return self.ok.exists() and self.vmlinux.exists() and all(p.exists() for p in self.module_files())
@@ -413,6 +433,72 @@ class Assets:
             return True
 
 
+def kernel_release_of(image):
+    """`uname -r` of a kernel image: from a bzImage's setup header (kernel_version, at 0x20e, points
+    at the version string 0x200 bytes further), or from an ELF vmlinux's banner."""
+    data = image.read_bytes()
+    if data[0x202:0x206] == b"HdrS":
+        at = int.from_bytes(data[0x20e:0x210], "little") + 0x200
+        m = re.match(rb"(\S+)", data[at:at + 256])
+    else:
+        m = re.search(rb"Linux version (\S+) ", data)
+    if not m:
+        raise SetupError(f"{image} is neither a bzImage nor a vmlinux with a Linux version banner")
+    return m.group(1).decode(errors="replace")
+
+
+class OperatorKernel:
+    """VFIOMIGD_VM_KERNEL=PATH (a bzImage or vmlinux: QEMU boots either) and, if its VFIO, 9p and
+    TLS parts are modules, VFIOMIGD_VM_KERNEL_MODULES=/lib/modules/RELEASE. The guest loads those
+    of MODULES (and samples/vfio-mdev/mtty.ko) that the directory has, in MODULES' order; what is
+    not there must be built in. The guest tests detect iommufd and the cdev and report them."""
+
+    name = "custom"
+    expect = "detect"
+    note = None
+
+    def __init__(self, cache_root, image, moddir):
+        if not image.is_file():
+            raise SetupError(f"VFIOMIGD_VM_KERNEL={image}: no such file")
+        self.vmlinux = image.resolve()
+        self.release = kernel_release_of(self.vmlinux)
+        self.version = f"VFIOMIGD_VM_KERNEL={image}"
+        self.moddir_src = Path(moddir) if moddir else None
+        key = hashlib.sha256(self.vmlinux.read_bytes() + str(self.moddir_src).encode()).hexdigest()[:16]
+        self.dir = cache_root / "custom" / key
+        self.modules = []
+
+    def ensure(self):
+        out = self.dir / "modules"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        if self.moddir_src is None:
+            log(f"{self.vmlinux}: no VFIOMIGD_VM_KERNEL_MODULES, so everything the guest needs must be built in")
+            return
+        if not (self.moddir_src / "kernel").is_dir():
+            raise SetupError(f"VFIOMIGD_VM_KERNEL_MODULES={self.moddir_src} has no kernel/ directory")
+        loaded = set()
+        for name, path in MODULES + [(MTTY, "samples/vfio-mdev/mtty.ko")]:
+            base = self.moddir_src / "kernel" / path
+            src = next((Path(str(base) + ext) for ext in ("", ".xz", ".zst", ".gz") if Path(str(base) + ext).exists()),
+                       None)
+            if src is None:
+                continue    # built in, or not needed by this kernel
+            ko = out / f"{name}.ko"
+            ko.write_bytes(decompress_module(src.read_bytes(), src.name))
+            missing = [d for d in module_depends(ko) if d.replace("-", "_") not in loaded]
+            if missing:
+                raise SetupError(f"{src} depends on {missing}, which the tier does not load before it "
+                                 f"(MODULES in {__file__})")
+            loaded.add(name.replace("-", "_"))
+            self.modules.append((name, ko))
+        log(f"{self.vmlinux}: the guest loads {len(self.modules)} modules from {self.moddir_src}: "
+            f"{' '.join(n for n, _ in self.modules) or 'none'}")
+
+    def module_list(self):
+        return list(self.modules)
+
+
 # --------------------------------------------------------------------------------------------
 # initramfs
 
@@ -450,8 +536,9 @@ def cpio_newc(entries):
 
 def build_initramfs(assets):
     busybox = busybox_path()
-    order = [name for name, _ in MODULES] + [MTTY]
-    files = [assets.moddir / f"{n}.ko" for n, _ in MODULES] + [assets.mtty_ko]
+    modules = assets.module_list()
+    order = [name for name, _ in modules]
+    files = [file for _, file in modules]
     h = hashlib.sha256()
     for part in [GUEST_INIT.read_bytes(), busybox.read_bytes(), "\n".join(order).encode()] + \
             [f.read_bytes() for f in files]:
@@ -459,14 +546,15 @@ def build_initramfs(assets):
     path = assets.dir / f"initramfs-{h.hexdigest()[:16]}.cpio.gz"
     if path.exists():
         return path
-    log(f"building the initramfs ({path.name})")
+    log(f"building the initramfs ({path.name}, {len(order)} modules)")
+    assets.dir.mkdir(parents=True, exist_ok=True)
     d, f, x, c = 0o040755, 0o100644, 0o100755, 0o020600
     entries = [(p, d, b"", 0, 0) for p in ("bin", "sbin", "dev", "proc", "sys", "host", "tmp", "run", "modules",
                                            "usr", "usr/bin", "usr/sbin")]
     entries += [("dev/console", c, b"", 5, 1), ("dev/null", 0o020666, b"", 1, 3),
                 ("init", x, GUEST_INIT.read_bytes(), 0, 0), ("bin/busybox", x, busybox.read_bytes(), 0, 0),
                 ("bin/sh", 0o120777, b"busybox", 0, 0),
-                ("modules/load-order", f, ("\n".join(order) + "\n").encode(), 0, 0)]
+                ("modules/load-order", f, "".join(f"{n}\n" for n in order).encode(), 0, 0)]
     entries += [(f"modules/{name}.ko", f, file.read_bytes(), 0, 0) for name, file in zip(order, files)]
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as out:
@@ -515,6 +603,8 @@ def write_guest_env(work, assets, note):
         "VM_KERNEL_RELEASE": assets.release,
         "VM_KERNEL_VERSION": assets.version,
         "VM_KERNEL_NOTE": note or "",
+        "VM_KERNEL_NAME": assets.name,
+        "VM_EXPECT": assets.expect,
         "VM_GUEST_TESTS": str(GUEST_TESTS),
         "VM_ONLY": os.environ.get("VFIOMIGD_VM_ONLY", ""),
         "VM_TLS_BENCH_MIB": os.environ.get("VFIOMIGD_VM_TLS_BENCH_MIB", ""),
@@ -534,7 +624,7 @@ def print_file(path, title, tail=None):
 
 
 def run_vm(assets, initramfs, note, timeout, memory, shell):
-    work = BUILD_ROOT / "tests" / "vm" / "work"
+    work = BUILD_ROOT / "tests" / "vm" / f"work-{assets.name}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     os.chmod(work, 0o755)
@@ -591,18 +681,50 @@ def run_vm(assets, initramfs, note, timeout, memory, shell):
         print_file(work / "console.log", "guest console", tail=20000)
         print("vm: 0 passed, 1 failed", flush=True)
         return NO_RESULT
-    log(f"VM finished in {elapsed:.1f}s, guest tests rc={rc}; the guest's logs are in {work}")
+    log(f"VM finished in {elapsed:.1f}s ({assets.release}), guest tests rc={rc}; the guest's logs are in {work}")
     if rc != 0:
         print_file(work / "console.log", "guest console", tail=20000)
     # The guest's summary line again, last, for whoever reads only the end.
     summary = [line for line in guest_log.read_text(errors="replace").splitlines() if line.startswith("vm: ")]
     if summary:
-        print(summary[-1], flush=True)
+        print(f"{summary[-1]} (kernel {assets.name}: {assets.release}, {assets.version})", flush=True)
     return 0 if rc == 0 else 1
+
+
+EXPECTATIONS = {
+    "legacy": "the legacy VFIO container only (no iommufd)",
+    "iommufd": "iommufd with the VFIO cdev as the default, and the legacy container",
+    "detect": "whatever the kernel offers (an operator's kernel: detected and reported)",
+}
+
+
+def kernel_assets(which, cache_root):
+    """The assets of the kernel to boot, built or downloaded if they are not cached yet."""
+    custom = os.environ.get("VFIOMIGD_VM_KERNEL")
+    if custom:
+        assets = OperatorKernel(cache_root, Path(custom), os.environ.get("VFIOMIGD_VM_KERNEL_MODULES"))
+        assets.ensure()
+        return assets
+    if which == "7.2":
+        assets = linux_build.BuiltKernel(cache_root)
+        if not assets.ensure():
+            log(f"Linux {assets.release} ({assets.package} {assets.version}, config {assets.hash}) cached in "
+                f"{assets.dir}: nothing to build")
+        return assets
+    version, abi, note = resolve_kernel(cache_root)
+    if note:
+        log(note)
+    assets = Assets(cache_root, version, abi, note)
+    if not assets.ensure():
+        log(f"kernel assets for {version} cached in {assets.dir}")
+    return assets
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernel", choices=("6.12", "7.2"), default="6.12",
+                        help="Debian's 6.12 (legacy container only) or Linux 7.2 built from Debian's source "
+                             "(iommufd + VFIO cdev); VFIOMIGD_VM_KERNEL=PATH overrides both")
     parser.add_argument("--assets-only", action="store_true", help="download and build, do not boot")
     parser.add_argument("--shell", action="store_true", default=os.environ.get("VFIOMIGD_VM_SHELL") == "1",
                         help="an interactive shell in the guest instead of the tests")
@@ -627,14 +749,10 @@ def main():
     timeout = float(os.environ.get("VFIOMIGD_VM_TIMEOUT") or 900)
     memory = os.environ.get("VFIOMIGD_VM_MEMORY") or "512M"
     try:
-        version, abi, note = resolve_kernel(cache_root)
-        if note:
-            log(note)
-        assets = Assets(cache_root, version, abi)
-        if not assets.ensure():
-            log(f"kernel assets for {version} cached in {assets.dir}")
+        assets = kernel_assets(args.kernel, cache_root)
+        note = assets.note
         initramfs = build_initramfs(assets)
-    except SetupError as e:
+    except (SetupError, linux_build.BuildError) as e:
         log(f"SET-UP FAILED: {e}")
         print("vm: 0 passed, 1 failed", flush=True)
         return SETUP_FAILED
@@ -644,6 +762,8 @@ def main():
         if not os.access(what, os.X_OK):
             log(f"{what} is not built (ninja -C {BUILD_ROOT})")
             return SETUP_FAILED
+    log(f"kernel {assets.name}: {assets.release} ({assets.version}); the guest tests expect "
+        f"{EXPECTATIONS[assets.expect]}")
     rc = run_vm(assets, initramfs, note, timeout, memory, args.shell)
     if note:
         log(note)
