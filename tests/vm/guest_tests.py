@@ -125,6 +125,9 @@ class Mtty:
         return self.vmm[dev].value(f"reg-write {port} {MTTY_SCR} {value:#x}")
 
 
+KERNEL_RELEASE = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+
+
 def mtty_tests(bus, daemon_pid=None):
     client = bus.client
     paths = {}
@@ -140,6 +143,10 @@ def mtty_tests(bus, daemon_pid=None):
             C.equal(props["Driver"], "mtty", f"{uuid[-2:]}: Driver")
             C.equal(props["Migratable"], True, f"{uuid[-2:]}: Migratable")
             C.equal(props["MigrationFlags"], ["stop-copy", "p2p", "pre-copy"], f"{uuid[-2:]}: MigrationFlags")
+            # PRECOPY_INFOv2 (feature 12) is in vfio's core from 7.2 on, for every PRE_COPY driver;
+            # before, the opt-in is refused (ENOTTY) and the daemon falls back to PRECOPY_INFO.
+            C.equal(props["PrecopyInfo"], "v2" if KERNEL_RELEASE >= (7, 2) else "v1",
+                    f"{uuid[-2:]}: PrecopyInfo on {'.'.join(map(str, KERNEL_RELEASE))}")
             C.equal(props["StopCopySize"], MTTY2_STREAM, f"{uuid[-2:]}: StopCopySize (mtty-2: 24 + 2 x 36)")
             C.equal(props["State"], "running", f"{uuid[-2:]}: State")
     if len(paths) != 2:
