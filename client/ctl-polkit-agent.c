@@ -31,9 +31,10 @@ void ctl_polkit_agent_close(void) {
         agent_pid = 0;
 }
 
-/* Our environment, with DBUS_SYSTEM_BUS_ADDRESS set to address: pkttyagent registers with the
- * polkitd of the daemon's bus. NULL on allocation failure. */
-static char **agent_environment(const char *address) {
+/* Our environment, with bus_variable ("DBUS_SYSTEM_BUS_ADDRESS=...") in place of ours, so that
+ * pkttyagent registers with the polkitd of the daemon's bus. The strings are borrowed; NULL on
+ * allocation failure. */
+static char **agent_environment(char *bus_variable) {
         size_t n = 0, k = 0;
         char **env;
 
@@ -45,16 +46,14 @@ static char **agent_environment(const char *address) {
         for (size_t i = 0; i < n; i++)
                 if (strncmp(environ[i], "DBUS_SYSTEM_BUS_ADDRESS=", 24) != 0)
                         env[k++] = environ[i];
-        if (asprintf(&env[k], "DBUS_SYSTEM_BUS_ADDRESS=%s", address) < 0) {
-                free(env);
-                return NULL;
-        }
+        env[k] = bus_variable;
         return env;
 }
 
 void ctl_polkit_agent_open(const char *bus_address) {
         static bool registered_exit = false;
         posix_spawn_file_actions_t actions;
+        _cleanup_free_ char *bus_variable = NULL;
         char **env = environ, notify_arg[32];
         int pipe_fds[2], r;
         pid_t pid;
@@ -74,7 +73,11 @@ void ctl_polkit_agent_open(const char *bus_address) {
         char *const argv[] = { (char *) "pkttyagent", notify_arg, NULL };
 
         if (bus_address) {
-                env = agent_environment(bus_address);
+                if (asprintf(&bus_variable, "DBUS_SYSTEM_BUS_ADDRESS=%s", bus_address) < 0) {
+                        bus_variable = NULL; /* undefined after a failure */
+                        env = NULL;
+                } else
+                        env = agent_environment(bus_variable);
                 if (!env) {
                         safe_close(pipe_fds[0]);
                         safe_close(pipe_fds[1]);
@@ -87,13 +90,8 @@ void ctl_polkit_agent_open(const char *bus_address) {
         if (r == 0)
                 r = posix_spawn(&pid, POLKIT_AGENT_PATH, &actions, NULL, argv, env);
         posix_spawn_file_actions_destroy(&actions);
-        if (env != environ) {
-                size_t last = 0;
-                while (env[last])
-                        last++;
-                free(env[last - 1]); /* the one string we made */
+        if (env != environ)
                 free(env);
-        }
         safe_close(pipe_fds[1]);
         if (r != 0) {
                 safe_close(pipe_fds[0]);

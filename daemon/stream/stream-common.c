@@ -357,6 +357,28 @@ struct io_uring_sqe *stream_ring_sqe(struct io_uring *ring) {
         return sqe;
 }
 
+void stream_ring_drain(struct io_uring *ring, unsigned *outstanding, uint64_t cancel_user_data) {
+        if (*outstanding > 0) {
+                struct io_uring_sqe *sqe = stream_ring_sqe(ring);
+                io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+                io_uring_sqe_set_data64(sqe, cancel_user_data);
+                (*outstanding)++;
+        }
+        while (*outstanding > 0) {
+                struct io_uring_cqe *cqe;
+                unsigned head, seen = 0;
+                int r = io_uring_submit_and_wait(ring, 1);
+
+                if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY && r != -EAGAIN)
+                        break;
+                io_uring_for_each_cqe(ring, head, cqe) {
+                        seen++;
+                        (*outstanding)--;
+                }
+                io_uring_cq_advance(ring, seen);
+        }
+}
+
 int stream_ring_init(struct io_uring *ring, unsigned entries) {
         struct io_uring_params p = {
                 .flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |

@@ -586,25 +586,7 @@ void *in_ring_thread(void *arg) {
                 io_uring_cq_advance(&rg->ring, seen);
         }
 
-        if (rg->outstanding > 0) {
-                struct io_uring_sqe *sqe = stream_ring_sqe(&rg->ring);
-                io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
-                io_uring_sqe_set_data64(sqe, (uint64_t) OP_CANCEL << 32);
-                rg->outstanding++;
-        }
-        while (rg->outstanding > 0) {
-                struct io_uring_cqe *cqe;
-                unsigned head, seen = 0;
-
-                r = io_uring_submit_and_wait(&rg->ring, 1);
-                if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY && r != -EAGAIN)
-                        break;
-                io_uring_for_each_cqe(&rg->ring, head, cqe) {
-                        seen++;
-                        rg->outstanding--;
-                }
-                io_uring_cq_advance(&rg->ring, seen);
-        }
+        stream_ring_drain(&rg->ring, &rg->outstanding, (uint64_t) OP_CANCEL << 32);
         in_sock_thread_exit(in);
         return NULL;
 }

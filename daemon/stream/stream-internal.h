@@ -109,6 +109,10 @@ int stream_ring_init(struct io_uring *ring, unsigned entries);
 /* A free SQE: the rings are sized for everything they can have in flight; should the SQ still be
  * full, what is queued is submitted first. */
 struct io_uring_sqe *stream_ring_sqe(struct io_uring *ring);
+/* At a ring thread's end: cancels everything in flight (one cancel SQE with cancel_user_data)
+ * and reaps completions until *outstanding is 0, so that the kernel has let go of every buffer
+ * before they are freed. */
+void stream_ring_drain(struct io_uring *ring, unsigned *outstanding, uint64_t cancel_user_data);
 
 /* Formats a socket address as "host:port" ("[v6]:port"). */
 int stream_format_address(const struct sockaddr *sa, socklen_t len, char *buf, size_t size);

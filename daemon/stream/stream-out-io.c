@@ -811,27 +811,7 @@ void *out_ring_thread(void *arg) {
 
         /* Everything still in flight ends: cancel it and wait until the kernel lets go of our
          * buffers. The sockets are shut down by now, so nothing blocks for long. */
-        if (rg->outstanding > 0) {
-                struct io_uring_sqe *sqe = io_uring_get_sqe(&rg->ring);
-                if (sqe) {
-                        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
-                        io_uring_sqe_set_data64(sqe, ud_pack(OP_CANCEL, 0));
-                        rg->outstanding++;
-                }
-        }
-        while (rg->outstanding > 0) {
-                struct io_uring_cqe *cqe;
-                unsigned head, seen = 0;
-
-                r = io_uring_submit_and_wait(&rg->ring, 1);
-                if (r < 0 && r != -EINTR && r != -ETIME && r != -EBUSY && r != -EAGAIN)
-                        break;
-                io_uring_for_each_cqe(&rg->ring, head, cqe) {
-                        seen++;
-                        rg->outstanding--;
-                }
-                io_uring_cq_advance(&rg->ring, seen);
-        }
+        stream_ring_drain(&rg->ring, &rg->outstanding, ud_pack(OP_CANCEL, 0));
         /* Packets that were in flight on our channels go back (free() releases the rest). */
         pthread_mutex_lock(&o->lock);
         for (unsigned c = rg->index; c < o->n_channels; c += o->n_rings) {
